@@ -1,0 +1,54 @@
+"""The ``lpnum`` command: ``lpnum formats`` and ``lpnum study formats [--quick] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from lpnum.formats import ALL_FORMATS, Format
+
+
+def _fmt_num(v: float) -> str:
+  if math.isnan(v):
+    return "-"
+  if v == 0 or 1e-3 <= abs(v) < 1e6:
+    return f"{v:.6g}"
+  return f"{v:.4e}"
+
+
+def formats_table(formats: Sequence[Format] = ALL_FORMATS) -> str:
+  """One line per named format with its facts."""
+  cols = ("name", "bits", "max finite", "min normal", "min subnormal", "epsilon", "finite values", "inf", "NaN")
+  rows = []
+  for f in formats:
+    sub = f.min_positive if f.min_positive < f.min_normal else math.nan
+    rows.append((f.name, str(f.bits), _fmt_num(f.max_finite), _fmt_num(f.min_normal), _fmt_num(sub),
+                 _fmt_num(f.epsilon), str(f.num_finite), "yes" if f.has_inf else "no",
+                 ("NaR" if f.name.startswith("posit") else "yes") if f.has_nan else "no"))
+  widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+  line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+  return "\n".join([line(cols), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="lpnum", description="Low-precision number formats for JAX.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  sub.add_parser("formats", help="print every named format and its facts")
+  study = sub.add_parser("study", help="run a study")
+  study.add_argument("name", choices=["formats"], help="which study")
+  study.add_argument("--quick", action="store_true", help="a small, fast run (under a minute)")
+  study.add_argument("--out", default=None, help="directory for the JSON results")
+  args = parser.parse_args(argv)
+  if args.command == "formats":
+    print(formats_table())
+  elif args.command == "study":
+    from lpnum.studies import formats as formats_study
+
+    formats_study.main(quick=args.quick, out=args.out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,356 @@
+"""Binary floating-point formats ExMy: IEEE-like, fn, fnuz, finite-only, exponent-only and P3109."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lpnum import _bits
+from lpnum._rounding import Overflow, Rounding, away_from_zero, round_shift
+from lpnum.formats._base import Format, table_decode
+
+
+class Specials(enum.Enum):
+  """Where a float format keeps its NaNs and infinities.
+
+  * ``IEEE``: exponent all ones: mantissa 0 is +-inf, anything else NaN (float16, bfloat16, float8_e5m2).
+  * ``FN``: no inf; only the all-ones code of each sign is NaN (float8_e4m3fn; unsigned: float8_e8m0fnu).
+  * ``FNUZ``: no inf, no -0; the negative-zero code (0x80) is the single NaN (float8_e4m3fnuz, P3109 finite).
+  * ``FNUZ_INF``: as FNUZ, and the all-ones code of each sign is +-inf (P3109 signed extended).
+  * ``FN_INF``: unsigned only: all ones is NaN, the code below it +inf (P3109 unsigned extended).
+  * ``FINITE``: every code is a finite value (OCP FP6 and FP4).
+  """
+
+  IEEE = "ieee"
+  FN = "fn"
+  FNUZ = "fnuz"
+  FNUZ_INF = "fnuz_inf"
+  FN_INF = "fn_inf"
+  FINITE = "finite"
+
+
+# Number of special codes at the top of the positive codes, per convention.
+_TOP_SPECIALS = {Specials.FN: 1, Specials.FNUZ: 0, Specials.FNUZ_INF: 1, Specials.FN_INF: 2, Specials.FINITE: 0}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FloatFormat(Format):
+  """A binary float: ``[sign] exponent_bits mantissa_bits`` with a bias and a convention for specials.
+
+  A code with exponent field E and mantissa field M is worth ``(1 + M / 2^m) * 2^(E - bias)``, or
+  ``M * 2^(1 - bias - m)`` for E = 0 when the format has subnormals. ``has_subnormals=False`` makes E = 0 an
+  ordinary binade, as in E8M0: such a format has no zero (values that would round to zero go to the smallest
+  value). Everything else (max, epsilon, number of values) is derived from these fields.
+
+  Example:
+    >>> fmt = FloatFormat(exponent_bits=4, mantissa_bits=3, bias=7, specials=Specials.FN, name="e4m3fn")
+    >>> fmt.max_finite, fmt.min_positive
+    (448.0, 0.001953125)
+  """
+
+  exponent_bits: int
+  mantissa_bits: int
+  bias: int
+  specials: Specials = Specials.IEEE
+  signed: bool = True
+  has_subnormals: bool = True
+  name: str = dataclasses.field(default="", compare=False)
+
+  def __post_init__(self) -> None:
+    for field, lo, hi in (("exponent_bits", 1, 8), ("mantissa_bits", 0, 23)):
+      value = getattr(self, field)
+      if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{field}={value!r} must be an integer in [{lo}, {hi}]")
+    if not isinstance(self.bias, int) or isinstance(self.bias, bool) or abs(self.bias) > 1000:
+      raise ValueError(f"bias={self.bias!r} must be an integer in [-1000, 1000]")
+    if not isinstance(self.specials, Specials):
+      raise TypeError(f"specials={self.specials!r} must be a Specials member")
+    if self.specials is Specials.FN_INF and self.signed:
+      raise ValueError("specials=FN_INF is defined for unsigned formats only")
+    if self.specials in (Specials.FNUZ, Specials.FNUZ_INF) and not self.signed:
+      raise ValueError(f"specials={self.specials.name} needs a sign bit (NaN is the negative-zero code)")
+    if self.specials is Specials.IEEE and self.exponent_bits < 2:
+      raise ValueError("IEEE specials need exponent_bits >= 2 (the top exponent holds inf and NaN)")
+    if self._max_code < 1:
+      raise ValueError(f"{self!r} has no positive finite value")
+    if not self.name:
+      object.__setattr__(self, "name", self._default_name())
+
+  def _default_name(self) -> str:
+    tag = {Specials.IEEE: "", Specials.FN: "fn", Specials.FNUZ: "fnuz", Specials.FNUZ_INF: "fnuz_inf",
+           Specials.FN_INF: "fn_inf", Specials.FINITE: "finite"}[self.specials]
+    std_bias = (1 << (self.exponent_bits - 1)) - 1
+    b = "" if self.bias == std_bias else f"b{self.bias}"
+    u = "" if self.signed else "u"
+    sub = "" if self.has_subnormals else "_nosub"
+    return f"float{self.bits}_e{self.exponent_bits}m{self.mantissa_bits}{b}{tag}{u}{sub}"
+
+  # ---- layout --------------------------------------------------------------------------------------------
+  @property
+  def bits(self) -> int:  # type: ignore[override]
+    return int(self.signed) + self.exponent_bits + self.mantissa_bits
+
+  @property
+  def _max_code(self) -> int:
+    """Largest positive code that is finite."""
+    top = (1 << (self.exponent_bits + self.mantissa_bits)) - 1
+    if self.specials is Specials.IEEE:
+      return top - (1 << self.mantissa_bits)
+    return top - _TOP_SPECIALS[self.specials]
+
+  @property
+  def emin(self) -> int:
+    """Exponent of the smallest normal binade."""
+    return (1 if self.has_subnormals else 0) - self.bias
+
+  @property
+  def emax(self) -> int:
+    """Exponent of the largest finite value."""
+    return (self._max_code >> self.mantissa_bits) - self.bias
+
+  # ---- facts ---------------------------------------------------------------------------------------------
+  @property
+  def has_inf(self) -> bool:
+    return self.specials in (Specials.IEEE, Specials.FNUZ_INF, Specials.FN_INF)
+
+  @property
+  def has_nan(self) -> bool:
+    return self.specials is not Specials.FINITE
+
+  @property
+  def has_zero(self) -> bool:
+    return self.has_subnormals
+
+  @property
+  def has_negative_zero(self) -> bool:
+    return self.signed and self.has_zero and self.specials in (Specials.IEEE, Specials.FN, Specials.FINITE)
+
+  @property
+  def max_finite(self) -> float:
+    return float(self._decode_np(np.array([self._max_code]))[0])
+
+  @property
+  def min_normal(self) -> float:
+    return math.ldexp(1.0, self.emin)
+
+  @property
+  def min_positive(self) -> float:
+    if self.has_subnormals and self.mantissa_bits > 0:
+      return math.ldexp(1.0, self.emin - self.mantissa_bits)
+    return self.min_normal
+
+  @property
+  def epsilon(self) -> float:
+    return math.ldexp(1.0, -self.mantissa_bits)
+
+  @property
+  def num_finite(self) -> int:
+    positive = self._max_code + (0 if self.has_zero else 1)  # codes 1.._max_code (+ code 0 if not zero)
+    return (2 * positive if self.signed else positive) + int(self.has_zero)
+
+  @property
+  def dtype(self) -> np.dtype | None:
+    from lpnum.formats import _table  # the preset table maps names to native dtypes
+
+    return _table.native_dtype(self)
+
+  # ---- exact decode (numpy, the table and the facts) -----------------------------------------------------
+  def _decode_np(self, codes: np.ndarray) -> np.ndarray:
+    codes = np.asarray(codes, np.int64)
+    m, nb = self.mantissa_bits, self.exponent_bits + self.mantissa_bits
+    sign = (codes >> nb) & 1 if self.signed else np.zeros_like(codes)
+    mag = codes & ((1 << nb) - 1)
+    e_field, m_field = mag >> m, mag & ((1 << m) - 1)
+    normal = (e_field > 0) | (not self.has_subnormals)
+    frac = np.where(normal, m_field + (1 << m), m_field).astype(np.float64)
+    exp = np.where(normal, e_field, 1) - self.bias - m
+    value = np.ldexp(frac, exp.astype(np.int32))
+    value = np.where(sign == 1, -value, value)
+    top = (1 << nb) - 1
+    sp = self.specials
+    if sp is Specials.IEEE:
+      special = e_field == (1 << self.exponent_bits) - 1
+      value = np.where(special, np.where(m_field == 0, np.where(sign == 1, -np.inf, np.inf), np.nan), value)
+    elif sp is Specials.FN:
+      value = np.where(mag == top, np.nan, value)
+    elif sp in (Specials.FNUZ, Specials.FNUZ_INF):
+      value = np.where((sign == 1) & (mag == 0), np.nan, value)
+      if sp is Specials.FNUZ_INF:
+        value = np.where(mag == top, np.where(sign == 1, -np.inf, np.inf), value)
+    elif sp is Specials.FN_INF:
+      value = np.where(mag == top, np.nan, np.where(mag == top - 1, np.inf, value))
+    return value
+
+  # ---- rounding ------------------------------------------------------------------------------------------
+  def _fits(self, carrier: _bits.Carrier) -> str | None:
+    return _float_fits(self, carrier, self.mantissa_bits)
+
+  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits):
+    c = carrier
+    negative, a, biased = c.split(x)
+    is_nan = a > c.inf_bits
+    is_inf = a == c.inf_bits
+    r = round_magnitude(a, biased, c, self.mantissa_bits, self.emin,
+                        self.emin - (self.mantissa_bits if self.has_subnormals else 0),
+                        mode, negative, rand, stochastic_bits, code_bias=self.bias)
+    return finish_round(self, x, c, a, r, negative, is_nan, is_inf, mode, overflow)
+
+  def _encode_rounded(self, y, carrier):
+    c = carrier
+    negative, r, biased = c.split(y)
+    m = self.mantissa_bits
+    e = c.exponent(r, biased)
+    normal = e >= self.emin
+    tsub = self.emin - (m if self.has_subnormals else 0)
+    t = jnp.where(normal, e - m, tsub)
+    sig = (r & c.u(c.mant_mask)) | jnp.where(biased > 0, c.u(1 << c.mantissa_bits), c.u(0))
+    lsb = jnp.maximum(biased, 1) - c.bias - c.mantissa_bits
+    units = sig >> jnp.clip(t - lsb, 0, c.width - 1).astype(c.utype)
+    field = jnp.where(normal, e + self.bias - 1, 0).astype(c.utype)
+    mag = jnp.where(r == 0, c.u(0), (field << c.u(m)) + units)
+    nb = self.exponent_bits + m
+    top = (1 << nb) - 1
+    sp = self.specials
+    if sp is Specials.IEEE:
+      inf_code, nan_code = (top >> m) << m, ((top >> m) << m) | (1 << max(m - 1, 0))
+    elif sp is Specials.FN:
+      inf_code, nan_code = None, top
+    elif sp is Specials.FNUZ:
+      inf_code, nan_code = None, 1 << nb
+    elif sp is Specials.FNUZ_INF:
+      inf_code, nan_code = top, 1 << nb
+    elif sp is Specials.FN_INF:
+      inf_code, nan_code = top - 1, top
+    else:
+      inf_code = nan_code = None
+    out = mag
+    if inf_code is not None:
+      out = jnp.where(r == c.inf_bits, c.u(inf_code), out)
+    if self.signed:
+      out = out | jnp.where(negative, c.u(1 << nb), c.u(0))
+    if nan_code is not None:
+      nan_out = c.u(nan_code)
+      if sp in (Specials.IEEE, Specials.FN) and self.signed:
+        nan_out = nan_out | jnp.where(negative, c.u(1 << nb), c.u(0))
+      out = jnp.where(r > c.inf_bits, nan_out, out)
+    return out.astype(self.code_dtype)
+
+  def _decode_wide(self, codes, carrier):
+    c = carrier
+    m, nb = self.mantissa_bits, self.exponent_bits + self.mantissa_bits
+    codes = codes.astype(jnp.uint32)
+    negative = ((codes >> nb) & 1) == 1 if self.signed else jnp.zeros(codes.shape, bool)
+    mag = codes & np.uint32((1 << nb) - 1)
+    e_field = (mag >> m).astype(jnp.int32)
+    m_field = mag & np.uint32((1 << m) - 1)
+    normal = (e_field > 0) | (not self.has_subnormals)
+    sig = jnp.where(normal, m_field | np.uint32(1 << m), m_field)
+    # Exponent of the leading bit: for subnormals, from the position of the top set bit.
+    lead = 31 - jax.lax.clz(sig).astype(jnp.int32)
+    e = jnp.where(normal, e_field - self.bias, lead - m + 1 - self.bias)
+    sig = jnp.where(normal, sig, sig << jnp.clip(m - lead, 0, 31).astype(jnp.uint32))
+    y = _bits.compose(negative, e, sig, m, c)
+    y = jnp.where(negative & (mag == 0) & ~jnp.asarray(self.has_negative_zero), jnp.zeros_like(y), y)
+    top = (1 << nb) - 1
+    sp = self.specials
+    nan = jnp.asarray(np.nan, c.dtype)
+    inf = jnp.where(negative, -jnp.inf, jnp.inf).astype(c.dtype)
+    if sp is Specials.IEEE:
+      y = jnp.where(e_field == (1 << self.exponent_bits) - 1, jnp.where(m_field == 0, inf, nan), y)
+    elif sp is Specials.FN:
+      y = jnp.where(mag == top, nan, y)
+    elif sp in (Specials.FNUZ, Specials.FNUZ_INF):
+      y = jnp.where(negative & (mag == 0), nan, y)
+      if sp is Specials.FNUZ_INF:
+        y = jnp.where(mag == top, inf, y)
+    elif sp is Specials.FN_INF:
+      y = jnp.where(mag == top, nan, jnp.where(mag == top - 1, inf, y))
+    return y
+
+
+def _float_fits(fmt: Format, carrier: _bits.Carrier, precision_bits: int | None = None) -> str | None:
+  """Why values of ``fmt`` may not be representable in ``carrier``'s dtype, or None (see lpnum.quantize)."""
+  if precision_bits is not None and precision_bits > carrier.mantissa_bits:
+    return f"it carries {precision_bits} mantissa bits and {carrier.dtype} only {carrier.mantissa_bits}"
+  for fact in ("max_finite", "min_positive", "min_value"):
+    value = getattr(fmt, fact)
+    with np.errstate(over="ignore", under="ignore"):
+      held = float(np.array(value, np.float64).astype(carrier.dtype))
+    if held != value:
+      return f"its {fact}={value!r} is not a {carrier.dtype} value"
+  return None
+
+
+def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, mode: Rounding,
+                    negative, rand, stochastic_bits, code_bias: int = 0) -> jax.Array:
+  """Rounds magnitudes (carrier bits ``a``) to the grid of a float with m mantissa bits, unbounded above.
+
+  The grid step at a value with exponent e is ``2^(e - m)`` for ``e >= emin`` and ``2^tsub`` below. The bits of a
+  float are linear in its value within a binade and across a carry, so dropping low bits of ``a`` rounds; only
+  values below one grid step (``drop > mantissa_bits`` of the carrier) go through the significand instead.
+  Ties go to the even code: for ``m = 0`` the code is the exponent plus ``code_bias``, whose parity may differ
+  from the carrier's biased exponent.
+  """
+  e = c.exponent(a, biased)
+  t = jnp.where(e >= emin, e - m, tsub)
+  lsb = jnp.maximum(biased, 1) - c.bias - c.mantissa_bits
+  drop = t - lsb
+  tiny = drop > c.mantissa_bits
+  sig = (a & c.u(c.mant_mask)) | jnp.where(biased > 0, c.u(1 << c.mantissa_bits), c.u(0))
+  # Where exactly the 23 (52) mantissa bits drop, the low bit of ``a >> drop`` is the carrier's exponent bit,
+  # not the code's: fix the parity for ties-to-even and to-odd there. In the format's normal range that happens
+  # only for m = 0 (code = exponent + code_bias); below it, the kept value is one grid step: an odd code.
+  normal_flip = m == 0 and (code_bias - c.bias) % 2 == 1
+  flip = (drop == c.mantissa_bits) & (biased > 0) & jnp.where(e >= emin, normal_flip, (e + c.bias) % 2 == 0)
+  q = round_shift(jnp.where(tiny, sig, a), jnp.maximum(drop, 0), mode, negative=negative, rand=rand,
+                  stochastic_bits=stochastic_bits, parity_flip=flip)
+  kept = q << jnp.clip(drop, 0, c.mantissa_bits).astype(c.utype)
+  return jnp.where(tiny, jnp.where(q != 0, c.pow2_bits(jnp.clip(t, -c.bias, c.bias)), c.u(0)), kept)
+
+
+def finish_round(fmt: Format, x, c: _bits.Carrier, a, r, negative, is_nan, is_inf, mode: Rounding,
+                 overflow: Overflow) -> jax.Array:
+  """Applies a format's range, zero and special-value rules to rounded magnitudes ``r`` (carrier bits)."""
+  max_bits = _carrier_bits(fmt.max_finite, c)
+  min_bits = _carrier_bits(fmt.min_positive, c)
+  if fmt.has_inf:
+    special = c.inf_bits
+  elif fmt.has_nan:
+    special = c.nan_bits
+  else:
+    special = max_bits
+  over = r > max_bits
+  if overflow is Overflow.SATURATE:
+    r = jnp.where(over | is_inf, max_bits, r)
+  else:
+    away = away_from_zero(mode, negative)
+    r = jnp.where(over & away, special, jnp.where(over, max_bits, r))
+    r = jnp.where(is_inf, special, r)
+  # For unsigned formats: a negative that does not round to 0 (in a format without zero, none does).
+  negative_bad = negative & ((r != 0) | is_inf | ((a != 0) & (not fmt.has_zero)))
+  if not fmt.has_zero:
+    exact_zero = min_bits if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
+    r = jnp.where(r == 0, jnp.where(a != 0, min_bits, exact_zero), r)
+  if not fmt.signed:
+    smallest = c.u(0) if fmt.has_zero else min_bits
+    repl = smallest if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
+    r = jnp.where(negative_bad, repl, r)
+    negative = jnp.zeros_like(negative)
+  if fmt.has_nan:
+    r = jnp.where(is_nan, c.nan_bits, r)
+  else:
+    # ml_dtypes' convention for formats without NaN: NaN becomes the zero of the opposite sign.
+    r = jnp.where(is_nan, c.u(0) if fmt.has_zero else min_bits, r)
+    negative = jnp.where(is_nan, ~negative, negative)
+  if not fmt.has_negative_zero:
+    negative = negative & (r != 0)
+  return c.join(negative, r)
+
+
+def _carrier_bits(value: float, c: _bits.Carrier) -> np.generic:
+  return np.array(value, c.dtype).view(c.utype)[()]

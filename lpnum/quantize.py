@@ -1,0 +1,170 @@
+"""The public quantize / encode / decode functions: validate at trace time, then call the format's hooks."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from lpnum import _bits
+from lpnum._rounding import Overflow, Rounding, random_bits
+from lpnum.formats._base import TABLE_BITS, Format, table_decode
+from lpnum.formats._table import as_format
+
+__all__ = ["quantize", "encode", "decode"]
+
+_FLOAT_INPUTS = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16), np.dtype(np.float64))
+
+
+def quantize(
+    x: ArrayLike,
+    fmt: Format | str,
+    *,
+    rounding: str | Rounding = "nearest_even",
+    overflow: str | Overflow = "saturate",
+    key: jax.Array | None = None,
+    stochastic_bits: int | None = None,
+) -> jax.Array:
+  """Rounds ``x`` to the values of ``fmt``; same shape and dtype as ``x``.
+
+  Every output is exactly a value of ``fmt`` (or NaN/inf as the format's rules say), held in ``x``'s dtype.
+  ``x`` is rounded once, directly, whatever its dtype (float64 inputs under ``jax_enable_x64`` do not go through
+  float32). The gradient is the straight-through estimator (identity).
+
+  Rules, in order: NaN stays NaN where the format has NaN/NaR, else becomes a zero of the NaN's sign (as
+  ml_dtypes does); the magnitude is rounded on the format's grid, unbounded above; overflow is then decided
+  (``saturate``: to +-max finite, infinities included; ``non_saturating``: to inf where the format has it, else
+  NaN, else max finite, and to max finite for modes that round this value toward zero, as IEEE 754 does);
+  formats without -0 return +0; formats without zero return their smallest value for nonzero inputs that
+  round to zero; unsigned formats send negatives (that do not round to 0) to their smallest value
+  (``saturate``) or NaN (``non_saturating``).
+
+  Args:
+    x: float32, bfloat16, float16 (or float64 with x64 enabled) array.
+    fmt: a format or its name (see ``lpnum.get_format``).
+    rounding: one of ``nearest_even``, ``nearest_away``, ``toward_zero``, ``up``, ``down``, ``to_odd``,
+      ``stochastic``.
+    overflow: ``saturate``, ``non_saturating``, or for integer formats ``wrap``.
+    key: a ``jax.random.key``; required for (and only used by) stochastic rounding.
+    stochastic_bits: for stochastic rounding, use only this many random bits (1..32), as hardware does;
+      rounding up then has probability ``floor(f * 2^k) / 2^k`` for a fraction ``f`` of the gap, a bias toward
+      zero of less than ``2^-k`` of the gap.
+
+  Returns:
+    The rounded array, same shape and dtype as ``x``.
+
+  Raises:
+    TypeError: ``x`` is not a float array, or ``fmt`` is not a format.
+    ValueError: unknown ``rounding``/``overflow``, a missing ``key``, or a format whose values ``x``'s dtype
+      cannot hold.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> lpnum.quantize(jnp.array([0.3, 464.0, 500.0]), "float8_e4m3fn")
+    Array([  0.3125, 448.    , 448.    ], dtype=float32)
+  """
+  x, fmt, mode, ov, carrier, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
+  return _quantize_ste(x, key, fmt, mode, ov, stochastic_bits)
+
+
+def encode(
+    x: ArrayLike,
+    fmt: Format | str,
+    *,
+    rounding: str | Rounding = "nearest_even",
+    overflow: str | Overflow = "saturate",
+    key: jax.Array | None = None,
+    stochastic_bits: int | None = None,
+) -> jax.Array:
+  """Rounds ``x`` as :func:`quantize` does and returns the codes (bit patterns) of the results.
+
+  Codes come in the smallest unsigned dtype that holds ``fmt.bits`` bits (``fmt.code_dtype``); signed integer
+  formats use two's complement codes, posits their standard codes.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> lpnum.encode(jnp.array([1.0, -2.0]), "float8_e4m3fn")
+    Array([ 56, 192], dtype=uint8)
+  """
+  x, fmt, mode, ov, carrier, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
+  xc = x.astype(carrier.dtype)
+  y = fmt._round(xc, carrier, mode, ov, _rand(key, x.shape, mode), stochastic_bits)
+  return fmt._encode_rounded(y, carrier)
+
+
+def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
+  """The values of codes ``bits`` of ``fmt``, rounded once (nearest even) to ``dtype``.
+
+  ``bits`` is an integer array; bits above ``fmt.bits`` are ignored. NaN codes give NaN, infinities inf.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> lpnum.decode(jnp.array([0x38, 0x7e], jnp.uint8), "float8_e4m3fn")
+    Array([  1., 448.], dtype=float32)
+  """
+  fmt = as_format(fmt)
+  bits = jnp.asarray(bits)
+  if not jnp.issubdtype(bits.dtype, jnp.integer):
+    raise TypeError(f"bits must be an integer array of codes, got dtype {bits.dtype}")
+  dtype = np.dtype(dtype)
+  if dtype not in _FLOAT_INPUTS:
+    raise TypeError(f"dtype={dtype} must be one of float32, bfloat16, float16, float64")
+  if dtype == np.float64 and not jax.config.jax_enable_x64:
+    raise ValueError("dtype=float64 needs jax_enable_x64")
+  if fmt.bits <= TABLE_BITS:
+    return table_decode(fmt, bits, dtype)
+  carrier = _bits.INPUT_CARRIERS[dtype]
+  mask = np.uint32((1 << fmt.bits) - 1)
+  return fmt._decode_wide(bits.astype(jnp.uint32) & mask, carrier)
+
+
+def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
+  fmt = as_format(fmt)
+  mode = Rounding.parse(rounding, "rounding")
+  ov = Overflow.parse(overflow, "overflow")
+  fmt._check_overflow(ov)
+  if not isinstance(x, jax.Array | np.ndarray | np.generic) and not isinstance(x, float | int | list | tuple):
+    raise TypeError(f"x must be an array, got {type(x).__name__}")
+  x = jnp.asarray(x) if not isinstance(x, float | int | list | tuple) else jnp.asarray(x, jnp.float32)
+  if np.dtype(x.dtype) not in _FLOAT_INPUTS:
+    raise TypeError(f"x must be float32, bfloat16, float16 or float64, got dtype {x.dtype}")
+  carrier = _bits.carrier_for(x.dtype)
+  why = fmt._fits(_bits.INPUT_CARRIERS[np.dtype(x.dtype)])
+  if why is not None:
+    raise ValueError(f"fmt={fmt.name} cannot be quantized into x.dtype={x.dtype}: {why}; use a wider x")
+  if mode is Rounding.STOCHASTIC:
+    if key is None:
+      raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
+    if stochastic_bits is not None and (isinstance(stochastic_bits, bool) or not isinstance(stochastic_bits, int)
+                                        or not 1 <= stochastic_bits <= 32):
+      raise ValueError(f"stochastic_bits={stochastic_bits!r} must be an integer in [1, 32]")
+  elif stochastic_bits is not None:
+    raise ValueError(f"stochastic_bits={stochastic_bits!r} is only for rounding='stochastic'")
+  return x, fmt, mode, ov, carrier, stochastic_bits
+
+
+def _rand(key, shape, mode):
+  return random_bits(key, shape) if mode is Rounding.STOCHASTIC else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _quantize_ste(x, key, fmt, mode, overflow, stochastic_bits):
+  carrier = _bits.carrier_for(x.dtype)
+  y = fmt._round(x.astype(carrier.dtype), carrier, mode, overflow, _rand(key, x.shape, mode), stochastic_bits)
+  return y.astype(x.dtype)
+
+
+def _quantize_fwd(x, key, fmt, mode, overflow, stochastic_bits):
+  return _quantize_ste(x, key, fmt, mode, overflow, stochastic_bits), key
+
+
+def _quantize_bwd(fmt, mode, overflow, stochastic_bits, key, g):
+  del fmt, mode, overflow, stochastic_bits
+  key_ct = None if key is None else np.zeros(key.shape, jax.dtypes.float0)
+  return g, key_ct
+
+
+_quantize_ste.defvjp(_quantize_fwd, _quantize_bwd)

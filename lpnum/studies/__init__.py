@@ -1,0 +1,1 @@
+"""Reproducible studies behind ``lpnum study ...``."""
