@@ -19,6 +19,7 @@ import math
 import os
 import random
 import sys
+import zlib
 from fractions import Fraction
 
 import numpy as np
@@ -72,7 +73,8 @@ def f32(bits_u32: int) -> float:
 def f32_values(xs) -> list:
     """Keep only values exactly representable as float32 (as Python floats)."""
     arr = np.array(xs, dtype=np.float64)
-    a32 = arr.astype(np.float32)
+    with np.errstate(all="ignore"):
+        a32 = arr.astype(np.float32)
     keep = (a32.astype(np.float64) == arr) | np.isnan(arr)
     return ref.numpy_to_list(a32[keep])
 
@@ -168,7 +170,7 @@ def _e8m0_skip(x: float) -> bool:
 @pytest.mark.parametrize("name", ML_NAMES)
 def test_round_nearest_even_vs_ml_dtypes(name):
     spec = ref.SPECS[name]
-    rng = random.Random(hash(name) & 0xFFFF)
+    rng = random.Random(zlib.crc32(name.encode()))
     xs = _round_inputs(spec, rng, name)
     if spec.specials == "finite":
         # ml_dtypes maps NaN to a zero with the INVERTED sign; see
@@ -294,7 +296,11 @@ HAND = [
     (E4M3FN, Fraction(-1, 2**10), "nearest_even", "saturate", "-0"),
     (E4M3FN, Fraction(-1, 2**12), "up", "saturate", "-0"),
     (E4M3FN, Fraction(-1, 2**12), "down", "saturate", Fraction(-1, 2**9)),
-    (E4M3FN, Fraction(3, 2**11), "nearest_even", "saturate", Fraction(2, 2**9)),
+    (E4M3FN, Fraction(3, 2**11), "nearest_even", "saturate", Fraction(1, 2**9)),
+    (E4M3FN, Fraction(3, 2**10), "nearest_even", "saturate", Fraction(2, 2**9)),  # tie 1|2
+    (E4M3FN, Fraction(5, 2**10), "nearest_even", "saturate", Fraction(2, 2**9)),  # tie 2|3
+    (E4M3FN, Fraction(1, 2**10), "nearest_away", "saturate", Fraction(1, 2**9)),
+    (E4M3FN, Fraction(1, 2**10), "up", "saturate", Fraction(1, 2**9)),
     (E4M3FN, "-0", "nearest_even", "saturate", "-0"),
     (E4M3FN, -0.0, "nearest_even", "saturate", "-0"),
     (E4M3FNUZ, -0.0, "nearest_even", "saturate", 0),
@@ -368,6 +374,10 @@ def test_self_consistency(name):
             continue
         for mode in ref.ROUNDINGS:
             for ov in ref.OVERFLOWS:
+                if ov == "saturate" and v in ("+inf", "-inf"):
+                    assert ref.round_float(v, spec, mode, ov) == (
+                        ref.float_max(spec) * (1 if v == "+inf" else -1))
+                    continue
                 # every value of the format is a fixed point, and its code is found
                 assert ref.round_float(v, spec, mode, ov) == v
                 assert ref.round_float_code(v, spec, mode, ov) == code

@@ -306,7 +306,7 @@ def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, m
   # not the code's: fix the parity for ties-to-even and to-odd there. In the format's normal range that happens
   # only for m = 0 (code = exponent + code_bias); below it, the kept value is one grid step: an odd code.
   normal_flip = m == 0 and (code_bias - c.bias) % 2 == 1
-  flip = (drop == c.mantissa_bits) & (biased > 0) & jnp.where(e >= emin, normal_flip, (e + c.bias) % 2 == 0)
+  flip = (drop == c.mantissa_bits) & (biased > 0) & jnp.where(e >= emin, normal_flip, ((e + c.bias) & 1) == 0)
   q = round_shift(jnp.where(tiny, sig, a), jnp.maximum(drop, 0), mode, negative=negative, rand=rand,
                   stochastic_bits=stochastic_bits, parity_flip=flip)
   kept = q << jnp.clip(drop, 0, c.mantissa_bits).astype(c.utype)
