@@ -62,6 +62,7 @@ Known deviations of ml_dtypes 0.6.0 from this reference (see tests)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -377,11 +378,13 @@ def _max_body(spec: FloatSpec) -> int:
     return body
 
 
+@functools.lru_cache(maxsize=None)
 def float_max(spec: FloatSpec) -> Fraction:
     """Largest finite value of the format."""
     return _body_magnitude(_max_body(spec), spec)
 
 
+@functools.lru_cache(maxsize=None)
 def float_minpos(spec: FloatSpec) -> Fraction:
     """Smallest positive finite value of the format."""
     return _body_magnitude(0 if not spec.has_subnormals else 1, spec)

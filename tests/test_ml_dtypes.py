@@ -77,7 +77,7 @@ def _decode_subbyte(fmt, codes):
 
 def _check_round_trip(fmt, x, overflow, transform):
   ref_in = x if overflow == "non_saturating" else np.clip(x, fmt.min_value, fmt.max_finite)
-  with np.errstate(over="ignore"):
+  with np.errstate(over="ignore", invalid="ignore"):
     ref = ref_in.astype(fmt.dtype)
   got = np.asarray(transform(lambda v: lpnum.quantize(v, fmt, overflow=overflow))(x))
   codes = np.asarray(transform(lambda v: lpnum.encode(v, fmt, overflow=overflow))(x))

@@ -126,8 +126,8 @@ def _round_inputs(spec, rng: random.Random, name: str) -> list:
     pts = pos + [above, above * 2]
     mids = [(a + b) / 2 for a, b in zip(pts, pts[1:])]
     if len(mids) > 3000:  # 16-bit formats: sample
-        mids = rng.sample(mids, 3000)
-        pos = rng.sample(pos, 2000) + pos[:50] + pos[-50:]
+        mids = rng.sample(mids, 1500) + mids[:50] + mids[-50:]
+        pos = rng.sample(pos, 1000) + pos[:50] + pos[-50:]
     base = [float(p) for p in pos] + [float(mm) for mm in mids]
     base = f32_values(base)
     xs = []
@@ -159,6 +159,11 @@ def _e8m0_skip(x: float) -> bool:
     # known ml_dtypes bug region strictly between 2^-127 and 2^-126
     if Fraction(1, 2**127) < a < Fraction(1, 2**126):
         return True
+    # negative values whose magnitude rounds to 0 (below 2^-128): the spec
+    # gives minpos (as for positive ones), ml_dtypes gives NaN (0xFF) as for
+    # every other negative input.  See test_e8m0_ties_even_code.
+    if x < 0 and a <= Fraction(1, 2**128):
+        return True
     # exact ties between adjacent powers of two: ml_dtypes rounds up, we pick
     # the even code.  (Below 2^-127 ties are between "0" and minpos.)
     e = ref._floor_log2(a)
@@ -182,11 +187,19 @@ def test_round_nearest_even_vs_ml_dtypes(name):
     with np.errstate(all="ignore"):
         got = arr.astype(ml_dtype(name)).view(uint_dtype(spec.bits))
     got = [int(g) for g in got]
+    canonical_nans = (0x7FC00000, 0xFFC00000)
     bad = []
-    for x, g in zip(xs, got):
+    for x, a32, g in zip(xs, arr.view(np.uint32), got):
         want = ref.round_float_code(x, spec, "nearest_even", "non_saturating")
-        if want != g:
-            bad.append((x, hex(want), hex(g)))
+        if math.isnan(x) and int(a32) not in canonical_nans and spec.bits == 16:
+            # float16/bfloat16 conversions propagate NaN payloads; the spec
+            # only promises a NaN (canonical code) with the input's sign.
+            ok = (ref.float_code_value(g, spec) == "nan"
+                  and (g & spec.sign_mask) == (want & spec.sign_mask))
+        else:
+            ok = want == g
+        if not ok:
+            bad.append((x, hex(int(a32)), hex(want), hex(g)))
     assert not bad, (len(bad), len(xs), bad[:10])
     assert len(xs) > 3000
 
@@ -614,7 +627,7 @@ def _posit_encode_inputs(n, es, rng, nmid):
     +-1 ulp (float64) around them, codes themselves, and random wide-range values."""
     maxscale = (n - 2) * (1 << es)
     xs = []
-    if n <= 16:
+    if n <= 12:
         ks = range(1, 1 << (n - 1))
     else:
         ks = [rng.randrange(1, 1 << (n - 1)) for _ in range(nmid)]
@@ -641,7 +654,7 @@ def _posit_encode_inputs(n, es, rng, nmid):
 def test_posit_encode_vs_softposit(n, es):
     _, to_bits = SP[(n, es)]
     rng = random.Random(n * 10 + es)
-    xs = _posit_encode_inputs(n, es, rng, 4000)
+    xs = _posit_encode_inputs(n, es, rng, 3000)
     bad = []
     for x in xs:
         want = ref.round_posit_code(x, n, es, "nearest_even")

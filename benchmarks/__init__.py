@@ -1,0 +1,1 @@
+"""Benchmarks for lpnum: run each as ``python -m benchmarks.<name>``."""
