@@ -137,12 +137,12 @@ def _round_inputs(spec, rng: random.Random, name: str) -> list:
     # random values over the format's exponent range (+ margins)
     lo_e = ref._floor_log2(ref.float_minpos(spec)) - 4
     hi_e = top_e + 3
-    for _ in range(2000):
+    for _ in range(1000):
         e = rng.randint(lo_e, hi_e)
         mant = 1 + rng.getrandbits(23) / 2**23
         xs.append(rng.choice((-1, 1)) * math.ldexp(mant, e))
     # random float32 bit patterns (whole float32 range, incl. nan/inf/subnormals)
-    for _ in range(1500):
+    for _ in range(800):
         xs.append(f32(rng.getrandbits(32)))
     specials = [0.0, -0.0, math.inf, -math.inf, math.nan, -math.nan,
                 f32(0x7F7FFFFF), f32(0xFF7FFFFF), f32(1), f32(0x80000001),
@@ -201,7 +201,7 @@ def test_round_nearest_even_vs_ml_dtypes(name):
         if not ok:
             bad.append((x, hex(int(a32)), hex(want), hex(g)))
     assert not bad, (len(bad), len(xs), bad[:10])
-    assert len(xs) > 3000
+    assert len(xs) > 1500  # the comparison is not vacuous
 
 
 def test_ml_dtypes_nan_to_finite_format_quirk():
@@ -377,7 +377,11 @@ ALL_SPECS.update({
 })
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_SPECS if ALL_SPECS[n].bits <= 8])
+SELF_CHECK = ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "float8_e8m0fnu",
+              "p3109_8p3se", "p3109_8p1se", "p3109_8p3ue", "p3109_6p3sf"]
+
+
+@pytest.mark.parametrize("name", SELF_CHECK)
 def test_self_consistency(name):
     spec = ALL_SPECS[name]
     vals = ref.float_values(spec)
@@ -397,7 +401,7 @@ def test_self_consistency(name):
     # monotonicity over a dense sorted grid of inputs
     pts = []
     for a, b in zip(finite, finite[1:]):
-        pts += [a, a + (b - a) / 4, (a + b) / 2, a + 3 * (b - a) / 4]
+        pts += [a, a + (b - a) / 4, (a + b) / 2]
     pts.append(finite[-1])
     fmax = ref.float_max(spec)
     pts += [fmax * Fraction(9, 8), fmax * 4]
@@ -508,10 +512,13 @@ G_MODES = {
 
 G_ROUND_FORMATS = [
     format_info_p3109(8, p, s, d)
-    for p in (1, 3, 4, 7)
+    for p in (1, 3)
     for s in (Signedness.Signed, Signedness.Unsigned)
     for d in (Domain.Finite, Domain.Extended)
-] + [format_info_p3109(8, 8, Signedness.Unsigned, Domain.Finite),
+] + [format_info_p3109(8, 7, Signedness.Signed, Domain.Extended),
+     format_info_p3109(8, 8, Signedness.Unsigned, Domain.Finite),
+     format_info_p3109(8, 4, Signedness.Signed, Domain.Extended),
+     format_info_p3109(8, 4, Signedness.Unsigned, Domain.Finite),
      format_info_p3109(4, 2, Signedness.Signed, Domain.Extended)]
 
 G_OCP = {
@@ -524,13 +531,13 @@ G_OCP = {
 
 
 def _gfloat_round_cases():
-    cases = [(fi.name, fi, _spec_of_p3109(fi)) for fi in G_ROUND_FORMATS]
-    cases += [(k, fi, spec) for k, (fi, spec) in G_OCP.items()]
+    cases = [pytest.param(fi, _spec_of_p3109(fi), id=fi.name) for fi in G_ROUND_FORMATS]
+    cases += [pytest.param(fi, spec, id=k) for k, (fi, spec) in G_OCP.items()]
     return cases
 
 
-@pytest.mark.parametrize("name,fi,spec", _gfloat_round_cases(), ids=lambda v: v if isinstance(v, str) else "")
-def test_round_all_modes_vs_gfloat(name, fi, spec):
+@pytest.mark.parametrize("fi,spec", _gfloat_round_cases())
+def test_round_all_modes_vs_gfloat(fi, spec):
     rng = random.Random(1234 + fi.k * 31 + fi.precision)
     finite = sorted({abs(v) for v in ref.float_values(spec) if isinstance(v, Fraction)})
     fmax = ref.float_max(spec)
@@ -538,11 +545,11 @@ def test_round_all_modes_vs_gfloat(name, fi, spec):
     pts = finite + [fmax + Fraction(2) ** (top_e - spec.mantissa_bits)]
     xs = []
     for a, b in zip(pts, pts[1:]):
-        for t in (0, 1, 2, 3):
+        for t in (0, 1, 2):  # grid point, quarter point, midpoint (tie)
             xs.append(float(a + (b - a) * t / 4))
     xs += [float(fmax) * 1.01, float(fmax) * 3, 1e30, math.inf, 0.0, -0.0,
            float(finite[1]) / 3, float(finite[1]) / 2, 1e-30]
-    for _ in range(200):
+    for _ in range(40):
         xs.append(math.ldexp(1 + rng.random(), rng.randint(top_e - 40, top_e + 2)))
     if spec.signed:
         xs += [-x for x in xs]
@@ -627,7 +634,7 @@ def _posit_encode_inputs(n, es, rng, nmid):
     +-1 ulp (float64) around them, codes themselves, and random wide-range values."""
     maxscale = (n - 2) * (1 << es)
     xs = []
-    if n <= 12:
+    if n <= 10:
         ks = range(1, 1 << (n - 1))
     else:
         ks = [rng.randrange(1, 1 << (n - 1)) for _ in range(nmid)]
@@ -642,7 +649,7 @@ def _posit_encode_inputs(n, es, rng, nmid):
             if Fraction(f) != c:
                 continue
             xs += [f, math.nextafter(f, math.inf), math.nextafter(f, 0.0)]
-    for _ in range(3000):
+    for _ in range(1500):
         e = rng.randint(-maxscale - 8, maxscale + 8)
         xs.append(math.ldexp(1 + rng.random(), e))
     xs += [0.0, 1e-300, 1e300, math.inf, math.nan, 5e-324]
@@ -654,7 +661,7 @@ def _posit_encode_inputs(n, es, rng, nmid):
 def test_posit_encode_vs_softposit(n, es):
     _, to_bits = SP[(n, es)]
     rng = random.Random(n * 10 + es)
-    xs = _posit_encode_inputs(n, es, rng, 3000)
+    xs = _posit_encode_inputs(n, es, rng, 2000)
     bad = []
     for x in xs:
         want = ref.round_posit_code(x, n, es, "nearest_even")
@@ -664,12 +671,11 @@ def test_posit_encode_vs_softposit(n, es):
     assert not bad, (len(bad), len(xs), bad[:10])
 
 
-@pytest.mark.parametrize("n", [3, 4, 5, 6, 8, 10, 12, 16, 24, 31])
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 8, 10, 12, 16, 31])
 def test_posit_es2_encode_vs_softposit_x2(n):
     _, to_bits = _sp_x2(n)
     rng = random.Random(100 + n)
-    xs = _posit_encode_inputs(n, 2, rng, 1500)
-    xs = xs[::2] if len(xs) > 8000 else xs
+    xs = _posit_encode_inputs(n, 2, rng, 600)
     bad = []
     for x in xs:
         want = ref.round_posit_code(x, n, 2, "nearest_even")

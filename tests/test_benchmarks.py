@@ -1,0 +1,65 @@
+"""Smoke test of benchmarks/formats.py: a tiny quick run and the schema of the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytest.importorskip("gfloat")
+from benchmarks import formats  # noqa: E402
+
+REPEATS = 1
+
+
+def check_measurement(m: dict[str, Any]) -> None:
+  assert m["status"] in ("ok", "fails", "skipped"), m
+  if m["status"] != "ok":
+    assert isinstance(m["reason"], str) and m["reason"]
+    return
+  for key in ("compile_s", "median_s", "min_s"):
+    assert m[key] > 0, (key, m)
+  assert m["min_s"] <= m["median_s"]
+  assert len(m["samples"]) == REPEATS and all(s > 0 for s in m["samples"])
+
+
+def test_formats_quick(tmp_path, capsys):
+  path = formats.main(["--quick", "--size-log2", "12", "--repeats", str(REPEATS), "--out", str(tmp_path)])
+  assert path == tmp_path / "formats.json"
+  doc = json.loads(path.read_text())
+  assert doc["benchmark"] == "formats"
+  for key in ("date", "jax", "device", "cpu_count"):
+    assert doc["machine"][key]
+  results = doc["results"]
+  assert results["config"]["values"] == 1 << 12 and results["config"]["quick"]
+
+  records = results["formats"]
+  assert [r["format"] for r in records] == list(formats.REPRESENTATIVE)
+  for r in records:
+    c = r["candidates"]
+    assert {"floor", *(f"lpnum/{mode}" for mode in formats.QUICK_ROUNDINGS)} <= set(c)
+    for m in c.values():
+      check_measurement(m)
+    assert c["floor"]["status"] == c["lpnum/nearest_even"]["status"] == "ok"
+    for mode, ratio in r["figures"]["ratio_to_floor"].items():
+      assert ratio > 0, (r["format"], mode)
+    assert r["figures"]["stochastic_over_nearest_even"] > 0
+  by_name = {r["format"]: r["candidates"] for r in records}
+  assert by_name["float8_e4m3fn"]["xla_astype"]["status"] == "ok"
+  assert by_name["float8_e4m3fn"]["gfloat"]["status"] == "ok"
+  assert by_name["float8_e4m3fn"]["ml_dtypes"]["scale"] == 1.0
+
+  targets = results["targets"]
+  assert set(targets) == {"float_vs_floor", "float_vs_xla_e4m3fn", "posit_shift_vs_floor",
+                          "stochastic_vs_nearest_even", "vs_gfloat"}
+  for t in targets.values():
+    assert t["status"] in ("PASS", "FAIL")
+    assert t["values"] and all(v > 0 for v in t["values"].values())
+    assert set(t["failures"]) <= set(t["values"])
+
+  out = capsys.readouterr().out
+  assert "speedup vs gfloat" in out and "(e) every format" in out
