@@ -54,12 +54,12 @@ Known deviations of ml_dtypes 0.6.0 from this reference (see tests)
 -------------------------------------------------------------------
 * For formats without NaN (float6_e3m2fn, float6_e2m3fn, float4_e2m1fn)
   ml_dtypes converts a NaN with the sign bit CLEAR to -0 and a NaN with the sign
-  bit SET to +0 (sign inverted).  The lpnum spec (implemented here) keeps the
-  NaN's sign: +nan -> +0, -nan -> -0.
+  bit SET to +0 (sign inverted).  lpnum matches ml_dtypes here (the issue asks
+  for it), so this reference does too.
 * E8M0: ml_dtypes rounds ties up (we round to the even code) and mis-rounds
-  inputs strictly between 2**-127 and 2**-126.  For negative inputs whose
-  magnitude rounds to 0 (|x| <= 2**-128) ml_dtypes gives NaN (as for every
-  negative input); the spec gives minpos (as for positive tiny inputs).
+  inputs strictly between 2**-127 and 2**-126.  Every negative input (however
+  tiny) is a negative in an unsigned format without zero: NaN when
+  non-saturating (as ml_dtypes), minpos when saturating.
 * float16/bfloat16 conversions propagate NaN payloads; the spec (and this
   reference) always produce the canonical NaN code (sign kept).
 """
@@ -473,7 +473,7 @@ def round_float(x, spec: FloatSpec, rounding: str = "nearest_even", overflow: st
     """Round ``x`` to the format (lpnum.quantize semantics). Returns a value.
 
     Steps (see module docstring for the value convention):
-      1. nan -> "nan" if the format has one, else a zero with the NaN's sign.
+      1. nan -> "nan" if the format has one, else the zero of the opposite sign (as ml_dtypes).
       2. +-inf -> saturate: +-max; non_saturating: +-inf, else "nan", else +-max.
       3. |x| is rounded on the grid unbounded upward (real bottom: subnormals,
          or {0, 2**-bias} for zero-less formats) with the rounding mode.
@@ -513,7 +513,7 @@ def round_float(x, spec: FloatSpec, rounding: str = "nearest_even", overflow: st
     if kind == "nan":
         if spec.has_nan:
             return "nan"
-        return zero_result(neg)
+        return zero_result(not neg)  # ml_dtypes' convention: the zero of the opposite sign
 
     # 2. Infinities
     if kind == "inf":
@@ -538,8 +538,10 @@ def round_float(x, spec: FloatSpec, rounding: str = "nearest_even", overflow: st
     # 3. Round the magnitude on the unbounded grid
     r = _round_magnitude(a, neg, spec, rounding)
 
-    # 5a. Rounded to zero
+    # 5a. Rounded to zero (a format without zero has no zero to round to: a negative is out of range)
     if r == 0:
+        if neg_unsigned and not spec.has_zero:
+            return negative_in_unsigned()
         return zero_result(neg)
 
     # 5b. Negative nonzero in an unsigned format
