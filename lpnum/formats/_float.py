@@ -302,11 +302,17 @@ def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, m
   drop = t - lsb
   tiny = drop > c.mantissa_bits
   sig = (a & c.u(c.mant_mask)) | jnp.where(biased > 0, c.u(1 << c.mantissa_bits), c.u(0))
-  # Where exactly the 23 (52) mantissa bits drop, the low bit of ``a >> drop`` is the carrier's exponent bit,
-  # not the code's: fix the parity for ties-to-even and to-odd there. In the format's normal range that happens
-  # only for m = 0 (code = exponent + code_bias); below it, the kept value is one grid step: an odd code.
-  normal_flip = m == 0 and (code_bias - c.bias) % 2 == 1
-  flip = (drop == c.mantissa_bits) & (biased > 0) & jnp.where(e >= emin, normal_flip, ((e + c.bias) & 1) == 0)
+  # Ties-to-even and to-odd read the parity of ``a >> drop``; fix it where that is not the code's parity.
+  # m = 0 (normal range): the code is the exponent plus ``code_bias``, while the kept bits count carrier
+  # exponents (or, for carrier subnormals, are the single unit 1). Below the format's normal range, where
+  # exactly the carrier's mantissa bits drop, the kept bit is the carrier's exponent bit but the kept value is
+  # one grid step: an odd code.
+  if m == 0:
+    normal_flip = (((e + code_bias) ^ jnp.where(biased > 0, e + c.bias, 1)) & 1) == 1
+  else:
+    normal_flip = False
+  sub_flip = (drop == c.mantissa_bits) & (biased > 0) & (((e + c.bias) & 1) == 0)
+  flip = ~tiny & jnp.where(e >= emin, normal_flip, sub_flip)
   q = round_shift(jnp.where(tiny, sig, a), jnp.maximum(drop, 0), mode, negative=negative, rand=rand,
                   stochastic_bits=stochastic_bits, parity_flip=flip)
   kept = q << jnp.clip(drop, 0, c.mantissa_bits).astype(c.utype)
