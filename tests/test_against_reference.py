@@ -128,7 +128,8 @@ def test_posit_decode_every_code(n, es):
   _assert_same(codes, fmt.values(), want, "table")
   # The arithmetic decoder (used above 16 bits) agrees with the table on every code.
   got = fmt._decode_wide(jax.numpy.asarray(codes), lpnum._bits.F32)
-  _assert_same(codes, got, want.astype(np.float32), "arithmetic")
+  with np.errstate(over="ignore"):  # posit(10, 4) reaches 2^128: inf in float32, as a cast gives
+    _assert_same(codes, got, want.astype(np.float32), "arithmetic")
 
 
 @pytest.mark.parametrize("mode", MODES)
