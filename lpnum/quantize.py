@@ -63,8 +63,8 @@ def quantize(
 
   Example:
     >>> import jax.numpy as jnp, lpnum
-    >>> lpnum.quantize(jnp.array([0.3, 464.0, 500.0]), "float8_e4m3fn")
-    Array([  0.3125, 448.    , 448.    ], dtype=float32)
+    >>> lpnum.quantize(jnp.array([0.3, 464.0, 500.0]), "float8_e4m3fn").tolist()
+    [0.3125, 448.0, 448.0]
   """
   x, fmt, mode, ov, carrier, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
   return _quantize_ste(x, key, fmt, mode, ov, stochastic_bits)

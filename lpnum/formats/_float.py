@@ -171,20 +171,29 @@ class FloatFormat(Format):
     exp = np.where(normal, e_field, 1) - self.bias - m
     value = np.ldexp(frac, exp.astype(np.int32))
     value = np.where(sign == 1, -value, value)
+    is_nan, is_inf = self._special_codes(sign == 1, mag, np)
+    inf = np.where(sign == 1, -np.inf, np.inf)
+    return np.where(is_nan, np.nan, np.where(is_inf, inf, value))
+
+  def _special_codes(self, negative, mag, xp):
+    """``(is_nan, is_inf)`` of codes given their sign and the bits below it; ``xp`` is numpy or jax.numpy."""
+    m, nb = self.mantissa_bits, self.exponent_bits + self.mantissa_bits
     top = (1 << nb) - 1
+    none = xp.zeros(mag.shape, bool)
     sp = self.specials
     if sp is Specials.IEEE:
-      special = e_field == (1 << self.exponent_bits) - 1
-      value = np.where(special, np.where(m_field == 0, np.where(sign == 1, -np.inf, np.inf), np.nan), value)
-    elif sp is Specials.FN:
-      value = np.where(mag == top, np.nan, value)
-    elif sp in (Specials.FNUZ, Specials.FNUZ_INF):
-      value = np.where((sign == 1) & (mag == 0), np.nan, value)
-      if sp is Specials.FNUZ_INF:
-        value = np.where(mag == top, np.where(sign == 1, -np.inf, np.inf), value)
-    elif sp is Specials.FN_INF:
-      value = np.where(mag == top, np.nan, np.where(mag == top - 1, np.inf, value))
-    return value
+      special = (mag >> m) == (1 << self.exponent_bits) - 1
+      mantissa_zero = (mag & ((1 << m) - 1)) == 0
+      return special & ~mantissa_zero, special & mantissa_zero
+    if sp is Specials.FN:
+      return mag == top, none
+    if sp is Specials.FNUZ:
+      return negative & (mag == 0), none
+    if sp is Specials.FNUZ_INF:
+      return negative & (mag == 0), mag == top
+    if sp is Specials.FN_INF:
+      return mag == top, mag == top - 1
+    return none, none
 
   # ---- rounding ------------------------------------------------------------------------------------------
   def _fits(self, carrier: _bits.Carrier) -> str | None:
@@ -256,21 +265,9 @@ class FloatFormat(Format):
     sig = jnp.where(normal, sig, sig << jnp.clip(m - lead, 0, 31).astype(jnp.uint32))
     y = _bits.compose(negative, e, sig, m, c)
     y = jnp.where(negative & (mag == 0) & ~jnp.asarray(self.has_negative_zero), jnp.zeros_like(y), y)
-    top = (1 << nb) - 1
-    sp = self.specials
-    nan = jnp.asarray(np.nan, c.dtype)
+    is_nan, is_inf = self._special_codes(negative, mag, jnp)
     inf = jnp.where(negative, -jnp.inf, jnp.inf).astype(c.dtype)
-    if sp is Specials.IEEE:
-      y = jnp.where(e_field == (1 << self.exponent_bits) - 1, jnp.where(m_field == 0, inf, nan), y)
-    elif sp is Specials.FN:
-      y = jnp.where(mag == top, nan, y)
-    elif sp in (Specials.FNUZ, Specials.FNUZ_INF):
-      y = jnp.where(negative & (mag == 0), nan, y)
-      if sp is Specials.FNUZ_INF:
-        y = jnp.where(mag == top, inf, y)
-    elif sp is Specials.FN_INF:
-      y = jnp.where(mag == top, nan, jnp.where(mag == top - 1, inf, y))
-    return y
+    return jnp.where(is_nan, jnp.asarray(np.nan, c.dtype), jnp.where(is_inf, inf, y))
 
 
 def _float_fits(fmt: Format, carrier: _bits.Carrier, precision_bits: int | None = None) -> str | None:
