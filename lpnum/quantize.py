@@ -16,7 +16,6 @@ from lpnum.formats._table import as_format
 
 __all__ = ["quantize", "encode", "decode"]
 
-_FLOAT_INPUTS = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16), np.dtype(np.float64))
 
 
 def quantize(
@@ -66,7 +65,7 @@ def quantize(
     >>> lpnum.quantize(jnp.array([0.3, 464.0, 500.0]), "float8_e4m3fn").tolist()
     [0.3125, 448.0, 448.0]
   """
-  x, fmt, mode, ov, carrier, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
+  x, fmt, mode, ov, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
   return _quantize_ste(x, key, fmt, mode, ov, stochastic_bits)
 
 
@@ -89,9 +88,8 @@ def encode(
     >>> lpnum.encode(jnp.array([1.0, -2.0]), "float8_e4m3fn")
     Array([ 56, 192], dtype=uint8)
   """
-  x, fmt, mode, ov, carrier, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
-  xc = x.astype(carrier.dtype)
-  y = fmt._round(xc, carrier, mode, ov, _rand(key, x.shape, mode), stochastic_bits)
+  x, fmt, mode, ov, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
+  y, carrier = _round_in_carrier(x, key, fmt, mode, ov, stochastic_bits)
   return fmt._encode_rounded(y, carrier)
 
 
@@ -110,7 +108,7 @@ def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp
   if not jnp.issubdtype(bits.dtype, jnp.integer):
     raise TypeError(f"bits must be an integer array of codes, got dtype {bits.dtype}")
   dtype = np.dtype(dtype)
-  if dtype not in _FLOAT_INPUTS:
+  if dtype not in _bits.INPUT_CARRIERS:
     raise TypeError(f"dtype={dtype} must be one of float32, bfloat16, float16, float64")
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype=float64 needs jax_enable_x64")
@@ -126,12 +124,14 @@ def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
   mode = Rounding.parse(rounding, "rounding")
   ov = Overflow.parse(overflow, "overflow")
   fmt._check_overflow(ov)
-  if not isinstance(x, jax.Array | np.ndarray | np.generic) and not isinstance(x, float | int | list | tuple):
+  if isinstance(x, float | int | list | tuple):
+    x = jnp.asarray(x, jnp.float32)
+  elif isinstance(x, jax.Array | np.ndarray | np.generic):
+    x = jnp.asarray(x)
+  else:
     raise TypeError(f"x must be an array, got {type(x).__name__}")
-  x = jnp.asarray(x) if not isinstance(x, float | int | list | tuple) else jnp.asarray(x, jnp.float32)
-  if np.dtype(x.dtype) not in _FLOAT_INPUTS:
+  if np.dtype(x.dtype) not in _bits.INPUT_CARRIERS:
     raise TypeError(f"x must be float32, bfloat16, float16 or float64, got dtype {x.dtype}")
-  carrier = _bits.carrier_for(x.dtype)
   why = fmt._fits(_bits.INPUT_CARRIERS[np.dtype(x.dtype)])
   if why is not None:
     raise ValueError(f"fmt={fmt.name} cannot be quantized into x.dtype={x.dtype}: {why}; use a wider x")
@@ -143,17 +143,19 @@ def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
       raise ValueError(f"stochastic_bits={stochastic_bits!r} must be an integer in [1, 32]")
   elif stochastic_bits is not None:
     raise ValueError(f"stochastic_bits={stochastic_bits!r} is only for rounding='stochastic'")
-  return x, fmt, mode, ov, carrier, stochastic_bits
+  return x, fmt, mode, ov, stochastic_bits
 
 
-def _rand(key, shape, mode):
-  return random_bits(key, shape) if mode is Rounding.STOCHASTIC else None
+def _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits):
+  """Rounds ``x`` to ``fmt`` in its carrier float; returns the rounded values and the carrier."""
+  carrier = _bits.carrier_for(x.dtype)
+  rand = random_bits(key, x.shape) if mode is Rounding.STOCHASTIC else None
+  return fmt._round(x.astype(carrier.dtype), carrier, mode, overflow, rand, stochastic_bits), carrier
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _quantize_ste(x, key, fmt, mode, overflow, stochastic_bits):
-  carrier = _bits.carrier_for(x.dtype)
-  y = fmt._round(x.astype(carrier.dtype), carrier, mode, overflow, _rand(key, x.shape, mode), stochastic_bits)
+  y, _ = _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits)
   return y.astype(x.dtype)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -150,10 +149,3 @@ def table_decode(fmt: Format, codes: jax.Array, dtype: np.dtype) -> jax.Array:
   mask = (1 << fmt.bits) - 1
   idx = (codes.astype(jnp.uint32) & np.uint32(mask)).astype(jnp.int32)
   return jnp.asarray(table)[idx]
-
-
-def exact_float(value: float) -> float:
-  """Guards facts: every fact is an exact binary value (finite float64)."""
-  if not math.isfinite(value):
-    raise ValueError(f"fact {value!r} is not finite")
-  return float(value)

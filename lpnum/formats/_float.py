@@ -12,7 +12,7 @@ import numpy as np
 
 from lpnum import _bits
 from lpnum._rounding import Overflow, Rounding, away_from_zero, round_shift
-from lpnum.formats._base import Format, table_decode
+from lpnum.formats._base import Format
 
 
 class Specials(enum.Enum):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, round_shift
+from lpnum._rounding import Overflow, Rounding
 from lpnum.formats._base import Format
 from lpnum.formats._float import _float_fits, round_magnitude
 

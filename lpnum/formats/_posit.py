@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import Overflow, round_shift
+from lpnum._rounding import Rounding, round_shift
 from lpnum.formats._base import Format
 from lpnum.formats._float import _float_fits
 
@@ -83,9 +83,6 @@ class PositFormat(Format):
   def _fits(self, carrier: _bits.Carrier) -> str | None:
     return _float_fits(self, carrier)
 
-  def _check_overflow(self, overflow: Overflow) -> None:
-    Format._check_overflow(self, overflow)
-
   # ---- exact decode (numpy) ------------------------------------------------------------------------------
   def _decode_np(self, codes: np.ndarray) -> np.ndarray:
     n, es = self.n, self.es
@@ -120,8 +117,6 @@ class PositFormat(Format):
 
   def _encode_rounded(self, y, carrier):
     # y holds posit values; rounding them again is exact and gives their codes.
-    from lpnum._rounding import Rounding
-
     return self._codes(y, carrier, Rounding.TOWARD_ZERO, None, None).astype(self.code_dtype)
 
   def _codes(self, x, c: _bits.Carrier, mode, rand, stochastic_bits) -> jax.Array:
