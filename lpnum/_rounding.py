@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Rounding", "Overflow", "round_shift", "random_bits", "away_from_zero"]
+__all__ = ["Rounding", "Overflow", "round_shift", "round_below_unit", "random_bits", "away_from_zero"]
 
 
 class _ParsedEnum(enum.Enum):
@@ -93,6 +93,7 @@ def round_shift(
     rand: jax.Array | None = None,
     stochastic_bits: int | None = None,
     parity_flip: jax.Array | None = None,
+    drop_range: tuple[int, int] | None = None,
 ) -> jax.Array:
   """Rounds ``v >> drop`` according to ``mode``.
 
@@ -109,6 +110,8 @@ def round_shift(
     parity_flip: where true, the code of ``v >> drop`` has the opposite parity to its low bit (used when ``v`` is
       a carrier bit pattern and the format numbers its codes with a different offset); for ties-to-even and
       to-odd.
+    drop_range: static bounds ``(lo, hi)`` the caller guarantees for ``drop``, with ``0 <= lo <= hi < width``;
+      they let the rounding skip the range checks (the hot path of float formats).
 
   Returns:
     The rounded quotient, in the dtype of ``v``; it may equal ``2^(width - drop)`` (a carry out), which the
@@ -117,8 +120,15 @@ def round_shift(
   width = jnp.iinfo(v.dtype).bits
   utype = v.dtype
   drop = jnp.asarray(drop, jnp.int32)
-  d = jnp.clip(drop, 0, width - 1).astype(utype)
   one = jnp.asarray(1, utype)
+  if drop_range is not None:
+    lo_drop, hi_drop = drop_range
+    if not 0 <= lo_drop <= hi_drop < width:
+      raise ValueError(f"drop_range={drop_range!r} must satisfy 0 <= lo <= hi < {width}")
+    d = drop.astype(utype)
+  else:
+    lo_drop = 0
+    d = jnp.clip(drop, 0, width - 1).astype(utype)
   lo = v >> d
   mask = (one << d) - one
   rem = v & mask
@@ -130,7 +140,10 @@ def round_shift(
   inexact = rem != 0
   if sticky is not None:
     inexact = inexact | sticky
-  if mode in (Rounding.NEAREST_EVEN, Rounding.NEAREST_AWAY):
+  if mode is Rounding.NEAREST_EVEN and drop_range is not None and lo_drop >= 1 and sticky is None:
+    # With 1 <= drop < width: above half, or at half with an odd quotient.
+    inc = (rem + odd.astype(utype)) > (one << (d - one))
+  elif mode in (Rounding.NEAREST_EVEN, Rounding.NEAREST_AWAY):
     half = (one << d) >> one
     in_range = drop == d.astype(jnp.int32)  # beyond the clip, v is below half a unit
     above = in_range & (rem > half)
@@ -160,6 +173,29 @@ def round_shift(
   else:  # pragma: no cover - the enum is closed
     raise ValueError(f"rounding={mode!r}")
   return lo + inc.astype(utype)
+
+
+def round_below_unit(a: jax.Array, half: np.generic, mode: Rounding,
+                     negative: jax.Array | None = None) -> jax.Array:
+  """Whether a magnitude below one unit rounds to the unit (else to 0), for every mode but stochastic.
+
+  ``a`` is monotone in the magnitude (e.g. float bits) and ``half`` is its value at half a unit. The unit's
+  code is odd (1), so a tie goes to 0 under ``nearest_even``.
+  """
+  nonzero = a != 0
+  if mode is Rounding.NEAREST_EVEN:
+    return a > half
+  if mode is Rounding.NEAREST_AWAY:
+    return a >= half
+  if mode is Rounding.TOWARD_ZERO:
+    return jnp.zeros_like(nonzero)
+  if mode is Rounding.UP:
+    return nonzero if negative is None else nonzero & ~negative
+  if mode is Rounding.DOWN:
+    return jnp.zeros_like(nonzero) if negative is None else nonzero & negative
+  if mode is Rounding.TO_ODD:
+    return nonzero
+  raise ValueError(f"rounding={mode.value!r} needs the fraction itself; use round_shift")
 
 
 def _fraction32(rem: jax.Array, drop: jax.Array, width: int) -> jax.Array:

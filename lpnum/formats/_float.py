@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, away_from_zero, round_shift
+from lpnum._rounding import Overflow, Rounding, away_from_zero, round_below_unit, round_shift
 from lpnum.formats._base import Format
 
 
@@ -293,23 +293,61 @@ def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, m
   Ties go to the even code: for ``m = 0`` the code is the exponent plus ``code_bias``, whose parity may differ
   from the carrier's biased exponent.
   """
+  M = c.mantissa_bits
+  if emin < -c.bias or mode is Rounding.STOCHASTIC:
+    return _round_magnitude_general(a, biased, c, m, emin, tsub, mode, negative, rand, stochastic_bits,
+                                    code_bias)
+  # The format's normal range starts at most one binade below the carrier's, so the exponent can be read from
+  # the biased field without counting leading zeros: a carrier subnormal, read as exponent -bias, then gets the
+  # grid step it would get with its true exponent. Every value of at least one grid step (2^tsub) drops between
+  # M - m (one less in the binade below the carrier's normals) and M bits of its pattern.
+  e = biased - c.bias
+  t = jnp.where(e >= emin, e - m, tsub)
+  drop = jnp.clip(t - (jnp.maximum(biased, 1) - c.bias - M), 0, M)
+  reaches_normal = emin <= c.bias
+  lo_drop = max(M - m - (emin == -c.bias), 0) if reaches_normal else 0
+  if m == 0:
+    flip = _parity_flip(e, biased, drop, c, m, emin, code_bias)
+  else:  # only the lowest subnormal binade drops M bits (values below it are handled as tiny)
+    flip = (drop == M) & ((biased & 1) == 0)
+  q = round_shift(a, drop, mode, negative=negative, parity_flip=flip,
+                  drop_range=(lo_drop, M))
+  kept = q << drop.astype(c.utype)
+  unit = _carrier_bits(2.0 ** tsub, c)
+  if tsub - 1 >= 1 - c.bias - M:
+    below = round_below_unit(a, _carrier_bits(2.0 ** (tsub - 1), c), mode, negative)
+  else:  # 2^tsub is the carrier's smallest subnormal: nothing nonzero lies below it
+    below = False
+  return jnp.where(a < unit, jnp.where(below, unit, c.u(0)), kept)
+
+
+def _parity_flip(e, biased, drop, c: _bits.Carrier, m: int, emin: int, code_bias: int):
+  """Where the code of ``a >> drop`` has the opposite parity to that pattern's low bit.
+
+  Ties-to-even and to-odd read the parity of ``a >> drop``. For ``m = 0`` (normal range) the code is the
+  exponent plus ``code_bias``, while the kept bits count carrier exponents (or, for carrier subnormals, are the
+  single unit 1). Below the format's normal range, where exactly the carrier's mantissa bits drop, the kept bit
+  is the carrier's exponent bit but the kept value is one grid step: an odd code.
+  """
+  if m == 0:
+    normal_flip = (((e + code_bias) ^ jnp.where(biased > 0, e + c.bias, 1)) & 1) == 1
+  else:
+    normal_flip = False
+  sub_flip = (drop == c.mantissa_bits) & (biased > 0) & (((e + c.bias) & 1) == 0)
+  return jnp.where(e >= emin, normal_flip, sub_flip)
+
+
+def _round_magnitude_general(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, mode: Rounding,
+                             negative, rand, stochastic_bits, code_bias: int) -> jax.Array:
+  """round_magnitude for any format and mode: exponents by counting leading zeros, tiny values rounded from
+  their significand (needed for stochastic rounding and for formats reaching below the carrier's normals)."""
   e = c.exponent(a, biased)
   t = jnp.where(e >= emin, e - m, tsub)
   lsb = jnp.maximum(biased, 1) - c.bias - c.mantissa_bits
   drop = t - lsb
   tiny = drop > c.mantissa_bits
   sig = (a & c.u(c.mant_mask)) | jnp.where(biased > 0, c.u(1 << c.mantissa_bits), c.u(0))
-  # Ties-to-even and to-odd read the parity of ``a >> drop``; fix it where that is not the code's parity.
-  # m = 0 (normal range): the code is the exponent plus ``code_bias``, while the kept bits count carrier
-  # exponents (or, for carrier subnormals, are the single unit 1). Below the format's normal range, where
-  # exactly the carrier's mantissa bits drop, the kept bit is the carrier's exponent bit but the kept value is
-  # one grid step: an odd code.
-  if m == 0:
-    normal_flip = (((e + code_bias) ^ jnp.where(biased > 0, e + c.bias, 1)) & 1) == 1
-  else:
-    normal_flip = False
-  sub_flip = (drop == c.mantissa_bits) & (biased > 0) & (((e + c.bias) & 1) == 0)
-  flip = ~tiny & jnp.where(e >= emin, normal_flip, sub_flip)
+  flip = ~tiny & _parity_flip(e, biased, drop, c, m, emin, code_bias)
   q = round_shift(jnp.where(tiny, sig, a), jnp.maximum(drop, 0), mode, negative=negative, rand=rand,
                   stochastic_bits=stochastic_bits, parity_flip=flip)
   kept = q << jnp.clip(drop, 0, c.mantissa_bits).astype(c.utype)
@@ -328,8 +366,8 @@ def finish_round(fmt: Format, x, c: _bits.Carrier, a, r, negative, is_nan, is_in
   else:
     special = max_bits
   over = r > max_bits
-  if overflow is Overflow.SATURATE:
-    r = jnp.where(over | is_inf, max_bits, r)
+  if overflow is Overflow.SATURATE:  # infinities and NaNs round to patterns above max_bits
+    r = jnp.minimum(r, max_bits)
   else:
     away = away_from_zero(mode, negative)
     r = jnp.where(over & away, special, jnp.where(over, max_bits, r))
