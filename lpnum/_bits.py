@@ -122,3 +122,97 @@ def compose(
   overflow = (e > target.bias) | ((bits >> target.u(target.mantissa_bits)) >= target.u(target.exp_all_ones))
   bits = jnp.where(sig == 0, target.u(0), jnp.where(overflow, target.inf_bits, bits))
   return target.join(negative, bits)
+
+
+def normalize(c: Carrier, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Exact ``(negative, exponent, significand, abs_bits)`` of a carrier float, subnormals included.
+
+  The significand has its leading one at bit ``mantissa_bits`` (0 for zero), so that
+  ``|x| = significand * 2^(exponent - mantissa_bits)``.
+  """
+  negative, a, biased = c.split(x)
+  e = c.exponent(a, biased)
+  lead = (c.width - 1) - jax.lax.clz(a).astype(jnp.int32)
+  up = jnp.clip(c.mantissa_bits - lead, 0, c.width - 1).astype(c.utype)
+  sig = jnp.where(biased > 0, (a & c.u(c.mant_mask)) | c.u(1 << c.mantissa_bits), a << up)
+  return negative, e, sig, a
+
+
+def ldexp(x: jax.Array, k: jax.Array | int, c: Carrier = F32) -> jax.Array:
+  """``x * 2^k`` with integer operations: exact unless the result leaves the normal range, where it is rounded
+  to nearest even (subnormal) or becomes inf; NaN and inf pass through.
+
+  Float multiplication cannot do this on the CPU: XLA flushes subnormal operands and results to zero.
+  """
+  negative, e, sig, a = normalize(c, x)
+  y = compose(negative, e + jnp.asarray(k, jnp.int32), sig, c.mantissa_bits, c)
+  return jnp.where(a >= c.inf_bits, x, y)
+
+
+def multiply(x: jax.Array, y: jax.Array, x_precision: int, target: Carrier = F32) -> jax.Array:
+  """``x * y`` of two float32 arrays, rounded once (nearest even) into ``target``, subnormals included.
+
+  ``x`` must have at most ``x_precision <= 8`` significant bits (e.g. a value of an 8-bit format), so that the
+  product of the significands is exact in 32 bits. NaN and inf propagate as in IEEE multiplication.
+  """
+  if not 1 <= x_precision <= 8:
+    raise ValueError(f"x_precision={x_precision} must be in [1, 8]")
+  nx, ex, sx, ax = normalize(F32, x)
+  ny, ey, sy, ay = normalize(F32, y)
+  top = x_precision + 23  # the product of a p-bit and a 24-bit significand has its leading one at top - 1 or top
+  p = (sx >> np.uint32(24 - x_precision)) * sy
+  carry = p >= np.uint32(1 << top)
+  p = jnp.where(carry, p, p << np.uint32(1))
+  out = compose(nx ^ ny, ex + ey + carry.astype(jnp.int32), p, top, target)
+  special = (ax >= F32.inf_bits) | (ay >= F32.inf_bits)
+  ieee = (x.astype(jnp.float32) * y.astype(jnp.float32)).astype(target.dtype)
+  return jnp.where(special, ieee, out)
+
+
+def _pow2_factors(k: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Two normal float32 powers of two whose product is 2^k, for |k| <= 252."""
+  k = jnp.asarray(k, jnp.int32)
+  half = k >> 1
+  make = lambda e: jax.lax.bitcast_convert_type(((e + 127) << 23).astype(jnp.uint32), jnp.float32)
+  return make(half), make(k - half)
+
+
+def scale_for_rounding(x: jax.Array, k: jax.Array, floor_exponent: int) -> jax.Array:
+  """``x * 2^k`` (float32) for a rounding that follows: exact wherever ``|x * 2^k| >= 2^floor_exponent``.
+
+  Below ``2^floor_exponent`` (which must be at least 2^-102) results may be rounded or flushed to zero, with
+  their sign: harmless before rounding to a format whose half smallest step is above that. Subnormal inputs
+  are read from their bits (XLA on the CPU would flush them). Two float multiplications per element.
+  """
+  if floor_exponent < -102:
+    raise ValueError(f"floor_exponent={floor_exponent} must be at least -102")
+  k = jnp.asarray(k, jnp.int32)
+  p1, p2 = _pow2_factors(k)
+  normal = (x * p1) * p2
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  a = bits & np.uint32(0x7FFFFFFF)
+  # A subnormal x is a * 2^-149 with a < 2^23; scaled, it reaches 2^-102 only if k >= 24.
+  c = jnp.where(k >= 24, jax.lax.bitcast_convert_type(((jnp.clip(k, 24, 150) - 149 + 127) << 23)
+                                                       .astype(jnp.uint32), jnp.float32), jnp.float32(0))
+  sub = a.astype(jnp.float32) * c
+  sub = jnp.where(bits >> np.uint32(31) == 1, -sub, sub)
+  return jnp.where((a >> np.uint32(23)) == 0, sub, normal)
+
+
+def ldexp_of_normal(v: jax.Array, k: jax.Array, target: Carrier = F32) -> jax.Array:
+  """``v * 2^k`` rounded once (nearest even) into ``target``, subnormal results included.
+
+  ``v`` is float32 and zero, inf, NaN or at least 2^-100 in magnitude (values of a scaled format's elements).
+  Two float multiplications where the result is normal; where it falls below 2^-126, the subnormal's bit
+  pattern is ``|v| * 2^(k + 149)`` rounded to an integer, so nothing is flushed.
+  """
+  k = jnp.asarray(k, jnp.int32)
+  p1, p2 = _pow2_factors(k)
+  y = (v * p1) * p2
+  # Below 2^-126 with |v| >= 2^-100 needs k < -26, so 2^(k + 149) is a normal float32.
+  c = jax.lax.bitcast_convert_type(((jnp.clip(k, -149, -22) + 149 + 127) << 23).astype(jnp.uint32), jnp.float32)
+  units = jnp.minimum(jnp.round(jnp.abs(v) * c), jnp.float32(1 << 23))
+  sub = jax.lax.bitcast_convert_type(units.astype(jnp.uint32), jnp.float32)
+  sub = jnp.where(v < 0, -sub, sub)
+  y = jnp.where((jnp.abs(y) < jnp.float32(2.0 ** -126)) & (v != 0), sub, y)
+  return y if target is F32 else y.astype(target.dtype)

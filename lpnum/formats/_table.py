@@ -35,6 +35,8 @@ FLOAT8_E8M0FNU = _f("float8_e8m0fnu", 8, 0, 127, Specials.FN, signed=False, has_
 BFLOAT16 = _f("bfloat16", 8, 7, 127, Specials.IEEE)
 FLOAT16 = _f("float16", 5, 10, 15, Specials.IEEE)
 TF32 = _f("tf32", 8, 10, 127, Specials.IEEE)
+#: IEEE binary32 as a format (for float32 scales); not in ALL_FORMATS, being the carrier itself.
+FLOAT32 = _f("float32", 8, 23, 127, Specials.IEEE)
 
 
 def p3109(k: int, precision: int, *, signed: bool = True, extended: bool = False) -> FloatFormat:
@@ -112,7 +114,7 @@ _ALIASES = {"ternary": "int2_narrow", "e4m3": "float8_e4m3fn", "e5m2": "float8_e
 #: Every named format; drives the tests, ``lpnum formats`` and the benchmarks.
 ALL_FORMATS: tuple[Format, ...] = _NAMED
 
-_BY_NAME = {f.name: f for f in _NAMED}
+_BY_NAME = {f.name: f for f in (*_NAMED, FLOAT32)}
 
 _PATTERNS = (
     (re.compile(r"binary(\d+)p(\d+)([su]?)([ef]?)$"),

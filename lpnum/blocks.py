@@ -1,0 +1,144 @@
+"""Granularity: which elements of a tensor share one scale.
+
+Every granularity is, after resolving against a shape, a *block shape*: for each axis, the length of the blocks
+along it. Per-tensor scaling has blocks as large as the tensor, per-channel scaling blocks of one element along
+the channel axes and of the whole extent along the others, per-group scaling blocks of ``size`` along one axis,
+and 2-D tiles blocks along two. A tensor of shape ``(d0, d1, ...)`` with block shape ``(b0, b1, ...)`` has scales
+of shape ``(ceil(d0 / b0), ceil(d1 / b1), ...)``: the scale array keeps every axis, so it broadcasts against the
+blocked tensor.
+
+A block size must divide its axis unless padding is asked for; then the last block is padded with zeros (which
+never change an absolute maximum) and the padding is dropped again on dequantization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Granularity", "per_tensor", "per_channel", "per_block", "per_tile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Granularity:
+  """Which elements share a scale; build one with :func:`per_tensor`, :func:`per_channel`, :func:`per_block` or
+  :func:`per_tile`.
+
+  Attributes:
+    kind: ``"tensor"``, ``"channel"``, ``"block"`` or ``"tile"``.
+    axes: the axes the kind refers to (channel axes, or the blocked axes).
+    sizes: block lengths along ``axes`` (``"block"`` and ``"tile"`` only).
+  """
+
+  kind: str
+  axes: tuple[int, ...] = ()
+  sizes: tuple[int, ...] = ()
+
+  def block_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+    """The block length along every axis of ``shape`` (sizes larger than an axis are not clipped)."""
+    ndim = len(shape)
+    axes = tuple(_axis(a, ndim, "axis") for a in self.axes)
+    if len(set(axes)) != len(axes):
+      raise ValueError(f"axes={self.axes} name the same axis twice for a {ndim}-d array")
+    if self.kind == "tensor":
+      return tuple(max(d, 1) for d in shape)
+    if self.kind == "channel":
+      return tuple(1 if i in axes else max(d, 1) for i, d in enumerate(shape))
+    sizes = dict(zip(axes, self.sizes))
+    return tuple(sizes.get(i, 1) for i in range(ndim))
+
+  def __str__(self) -> str:
+    if self.kind == "tensor":
+      return "per_tensor"
+    if self.kind == "channel":
+      return f"per_channel{self.axes}"
+    return f"per_{self.kind}({self.sizes}, axes={self.axes})"
+
+
+def per_tensor() -> Granularity:
+  """One scale for the whole tensor."""
+  return Granularity("tensor")
+
+
+def per_channel(axis: int | Sequence[int] = -1) -> Granularity:
+  """One scale per index along ``axis`` (or each combination of indices along several axes).
+
+  For a Dense kernel of shape ``(in, out)``, ``per_channel(-1)`` gives one scale per output channel.
+  """
+  axes = tuple(axis) if isinstance(axis, Sequence) else (axis,)
+  _check_ints(axes, "axis")
+  return Granularity("channel", axes)
+
+
+def per_block(size: int, axis: int = -1) -> Granularity:
+  """Blocks of ``size`` consecutive elements along ``axis``, one scale each (per-group / microscaling)."""
+  _check_ints((axis,), "axis")
+  _check_sizes((size,), "size")
+  return Granularity("block", (axis,), (size,))
+
+
+def per_tile(shape: Sequence[int], axes: Sequence[int] = (-2, -1)) -> Granularity:
+  """2-D (or n-D) tiles: blocks of ``shape`` over ``axes``, one scale each (e.g. 128x128 weight tiles)."""
+  shape, axes = tuple(shape), tuple(axes)
+  _check_ints(axes, "axes")
+  _check_sizes(shape, "shape")
+  if len(shape) != len(axes):
+    raise ValueError(f"shape={shape} and axes={axes} must have the same length")
+  return Granularity("tile", axes, shape)
+
+
+def _check_ints(values: tuple, name: str) -> None:
+  if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+    raise TypeError(f"{name}={values!r} must be one or more integers")
+
+
+def _check_sizes(values: tuple, name: str) -> None:
+  _check_ints(values, name)
+  if any(v < 1 for v in values):
+    raise ValueError(f"{name}={values!r} must be positive")
+
+
+def _axis(axis: int, ndim: int, name: str) -> int:
+  if not -ndim <= axis < ndim:
+    raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
+  return axis % ndim
+
+
+def check_fit(shape: Sequence[int], block: Sequence[int], pad: bool) -> tuple[int, ...]:
+  """The padded shape; raises if a block does not divide its axis and ``pad`` is false."""
+  padded = []
+  for i, (d, b) in enumerate(zip(shape, block)):
+    if d % b and not pad:
+      raise ValueError(
+          f"block size {b} does not divide dimension {i} of x (size {d}): use a block size that divides {d}, "
+          f"or pad=True to pad the last block with zeros to {math.ceil(d / b) * b}")
+    padded.append(math.ceil(d / b) * b if d else 0)
+  return tuple(padded)
+
+
+def to_blocks(x: jax.Array, block: Sequence[int], padded: Sequence[int]) -> jax.Array:
+  """Pads ``x`` with zeros to ``padded`` and reshapes it to ``(n0, b0, n1, b1, ...)``."""
+  if tuple(padded) != x.shape:
+    x = jnp.pad(x, [(0, p - d) for d, p in zip(x.shape, padded)])
+  split = []
+  for p, b in zip(padded, block):
+    split += [p // b, b]
+  return x.reshape(split)
+
+
+def from_blocks(xb: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Inverse of :func:`to_blocks`: merges the block axes and drops the padding."""
+  padded = tuple(xb.shape[2 * i] * xb.shape[2 * i + 1] for i in range(len(shape)))
+  x = xb.reshape(padded)
+  if padded != tuple(shape):
+    x = x[tuple(slice(0, d) for d in shape)]
+  return x
+
+
+def block_axes(ndim: int) -> tuple[int, ...]:
+  """The within-block axes of a blocked array of an ``ndim``-d tensor (reduce over these)."""
+  return tuple(2 * i + 1 for i in range(ndim))
