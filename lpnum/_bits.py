@@ -7,6 +7,7 @@ on values that may be subnormal: it reads and writes fields of the bit pattern w
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -169,50 +170,75 @@ def multiply(x: jax.Array, y: jax.Array, x_precision: int, target: Carrier = F32
   return jnp.where(special, ieee, out)
 
 
-def _pow2_factors(k: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Two normal float32 powers of two whose product is 2^k, for |k| <= 252."""
+def _pow2(e: jax.Array) -> jax.Array:
+  """2^e as float32, for integer ``-126 <= e <= 127``."""
+  return jax.lax.bitcast_convert_type(((e + 127) << 23).astype(jnp.uint32), jnp.float32)
+
+
+class Pow2(NamedTuple):
+  """Float factors for scaling by 2^k, computed once per block by :func:`pow2_factors` (XLA would otherwise
+  repeat the integer work for every element)."""
+
+  p1: jax.Array  # p1 * p2 = 2^k, both normal
+  p2: jax.Array
+  sub_in: jax.Array  # 2^(k - 149) where k >= 24, else 0: scales a subnormal input's integer significand
+  sub_out: jax.Array  # 2^(k + 149) for k <= -22: gives a subnormal result's integer units
+
+
+def pow2_factors(k: jax.Array) -> Pow2:
+  """The factors of 2^k, ``|k| <= 252``."""
   k = jnp.asarray(k, jnp.int32)
   half = k >> 1
-  make = lambda e: jax.lax.bitcast_convert_type(((e + 127) << 23).astype(jnp.uint32), jnp.float32)
-  return make(half), make(k - half)
+  sub_in = jnp.where(k >= 24, _pow2(jnp.clip(k, 24, 252) - 149), np.float32(0))
+  return Pow2(_pow2(half), _pow2(k - half), sub_in, _pow2(jnp.clip(k, -149, -22) + 149))
 
 
-def scale_for_rounding(x: jax.Array, k: jax.Array, floor_exponent: int) -> jax.Array:
-  """``x * 2^k`` (float32) for a rounding that follows: exact wherever ``|x * 2^k| >= 2^floor_exponent``.
+def scale_for_rounding(x: jax.Array, f: Pow2) -> jax.Array:
+  """``x * 2^k`` (float32) for a rounding that follows; ``f = pow2_factors(k)``.
 
-  Below ``2^floor_exponent`` (which must be at least 2^-102) results may be rounded or flushed to zero, with
-  their sign: harmless before rounding to a format whose half smallest step is above that. Subnormal inputs
-  are read from their bits (XLA on the CPU would flush them). Two float multiplications per element.
+  Exact wherever ``|x * 2^k| >= 2^-102``; smaller results may be rounded or flushed to a zero of their sign,
+  which is harmless before rounding to a format whose half smallest step is above 2^-102. Subnormal inputs are
+  read from their bits (XLA on the CPU would flush them): ``x = a * 2^-149`` with ``a < 2^23`` reaches 2^-102
+  only if ``k >= 24``.
   """
-  if floor_exponent < -102:
-    raise ValueError(f"floor_exponent={floor_exponent} must be at least -102")
-  k = jnp.asarray(k, jnp.int32)
-  p1, p2 = _pow2_factors(k)
-  normal = (x * p1) * p2
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
   a = bits & np.uint32(0x7FFFFFFF)
-  # A subnormal x is a * 2^-149 with a < 2^23; scaled, it reaches 2^-102 only if k >= 24.
-  c = jnp.where(k >= 24, jax.lax.bitcast_convert_type(((jnp.clip(k, 24, 150) - 149 + 127) << 23)
-                                                       .astype(jnp.uint32), jnp.float32), jnp.float32(0))
-  sub = a.astype(jnp.float32) * c
-  sub = jnp.where(bits >> np.uint32(31) == 1, -sub, sub)
-  return jnp.where((a >> np.uint32(23)) == 0, sub, normal)
+  sub = jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(a.astype(jnp.float32) * f.sub_in, jnp.uint32) | (bits ^ a), jnp.float32)
+  return jnp.where(a < np.uint32(1 << 23), sub, (x * f.p1) * f.p2)
 
 
-def ldexp_of_normal(v: jax.Array, k: jax.Array, target: Carrier = F32) -> jax.Array:
-  """``v * 2^k`` rounded once (nearest even) into ``target``, subnormal results included.
+def scale_exact(v: jax.Array, f: Pow2, target: Carrier = F32) -> jax.Array:
+  """``v * 2^k`` rounded once (nearest even) into ``target``, subnormal results included; ``f =
+  pow2_factors(k)``.
 
   ``v`` is float32 and zero, inf, NaN or at least 2^-100 in magnitude (values of a scaled format's elements).
-  Two float multiplications where the result is normal; where it falls below 2^-126, the subnormal's bit
-  pattern is ``|v| * 2^(k + 149)`` rounded to an integer, so nothing is flushed.
+  Two float multiplications where the result is normal; below 2^-126 (only for ``k < -26``) the subnormal's bit
+  pattern is ``|v| * 2^(k + 149)`` rounded to an integer.
   """
-  k = jnp.asarray(k, jnp.int32)
-  p1, p2 = _pow2_factors(k)
-  y = (v * p1) * p2
-  # Below 2^-126 with |v| >= 2^-100 needs k < -26, so 2^(k + 149) is a normal float32.
-  c = jax.lax.bitcast_convert_type(((jnp.clip(k, -149, -22) + 149 + 127) << 23).astype(jnp.uint32), jnp.float32)
-  units = jnp.minimum(jnp.round(jnp.abs(v) * c), jnp.float32(1 << 23))
-  sub = jax.lax.bitcast_convert_type(units.astype(jnp.uint32), jnp.float32)
-  sub = jnp.where(v < 0, -sub, sub)
-  y = jnp.where((jnp.abs(y) < jnp.float32(2.0 ** -126)) & (v != 0), sub, y)
+  y = (v * f.p1) * f.p2
+  units = jnp.minimum(jnp.round(jnp.abs(v) * f.sub_out), np.float32(1 << 23))
+  sign = jax.lax.bitcast_convert_type(v, jnp.uint32) & np.uint32(0x80000000)
+  sub = jax.lax.bitcast_convert_type(units.astype(jnp.uint32) | sign, jnp.float32)
+  y = jnp.where((jnp.abs(y) < np.float32(2.0 ** -126)) & (v != 0), sub, y)
   return y if target is F32 else y.astype(target.dtype)
+
+
+def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
+  """``max |x|`` over ``axis`` of float32 ``x``, compared as bit patterns (XLA on the CPU treats subnormal
+  operands of float comparisons as zero). NaN wins over everything, as its pattern is largest."""
+  a = jax.lax.bitcast_convert_type(x, jnp.uint32) & np.uint32(0x7FFFFFFF)
+  return jax.lax.bitcast_convert_type(jnp.max(a, axis=axis, keepdims=keepdims), jnp.float32)
+
+
+def _ordered(x: jax.Array) -> jax.Array:
+  """int32 keys ordered as the float32 values (NaN aside; -0 just below +0)."""
+  i = jax.lax.bitcast_convert_type(x, jnp.int32)
+  return jnp.where(i < 0, i ^ np.int32(0x7FFFFFFF), i)
+
+
+def max_min(x: jax.Array, axis) -> tuple[jax.Array, jax.Array]:
+  """``(max x, min x)`` over ``axis`` (keepdims) of float32 ``x``, compared as bit patterns."""
+  k = _ordered(x)
+  back = lambda v: jax.lax.bitcast_convert_type(jnp.where(v < 0, v ^ np.int32(0x7FFFFFFF), v), jnp.float32)
+  return back(jnp.max(k, axis=axis, keepdims=True)), back(jnp.min(k, axis=axis, keepdims=True))

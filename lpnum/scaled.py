@@ -40,6 +40,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +62,6 @@ __all__ = ["ScaleRule", "Calibration", "ScaledFormat", "absmax", "percentile", "
            "dequantize", "fake_quantize"]
 
 _MIN_NORMAL = 2.0 ** -126
-#: Scaled quotients are exact down to 2^_SCALED_FLOOR, far below half the smallest step of any element format.
-_SCALED_FLOOR = -102
 _F32 = _bits.F32
 
 
@@ -293,7 +292,8 @@ def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
     codes = jnp.pad(codes, [(0, p - d) for d, p in zip(q.shape, padded)])
   cb = blocks.to_blocks(codes, q.block, padded)
   expand = lambda a: None if a is None else jnp.expand_dims(a, blocks.block_axes(len(q.shape)))
-  s = _Scales.from_codes(fmt, expand(q.scales), expand(q.zero_point), q.tensor_scale)
+  s = _per_block(lambda c, z, t: _Scales.from_codes(fmt, c, z, t).with_factors(fmt), q.scales.size,
+                 expand(q.scales), expand(q.zero_point), q.tensor_scale)
   out = _apply_scale(_decode(fmt.element, cb), s, fmt, _bits.INPUT_CARRIERS[dtype])
   return blocks.from_blocks(out, q.shape)
 
@@ -376,14 +376,30 @@ def _prepare(x, fmt, rounding, key, pad):
 # ---- scales ---------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Scales:
-  """Per-block scales as the arithmetic needs them: ``S = m * 2^e`` with ``m`` in [1, 2) (or NaN) and the codes."""
+  """Per-block scales as the arithmetic needs them.
+
+  Elements are ``x / S`` with ``S = m * 2^e`` (``m`` in [1, 2), or None for power-of-two scales); values are
+  ``v * block * tm * 2^de``: ``block`` is the block scale's value and ``tm * 2^de`` the per-tensor scale when
+  there is one (so that ``v * block``, exact, is rounded once more, by the per-tensor product); without one,
+  ``block = m``, ``tm = None``, ``de = e``.
+  """
 
   codes: jax.Array
-  m: jax.Array | None  # None for power-of-two scales
+  m: jax.Array | None
   e: jax.Array
   nan: jax.Array | None  # blocks whose scale is NaN (power-of-two scales)
   zero: jax.Array | None = None
   tensor: jax.Array | None = None
+  block: jax.Array | None = None
+  tm: jax.Array | None = None
+  de: jax.Array | None = None
+  down: _bits.Pow2 | None = None  # factors of 2^-(e + element_exponent): scale x to element units
+  up: _bits.Pow2 | None = None  # factors of 2^(de + element_exponent): scale elements back
+
+  def with_factors(self, fmt: ScaledFormat) -> "_Scales":
+    de = self.e if self.de is None else self.de
+    return dataclasses.replace(self, down=_bits.pow2_factors(-(self.e + fmt.element_exponent)),
+                               up=_bits.pow2_factors(de + fmt.element_exponent))
 
   @staticmethod
   def from_codes(fmt: ScaledFormat, codes, zero, tensor) -> "_Scales":
@@ -391,11 +407,17 @@ class _Scales:
     if fmt.pow2:
       e, nan = _pow2_exponent(sf, codes)
       return _Scales(codes, None, e, nan, zero, tensor)
-    value = _decode(sf, codes)
-    if fmt.tensor_scale:
-      value = _bits.multiply(value, tensor, _precision(sf))
+    return _general_scales(codes, _decode(sf, codes), fmt, zero, tensor)
+
+
+def _general_scales(codes, value, fmt: ScaledFormat, zero, tensor) -> _Scales:
+  """_Scales of block scale values ``value`` (and a per-tensor scale)."""
+  if tensor is None:
     m, e = _split(value)
-    return _Scales(codes, m, e, None, zero, tensor)
+    return _Scales(codes, m, e, None, zero, None, m)
+  m, e = _split(_bits.multiply(value, tensor, _precision(fmt.scale_format)))
+  tm, te = _split(tensor)
+  return _Scales(codes, m, e, None, zero, tensor, value, tm, te)
 
 
 def _split(s: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -436,26 +458,44 @@ def _div(x: jax.Array, d: jax.Array) -> jax.Array:
 
 def _range(xb: jax.Array, fmt: ScaledFormat, axes) -> jax.Array:
   """Each block's range (absmax or percentile), float32, keepdims."""
-  a = jnp.abs(xb)
   cal = fmt.calibration
   if cal.kind == "percentile" and cal.q < 100:
     n = len(axes)
-    moved = jnp.moveaxis(a, axes, tuple(range(-n, 0)))
-    flat = moved.reshape(moved.shape[:-n] + (-1,))
+    bits = jax.lax.bitcast_convert_type(xb, jnp.uint32) & np.uint32(0x7FFFFFFF)
+    moved = jnp.moveaxis(bits, axes, tuple(range(-n, 0)))
+    flat = moved.reshape(moved.shape[:-n] + (-1,))  # |x| as bit patterns: sorted like the values
     n_block = flat.shape[-1]
     index = cal.q / 100 * (n_block - 1)  # numpy's "linear" method, the position computed in float64
     i = min(int(math.floor(index)), max(n_block - 2, 0))
     t = index - i
-    srt = jnp.sort(flat, axis=-1)
+    srt = jax.lax.bitcast_convert_type(jnp.sort(flat, axis=-1), jnp.float32)  # NaN sorts last
     lo, hi = srt[..., i], srt[..., min(i + 1, n_block - 1)]
     r = jnp.where(t >= 0.5, hi - (hi - lo) * jnp.float32(1 - t), lo + (hi - lo) * jnp.float32(t))
-    r = jnp.where(jnp.any(jnp.isnan(flat), axis=-1), jnp.nan, r)
+    r = jnp.where(jnp.isnan(srt[..., -1]), jnp.nan, r)
     return jnp.expand_dims(r.reshape([xb.shape[i] for i in range(0, xb.ndim, 2)]), axes)
-  return jnp.max(a, axis=axes, keepdims=True) if xb.size else jnp.zeros(
+  return _bits.abs_max(xb, axes) if xb.size else jnp.zeros(
       [1 if i in axes else d for i, d in enumerate(xb.shape)], jnp.float32)
 
 
 def _scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
+  """Per-block scales, computed once per block.
+
+  XLA would fuse the (small) scale computation into the elementwise pass and repeat it for every element; the
+  CPU compiler drops optimization barriers, so a conditional whose two branches are the same computation, on a
+  predicate XLA cannot fold, keeps it apart.
+  """
+  return _per_block(lambda v, g: _compute_scales(v, fmt, g).with_factors(fmt), xb.size, xb, given)
+
+
+def _per_block(compute, size: int, first: jax.Array, *rest):
+  """``compute(first, *rest)``, kept out of the elementwise loop that consumes it (see ``_scales``)."""
+  if size == 0:
+    return compute(first, *rest)
+  pred = jax.lax.bitcast_convert_type(first.reshape(-1)[0].astype(jnp.float32), jnp.uint32) == 0
+  return jax.lax.cond(pred, compute, compute, first, *rest)
+
+
+def _compute_scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
   axes = blocks.block_axes(xb.ndim // 2)
   shape = tuple(1 if i in axes else d for i, d in enumerate(xb.shape))
   if given is not None:
@@ -480,7 +520,7 @@ def _scales_from_range(r: jax.Array, fmt: ScaledFormat, xb: jax.Array) -> _Scale
   tensor = None
   ideal = _div(r, jnp.float32(fmt.element_max))
   if fmt.tensor_scale:
-    amax = jnp.max(jnp.abs(xb)) if xb.size else jnp.float32(0)
+    amax = _bits.abs_max(xb, None, keepdims=False) if xb.size else jnp.float32(0)
     tensor = jnp.maximum(_div(amax, jnp.float32(fmt.element_max * sf.max_finite)), jnp.float32(_MIN_NORMAL))
     tensor = jnp.where(jnp.isnan(amax), jnp.float32(1), tensor)
     ideal = _div(ideal, tensor)
@@ -501,11 +541,7 @@ def _scales_from_value(ideal: jax.Array, fmt: ScaledFormat, tensor=None) -> _Sca
   clamped = jnp.where(jnp.isnan(ideal), ideal, clamped)
   mode = "up" if fmt.scale_rule is ScaleRule.RCEIL else "nearest_even"
   codes = encode(clamped, sf, rounding=mode, overflow="saturate")
-  value = _decode(sf, codes)
-  if tensor is not None:
-    value = _bits.multiply(value, tensor, _precision(sf))
-  m, e = _split(value)
-  return _Scales(codes, m, e, None, None, tensor)
+  return _general_scales(codes, _decode(sf, codes), fmt, None, tensor)
 
 
 def _pow2_scales(r: jax.Array, fmt: ScaledFormat) -> _Scales:
@@ -518,13 +554,27 @@ def _pow2_scales(r: jax.Array, fmt: ScaledFormat) -> _Scales:
     m = _precision(fmt.element) - 1 if isinstance(fmt.element, FloatFormat) else _int_mantissa(fmt)
     e = e + ((frac + np.uint32(1 << (22 - m))) >= np.uint32(1 << 23)).astype(jnp.int32)
   if rule is ScaleRule.RCEIL:
+    # ceil(log2(fl(r / max))). Where the quotient is a float32 subnormal (which XLA flushes), only whether it
+    # exceeds 2^-127 matters (lower exponents clamp): it does iff r > max * (2^-127 + 2^-150), the quotient then
+    # rounding above 2^-127 on the subnormal grid (a tie goes to the even 2^-127).
     d = _div(r, jnp.float32(fmt.element_max))
     _, e, sig, a_d = _bits.normalize(_F32, d)
     e = e + ((sig & np.uint32(0x7FFFFF)) != 0).astype(jnp.int32)
-    e = jnp.where(a_d == 0, -(1 << 20), e)
+    over = a >= _f32_above(Fraction(fmt.element_max) * (Fraction(2) ** -127 + Fraction(2) ** -150))
+    e = jnp.where(a_d < np.uint32(1 << 23), jnp.where(over, -126, -(1 << 20)), e)
   else:
     e = e - fmt.emax
   return _pow2_from_exponent(jnp.where(a == 0, -(1 << 20), e), a, fmt)
+
+
+def _f32_above(c: Fraction) -> np.uint32:
+  """Bit pattern of the smallest float32 strictly greater than the positive rational ``c``."""
+  v = np.float32(float(c))
+  while Fraction(float(v)) <= c:
+    v = np.nextafter(v, np.float32(np.inf))
+  while Fraction(float(np.nextafter(v, np.float32(0)))) > c:
+    v = np.nextafter(v, np.float32(0))
+  return v.view(np.uint32)
 
 
 def _int_mantissa(fmt: ScaledFormat) -> int:
@@ -549,8 +599,8 @@ def _pow2_from_exponent(e: jax.Array, a: jax.Array, fmt: ScaledFormat) -> _Scale
 def _asymmetric_scales(xb, fmt, axes) -> _Scales:
   el = fmt.element
   qmin, qmax = el.min_value, el.max_finite
-  hi = jnp.maximum(jnp.max(xb, axis=axes, keepdims=True), 0)
-  lo = jnp.minimum(jnp.min(xb, axis=axes, keepdims=True), 0)
+  hi, lo = _bits.max_min(xb, axes)
+  hi, lo = jnp.maximum(hi, 0), jnp.minimum(lo, 0)
   s = _scales_from_value(_div(hi - lo, jnp.float32(qmax - qmin)), fmt)
   value = _decode(fmt.scale_format, s.codes)
   z = _INT_GRID._round(jnp.float32(qmin) - _div(lo, value), _F32, Rounding.NEAREST_EVEN, Overflow.SATURATE,
@@ -563,7 +613,7 @@ def _mse_scales(xb, fmt, axes) -> _Scales:
   amax = _range(xb, dataclasses.replace(fmt, calibration=absmax()), axes)
 
   def candidate(ratio):
-    s = _scales_from_range(amax * jnp.float32(ratio), fmt, xb)
+    s = _scales_from_range(amax * jnp.float32(ratio), fmt, xb).with_factors(fmt)
     r = _round_elements(xb, s, fmt, Rounding.NEAREST_EVEN, None)
     err = jnp.sum(jnp.square(_apply_scale(r, s, fmt, _F32) - xb), axis=axes, keepdims=True)
     return s, err
@@ -577,16 +627,16 @@ def _mse_scales(xb, fmt, axes) -> _Scales:
   return best
 
 
-jax.tree_util.register_dataclass(_Scales, data_fields=["codes", "m", "e", "nan", "zero", "tensor"],
-                                 meta_fields=[])
+jax.tree_util.register_dataclass(
+    _Scales, data_fields=["codes", "m", "e", "nan", "zero", "tensor", "block", "tm", "de", "down", "up"],
+    meta_fields=[])
 
 
 # ---- elements -------------------------------------------------------------------------------------------------
 def _round_elements(xb, s: _Scales, fmt: ScaledFormat, mode: Rounding, rand) -> jax.Array:
   """The elements: ``x / S`` rounded to the element format, as float32 values in element units."""
   el = fmt.element
-  e = s.e + fmt.element_exponent
-  xn = _bits.scale_for_rounding(xb, -e, _SCALED_FLOOR)
+  xn = _bits.scale_for_rounding(xb, s.down)
   q = xn if s.m is None else _div(xn, s.m)
   if fmt.asymmetric:
     r = _INT_GRID._round(q, _F32, mode, Overflow.SATURATE, rand, None) + s.zero
@@ -602,11 +652,13 @@ def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carr
   """``v * S`` rounded once into ``target`` (``v`` in element units); NaN scales give NaN."""
   if s.zero is not None:
     v = v - s.zero.astype(jnp.float32)
-  e = s.e + fmt.element_exponent
   if s.m is None:
-    out = _bits.ldexp_of_normal(v, e, target)
+    out = _bits.scale_exact(v, s.up, target)
     if s.nan is not None:
       out = jnp.where(s.nan, jnp.asarray(np.nan, target.dtype), out)
     return out
   # fl(v * m) * 2^e: one rounding wherever the result is a normal float (below, a second one; documented).
-  return _bits.ldexp_of_normal(v * s.m, e, target)
+  w = v * s.block
+  if s.tm is not None:
+    w = w * s.tm
+  return _bits.scale_exact(w, s.up, target)

@@ -1,0 +1,87 @@
+"""lpnum's MX and NVFP4 against the independent NumPy reference (tests/mx_reference.py), byte for byte."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lpnum
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mx_reference as ref  # noqa: E402
+
+RULES = ("floor", "ceil", "even", "rceil")
+
+
+def _bits(a) -> np.ndarray:
+  return np.asarray(a, np.float32).view(np.uint32)
+
+
+def _check(x: np.ndarray, name: str, rule: str, axis: int = -1) -> None:
+  codes, scales, values = ref.mx_quantize(x, name, axis=axis, scale_rule=rule)
+  fmt = lpnum.mx.format(name, axis=axis, scale_rule=rule)
+  q = jax.jit(lambda v: lpnum.quantize_scaled(v, fmt))(x)
+  np.testing.assert_array_equal(np.asarray(q.scale_codes), scales)
+  got_codes = np.asarray(q.element_codes)
+  np.testing.assert_array_equal(got_codes, codes)
+  np.testing.assert_array_equal(_bits(lpnum.dequantize(q)), _bits(values))
+  np.testing.assert_array_equal(_bits(jax.jit(lambda v: lpnum.fake_quantize(v, fmt))(x)), _bits(values))
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("name", lpnum.mx.NAMES)
+def test_edge_blocks_match_reference(name, rule):
+  x = ref.edge_blocks(np.random.default_rng(0), name)
+  _check(x, name, rule)
+
+
+@pytest.mark.parametrize("name", lpnum.mx.NAMES)
+def test_other_axis_and_shapes(name):
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((64, 3, 5)).astype(np.float32) * np.float32(1e-3)
+  _check(x, name, "floor", axis=0)
+
+
+def test_mx_quantize_entry_point():
+  x = ref.edge_blocks(np.random.default_rng(2), "mxfp4_e2m1")
+  codes, scales, _ = ref.mx_quantize(x, "mxfp4_e2m1", scale_rule="rceil")
+  q = lpnum.mx.quantize(x, "mxfp4_e2m1", axis=-1, scale_rule="rceil")
+  np.testing.assert_array_equal(np.asarray(q.scale_codes), scales)
+  np.testing.assert_array_equal(np.asarray(q.element_codes), codes)
+  assert q.data.shape == (x.shape[0], 16) and q.nbytes == x.shape[0] * (16 + 1)
+
+
+@pytest.mark.parametrize("tensor_scale", [True, False])
+@pytest.mark.parametrize("kind", ["normal", "t2", "edges"])
+def test_nvfp4_matches_reference(kind, tensor_scale):
+  rng = np.random.default_rng(3)
+  if kind == "normal":
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+  elif kind == "t2":
+    x = rng.standard_t(2, (32, 64)).astype(np.float32)
+  else:
+    x = ref.edge_blocks(rng, "mxfp4_e2m1")
+    x = x[np.all(np.isfinite(x), axis=1)]
+    x = x[np.abs(x).max(1) >= 1e-30]  # tensor scales below 2^-126 are outside the recipe (see lpnum.nvfp4)
+  codes, scales, t, values = ref.nvfp4_quantize(x, tensor_scale=tensor_scale)
+  q = lpnum.nvfp4.quantize(x, tensor_scale=tensor_scale)
+  np.testing.assert_array_equal(np.asarray(q.scale_codes), scales)
+  np.testing.assert_array_equal(np.asarray(q.element_codes), codes)
+  if tensor_scale:
+    assert _bits(q.tensor_scale) == _bits(t)
+  np.testing.assert_array_equal(_bits(lpnum.dequantize(q)), _bits(values))
+  np.testing.assert_array_equal(_bits(lpnum.fake_quantize(x, lpnum.nvfp4.format(tensor_scale=tensor_scale))),
+                                _bits(values))
+
+
+def test_packed_storage_sizes():
+  x = jnp.ones((4, 64), jnp.float32)
+  sizes = {n: lpnum.mx.quantize(x, n).nbytes for n in lpnum.mx.NAMES}
+  assert sizes == {"mxfp8_e4m3": 4 * 66, "mxfp8_e5m2": 4 * 66, "mxfp6_e3m2": 4 * 50, "mxfp6_e2m3": 4 * 50,
+                   "mxfp4_e2m1": 4 * 34, "mxint8": 4 * 66}
+  assert lpnum.nvfp4.quantize(x).nbytes == 4 * (32 + 4) + 4
