@@ -52,7 +52,7 @@ from lpnum._rounding import Overflow, Rounding, _ParsedEnum, random_bits
 from lpnum.blocks import Granularity
 from lpnum.formats._base import Format
 from lpnum.formats._float import FloatFormat
-from lpnum.formats._int import IntFormat
+from lpnum.formats._int import BinaryFormat, IntFormat
 from lpnum.formats._posit import PositFormat
 from lpnum.formats._shift import ShiftFormat
 from lpnum.formats._table import as_format
@@ -171,8 +171,12 @@ class ScaledFormat:
     if not element.has_zero or element.min_positive < 2.0 ** -100:
       raise ValueError(f"element={element.name} must have a zero and a smallest positive value of at least "
                        "2^-100 (quotients far below it are only rounded to zero)")
-    if scale.has_negative_zero is None or scale.min_value < 0 and not scale.signed:
-      raise ValueError(f"scale_format={scale.name} is not usable as a scale")
+    if isinstance(scale, IntFormat | BinaryFormat):
+      raise ValueError(f"scale_format={scale.name} cannot hold fractional scales; use float32, bfloat16, "
+                       "float8_e4m3fn or float8_e8m0fnu")
+    if scale.max_finite / scale.min_positive < 2.0 ** 8:
+      raise ValueError(f"scale_format={scale.name} spans {math.log2(scale.max_finite / scale.min_positive):.0f} "
+                       "binades; a scale format needs at least 8 to hold the range of block scales")
     if scale.max_finite > np.finfo(np.float32).max or (not pow2 and scale.min_positive < 2.0 ** -149):
       raise ValueError(f"scale_format={scale.name} does not fit in float32")
     if isinstance(self.element_exponent, bool) or not isinstance(self.element_exponent, int):

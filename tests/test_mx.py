@@ -85,3 +85,43 @@ def test_packed_storage_sizes():
   assert sizes == {"mxfp8_e4m3": 4 * 66, "mxfp8_e5m2": 4 * 66, "mxfp6_e3m2": 4 * 50, "mxfp6_e2m3": 4 * 50,
                    "mxfp4_e2m1": 4 * 34, "mxint8": 4 * 66}
   assert lpnum.nvfp4.quantize(x).nbytes == 4 * (32 + 4) + 4
+
+
+# ---- third parties, directly (tests/test_mx_reference.py pins where they disagree with the reference) --------
+def _random_blocks(seed: int, n: int = 64) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  scale = np.float32(2.0) ** rng.integers(-20, 20, (n, 1)).astype(np.float32)
+  return (rng.standard_normal((n, 32)).astype(np.float32) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1"])
+def test_floor_matches_gfloat_block_functions(name):
+  gfloat = pytest.importorskip("gfloat")
+  from gfloat import formats as gff
+
+  fi = getattr(gff, f"format_info_{name}")
+  x = _random_blocks(7)
+  q = lpnum.mx.quantize(x, name)
+  values = np.asarray(lpnum.dequantize(q))
+  for b in range(x.shape[0]):
+    vals = x[b].astype(np.float64)  # gfloat takes log2 in the input dtype
+    scale = gfloat.compute_scale_amax(fi.etype.emax, vals)
+    enc = [int(c) for c in gfloat.encode_block(fi, scale, vals / scale)]
+    assert enc[0] == int(q.scale_codes[b, 0])
+    np.testing.assert_array_equal(np.asarray(q.element_codes[b]), enc[1:])
+    np.testing.assert_array_equal(values[b], gfloat.quantize_block(fi, vals, gfloat.compute_scale_amax))
+
+
+@pytest.mark.parametrize("name,dtype", [("mxfp8_e4m3", jnp.float8_e4m3fn), ("mxfp8_e5m2", jnp.float8_e5m2),
+                                        ("mxfp4_e2m1", jnp.float4_e2m1fn)])
+def test_rceil_matches_jax_scaled_matmul_quantization(name, dtype):
+  from jax._src.cudnn import scaled_matmul_stablehlo as jsm
+
+  cfg = jsm.BlockScaleConfig(mode="mxfp8", block_size=32, data_type=dtype, scale_type=jnp.float8_e8m0fnu,
+                             global_scale=None, infer_only=False)
+  x = _random_blocks(8)
+  jq, js = jax.jit(lambda v: jsm.quantize(v, cfg))(jnp.asarray(x))
+  q = lpnum.mx.quantize(x, name, scale_rule="rceil")
+  np.testing.assert_array_equal(np.asarray(q.scale_codes), np.asarray(js).view(np.uint8))
+  bits = (1 << lpnum.get_format(lpnum.mx.format(name).element.name).bits) - 1
+  np.testing.assert_array_equal(np.asarray(q.element_codes), np.asarray(jq).view(np.uint8) & bits)

@@ -325,6 +325,10 @@ def test_bad_inputs():
     lpnum.percentile(101)
   with pytest.raises(ValueError, match="ratios="):
     lpnum.mse((1.5,))
+  with pytest.raises(ValueError, match="scale_format=int8 cannot hold fractional"):
+    lpnum.ScaledFormat("int4", scale_format="int8")
+  with pytest.raises(ValueError, match="scale_format=shift4 spans 6 binades"):
+    lpnum.ScaledFormat("int4", scale_format="shift4")
   with pytest.raises(TypeError, match="q must be a QArray"):
     lpnum.dequantize(x)
   with pytest.raises(TypeError, match="fmt must be a ScaledFormat"):
