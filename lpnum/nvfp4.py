@@ -31,8 +31,8 @@ def quantize(x: ArrayLike, axis: int = -1, *, tensor_scale: bool = True, roundin
 
   Example:
     >>> import jax.numpy as jnp, lpnum
-    >>> q = lpnum.nvfp4.quantize(jnp.array([0.3, -1.1, 2.6, 6.0] * 4))
-    >>> lpnum.dequantize(q).tolist()[:4]
-    [0.5, -1.0, 3.0, 6.0]
+    >>> q = lpnum.nvfp4.quantize(jnp.array([0.3, -1.1, 2.6, 6.0] * 4), tensor_scale=False)
+    >>> q.scale_codes.tolist(), lpnum.dequantize(q).tolist()[:4]  # block scale 6 / 6 = 1.0 (E4M3 code 56)
+    ([56], [0.5, -1.0, 3.0, 6.0])
   """
   return quantize_scaled(x, format(axis=axis, tensor_scale=tensor_scale), rounding=rounding, key=key, pad=pad)

@@ -296,8 +296,9 @@ def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
     codes = jnp.pad(codes, [(0, p - d) for d, p in zip(q.shape, padded)])
   cb = blocks.to_blocks(codes, q.block, padded)
   expand = lambda a: None if a is None else jnp.expand_dims(a, blocks.block_axes(len(q.shape)))
-  s = _per_block(lambda c, z, t: _Scales.from_codes(fmt, c, z, t).with_factors(fmt), q.scales.size,
+  s = _per_block(lambda c, z, t: _Scales.from_codes(fmt, c, z, t), q.scales.size,
                  expand(q.scales), expand(q.zero_point), q.tensor_scale)
+  s = _per_block(lambda v: v.with_factors(fmt), q.scales.size, s)
   out = _apply_scale(_decode(fmt.element, cb), s, fmt, _bits.INPUT_CARRIERS[dtype])
   return blocks.from_blocks(out, q.shape)
 
@@ -419,7 +420,8 @@ def _general_scales(codes, value, fmt: ScaledFormat, zero, tensor) -> _Scales:
   if tensor is None:
     m, e = _split(value)
     return _Scales(codes, m, e, None, zero, None, m)
-  m, e = _split(_bits.multiply(value, tensor, _precision(fmt.scale_format)))
+  m, e = _split(_per_block(lambda v, t: _bits.multiply(v, t, _precision(fmt.scale_format)), value.size, value,
+                           tensor))
   tm, te = _split(tensor)
   return _Scales(codes, m, e, None, zero, tensor, value, tm, te)
 
@@ -488,14 +490,16 @@ def _scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
   CPU compiler drops optimization barriers, so a conditional whose two branches are the same computation, on a
   predicate XLA cannot fold, keeps it apart.
   """
-  return _per_block(lambda v, g: _compute_scales(v, fmt, g).with_factors(fmt), xb.size, xb, given)
+  s = _per_block(lambda v, g: _compute_scales(v, fmt, g), xb.size, xb, given)
+  return _per_block(lambda v: v.with_factors(fmt), xb.size, s)
 
 
 def _per_block(compute, size: int, first: jax.Array, *rest):
   """``compute(first, *rest)``, kept out of the elementwise loop that consumes it (see ``_scales``)."""
   if size == 0:
     return compute(first, *rest)
-  pred = jax.lax.bitcast_convert_type(first.reshape(-1)[0].astype(jnp.float32), jnp.uint32) == 0
+  probe = jax.tree_util.tree_leaves(first)[0].reshape(-1)[0]
+  pred = probe.astype(jnp.int32) == 0 if jnp.issubdtype(probe.dtype, jnp.integer) else jnp.isnan(probe)
   return jax.lax.cond(pred, compute, compute, first, *rest)
 
 

@@ -16,7 +16,11 @@ def test_public_surface():
   assert sorted(lpnum.__all__) == sorted([
       "ALL_FORMATS", "BinaryFormat", "FloatFormat", "Format", "IntFormat", "Overflow", "PositFormat", "Rounding",
       "ShiftFormat", "Specials", "decode", "encode", "format_of", "get_format", "int_format", "p3109", "posit",
-      "quantize"])
+      "quantize",
+      # scaled and block formats
+      "mx", "nvfp4", "packing", "Granularity", "per_block", "per_channel", "per_tensor", "per_tile", "QArray",
+      "Calibration", "ScaledFormat", "ScaleRule", "absmax", "dequantize", "fake_quantize", "mse", "percentile",
+      "quantize_scaled"])
   for name in lpnum.__all__:
     assert getattr(lpnum, name) is not None
 

@@ -1,0 +1,76 @@
+"""Smoke test of benchmarks/scaled.py: a quick run and the schema of the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import scaled  # noqa: E402
+
+REPEATS = 1
+
+
+def check_measurement(m: dict[str, Any]) -> None:
+  assert m["status"] in ("ok", "fails", "skipped", "unsupported"), m
+  if m["status"] != "ok":
+    assert isinstance(m["reason"], str) and m["reason"]
+    return
+  for key in ("compile_s", "median_s", "min_s"):
+    assert m[key] > 0, (key, m)
+  assert m["min_s"] <= m["median_s"]
+  assert len(m["samples"]) == REPEATS and all(s > 0 for s in m["samples"])
+
+
+def test_scaled_quick(tmp_path, capsys):
+  path = scaled.main(["--quick", "--repeats", str(REPEATS), "--out", str(tmp_path)])
+  assert path == tmp_path / "scaled.json"
+  doc = json.loads(path.read_text())
+  assert doc["benchmark"] == "scaled"
+  for key in ("date", "jax", "device", "cpu_count"):
+    assert doc["machine"][key]
+  results = doc["results"]
+  config = results["config"]
+  assert config["quick"] and config["repeats"] == REPEATS
+  assert config["shape"] == list(scaled.QUICK_SHAPE) and config["values"] == scaled.QUICK_SHAPE[0] ** 2
+  assert set(results["libraries"]["missing"]) == {"qwix", "aqt", "gfloat", "torchao"}  # --quick imports none
+  assert {"floor", "lpnum", "lpnum_packed", "jnp", "qwix", "aqt"} <= set(results["candidates"])
+
+  records = results["formats"]
+  assert [r["format"] for r in records] == list(scaled.QUICK_CASES)
+  for r in records:
+    c = r["candidates"]
+    for m in c.values():
+      check_measurement(m)
+    for name in ("floor", "lpnum", "lpnum_packed", "jnp"):
+      assert c[name]["status"] == "ok", (r["format"], name)
+    assert c["qwix"]["status"] == "skipped" and "--quick" in c["qwix"]["reason"]
+    f = r["figures"]
+    for key in ("ratio_to_floor", "packed_ratio_to_floor", "packed_over_fused"):
+      assert f[key] > 0, (r["format"], key)
+    assert f["speedup_vs"]["jnp"] > 0 and f["packed_speedup_vs"]["jnp"] > 0
+    assert f["speedup_vs"]["qwix"] is None
+    agree = r["agreement"]
+    assert agree["values"] == scaled.PROBE_SHAPE[0] * scaled.PROBE_SHAPE[1]
+    assert agree["fraction_equal"]["lpnum_packed"] == 1.0  # the packed round trip is the fused one, bit for bit
+    assert 0 <= agree["fraction_equal"]["jnp"] <= agree["fraction_within_2ulp"]["jnp"] <= 1
+  kinds = {r["format"]: r["kind"] for r in records}
+  assert kinds == {"mxfp8_e4m3": "mx", "mxfp4_e2m1": "mx", "nvfp4": "nvfp4", "int8_per_channel": "per_channel"}
+  by_name = {r["format"]: r for r in records}
+  for name in ("mxfp8_e4m3", "mxfp4_e2m1"):  # FLOOR MX: the hand-written version matches lpnum almost everywhere
+    assert by_name[name]["agreement"]["fraction_within_2ulp"]["jnp"] > 0.99
+
+  targets = results["targets"]
+  assert set(targets) == {"vs_jnp", "vs_qwix", "vs_floor", "vs_gfloat", "channel_vs_qwix", "channel_vs_aqt"}
+  for key in ("vs_jnp", "vs_floor"):
+    t = targets[key]
+    assert t["status"] in ("PASS", "FAIL")
+    assert set(t["values"]) == {"mxfp8_e4m3", "mxfp4_e2m1", "nvfp4"} and all(v > 0 for v in t["values"].values())
+    assert set(t["failures"]) <= set(t["values"])
+  for key in ("vs_qwix", "vs_gfloat", "channel_vs_qwix", "channel_vs_aqt"):
+    assert targets[key]["status"] == "N/A" and targets[key]["not_measured"]
+
+  out = capsys.readouterr().out
+  assert "lpnum/floor" in out and "(a) MX/NVFP4" in out and "(e2) per-channel" in out
