@@ -225,10 +225,29 @@ def scale_exact(v: jax.Array, f: Pow2, target: Carrier = F32) -> jax.Array:
 
 
 def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
-  """``max |x|`` over ``axis`` of float32 ``x``, compared as bit patterns (XLA on the CPU treats subnormal
-  operands of float comparisons as zero). NaN wins over everything, as its pattern is largest."""
-  a = jax.lax.bitcast_convert_type(x, jnp.uint32) & np.uint32(0x7FFFFFFF)
-  return jax.lax.bitcast_convert_type(jnp.max(a, axis=axis, keepdims=keepdims), jnp.float32)
+  """``max |x|`` over ``axis`` of float32 ``x``, exact for subnormals, NaN if any element is NaN.
+
+  XLA on the CPU treats subnormal operands of float comparisons as zero and its float max reduction drops NaN, so
+  one pass reduces ``(|x|, isnan(x))`` together (a variadic reduction, which XLA also runs faster than a plain
+  max), exact wherever the maximum is at least 2^-126. Only if some group's is not (all-zero or all-subnormal
+  groups) does a conditional take the maximum again over the bit patterns, which order like the magnitudes.
+  """
+  axes = tuple(range(x.ndim)) if axis is None else ((axis,) if isinstance(axis, int) else tuple(axis))
+  axes = tuple(a % x.ndim for a in axes)
+  amax, nan = _reduce_max_flag(jnp.abs(x), jnp.isnan(x), np.float32(0), axes)
+  amax = jnp.where(nan, np.float32(np.nan), amax)
+
+  def exact(_):
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32) & np.uint32(0x7FFFFFFF)
+    m, _ = _reduce_max_flag(bits, jnp.zeros(x.shape, bool), np.uint32(0), axes)
+    return jax.lax.bitcast_convert_type(m, jnp.float32)
+
+  amax = jax.lax.cond(jnp.any(amax < np.float32(2.0 ** -126)), exact, lambda a: a, amax)
+  return jnp.expand_dims(amax, axes) if keepdims else amax
+
+
+def _reduce_max_flag(v, flag, init, axes):
+  return jax.lax.reduce((v, flag), (init, np.False_), lambda p, q: (jnp.maximum(p[0], q[0]), p[1] | q[1]), axes)
 
 
 def _ordered(x: jax.Array) -> jax.Array:

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Rounding", "Overflow", "round_shift", "round_below_unit", "random_bits", "away_from_zero"]
+__all__ = ["Rounding", "Overflow", "round_shift", "round_integral", "round_below_unit", "random_bits",
+           "away_from_zero"]
 
 
 class _ParsedEnum(enum.Enum):
@@ -173,6 +174,20 @@ def round_shift(
   else:  # pragma: no cover - the enum is closed
     raise ValueError(f"rounding={mode!r}")
   return lo + inc.astype(utype)
+
+
+def round_integral(v: jax.Array, mode: Rounding) -> jax.Array | None:
+  """``v`` rounded to an integer by the float unit, or None where that is not exact.
+
+  IEEE roundToIntegral is exact, so ``nearest_even`` (``jnp.round``) and ``toward_zero`` (``jnp.trunc``) need no
+  bit work; they stay right when XLA flushes subnormal operands, as those round to 0 anyway. ``up``, ``down``
+  (a subnormal would go to +-1), ``nearest_away``, ``to_odd`` and ``stochastic`` go through :func:`round_shift`.
+  """
+  if mode is Rounding.NEAREST_EVEN:
+    return jnp.round(v)
+  if mode is Rounding.TOWARD_ZERO:
+    return jnp.trunc(v)
+  return None
 
 
 def round_below_unit(a: jax.Array, half: np.generic, mode: Rounding,

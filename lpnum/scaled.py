@@ -419,7 +419,7 @@ def _general_scales(codes, value, fmt: ScaledFormat, zero, tensor) -> _Scales:
   """_Scales of block scale values ``value`` (and a per-tensor scale)."""
   if tensor is None:
     m, e = _split(value)
-    return _Scales(codes, m, e, None, zero, None, m)
+    return _Scales(codes, m, e, None, zero, None, value)
   m, e = _split(_per_block(lambda v, t: _bits.multiply(v, t, _precision(fmt.scale_format)), value.size, value,
                            tensor))
   tm, te = _split(tensor)
@@ -665,8 +665,24 @@ def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carr
     if s.nan is not None:
       out = jnp.where(s.nan, jnp.asarray(np.nan, target.dtype), out)
     return out
+  if s.tm is not None:  # fl(fl(v * block) * tm) * 2^de, with v * block exact
+    return _bits.scale_exact((v * s.block) * s.tm, s.up, target)
+  # ``block`` is S itself, a normal float32 (general scales are at least 2^-126).
+  if target is _F32 and fmt.element.min_positive >= 1:
+    return v * s.block  # integer elements: the IEEE product, never below 2^-126
+  p = _element_precision(fmt.element)
+  if target is not _F32 and p <= 8:
+    return _bits.multiply(v, s.block, p, target)
   # fl(v * m) * 2^e: one rounding wherever the result is a normal float (below, a second one; documented).
-  w = v * s.block
-  if s.tm is not None:
-    w = w * s.tm
-  return _bits.scale_exact(w, s.up, target)
+  return _bits.scale_exact(v * s.m, s.up, target)
+
+
+def _element_precision(el: Format) -> int:
+  """At most how many significant bits the element format's values have."""
+  if isinstance(el, FloatFormat):
+    return el.mantissa_bits + 1
+  if isinstance(el, IntFormat):
+    return el.bits - int(el.signed)
+  if isinstance(el, ShiftFormat | BinaryFormat):
+    return 1
+  return 24

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding
+from lpnum._rounding import Overflow, Rounding, round_integral
 from lpnum.formats._base import Format
 from lpnum.formats._float import _float_fits, round_magnitude
 
@@ -100,6 +100,11 @@ class IntFormat(Format):
 
   def _round(self, x, carrier, mode, overflow, rand, stochastic_bits):
     c = carrier
+    if overflow is not Overflow.WRAP:
+      r = round_integral(x, mode)
+      if r is not None:  # the float unit's exact rounding; NaN -> 0, -0 -> +0, inf saturates
+        r = jnp.clip(r, jnp.asarray(self.min_value, c.dtype), jnp.asarray(self.max_finite, c.dtype))
+        return jnp.where(jnp.isnan(r) | (r == 0), jnp.zeros_like(r), r)  # x used once: XLA fuses a divide
     negative, a, biased = c.split(x)
     is_nan = a > c.inf_bits
     r = round_magnitude(a, biased, c, 0, _NEVER, 0, mode, negative, rand, stochastic_bits)
