@@ -99,6 +99,13 @@ def _pack(codes: jax.Array, bits: int, axis: int) -> jax.Array:
     x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, pad)])
   x = x.reshape(*lead, groups, group_codes)
 
+  if bits * group_codes <= 32:  # a group fits one 32-bit word: shift, sum, split (all elementwise or tiny)
+    shifts = np.arange(group_codes, dtype=np.uint32) * np.uint32(bits)
+    word = jnp.sum(x << shifts, axis=-1, dtype=jnp.uint32)  # the codes' bits do not overlap: sum == or
+    out = (word[..., None] >> (np.arange(group_bytes, dtype=np.uint32) * np.uint32(8))) & np.uint32(0xFF)
+    packed = out.astype(jnp.uint8).reshape(*lead, groups * group_bytes)
+    return jnp.moveaxis(packed, -1, axis)
+
   code = [x[..., i] for i in range(group_codes)]
   out = []
   for b in range(group_bytes):
@@ -168,6 +175,12 @@ def _unpack(packed: jax.Array, bits: int, length: int, axis: int, dtype: np.dtyp
   lead = x.shape[:-1]
   groups = size // group_bytes
   x = (x.astype(jnp.uint32) & np.uint32(0xFF)).reshape(*lead, groups, group_bytes)
+
+  if bits * group_codes <= 32:
+    word = jnp.sum(x << (np.arange(group_bytes, dtype=np.uint32) * np.uint32(8)), axis=-1, dtype=jnp.uint32)
+    out = (word[..., None] >> (np.arange(group_codes, dtype=np.uint32) * np.uint32(bits)))
+    codes = (out & np.uint32((1 << bits) - 1)).reshape(*lead, groups * group_codes)[..., :length]
+    return jnp.moveaxis(codes.astype(dtype), -1, axis)
 
   byte = [x[..., b] for b in range(group_bytes)]
   out = []
