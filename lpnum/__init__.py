@@ -17,7 +17,7 @@ from lpnum.formats import (
     posit,
 )
 from lpnum.quantize import decode, encode, quantize
-from lpnum import mx, nvfp4, packing  # noqa: E402  (modules as namespaces: lpnum.mx.quantize)
+from lpnum import estimators, mx, nvfp4, packing, qdot  # noqa: E402  (modules as namespaces)
 from lpnum.blocks import Granularity, per_block, per_channel, per_tensor, per_tile
 from lpnum.qarray import QArray
 from lpnum.scaled import (Calibration, ScaledFormat, ScaleRule, absmax, dequantize, fake_quantize, mse, percentile,
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALL_FORMATS", "BinaryFormat", "FloatFormat", "Format", "IntFormat", "Overflow", "PositFormat", "Rounding",
     "ShiftFormat", "Specials", "decode", "encode", "format_of", "get_format", "int_format", "p3109", "posit",
-    "quantize", "mx", "nvfp4", "packing", "Granularity", "per_block", "per_channel", "per_tensor", "per_tile",
+    "quantize", "estimators", "qdot", "mx", "nvfp4", "packing", "Granularity", "per_block", "per_channel", "per_tensor", "per_tile",
     "QArray", "Calibration", "ScaledFormat", "ScaleRule", "absmax", "dequantize", "fake_quantize", "mse",
     "percentile", "quantize_scaled",
 ]

@@ -686,3 +686,18 @@ def _element_precision(el: Format) -> int:
   if isinstance(el, ShiftFormat | BinaryFormat):
     return 1
   return 24
+
+
+def clip_range(x: ArrayLike, fmt: ScaledFormat, *, scale: ArrayLike | None = None,
+               pad: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Per element of ``x``, the lowest and highest values its block can represent (the clipping range that
+  :func:`quantize_scaled` would use), each with ``x``'s shape, float32.
+  """
+  x, fmt, _, block, padded = _prepare(x, fmt, "nearest_even", None, pad)
+  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
+  s = _scales(xb, fmt, scale)
+  el = fmt.element
+  hi = _apply_scale(jnp.full(xb.shape, el.max_finite, jnp.float32), s, fmt, _F32)
+  lo = _apply_scale(jnp.full(xb.shape, el.min_value, jnp.float32), s, fmt, _F32)
+  return blocks.from_blocks(lo, x.shape), blocks.from_blocks(hi, x.shape)

@@ -1,0 +1,356 @@
+"""Gradient estimators for quantizers: each a ``jax.custom_vjp`` with the published backward formula.
+
+Quantizers are step functions, so training needs an estimator of their gradient. Every function here quantizes in
+the forward pass exactly as lpnum's formats do and defines its backward pass as the paper does:
+
+=====================  ===============================================================================
+``ste``                straight-through: identity gradient (Bengio et al. 2013)
+``clipped_ste``        identity inside the representable (or clipping) range, zero outside
+``lsq``                learned step size (Esser et al. 2020), with its gradient scale
+``pact``               learned clipping of activations (Choi et al. 2018)
+``dorefa_weight``      DoReFa-Net weights (Zhou et al. 2016); ``dorefa_activation`` its activations
+``sign_ste``           binary sign, gradient 1 inside |x| <= 1 (BinaryNet's hardtanh STE)
+``xnor``               XNOR-Net weights: per-channel mean |w| times sign, with the paper's gradient
+``reste``              ReSTE (Wu et al. 2023): sign forward, power-function derivative backward
+``biper``              BiPer (Vargas et al. 2024): square wave forward, the sine's derivative backward
+``bitnet_ternary``     BitNet b1.58 absmean ternary weights, or the median variant (b1.58 Reloaded)
+``denseshift``         DenseShift: sign times a power of two, with no zero (sign-scale decomposition)
+=====================  ===============================================================================
+
+Formats are any lpnum format (or name) or :class:`~lpnum.scaled.ScaledFormat`; learned scales are arrays that
+broadcast against ``x`` (a scalar per tensor or one per channel). Gradients of learned parameters are summed
+over the elements that share them, as broadcasting does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from lpnum.formats._base import Format
+from lpnum.formats._int import IntFormat
+from lpnum.formats._shift import ShiftFormat
+from lpnum.formats._table import as_format
+from lpnum.quantize import quantize
+from lpnum.scaled import ScaledFormat, clip_range, fake_quantize
+
+__all__ = ["ste", "clipped_ste", "lsq", "pact", "dorefa_weight", "dorefa_activation", "sign_ste", "xnor", "reste",
+           "biper", "bitnet_ternary", "denseshift"]
+
+
+def _float(x: ArrayLike, name: str = "x") -> jax.Array:
+  if isinstance(x, float | int):
+    x = jnp.float32(x)
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
+  return x
+
+
+def _fmt(fmt) -> Format | ScaledFormat:
+  return fmt if isinstance(fmt, ScaledFormat) else as_format(fmt)
+
+
+def _round_trip(x: jax.Array, fmt, **kwargs) -> jax.Array:
+  if isinstance(fmt, ScaledFormat):
+    return fake_quantize(x, fmt, **kwargs)
+  return quantize(x, fmt, **kwargs)
+
+
+def _int_format(fmt, name: str = "fmt") -> IntFormat:
+  fmt = as_format(fmt)
+  if not isinstance(fmt, IntFormat):
+    raise ValueError(f"{name}={fmt.name} must be an integer format (e.g. 'int4', 'uint8')")
+  return fmt
+
+
+def _bits(bits, lo: int = 1, hi: int = 16) -> int:
+  if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= hi:
+    raise ValueError(f"bits={bits!r} must be an integer in [{lo}, {hi}]")
+  return bits
+
+
+@jax.custom_vjp
+def _with_grad_mask(y, x, mask):
+  """``y`` forward; the cotangent reaches ``x`` where ``mask`` holds."""
+  return y
+
+
+_with_grad_mask.defvjp(lambda y, x, mask: (y, mask),
+                       lambda mask, g: (jnp.zeros_like(g), jnp.where(mask, g, jnp.zeros_like(g)), None))
+
+
+# ---- straight-through ----------------------------------------------------------------------------------------
+def ste(x: ArrayLike, fmt: Format | ScaledFormat | str, **kwargs) -> jax.Array:
+  """``x`` rounded to ``fmt`` with the identity gradient; ``kwargs`` go to quantize/fake_quantize.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, lpnum
+    >>> jax.grad(lambda v: lpnum.estimators.ste(v, "int4").sum())(jnp.array([0.3, 9.0])).tolist()
+    [1.0, 1.0]
+  """
+  return _round_trip(_float(x), _fmt(fmt), **kwargs)
+
+
+def clipped_ste(x: ArrayLike, fmt: Format | ScaledFormat | str, **kwargs) -> jax.Array:
+  """``x`` rounded to ``fmt``; gradient 1 where ``x`` lies in the representable range (for a scaled format, its
+  block's clipping range ``[S * element min, S * element max]``), 0 outside.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, lpnum
+    >>> jax.grad(lambda v: lpnum.estimators.clipped_ste(v, "int4").sum())(jnp.array([0.3, 9.0])).tolist()
+    [1.0, 0.0]
+  """
+  x = _float(x)
+  fmt = _fmt(fmt)
+  y = _round_trip(x, fmt, **kwargs)
+  if isinstance(fmt, ScaledFormat):
+    lo, hi = clip_range(jax.lax.stop_gradient(x), fmt, scale=kwargs.get("scale"), pad=kwargs.get("pad", False))
+  else:
+    lo, hi = fmt.min_value, fmt.max_finite
+  return _with_grad_mask(y, x, (x >= lo) & (x <= hi))
+
+
+# ---- learned step size and clipping ----------------------------------------------------------------------------
+def lsq(x: ArrayLike, step: ArrayLike, fmt: IntFormat | str = "int8", *,
+        grad_scale: float | None = None) -> jax.Array:
+  """LSQ: ``step * clamp(round(x / step), qn, qp)`` with a trainable ``step`` (Esser et al., ICLR 2020).
+
+  Gradients (v = x / step): ``dx = 1`` for ``qn < v < qp``, else 0; ``dstep = round(v) - v`` inside, ``qn``
+  or ``qp`` where clamped, times ``grad_scale`` (default ``1 / sqrt(x.size * qp)``, the paper's ``g``).
+  Rounding is to nearest, ties to even.
+  """
+  x, step = _float(x), _float(step, "step")
+  fmt = _int_format(fmt)
+  if grad_scale is None:
+    grad_scale = 1.0 / math.sqrt(max(x.size, 1) * fmt.max_finite)
+  return _lsq(x, step, fmt.min_value, fmt.max_finite, float(grad_scale))
+
+
+@jax.custom_vjp
+def _lsq(x, step, qn, qp, g):
+  return step * jnp.clip(jnp.round(x / step), qn, qp)
+
+
+def _lsq_fwd(x, step, qn, qp, g):
+  return _lsq(x, step, qn, qp, g), (x, step, qn, qp, g)
+
+
+def _lsq_bwd(res, ct):
+  x, step, qn, qp, g = res
+  v = x / step
+  low, high = v <= qn, v >= qp
+  inside = ~(low | high)
+  dstep = jnp.where(low, qn, jnp.where(high, qp, jnp.round(v) - v)) * g
+  return (jnp.where(inside, ct, 0), _sum_to(ct * dstep, jnp.shape(step)), None, None, None)
+
+
+_lsq.defvjp(_lsq_fwd, _lsq_bwd)
+
+
+def _sum_to(v: jax.Array, shape) -> jax.Array:
+  """Sums ``v`` down to ``shape`` (the inverse of broadcasting)."""
+  lead = v.ndim - len(shape)
+  v = v.sum(axis=tuple(range(lead))) if lead else v
+  axes = tuple(i for i, d in enumerate(shape) if d == 1 and v.shape[i] != 1)
+  return v.sum(axis=axes, keepdims=True).reshape(shape) if axes else v.reshape(shape)
+
+
+def pact(x: ArrayLike, alpha: ArrayLike, bits: int = 4) -> jax.Array:
+  """PACT: ``y = clip(x, 0, alpha)`` quantized to ``2^bits - 1`` levels of ``alpha / (2^bits - 1)`` (Choi et al.).
+
+  Gradients: ``dx = 1`` for ``0 <= x < alpha``, else 0; ``dalpha = 1`` where ``x >= alpha``, else 0 (the paper's
+  straight-through gradient of the clipping level).
+  """
+  x, alpha = _float(x), _float(alpha, "alpha")
+  levels = float((1 << _bits(bits)) - 1)
+  return _pact(x, alpha, levels)
+
+
+@jax.custom_vjp
+def _pact(x, alpha, levels):
+  step = alpha / levels
+  return jnp.round(jnp.clip(x, 0, alpha) / step) * step
+
+
+def _pact_fwd(x, alpha, levels):
+  return _pact(x, alpha, levels), (x, alpha)
+
+
+def _pact_bwd(res, ct):
+  x, alpha = res
+  dx = jnp.where((x >= 0) & (x < alpha), ct, 0)
+  return dx, _sum_to(jnp.where(x >= alpha, ct, 0), jnp.shape(alpha)), None
+
+
+_pact.defvjp(_pact_fwd, _pact_bwd)
+
+
+# ---- DoReFa ---------------------------------------------------------------------------------------------------------
+def _quantize_k(r: jax.Array, bits: int) -> jax.Array:
+  """DoReFa's quantize_k of r in [0, 1]: round((2^k - 1) r) / (2^k - 1), straight-through."""
+  n = float((1 << bits) - 1)
+  return r + jax.lax.stop_gradient(jnp.round(r * n) / n - r)
+
+
+def dorefa_weight(w: ArrayLike, bits: int) -> jax.Array:
+  """DoReFa-Net weights: ``2 quantize_k(tanh(w) / (2 max|tanh w|) + 1/2) - 1``; for 1 bit ``sign(w) * mean|w|``.
+
+  quantize_k is straight-through; the tanh and the normalisation are differentiated as they are.
+  """
+  w = _float(w, "w")
+  bits = _bits(bits, 1, 32)
+  if bits == 1:
+    e = jax.lax.stop_gradient(jnp.mean(jnp.abs(w)))
+    return w + jax.lax.stop_gradient(jnp.where(w >= 0, e, -e) - w)
+  t = jnp.tanh(w)
+  r = t / (2 * jnp.max(jnp.abs(t))) + 0.5
+  return 2 * _quantize_k(r, bits) - 1
+
+
+def dorefa_activation(x: ArrayLike, bits: int) -> jax.Array:
+  """DoReFa-Net activations: ``quantize_k(clip(x, 0, 1))``; gradient 1 inside [0, 1], 0 outside."""
+  x = _float(x)
+  y = _quantize_k(jnp.clip(x, 0, 1), _bits(bits, 1, 32))
+  return _with_grad_mask(y, x, (x >= 0) & (x <= 1))
+
+
+# ---- binary ---------------------------------------------------------------------------------------------------------
+def _sign(x: jax.Array) -> jax.Array:
+  """+1 for x >= 0 (zero included, as lpnum's binary format), -1 below."""
+  return jnp.where(x >= 0, jnp.ones_like(x), -jnp.ones_like(x))
+
+
+def sign_ste(x: ArrayLike) -> jax.Array:
+  """Binary sign (``+1`` for ``x >= 0``) with BinaryNet's gradient: 1 for ``|x| <= 1``, else 0."""
+  x = _float(x)
+  return _with_grad_mask(_sign(x), x, jnp.abs(x) <= 1)
+
+
+def xnor(w: ArrayLike, axis: int | tuple[int, ...] = -1) -> jax.Array:
+  """XNOR-Net weights ``alpha * sign(w)``, ``alpha`` the mean ``|w|`` per output channel (``axis`` names the
+  channel axes; the mean runs over the others).
+
+  Gradient, as the paper gives it: ``dW = dW~ * (1/n + alpha * 1{|w| <= 1})``, ``n`` the elements per channel.
+  """
+  w = _float(w, "w")
+  axes = (axis,) if isinstance(axis, int) else tuple(axis)
+  keep = {a % w.ndim for a in axes}
+  reduce = tuple(i for i in range(w.ndim) if i not in keep)
+  n = math.prod(w.shape[i] for i in reduce)
+  return _xnor(w, reduce, float(n))
+
+
+@jax.custom_vjp
+def _xnor_core(w, alpha, inv_n):
+  return alpha * _sign(w)
+
+
+def _xnor_fwd(w, alpha, inv_n):
+  return _xnor_core(w, alpha, inv_n), (w, alpha, inv_n)
+
+
+def _xnor_bwd(res, ct):
+  w, alpha, inv_n = res
+  return ct * (inv_n + alpha * (jnp.abs(w) <= 1)), jnp.zeros_like(alpha), None
+
+
+_xnor_core.defvjp(_xnor_fwd, _xnor_bwd)
+
+
+def _xnor(w, reduce, n):
+  alpha = jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=reduce, keepdims=True))
+  return _xnor_core(w, alpha, 1.0 / n)
+
+
+def reste(x: ArrayLike, o: float = 3.0, cap: float = 10.0) -> jax.Array:
+  """ReSTE: sign forward; backward the derivative of ``sign(x) |x|^(1/o)``, ``(1/o) |x|^(1/o - 1)``, capped at
+  ``cap`` (near 0 it diverges) and zero for ``|x| > 1`` (Wu et al., ICCV 2023). ``o = 1`` is the clipped STE.
+  """
+  x = _float(x)
+  if not o >= 1:
+    raise ValueError(f"o={o!r} must be at least 1")
+  if not cap > 0:
+    raise ValueError(f"cap={cap!r} must be positive")
+  return _reste(x, float(o), float(cap))
+
+
+@jax.custom_vjp
+def _reste(x, o, cap):
+  return _sign(x)
+
+
+def _reste_fwd(x, o, cap):
+  return _sign(x), (x, o, cap)
+
+
+def _reste_bwd(res, ct):
+  x, o, cap = res
+  a = jnp.abs(x)
+  d = jnp.minimum(jnp.where(a > 0, (1 / o) * a ** (1 / o - 1), cap), cap)
+  return jnp.where(a <= 1, ct * d, 0), None, None
+
+
+_reste.defvjp(_reste_fwd, _reste_bwd)
+
+
+def biper(x: ArrayLike, omega: float = math.pi) -> jax.Array:
+  """BiPer: the square wave ``sign(sin(omega x))`` forward and ``omega cos(omega x)``, the derivative of the sine
+  of the same period, backward (Vargas et al., CVPR 2024)."""
+  x = _float(x)
+  if not omega > 0:
+    raise ValueError(f"omega={omega!r} must be positive")
+  return _biper(x, float(omega))
+
+
+@jax.custom_vjp
+def _biper(x, omega):
+  return _sign(jnp.sin(omega * x))
+
+
+def _biper_fwd(x, omega):
+  return _biper(x, omega), (x, omega)
+
+
+def _biper_bwd(res, ct):
+  x, omega = res
+  return ct * omega * jnp.cos(omega * x), None
+
+
+_biper.defvjp(_biper_fwd, _biper_bwd)
+
+
+# ---- ternary and shift ----------------------------------------------------------------------------------------
+def bitnet_ternary(w: ArrayLike, variant: str = "absmean", eps: float = 1e-5) -> jax.Array:
+  """BitNet b1.58 weights: ``gamma * clip(round(w / (gamma + eps)), -1, 1)`` with ``gamma`` the mean ``|w|``
+  (``absmean``) or its median (``median``, BitNet b1.58 Reloaded), straight-through (identity gradient)."""
+  w = _float(w, "w")
+  if variant == "absmean":
+    gamma = jnp.mean(jnp.abs(w))
+  elif variant == "median":
+    gamma = jnp.median(jnp.abs(w))
+  else:
+    raise ValueError(f"variant={variant!r}; expected 'absmean' or 'median'")
+  gamma = jax.lax.stop_gradient(gamma)
+  q = jnp.clip(jnp.round(w / (gamma + eps)), -1, 1) * gamma
+  return w + jax.lax.stop_gradient(q - w)
+
+
+def denseshift(w: ArrayLike, bits: int = 4, scale: ArrayLike | None = None) -> jax.Array:
+  """DenseShift weights: ``scale * s * 2^p``, ``s`` in {-1, +1} and ``p`` in ``[-(2^(bits-1) - 1), 0]`` (no zero),
+  from the sign-scale decomposition ``w = sign(w) * |w|`` with ``|w| / scale`` rounded to a power of two
+  (nearest, on the value); straight-through on both factors. ``scale`` defaults to the largest power of two not
+  above ``max|w|``.
+  """
+  w = _float(w, "w")
+  bits = _bits(bits, 2, 8)
+  fmt = ShiftFormat(emin=-((1 << (bits - 1)) - 1), emax=0, has_zero=False)
+  if scale is None:
+    amax = jax.lax.stop_gradient(jnp.max(jnp.abs(w)))
+    _, e = jnp.frexp(jnp.maximum(amax, jnp.finfo(w.dtype).tiny))  # the exponent from the bits, not a log2
+    scale = jnp.ldexp(jnp.ones((), w.dtype), e - 1)
+  scale = _float(scale, "scale")
+  return scale * quantize(w / scale, fmt)
