@@ -153,3 +153,6 @@ def _qdot_bwd(dn, config, pet, res, g):
   _, vjp = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dn, preferred_element_type=pet), lb, rb)
   dl, dr = vjp(gq.astype(jnp.result_type(g)))
   return dl.astype(lhs.dtype), dr.astype(rhs.dtype), None
+
+
+_qdot.defvjp(_qdot_fwd, _qdot_bwd)
