@@ -38,7 +38,7 @@ from lpnum.quantize import quantize
 from lpnum.scaled import ScaledFormat, clip_range, fake_quantize
 
 __all__ = ["ste", "clipped_ste", "lsq", "pact", "dorefa_weight", "dorefa_activation", "sign_ste", "xnor", "reste",
-           "biper", "bitnet_ternary", "denseshift"]
+           "biper", "bitnet_ternary", "denseshift", "ESTIMATORS", "estimate"]
 
 
 def _float(x: ArrayLike, name: str = "x") -> jax.Array:
@@ -354,3 +354,47 @@ def denseshift(w: ArrayLike, bits: int = 4, scale: ArrayLike | None = None) -> j
     scale = jnp.ldexp(jnp.ones((), w.dtype), e - 1)
   scale = _float(scale, "scale")
   return scale * quantize(w / scale, fmt)
+
+
+# ---- by name ----------------------------------------------------------------------------------------------------------
+#: Estimators by name, with the element formats each accepts (None: the estimator fixes its own levels).
+_BINARY = ("sign_ste", "xnor", "reste", "biper")
+ESTIMATORS: dict[str, object] = {
+    "ste": ste, "clipped_ste": clipped_ste, "lsq": lsq, "pact": pact, "dorefa_weight": dorefa_weight,
+    "dorefa_activation": dorefa_activation, "sign_ste": sign_ste, "xnor": xnor, "reste": reste, "biper": biper,
+    "bitnet_ternary": bitnet_ternary, "denseshift": denseshift,
+}
+
+
+def estimate(x: ArrayLike, estimator: str, fmt: Format | ScaledFormat | str | None = None, **params) -> jax.Array:
+  """Quantizes ``x`` with the estimator called ``estimator``; ``params`` are its own arguments.
+
+  ``fmt`` is checked against what the estimator means: ``ste``/``clipped_ste`` take any format; ``lsq`` an integer
+  format; the binary estimators (sign_ste, xnor, reste, biper) only a 1-bit format (``binary``) or none;
+  ``bitnet_ternary`` only ``ternary`` or none; ``pact``, ``dorefa_*`` and ``denseshift`` take their bit widths
+  as ``bits=`` and no format.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> lpnum.estimators.estimate(jnp.array([-0.2, 0.7]), "sign_ste").tolist()
+    [-1.0, 1.0]
+  """
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator={estimator!r}; expected one of {sorted(ESTIMATORS)}")
+  f = ESTIMATORS[estimator]
+  if estimator in ("ste", "clipped_ste"):
+    if fmt is None:
+      raise ValueError(f"estimator={estimator!r} needs fmt")
+    return f(x, fmt, **params)
+  if estimator == "lsq":
+    return f(x, params.pop("step"), "int8" if fmt is None else fmt, **params)
+  if fmt is not None:
+    name = fmt.name if isinstance(fmt, Format | ScaledFormat) else str(fmt)
+    bits = fmt.element.bits if isinstance(fmt, ScaledFormat) else as_format(fmt).bits
+    if estimator in _BINARY and bits != 1:
+      raise ValueError(f"estimator={estimator!r} is a binary estimator; fmt={name} has {bits} bits")
+    if estimator == "bitnet_ternary" and as_format(fmt).name != "int2_narrow":
+      raise ValueError(f"estimator='bitnet_ternary' quantizes to ternary; fmt={name} is not")
+    if estimator not in _BINARY and estimator != "bitnet_ternary":
+      raise ValueError(f"estimator={estimator!r} sets its levels with bits=; drop fmt={name}")
+  return f(x, **params)

@@ -293,3 +293,22 @@ def test_mlp_trains_with_learned_scales_and_activation_quantizers(kind):
   else:
     first, last = _train(lambda w: E.ste(w, lpnum.ScaledFormat("int8", lpnum.per_channel(-1))), aq=kind)
   assert last < 0.35 * first, (kind, first, last)
+
+
+def test_estimate_by_name_and_bad_combinations():
+  x = X
+  np.testing.assert_array_equal(E.estimate(x, "biper", omega=2.0), E.biper(x, 2.0))
+  np.testing.assert_array_equal(E.estimate(x, "sign_ste", "binary"), E.sign_ste(x))
+  np.testing.assert_array_equal(E.estimate(x, "lsq", "int4", step=0.3), E.lsq(x, 0.3, "int4"))
+  np.testing.assert_array_equal(E.estimate(x, "bitnet_ternary", "ternary"), E.bitnet_ternary(x))
+  np.testing.assert_array_equal(E.estimate(x, "ste", "int4"), E.ste(x, "int4"))
+  with pytest.raises(ValueError, match="estimator='bogus'"):
+    E.estimate(x, "bogus")
+  with pytest.raises(ValueError, match="binary estimator; fmt=int8 has 8 bits"):
+    E.estimate(x, "biper", "int8")
+  with pytest.raises(ValueError, match="fmt=int4 is not"):
+    E.estimate(x, "bitnet_ternary", "int4")
+  with pytest.raises(ValueError, match="needs fmt"):
+    E.estimate(x, "ste")
+  with pytest.raises(ValueError, match="drop fmt"):
+    E.estimate(x, "pact", "int4", alpha=1.0)
