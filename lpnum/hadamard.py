@@ -7,27 +7,33 @@ exact arithmetic: the Sylvester matrix ``H`` scaled by ``1/sqrt(n)`` is symmetri
 ``x @ w == (x @ H) @ (H @ w)``, i.e. ``x @ w == fwht(x, -1) @ fwht(w, 0)`` up to float rounding, and both sides
 of the product can be quantized after the rotation.
 
-:func:`fwht` applies the transform in ``O(n log n)`` additions, never forming the ``n x n`` matrix: it reshapes
-the axis so that the elements a butterfly combines sit on an axis of length 2 or 4 and adds and subtracts slices
-of it, ``log2(b)`` butterfly levels in all (two levels per pass, so ``ceil(log2(b) / 2)`` passes over the data).
-Lengths that are not powers of two are rotated block-diagonally with ``block=``: ``diag(H_b, ..., H_b)``.
-:func:`hadamard_matrix` builds the dense matrix for tests and documentation only.
+:func:`fwht` applies the transform with ``log2(b)`` additions or subtractions per element (``b = n`` without
+blocks), never forming the ``n x n`` matrix: it reshapes the axis so that the elements a butterfly combines sit
+on an axis of length 2 or 4 and adds and subtracts slices of it, ``log2(b)`` butterfly levels in all, two per
+pass over the data (``ceil(log2(b) / 2)`` passes). Lengths that are not powers of two are rotated
+block-diagonally with ``block=``: ``diag(H_b, ..., H_b)``. :func:`hadamard_matrix` builds the dense matrix, for
+tests and documentation only.
 
-The transform is made of linear JAX operations (reshapes, slices, additions, a stack, a scaling), so ``jit``,
-``vmap``, forward- and reverse-mode autodiff and their compositions (Hessians) work with no custom rules. Its
-VJP is the transposed butterfly network, which computes ``fwht`` of the cotangent (the matrix is symmetric) in
-the same number of passes; a ``custom_vjp`` calling :func:`fwht` was measured to be no faster and would rule out
-forward mode, so there is none.
+``jit``, ``vmap``, forward- and reverse-mode autodiff and their compositions (Hessians) all work. The transform
+is linear, and a ``custom_jvp`` makes its tangent the transform of the tangent, computed by a second copy of
+the butterfly network (summing in the opposite level order, so it can differ from ``fwht`` in the last bit)
+whose transpose, what reverse mode runs, is again one pass per two levels and computes ``fwht`` of the
+cotangent (``H`` is symmetric). Two copies, because the forward pass writes each pass's four outputs with a
+branch-free select, which XLA:CPU vectorizes and runs about 1.5x faster than a stack although it evaluates
+all four for every element, but which transposes into broadcasts and reductions several times slower. A
+``custom_vjp`` would have done for reverse mode but rules out forward mode (``jax.jvp``, ``jax.hessian``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 
 __all__ = ["fwht", "largest_block", "hadamard_matrix"]
@@ -143,34 +149,64 @@ def fwht(x: ArrayLike, axis: int = -1, *, block: int | str | None = None) -> jax
   dtype = x.dtype
   compute = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
   p, q = math.prod(x.shape[:ax]), math.prod(x.shape[ax + 1:])
-  y = _butterflies(x.astype(compute), p, n, q, b)
-  levels = b.bit_length() - 1
-  scale = math.ldexp(math.sqrt(0.5) if levels % 2 else 1.0, -(levels // 2))
-  y = y * jnp.asarray(scale, compute)
+  y = _rotate(x.astype(compute), p, n, q, b)
   return y.reshape(x.shape).astype(dtype)
 
 
-def _butterflies(x: jax.Array, p: int, n: int, q: int, b: int) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+def _rotate(x: jax.Array, p: int, n: int, q: int, b: int) -> jax.Array:
+  return _scale(_butterflies(x, p, n, q, b, descending=True), b)
+
+
+@_rotate.defjvp
+def _rotate_jvp(p, n, q, b, primals, tangents):
+  # The transform is linear, so its tangent is the transform of the tangent. It is written with stacks in
+  # ascending order because reverse mode transposes this network: the transpose is again one pass per two
+  # levels, in descending order, and computes fwht of the cotangent (H is symmetric). Transposing the
+  # select-based network instead would turn every pass into broadcasts, reductions and selects (several
+  # times slower).
+  (x,), (t,) = primals, tangents
+  return _rotate(x, p, n, q, b), _scale(_butterflies(t, p, n, q, b, descending=False), b)
+
+
+def _scale(y: jax.Array, b: int) -> jax.Array:
+  levels = b.bit_length() - 1
+  scale = math.ldexp(math.sqrt(0.5) if levels % 2 else 1.0, -(levels // 2))
+  return y * jnp.asarray(scale, y.dtype)
+
+
+def _butterflies(x: jax.Array, p: int, n: int, q: int, b: int, descending: bool) -> jax.Array:
   """The unscaled transform of each block of ``b`` along the middle axis of ``x`` viewed as ``(p, n, q)``.
 
   Level ``s`` combines the elements whose index along the axis differs in bit ``s`` only; viewing the axis as
-  ``(n / 2h, 2, h)`` with ``h = 2**s`` puts the two on the length-2 axis. Two levels are fused into one pass
-  over an axis of length 4 (the same additions in the same order as two passes); an odd last level is a pass
-  of its own. Blocks never mix because every stride ``h`` is below ``b``, which divides ``n``.
+  ``(n / 2h, 2, h)`` with ``h = 2**s`` puts the two on the length-2 axis. Two levels make one pass over an
+  axis of length 4 (``h`` and ``2h``); when ``log2(b)`` is odd the level of the largest stride is a pass of
+  its own. Blocks never mix because every stride is below ``b``, which divides ``n``. The levels are the same
+  either way; ``descending`` sets their order (strides ``b/2`` down to 1, or 1 up to ``b/2``) and how a pass
+  writes its outputs: a select of the broadcast outputs (branch-free, which XLA vectorizes) or a stack.
   """
-  h = 1
+  passes, h = [], 1
   while h < b:
     r = 4 if 4 * h <= b else 2
-    v = x.reshape(p * n // (r * h), r, h * q)
-    if r == 2:
-      v0, v1 = v[:, 0], v[:, 1]
-      x = jnp.stack([v0 + v1, v0 - v1], axis=1)
-    else:
-      v0, v1, v2, v3 = v[:, 0], v[:, 1], v[:, 2], v[:, 3]
-      s01, d01, s23, d23 = v0 + v1, v0 - v1, v2 + v3, v2 - v3  # level s, stride h
-      x = jnp.stack([s01 + s23, d01 + d23, s01 - s23, d01 - d23], axis=1)  # level s + 1, stride 2h
+    passes.append((h, r))
     h *= r
-  return x
+  for h, r in reversed(passes) if descending else passes:
+    v = x.reshape(p * n // (r * h), r, h * q)
+    vs = [v[:, i] for i in range(r)]
+    if r == 2:
+      outs = [vs[0] + vs[1], vs[0] - vs[1]]
+    elif descending:  # stride 2h, then h
+      s02, d02, s13, d13 = vs[0] + vs[2], vs[0] - vs[2], vs[1] + vs[3], vs[1] - vs[3]
+      outs = [s02 + s13, s02 - s13, d02 + d13, d02 - d13]
+    else:  # stride h, then 2h
+      s01, d01, s23, d23 = vs[0] + vs[1], vs[0] - vs[1], vs[2] + vs[3], vs[2] - vs[3]
+      outs = [s01 + s23, d01 + d23, s01 - s23, d01 - d23]
+    if descending:
+      slot = lax.broadcasted_iota(jnp.int32, v.shape, 1)
+      x = lax.select_n(slot, *(jnp.broadcast_to(o[:, None], v.shape) for o in outs))
+    else:
+      x = jnp.stack(outs, axis=1)
+  return x.reshape(p, n, q)
 
 
 def _block(block: int | str | None, n: int, axis: int) -> int:
