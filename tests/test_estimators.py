@@ -280,13 +280,18 @@ def _train(wq, aq=None, lsq_step=False, steps=300):
   return float(first), float(loss(params))
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATED))
+#: Trained in the default run; the others under ``-m slow``.
+DEFAULT_TRAINED = ("ste_int4", "mxfp4", "xnor", "bitnet")
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT_TRAINED else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(ESTIMATED)])
 def test_mlp_trains_with_each_estimator(name):
   first, last = _train(ESTIMATED[name])
   assert last < 0.35 * first, (name, first, last)
 
 
-@pytest.mark.parametrize("kind", ["lsq", "pact", "dorefa"])
+@pytest.mark.parametrize("kind", ["lsq", "pact", pytest.param("dorefa", marks=pytest.mark.slow)])
 def test_mlp_trains_with_learned_scales_and_activation_quantizers(kind):
   if kind == "lsq":
     first, last = _train(None, lsq_step=True)
