@@ -88,6 +88,9 @@ class DotConfig:
     lhs_bwd, rhs_bwd: the operands' formats in the backward matmuls (``dlhs = g . rhs_bwd``,
       ``drhs = lhs_bwd . g``); default: the forward ones.
     grad_rounding: ``nearest_even`` or ``stochastic`` (then a key is required).
+    rotate: Hadamard-rotate both operands along the (single) contracting axis before quantizing, with this
+      block (``"auto"``, a power of two, or None for no rotation). ``(lhs H)(H rhs) = lhs rhs``, H orthonormal
+      and symmetric, so the inverse is folded in exactly; gradients flow through the (linear) rotation.
   """
 
   lhs: FormatLike = None
@@ -96,6 +99,7 @@ class DotConfig:
   lhs_bwd: FormatLike = "same"
   rhs_bwd: FormatLike = "same"
   grad_rounding: str = "nearest_even"
+  rotate: int | str | None = None
 
   def __post_init__(self) -> None:
     for name in ("lhs", "rhs", "grad"):
@@ -132,6 +136,13 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, config: DotCo
   except (TypeError, ValueError):
     raise ValueError(f"dimension_numbers={dimension_numbers!r} must be ((lhs_contract, rhs_contract), "
                      "(lhs_batch, rhs_batch))") from None
+  if config.rotate is not None:
+    from lpnum.hadamard import fwht
+
+    if len(dn[0][0]) != 1:
+      raise ValueError(f"config.rotate needs a single contracting axis, got dimension_numbers={dimension_numbers!r}")
+    lhs = fwht(lhs, dn[0][0][0], block=config.rotate)
+    rhs = fwht(rhs, dn[0][1][0], block=config.rotate)
   return _qdot(lhs, rhs, key, dn, config, preferred_element_type)
 
 

@@ -317,3 +317,28 @@ def test_estimate_by_name_and_bad_combinations():
     E.estimate(x, "ste")
   with pytest.raises(ValueError, match="drop fmt"):
     E.estimate(x, "pact", "int4", alpha=1.0)
+
+
+def test_hadamard_rotated_quantization():
+  from lpnum.hadamard import fwht
+
+  rng = np.random.default_rng(9)
+  x = rng.standard_normal((8, 96)).astype(np.float32)
+  x[:, 5] = 40.0  # an outlier channel
+  fmt = lpnum.ScaledFormat("int4", lpnum.per_channel(0))
+  y = np.asarray(E.hadamard_ste(x, fmt, axis=-1, block="auto"))
+  want = np.asarray(fwht(lpnum.fake_quantize(fwht(x, -1, block=32), fmt), -1, block=32))
+  np.testing.assert_array_equal(y, want)
+  plain = np.asarray(lpnum.fake_quantize(x, fmt))
+  assert np.sum((y - x) ** 2) < 0.5 * np.sum((plain - x) ** 2)  # rotation spreads the outlier
+  np.testing.assert_allclose(E.hadamard_ste(x, "float32"), x, atol=1e-5)  # the inverse is folded in
+  g = jax.grad(lambda v: jnp.sum(E.hadamard_ste(v, fmt) * _weights(v)))(jnp.asarray(x))
+  np.testing.assert_allclose(g, _weights(x), rtol=1e-5)  # H I H = I
+  # In a dot_general the rotation cancels between the operands.
+  w = rng.standard_normal((96, 16)).astype(np.float32)
+  dn = (((1,), (0,)), ((), ()))
+  cfg = qdot.DotConfig(lhs="int8", rhs="int8", rotate="auto")
+  xr, wr = fwht(x, 1, block=32), fwht(w, 0, block=32)
+  np.testing.assert_allclose(qdot.dot_general(x, w, dn, cfg), lpnum.quantize(xr, "int8") @ lpnum.quantize(wr, "int8"),
+                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(qdot.dot_general(x, w, dn, qdot.DotConfig(rotate="auto")), x @ w, rtol=1e-4, atol=1e-3)
