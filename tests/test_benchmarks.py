@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark_checks  # noqa: E402
 pytest.importorskip("gfloat")
 from benchmarks import formats  # noqa: E402
 
@@ -17,24 +18,13 @@ REPEATS = 1
 
 
 def check_measurement(m: dict[str, Any]) -> None:
-  assert m["status"] in ("ok", "fails", "skipped"), m
-  if m["status"] != "ok":
-    assert isinstance(m["reason"], str) and m["reason"]
-    return
-  for key in ("compile_s", "median_s", "min_s"):
-    assert m[key] > 0, (key, m)
-  assert m["min_s"] <= m["median_s"]
-  assert len(m["samples"]) == REPEATS and all(s > 0 for s in m["samples"])
+  benchmark_checks.check_measurement(m, REPEATS)
 
 
 def test_formats_quick(tmp_path, capsys):
   path = formats.main(["--quick", "--size-log2", "12", "--repeats", str(REPEATS), "--out", str(tmp_path)])
   assert path == tmp_path / "formats.json"
-  doc = json.loads(path.read_text())
-  assert doc["benchmark"] == "formats"
-  for key in ("date", "jax", "device", "cpu_count"):
-    assert doc["machine"][key]
-  results = doc["results"]
+  results = benchmark_checks.load_document(path, "formats")
   assert results["config"]["values"] == 1 << 12 and results["config"]["quick"]
 
   records = results["formats"]

@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark_checks  # noqa: E402
 from benchmarks import scaled  # noqa: E402
 
 REPEATS = 1
 
 
 def check_measurement(m: dict[str, Any]) -> None:
-  assert m["status"] in ("ok", "fails", "skipped", "unsupported"), m
-  if m["status"] != "ok":
-    assert isinstance(m["reason"], str) and m["reason"]
-    return
-  for key in ("compile_s", "median_s", "min_s"):
-    assert m[key] > 0, (key, m)
-  assert m["min_s"] <= m["median_s"]
-  assert len(m["samples"]) == REPEATS and all(s > 0 for s in m["samples"])
+  benchmark_checks.check_measurement(m, REPEATS, ("ok", "fails", "skipped", "unsupported"))
 
 
 def test_scaled_quick(tmp_path, capsys):
   path = scaled.main(["--quick", "--repeats", str(REPEATS), "--out", str(tmp_path)])
   assert path == tmp_path / "scaled.json"
-  doc = json.loads(path.read_text())
-  assert doc["benchmark"] == "scaled"
-  for key in ("date", "jax", "device", "cpu_count"):
-    assert doc["machine"][key]
-  results = doc["results"]
+  results = benchmark_checks.load_document(path, "scaled")
   config = results["config"]
   assert config["quick"] and config["repeats"] == REPEATS
   assert config["shape"] == list(scaled.QUICK_SHAPE) and config["values"] == scaled.QUICK_SHAPE[0] ** 2

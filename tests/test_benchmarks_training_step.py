@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark_checks  # noqa: E402
 from benchmarks import training_step  # noqa: E402
 
 REPEATS = 2
 
 
 def check_measurement(m: dict[str, Any]) -> None:
-  assert m["status"] in ("ok", "fails", "skipped"), m
-  if m["status"] != "ok":
-    assert isinstance(m["reason"], str) and m["reason"]
-    return
-  for key in ("compile_s", "median_s", "min_s"):
-    assert m[key] > 0, (key, m)
-  assert m["min_s"] <= m["median_s"]
-  assert len(m["samples"]) == REPEATS and all(s > 0 for s in m["samples"])
+  benchmark_checks.check_measurement(m, REPEATS)
 
 
 def test_training_step_quick(tmp_path, capsys):
   path = training_step.main(["--quick", "--repeats", str(REPEATS), "--out", str(tmp_path)])
   assert path == tmp_path / "training_step.json"
-  doc = json.loads(path.read_text())
-  assert doc["benchmark"] == "training_step"
-  for key in ("date", "jax", "device", "cpu_count"):
-    assert doc["machine"][key]
-  results = doc["results"]
+  results = benchmark_checks.load_document(path, "training_step")
   config = results["config"]
   assert config["quick"] and config["repeats"] == REPEATS and config["loss_steps"] == REPEATS
   assert list(results["variants"]) == list(training_step.QUICK_VARIANTS)
