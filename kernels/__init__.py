@@ -1,4 +1,10 @@
-"""Pallas kernels (packed low-bit matmul, low-bit accumulators), installed as ``lpnum.kernels``.
+"""Pallas kernels for packed low-bit matmul, installed as ``lpnum.kernels``.
 
-Populated by the kernels work; importing it today gives an empty namespace.
+- :func:`pack_weights` rearranges a quantized ``(K, N)`` QArray into the kernel layout (:mod:`.layout`).
+- :func:`matmul` multiplies with packed weights: Pallas on GPU/TPU, XLA on the CPU (:mod:`.matmul`).
 """
+
+from lpnum.kernels.layout import PackedWeights, pack_weights
+from lpnum.kernels.matmul import BlockSizes, matmul, reference_matmul
+
+__all__ = ["BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]

@@ -1,0 +1,193 @@
+"""The kernel layout of quantized weights: bit planes interleaved along K, tile by tile.
+
+A QArray stores element codes as one little-endian bit stream along its last axis. A matmul kernel wants to turn
+a tile of packed bytes into a tile of weights with shifts and masks only, and to feed the MXU/tensor cores whole
+rows of K. :func:`pack_weights` rearranges a ``(K, N)`` QArray once, offline, into that layout; the bytes held
+are the same (plus padding to whole tiles), so the weights still cross memory at their packed size.
+
+Layout, for element codes of ``b`` bits and a K tile of ``tile_k`` rows:
+
+- ``b`` is split into bit planes of 4, 2 and 1 bits (``b = 6``: a 4-bit plane holding bits 0-3 and a 2-bit plane
+  holding bits 4-5; ``b = 8``: one 8-bit plane).
+- A plane of ``w`` bits holds ``p = 8 / w`` codes per byte. Within each K tile, byte row ``r`` of the plane holds,
+  in bit field ``j`` (bits ``w*j`` to ``w*j + w - 1``), the plane's bits of the code at row ``j * tile_k / p + r``.
+  So field ``j`` of the whole tile is the contiguous K range ``[j * tile_k / p, (j + 1) * tile_k / p)``, and a
+  kernel multiplies it with a contiguous slice of ``x``: no interleaving, no lane shuffles.
+- K is padded to whole tiles and N to a multiple of 128 with the code 0 and with scales of 1; ``x`` is padded
+  with zeros along K, so the padding adds exact zeros.
+- Scales keep one row per K group (``group`` rows of K share a row; per-channel and per-tensor scales have one row
+  for the whole K) and one column per output column (2-D tiles, such as NVFP4's 16x16, are expanded along N).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lpnum.kernels import _dequant
+from lpnum.qarray import QArray
+from lpnum.quantize import encode
+from lpnum.scaled import ScaledFormat
+
+__all__ = ["PackedWeights", "pack_weights", "DEFAULT_TILE_K"]
+
+#: K rows per layout tile; a multiple of 128 * (codes per byte) keeps every field a whole number of lane tiles.
+DEFAULT_TILE_K = 512
+
+_N_ALIGN = 128
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class PackedWeights:
+  """Quantized ``(K, N)`` weights in the kernel layout (see the module docstring); make one with
+  :func:`pack_weights`.
+
+  Attributes:
+    planes: uint8 bit planes, each ``(K_pad * w / 8, N_pad)`` for a plane of ``w`` bits.
+    scales: scale codes, ``(K_pad / group, N_pad)``.
+    zero_point: int32 zero points like ``scales``, or None.
+    tensor_scale: the float32 per-tensor scale, or None.
+    fmt: the ScaledFormat (static).
+    shape: ``(K, N)`` (static).
+    tile_k: K rows per layout tile (static).
+    group: K rows sharing a scale row (static; ``K_pad`` for per-channel and per-tensor scales).
+  """
+
+  planes: tuple[jax.Array, ...]
+  scales: jax.Array
+  zero_point: jax.Array | None
+  tensor_scale: jax.Array | None
+  fmt: ScaledFormat
+  shape: tuple[int, int]
+  tile_k: int
+  group: int
+
+  def tree_flatten(self):
+    return (self.planes, self.scales, self.zero_point, self.tensor_scale), (self.fmt, self.shape, self.tile_k,
+                                                                             self.group)
+
+  @classmethod
+  def tree_unflatten(cls, aux, leaves):
+    return cls(*leaves, *aux)
+
+  @property
+  def plane_bits(self) -> tuple[int, ...]:
+    return plane_bits(self.fmt.element.bits)
+
+  @property
+  def padded_shape(self) -> tuple[int, int]:
+    return (self.scales.shape[0] * self.group, self.scales.shape[1])
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes held: planes, scales, zero points and the per-tensor scale."""
+    leaves = [*self.planes, self.scales, self.zero_point, self.tensor_scale]
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in leaves if a is not None)
+
+
+def plane_bits(bits: int) -> tuple[int, ...]:
+  """The plane widths a ``bits``-bit code is split into, lowest bits first (6 -> (4, 2))."""
+  if bits == 8:
+    return (8,)
+  return tuple(w for w in (4, 2, 1) if bits & w)
+
+
+def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
+  """Rearranges a 2-D QArray ``(K, N)`` (K the reduction axis) into the kernel layout.
+
+  Scales must be shared along K: per-tensor, per-channel (``per_channel(1)``), per-group along axis 0
+  (``per_block(g, axis=0)``, ``mx.format(name, axis=0)``, ``nvfp4.format(axis=0)``) or 2-D tiles.
+
+  Args:
+    q: the quantized weights.
+    tile_k: K rows per tile (default 512, or the group size if larger); a multiple of 128 times the codes per
+      byte of the narrowest plane, and of the group size.
+
+  Returns:
+    The PackedWeights.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> from lpnum.kernels import layout
+    >>> q = lpnum.quantize_scaled(jnp.ones((64, 32)), lpnum.mx.format("mxfp4_e2m1", axis=0))
+    >>> w = layout.pack_weights(q)
+    >>> w.planes[0].shape, w.scales.shape
+    ((256, 128), (16, 128))
+  """
+  if not isinstance(q, QArray):
+    raise TypeError(f"q must be a QArray (lpnum.quantize_scaled), got {type(q).__name__}")
+  if q.ndim != 2:
+    raise ValueError(f"q must hold 2-D weights (K, N), got shape {q.shape}")
+  fmt = q.fmt
+  _dequant.check_element(fmt.element)
+  _dequant.check_scale(fmt)
+  k, n = q.shape
+  bk, bn = q.block
+  grouped = bk < k
+  if grouped and bk < 8:
+    raise ValueError(f"q's blocks are {bk} rows along K (axis 0); the kernels need scales shared by at least 8 "
+                     "rows of K: quantize the weights with blocks along axis 0 (e.g. mx.format(name, axis=0))")
+  bits = fmt.element.bits
+  unit = 128 * (8 // min(plane_bits(bits)))
+  if tile_k is None:
+    tile_k = max(DEFAULT_TILE_K, unit, bk if grouped else 0)
+  if isinstance(tile_k, bool) or not isinstance(tile_k, int) or tile_k <= 0 or tile_k % unit:
+    raise ValueError(f"tile_k={tile_k!r} must be a positive multiple of {unit} for {bits}-bit elements")
+  if grouped and tile_k % bk:
+    raise ValueError(f"tile_k={tile_k} must be a multiple of the group size {bk} (q's blocks along K)")
+  k_pad = math.ceil(max(k, 1) / tile_k) * tile_k
+  n_pad = math.ceil(max(n, 1) / _N_ALIGN) * _N_ALIGN
+  codes = jnp.pad(q.element_codes.astype(jnp.int32), ((0, k_pad - k), (0, n_pad - n)))
+  planes = _split_planes(codes, bits, tile_k)
+  group = bk if grouped else k_pad
+  one = encode(jnp.float32(1.0), fmt.scale_format)
+  scales = _expand(q.scales, bn, n, k_pad // group, n_pad, one)
+  zero = None if q.zero_point is None else _expand(q.zero_point, bn, n, k_pad // group, n_pad, 0)
+  return PackedWeights(planes, scales, zero, q.tensor_scale, fmt, (k, n), tile_k, group)
+
+
+def _split_planes(codes: jax.Array, bits: int, tile_k: int) -> tuple[jax.Array, ...]:
+  k_pad, n_pad = codes.shape
+  planes, low = [], 0
+  for w in plane_bits(bits):
+    p = 8 // w
+    field = (codes >> low) & ((1 << w) - 1)
+    field = field.reshape(k_pad // tile_k, p, tile_k // p, n_pad)
+    byte = sum(field[:, j] << (w * j) for j in range(p))
+    planes.append(byte.reshape(k_pad // p, n_pad).astype(jnp.uint8))
+    low += w
+  return tuple(planes)
+
+
+def _expand(a: jax.Array, bn: int, n: int, rows: int, n_pad: int, fill) -> jax.Array:
+  """Block scales (or zero points) to one column per output column, padded to ``(rows, n_pad)``."""
+  if bn > 1:
+    a = jnp.repeat(a, bn, axis=1)[:, :n]
+  return jnp.pad(a, ((0, rows - a.shape[0]), (0, n_pad - a.shape[1])), constant_values=fill)
+
+
+def unpack_codes(w: PackedWeights) -> jax.Array:
+  """The int32 element codes ``(K_pad, N_pad)`` of a PackedWeights (the inverse of the plane split)."""
+  k_pad, n_pad = w.padded_shape
+  codes, low = jnp.zeros((k_pad, n_pad), jnp.int32), 0
+  for plane, width in zip(w.planes, w.plane_bits):
+    p = 8 // width
+    b = plane.astype(jnp.int32).reshape(k_pad // w.tile_k, 1, w.tile_k // p, n_pad)
+    fields = (b >> (width * jnp.arange(p, dtype=jnp.int32)[:, None, None])) & ((1 << width) - 1)
+    codes = codes | (fields.reshape(k_pad, n_pad) << low)
+    low += width
+  return codes
+
+
+def dequantize(w: PackedWeights) -> jax.Array:
+  """The float32 weights ``(K_pad, N_pad)`` of a PackedWeights, computed as the kernels compute them."""
+  k_pad, _ = w.padded_shape
+  v = _dequant.element_values(w.fmt.element, unpack_codes(w))
+  rows = lambda a: None if a is None else jnp.repeat(a, w.group, axis=0, total_repeat_length=k_pad)
+  s = _dequant.scale_parts(w.fmt, rows(w.scales))
+  return _dequant.apply_scale(v, w.fmt, s, rows(w.zero_point), w.tensor_scale)
