@@ -1,37 +1,36 @@
-"""Timing and result-writing helpers shared by the benchmarks.
+"""Timing helpers shared by the benchmarks (``benchmarks._report`` prints and writes the results).
 
 A measurement is a dict ``{"status": "ok", "compile_s", "median_s", "min_s", "samples"}`` (seconds); a candidate
-that could not be compiled or run is ``{"status": "fails", "reason"}``. Compilation (or, for functions that are not
-jitted, a first warm call) is always timed apart from the samples, and every sample waits for its result with
-``jax.block_until_ready`` (which also accepts numpy arrays).
+that could not be compiled or run is ``{"status": "fails", "reason"}``. A candidate timed on part of the input may
+add ``values`` (how many it was timed on) and ``scale`` (the factor to the full input). Compilation (or, for
+functions that are not jitted, a first warm call) is always timed apart from the samples, and every sample waits for
+its result with ``jax.block_until_ready`` (which also accepts numpy arrays).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
-__all__ = ["Candidate", "failure", "machine_info", "time_fn", "time_fns", "write_json"]
+__all__ = ["Candidate", "error_reason", "failure", "time_fn", "time_fns"]
 
 #: A function and the positional arguments to call it with.
 Candidate = tuple[Callable[..., Any], tuple[Any, ...]]
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def failure(status: str, reason: str) -> dict[str, Any]:
   """A measurement that did not happen: ``status`` (e.g. ``"fails"``, ``"skipped"``) and why."""
   return {"status": status, "reason": reason}
+
+
+def error_reason(e: BaseException) -> str:
+  """The reason of a failure raised as ``e``: its type and the first line of its message, cut at 200 characters."""
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def _compile(fn: Callable[..., Any], args: tuple[Any, ...], warmup: int) -> tuple[Callable[..., Any], float]:
@@ -86,8 +85,7 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
     try:
       call, compile_s = _compile(fn, args, warmup)
     except Exception as e:  # noqa: BLE001 -- a candidate that cannot run is a result, not an error
-      message = str(e).strip().splitlines()
-      results[name] = failure("fails", f"{type(e).__name__}: {message[0][:200] if message else ''}")
+      results[name] = failure("fails", error_reason(e))
       continue
     ready[name] = (call, args, compile_s)
   names = list(ready)
@@ -100,34 +98,3 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
   for name, (_, _, compile_s) in ready.items():
     results[name] = _summary(compile_s, samples[name])
   return {name: results[name] for name in candidates}
-
-
-def machine_info() -> dict[str, Any]:
-  """The software and hardware a result was measured on."""
-  device = jax.devices()[0]
-  return {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "jax": jax.__version__,
-      "numpy": np.__version__,
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "backend": jax.default_backend(),
-      "device": str(device),
-      "device_kind": device.device_kind,
-      "device_count": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-  }
-
-
-def write_json(name: str, payload: Mapping[str, Any], out_dir: str | Path | None = None) -> Path:
-  """Writes ``{"benchmark": name, "machine": ..., "results": payload}`` to ``<out_dir>/<name>.json``.
-
-  ``out_dir`` defaults to ``benchmarks/results``; it is created if needed. Returns the path written.
-  """
-  directory = Path(out_dir) if out_dir is not None else RESULTS_DIR
-  directory.mkdir(parents=True, exist_ok=True)
-  path = directory / f"{name}.json"
-  document = {"benchmark": name, "machine": machine_info(), "results": payload}
-  path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
-  return path

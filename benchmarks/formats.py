@@ -19,7 +19,6 @@ Run ``python -m benchmarks.formats [--quick] [--repeats N] [--size-log2 N] [--ou
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import lpnum
-from benchmarks._timing import Candidate, failure, time_fns, write_json
+from benchmarks._report import (QuickDefault, arg_parser, figure_values, format_targets, median_s, ms, parse_args,
+                                ratio, table, target, times, write_json)
+from benchmarks._timing import Candidate, failure, time_fns
 
 ROUNDINGS: tuple[str, ...] = tuple(r.value for r in lpnum.Rounding)
 #: Formats timed under every rounding mode (and, with ``--quick``, the only formats timed).
@@ -138,86 +139,46 @@ def bench_format(fmt: lpnum.Format, base: jax.Array, roundings: Sequence[str], *
 
 
 # ---- figures and targets ----------------------------------------------------------------------------------------
-def median_s(measurement: dict[str, Any] | None) -> float | None:
-  """Median seconds for the full input size (ml_dtypes figures scaled up), or None if not measured."""
-  if measurement is None or measurement["status"] != "ok":
-    return None
-  return measurement["median_s"] * measurement.get("scale", 1.0)
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-  return None if num is None or den is None else num / den
-
-
 def figures(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Ratios derived from one format's medians (None where a side was not measured)."""
   floor = median_s(measured["floor"])
   nearest = median_s(measured.get("lpnum/nearest_even"))
   lpnum_modes = [name.removeprefix("lpnum/") for name in measured if name.startswith("lpnum/")]
   return {
-      "ratio_to_floor": {mode: _ratio(median_s(measured[f"lpnum/{mode}"]), floor) for mode in lpnum_modes},
-      "ratio_to_xla_e4m3fn": _ratio(nearest, median_s(measured.get("xla_e4m3fn_ref"))),
-      "stochastic_over_nearest_even": _ratio(median_s(measured.get("lpnum/stochastic")), nearest),
-      "speedup_vs_gfloat": _ratio(median_s(measured.get("gfloat")), nearest),
-  }
-
-
-def _target(label: str, description: str, records: list[dict[str, Any]], figure: Callable[[dict[str, Any]], Any],
-            threshold: float, at_least: bool) -> dict[str, Any]:
-  """Verdict of one target over ``records``: PASS, FAIL, or N/A when no record has the figure."""
-  values = {r["format"]: figure(r["figures"]) for r in records if "figures" in r}
-  measured = {name: v for name, v in values.items() if v is not None}
-  ok = (lambda v: v >= threshold) if at_least else (lambda v: v <= threshold)
-  failures = {name: v for name, v in measured.items() if not ok(v)}
-  worst = (min if at_least else max)(measured.items(), key=lambda item: item[1], default=None)
-  return {
-      "label": label, "description": description, "threshold": threshold,
-      "status": "N/A" if not measured else ("FAIL" if failures else "PASS"),
-      "values": measured, "failures": failures,
-      "worst": None if worst is None else {"format": worst[0], "value": worst[1]},
-      "not_measured": sorted(set(r["format"] for r in records) - set(measured)),
+      "ratio_to_floor": {mode: ratio(median_s(measured[f"lpnum/{mode}"]), floor) for mode in lpnum_modes},
+      "ratio_to_xla_e4m3fn": ratio(nearest, median_s(measured.get("xla_e4m3fn_ref"))),
+      "stochastic_over_nearest_even": ratio(median_s(measured.get("lpnum/stochastic")), nearest),
+      "speedup_vs_gfloat": ratio(median_s(measured.get("gfloat")), nearest),
   }
 
 
 def evaluate_targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
   """The issue's speed targets, judged on ``nearest_even`` (and, for (d), ``stochastic``) medians."""
   floats = [r for r in records if r["family"] == "float"]
+  to_floor = lambda f: f["ratio_to_floor"].get("nearest_even")
   return {
-      "float_vs_floor": _target(
-          "a", f"every float format <= {FLOAT_FLOOR_MAX}x the x*2 floor (lpnum / floor)", floats,
-          lambda f: f["ratio_to_floor"].get("nearest_even"), FLOAT_FLOOR_MAX, at_least=False),
-      "float_vs_xla_e4m3fn": _target(
-          "b", "every float format at least as fast as XLA's float8_e4m3fn round trip (lpnum / XLA <= 1)", floats,
-          lambda f: f["ratio_to_xla_e4m3fn"], 1.0, at_least=False),
-      "posit_shift_vs_floor": _target(
+      "float_vs_floor": target(
+          "a", f"every float format <= {FLOAT_FLOOR_MAX}x the x*2 floor (lpnum / floor)",
+          figure_values(floats, to_floor), FLOAT_FLOOR_MAX, at_least=False),
+      "float_vs_xla_e4m3fn": target(
+          "b", "every float format at least as fast as XLA's float8_e4m3fn round trip (lpnum / XLA <= 1)",
+          figure_values(floats, lambda f: f["ratio_to_xla_e4m3fn"]), 1.0, at_least=False),
+      "posit_shift_vs_floor": target(
           "c", f"posits and shift formats <= {POSIT_SHIFT_FLOOR_MAX}x the x*2 floor (lpnum / floor)",
-          [r for r in records if r["family"] in ("posit", "shift")],
-          lambda f: f["ratio_to_floor"].get("nearest_even"), POSIT_SHIFT_FLOOR_MAX, at_least=False),
-      "stochastic_vs_nearest_even": _target(
+          figure_values([r for r in records if r["family"] in ("posit", "shift")], to_floor),
+          POSIT_SHIFT_FLOOR_MAX, at_least=False),
+      "stochastic_vs_nearest_even": target(
           "d", f"stochastic <= {STOCHASTIC_MAX}x nearest_even of the same format (stochastic / nearest_even)",
-          [r for r in records if "lpnum/stochastic" in r["candidates"]],
-          lambda f: f["stochastic_over_nearest_even"], STOCHASTIC_MAX, at_least=False),
-      "vs_gfloat": _target(
+          figure_values([r for r in records if "lpnum/stochastic" in r["candidates"]],
+                        lambda f: f["stochastic_over_nearest_even"]), STOCHASTIC_MAX, at_least=False),
+      "vs_gfloat": target(
           "e", f"every format >= {GFLOAT_SPEEDUP_MIN}x faster than gfloat where gfloat has it (gfloat / lpnum)",
-          [r for r in records if "gfloat" in r["candidates"]],
-          lambda f: f["speedup_vs_gfloat"], GFLOAT_SPEEDUP_MIN, at_least=True),
+          figure_values([r for r in records if "gfloat" in r["candidates"]], lambda f: f["speedup_vs_gfloat"]),
+          GFLOAT_SPEEDUP_MIN, at_least=True),
   }
 
 
 # ---- printing ---------------------------------------------------------------------------------------------------
-def _ms(measurement: dict[str, Any] | None) -> str:
-  if measurement is None:
-    return "-"
-  if measurement["status"] != "ok":
-    return measurement["status"]
-  scaled = "*" if measurement.get("scale", 1.0) != 1.0 else ""
-  return f"{1e3 * median_s(measurement):.2f}{scaled}"
-
-
-def _times(value: float | None) -> str:
-  return "-" if value is None else f"{value:.2f}x"
-
-
 def format_table(records: list[dict[str, Any]]) -> str:
   """One line per (format, rounding mode), baselines on the ``nearest_even`` lines; then why any were skipped."""
   cols = ("format", "rounding", "lpnum ms", "ratio to x*2 floor", "XLA astype ms", "ml_dtypes ms", "gfloat ms",
@@ -231,54 +192,23 @@ def format_table(records: list[dict[str, Any]]) -> str:
         rows.append((r["format"], mode, c[name]["status"], *("-",) * 5))
         notes.append(f"{r['format']} {mode}: {c[name]['status']}: {c[name]['reason']}")
         continue
-      base = mode == "nearest_even"
-      rows.append((r["format"], mode, _ms(c[name]), _times(r["figures"]["ratio_to_floor"][mode]),
-                   *((_ms(c.get("xla_astype")), _ms(c.get("ml_dtypes")), _ms(c.get("gfloat")),
-                      _times(r["figures"]["speedup_vs_gfloat"])) if base else ("",) * 4)))
-  widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(cols)]
-  line = lambda cells: "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                                 for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
-  return "\n".join([line(cols), "  ".join("-" * w for w in widths), *map(line, rows), *notes])
-
-
-def format_targets(targets: dict[str, dict[str, Any]]) -> str:
-  """One PASS/FAIL line per target, with its worst figure and the formats that miss it."""
-  lines = []
-  for t in targets.values():
-    text = f"({t['label']}) {t['description']}: {t['status']}"
-    if t["worst"] is not None:
-      text += (f" -- {len(t['values']) - len(t['failures'])}/{len(t['values'])} pass; "
-               f"worst {t['worst']['format']} {t['worst']['value']:.3f}x")
-    if t["failures"]:
-      text += "\n      misses: " + ", ".join(f"{name} {v:.3f}x" for name, v in t["failures"].items())
-    if t["not_measured"]:
-      text += "\n      not measured: " + ", ".join(t["not_measured"])
-    lines.append(text)
-  return "\n".join(lines)
+      baselines = ((ms(c.get("xla_astype"), places=2), ms(c.get("ml_dtypes"), places=2),
+                    ms(c.get("gfloat"), places=2), times(r["figures"]["speedup_vs_gfloat"]))
+                   if mode == "nearest_even" else ("",) * 4)
+      rows.append((r["format"], mode, ms(c[name], places=2), times(r["figures"]["ratio_to_floor"][mode]), *baselines))
+  return "\n".join([table(cols, rows, left=2), *notes])
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.formats", description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help=f"2^20 values, 3 repeats, only {', '.join(REPRESENTATIVE)} "
-                           f"with {' and '.join(QUICK_ROUNDINGS)}")
-  parser.add_argument("--repeats", type=int, help="timed calls per candidate (default 15, 3 with --quick)")
-  parser.add_argument("--size-log2", type=int, help="log2 of the number of values (default 24, 20 with --quick)")
-  parser.add_argument("--out", type=Path, help="directory for formats.json (default benchmarks/results)")
-  args = parser.parse_args(argv)
-  if args.repeats is None:
-    args.repeats = 3 if args.quick else 15
-  if args.size_log2 is None:
-    args.size_log2 = 20 if args.quick else 24
-  if args.repeats < 1 or not 0 <= args.size_log2 <= 28:
-    parser.error("--repeats must be >= 1 and --size-log2 in [0, 28]")
-  return args
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
   """Runs the benchmark, prints the table and the target verdicts, and returns the JSON file written."""
-  args = parse_args(argv)
+  parser = arg_parser("formats", __doc__, quick=f"2^20 values, 3 repeats, only {', '.join(REPRESENTATIVE)} "
+                                                f"with {' and '.join(QUICK_ROUNDINGS)}")
+  parser.add_argument("--size-log2", type=int, default=QuickDefault(24, 20),
+                      help="log2 of the number of values (default 24, 20 with --quick)")
+  args = parse_args(parser, argv)
+  if not 0 <= args.size_log2 <= 28:
+    parser.error("--size-log2 must be in [0, 28]")
   if args.quick:
     plan = [(lpnum.get_format(name), QUICK_ROUNDINGS) for name in REPRESENTATIVE]
   else:
@@ -310,9 +240,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
       "formats": records,
       "targets": targets,
   }
-  path = write_json("formats", payload, args.out)
-  print(f"\nwrote {path}")
-  return path
+  return write_json("formats", payload, args.out)
 
 
 if __name__ == "__main__":

@@ -50,11 +50,9 @@ Run ``python -m benchmarks.scaled [--quick] [--repeats N] [--out DIR]``; results
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import math
-import subprocess
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,7 +64,9 @@ import ml_dtypes
 import numpy as np
 
 import lpnum
-from benchmarks._timing import Candidate, failure, time_fns, write_json
+from benchmarks._report import (arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms, parse_args,
+                                ratio, table, target, times, write_json)
+from benchmarks._timing import Candidate, error_reason, failure, time_fns
 
 #: Shape of the timed array (and with ``--quick``).
 SHAPE: tuple[int, int] = (4096, 4096)
@@ -200,8 +200,7 @@ def load_libraries(quick: bool) -> Libraries:
       if name == "torchao":
         libs.versions["torch"] = libs.modules[name]["torch"].__version__
     except Exception as e:  # noqa: BLE001 -- any import failure means "skipped", with the reason
-      lines = str(e).strip().splitlines()
-      libs.reasons[name] = f"{dist} not importable: {type(e).__name__}: {lines[0][:200] if lines else ''}"
+      libs.reasons[name] = f"{dist} not importable: {error_reason(e)}"
   return libs
 
 
@@ -503,73 +502,47 @@ def bench_case(case: Case, x: jax.Array, libs: Libraries, *, repeats: int) -> di
 
 
 # ---- figures and targets ----------------------------------------------------------------------------------------
-def median_s(measurement: dict[str, Any] | None) -> float | None:
-  """Median seconds for the full array (part-array figures scaled up), or None if not measured."""
-  if measurement is None or measurement["status"] != "ok":
-    return None
-  return measurement["median_s"] * measurement.get("scale", 1.0)
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-  return None if num is None or den is None else num / den
-
-
 def figures(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Ratios of one case's medians (None where a side was not measured)."""
   floor, fused, packed = (median_s(measured.get(name)) for name in ("floor", "lpnum", "lpnum_packed"))
   return {
-      "ratio_to_floor": _ratio(fused, floor),
-      "packed_ratio_to_floor": _ratio(packed, floor),
-      "packed_over_fused": _ratio(packed, fused),
-      "speedup_vs": {name: _ratio(median_s(measured.get(name)), fused) for name in COMPARED},
-      "packed_speedup_vs": {name: _ratio(median_s(measured.get(name)), packed) for name in COMPARED},
+      "ratio_to_floor": ratio(fused, floor),
+      "packed_ratio_to_floor": ratio(packed, floor),
+      "packed_over_fused": ratio(packed, fused),
+      "speedup_vs": {name: ratio(median_s(measured.get(name)), fused) for name in COMPARED},
+      "packed_speedup_vs": {name: ratio(median_s(measured.get(name)), packed) for name in COMPARED},
   }
 
 
-def _target(label: str, description: str, records: list[dict[str, Any]], figure: Callable[[dict[str, Any]], Any],
-            threshold: float, at_least: bool, why: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
-  """Verdict of one target over ``records``: PASS, FAIL, or N/A when no record has the figure."""
-  values = {r["format"]: figure(r["figures"]) for r in records}
-  measured = {name: v for name, v in values.items() if v is not None}
-  ok = (lambda v: v >= threshold) if at_least else (lambda v: v <= threshold)
-  failures = {name: v for name, v in measured.items() if not ok(v)}
-  worst = (min if at_least else max)(measured.items(), key=lambda item: item[1], default=None)
-  missing = [r for r in records if values[r["format"]] is None]
-  return {
-      "label": label, "description": description, "threshold": threshold,
-      "status": "N/A" if not measured else ("FAIL" if failures else "PASS"),
-      "values": measured, "failures": failures,
-      "worst": None if worst is None else {"format": worst[0], "value": worst[1]},
-      "not_measured": {r["format"]: (why(r) if why else "not measured") for r in missing},
-  }
-
-
-def _status_of(name: str) -> Callable[[dict[str, Any]], str]:
-  def why(record: dict[str, Any]) -> str:
-    m = record["candidates"].get(name)
-    return "not a candidate" if m is None else m["status"]
-  return why
+def _statuses(records: list[dict[str, Any]], name: str) -> dict[str, str]:
+  """Why each record may have no figure for candidate ``name``: the candidate's status, or ``not a candidate``."""
+  return {r["format"]: r["candidates"][name]["status"] if name in r["candidates"] else "not a candidate"
+          for r in records}
 
 
 def evaluate_targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
   """The speed targets, each judged on ratios of medians measured in the same interleaved run."""
   block = [r for r in records if r["kind"] in ("mx", "nvfp4")]
   channel = [r for r in records if r["kind"] == "per_channel"]
-  vs = lambda name: (lambda f: f["speedup_vs"][name])
+
+  def speedup(label: str, description: str, group: list[dict[str, Any]], name: str,
+              threshold: float) -> dict[str, Any]:
+    values = figure_values(group, lambda f: f["speedup_vs"][name])
+    return target(label, description, values, threshold, at_least=True, reasons=_statuses(group, name))
   return {
-      "vs_jnp": _target("a", f"MX/NVFP4 fake_quantize >= {JNP_SPEEDUP_MIN}x faster than hand-written jnp "
-                        "(jnp / lpnum)", block, vs("jnp"), JNP_SPEEDUP_MIN, True, _status_of("jnp")),
-      "vs_qwix": _target("b", f"MX/NVFP4 fake_quantize >= {QWIX_SPEEDUP_MIN}x faster than qwix (qwix / lpnum)",
-                         block, vs("qwix"), QWIX_SPEEDUP_MIN, True, _status_of("qwix")),
-      "vs_floor": _target("c", f"MX/NVFP4 fake_quantize <= {FLOOR_MAX}x the x*2 floor (lpnum / floor)", block,
-                          lambda f: f["ratio_to_floor"], FLOOR_MAX, False, _status_of("lpnum")),
-      "vs_gfloat": _target("d", f"MX/NVFP4 fake_quantize >= {GFLOAT_SPEEDUP_MIN}x faster than gfloat "
-                           "(jitted round_ndarray version; gfloat / lpnum)", block, vs("gfloat"),
-                           GFLOAT_SPEEDUP_MIN, True, _status_of("gfloat")),
-      "channel_vs_qwix": _target("e1", "per-channel int8/int4 at least as fast as qwix (qwix / lpnum >= 1)",
-                                 channel, vs("qwix"), CHANNEL_SPEEDUP_MIN, True, _status_of("qwix")),
-      "channel_vs_aqt": _target("e2", "per-channel int8/int4 at least as fast as aqt (aqt / lpnum >= 1)",
-                                channel, vs("aqt"), CHANNEL_SPEEDUP_MIN, True, _status_of("aqt")),
+      "vs_jnp": speedup("a", f"MX/NVFP4 fake_quantize >= {JNP_SPEEDUP_MIN}x faster than hand-written jnp "
+                        "(jnp / lpnum)", block, "jnp", JNP_SPEEDUP_MIN),
+      "vs_qwix": speedup("b", f"MX/NVFP4 fake_quantize >= {QWIX_SPEEDUP_MIN}x faster than qwix (qwix / lpnum)",
+                         block, "qwix", QWIX_SPEEDUP_MIN),
+      "vs_floor": target("c", f"MX/NVFP4 fake_quantize <= {FLOOR_MAX}x the x*2 floor (lpnum / floor)",
+                         figure_values(block, lambda f: f["ratio_to_floor"]), FLOOR_MAX, at_least=False,
+                         reasons=_statuses(block, "lpnum")),
+      "vs_gfloat": speedup("d", f"MX/NVFP4 fake_quantize >= {GFLOAT_SPEEDUP_MIN}x faster than gfloat "
+                           "(jitted round_ndarray version; gfloat / lpnum)", block, "gfloat", GFLOAT_SPEEDUP_MIN),
+      "channel_vs_qwix": speedup("e1", "per-channel int8/int4 at least as fast as qwix (qwix / lpnum >= 1)",
+                                 channel, "qwix", CHANNEL_SPEEDUP_MIN),
+      "channel_vs_aqt": speedup("e2", "per-channel int8/int4 at least as fast as aqt (aqt / lpnum >= 1)",
+                                channel, "aqt", CHANNEL_SPEEDUP_MIN),
   }
 
 
@@ -577,40 +550,19 @@ def evaluate_targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
 TIME_COLUMNS: tuple[str, ...] = ("floor", "lpnum", "lpnum_packed", "jnp", *THIRD_PARTY)
 
 
-def _ms(measurement: dict[str, Any] | None) -> str:
-  if measurement is None:
-    return "-"
-  if measurement["status"] != "ok":
-    return {"unsupported": "unsup."}.get(measurement["status"], measurement["status"])
-  scaled = "*" if measurement.get("scale", 1.0) != 1.0 else ""
-  value = 1e3 * median_s(measurement)
-  return f"{value:.1f}{scaled}" if value >= 100 else f"{value:.2f}{scaled}"
-
-
-def _times(value: float | None) -> str:
-  return "-" if value is None else f"{value:.2f}x"
-
-
-def _table(cols: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
-  widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(cols)]
-  line = lambda cells: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                                 for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
-  return [line(cols), "  ".join("-" * w for w in widths), *map(line, rows)]
-
-
 def format_tables(records: list[dict[str, Any]]) -> str:
   """Median times, then ratios to lpnum (fused and packed), then agreement, then why candidates did not run."""
-  times = _table(("format", *(f"{c} ms" for c in TIME_COLUMNS)),
-                 [(r["format"], *(_ms(r["candidates"].get(c)) for c in TIME_COLUMNS)) for r in records])
+  medians = table(("format", *(f"{c} ms" for c in TIME_COLUMNS)),
+                  [(r["format"], *(ms(r["candidates"].get(c)) for c in TIME_COLUMNS)) for r in records])
   ratio_cols = ("format", "lpnum/floor", "packed/floor", "packed/fused", *(f"{c}/lpnum" for c in COMPARED))
-  ratios = _table(ratio_cols, [
-      (r["format"], _times(r["figures"]["ratio_to_floor"]), _times(r["figures"]["packed_ratio_to_floor"]),
-       _times(r["figures"]["packed_over_fused"]), *(_times(r["figures"]["speedup_vs"][c]) for c in COMPARED))
+  ratios = table(ratio_cols, [
+      (r["format"], times(r["figures"]["ratio_to_floor"]), times(r["figures"]["packed_ratio_to_floor"]),
+       times(r["figures"]["packed_over_fused"]), *(times(r["figures"]["speedup_vs"][c]) for c in COMPARED))
       for r in records])
-  packed = _table(("format", *(f"{c}/packed" for c in COMPARED)), [
-      (r["format"], *(_times(r["figures"]["packed_speedup_vs"][c]) for c in COMPARED)) for r in records])
+  packed = table(("format", *(f"{c}/packed" for c in COMPARED)), [
+      (r["format"], *(times(r["figures"]["packed_speedup_vs"][c]) for c in COMPARED)) for r in records])
   agree_cols = ("lpnum_packed", "jnp", "qwix", "aqt", "gfloat", "gfloat_block", "torchao")
-  agree = _table(("format", *agree_cols), [
+  agree = table(("format", *agree_cols), [
       (r["format"], *("-" if r["agreement"]["fraction_equal"].get(c) is None
                       else f"{r['agreement']['fraction_equal'][c]:.4f}" for c in agree_cols)) for r in records])
   notes: dict[str, list[str]] = {}
@@ -619,58 +571,19 @@ def format_tables(records: list[dict[str, Any]]) -> str:
       if m["status"] != "ok":
         notes.setdefault(f"{name}: {m['status']}: {m['reason']}", []).append(r["format"])
   note_lines = [f"  [{', '.join(fmts)}] {text}" for text, fmts in notes.items()]
-  return "\n".join(["Median ms per call (* = timed on part of the array and scaled):", *times,
-                    "\nSpeed ratios (x/lpnum > 1: lpnum is faster; lpnum/floor: cost over one read + write):", *ratios,
-                    "\nPacked round trip (informational; x/packed > 1: lpnum's packed round trip is faster):", *packed,
+  return "\n".join(["Median ms per call (* = timed on part of the array and scaled):", medians,
+                    "\nSpeed ratios (x/lpnum > 1: lpnum is faster; lpnum/floor: cost over one read + write):", ratios,
+                    "\nPacked round trip (informational; x/packed > 1: lpnum's packed round trip is faster):", packed,
                     f"\nFraction of values equal to lpnum.fake_quantize (untimed, {PROBE_SHAPE} standard normal):",
-                    *agree, "\nNot timed:", *note_lines])
-
-
-def format_targets(targets: dict[str, dict[str, Any]]) -> str:
-  """One PASS/FAIL line per target, with its worst figure, the formats that miss it and those not measured."""
-  lines = []
-  for t in targets.values():
-    text = f"({t['label']}) {t['description']}: {t['status']}"
-    if t["worst"] is not None:
-      text += (f" -- {len(t['values']) - len(t['failures'])}/{len(t['values'])} pass; "
-               f"worst {t['worst']['format']} {t['worst']['value']:.3f}x")
-    if t["failures"]:
-      text += "\n      misses: " + ", ".join(f"{name} {v:.3f}x" for name, v in t["failures"].items())
-    if t["not_measured"]:
-      text += "\n      not measured: " + ", ".join(f"{name} ({why})" for name, why in t["not_measured"].items())
-    lines.append(text)
-  return "\n".join(lines)
+                    agree, "\nNot timed:", *note_lines])
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
-def lpnum_revision() -> str | None:
-  """``git describe --always --dirty`` of the lpnum checkout (the code being timed), or None outside git."""
-  try:
-    done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10,
-                          cwd=Path(lpnum.__file__).resolve().parent, check=True)
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return done.stdout.strip() or None
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.scaled", description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help=f"a {QUICK_SHAPE} array, 3 repeats, only {', '.join(QUICK_CASES)}, and only lpnum, the "
-                           "floor and the hand-written jnp versions")
-  parser.add_argument("--repeats", type=int, help="timed calls per candidate (default 15, 3 with --quick)")
-  parser.add_argument("--out", type=Path, help="directory for scaled.json (default benchmarks/results)")
-  args = parser.parse_args(argv)
-  if args.repeats is None:
-    args.repeats = 3 if args.quick else 15
-  if args.repeats < 1:
-    parser.error("--repeats must be >= 1")
-  return args
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
   """Runs the benchmark, prints the tables and the target verdicts, and returns the JSON file written."""
-  args = parse_args(argv)
+  quick = (f"a {QUICK_SHAPE} array, 3 repeats, only {', '.join(QUICK_CASES)}, and only lpnum, the floor and the "
+           "hand-written jnp versions")
+  args = parse_args(arg_parser("scaled", __doc__, quick=quick), argv)
   cases = [c for c in CASES if c.name in QUICK_CASES] if args.quick else list(CASES)
   shape = QUICK_SHAPE if args.quick else SHAPE
   libs = load_libraries(args.quick)
@@ -687,9 +600,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
   print(format_targets(targets))
 
   payload = {
-      "config": {"lpnum_revision": lpnum_revision(), "shape": list(shape), "values": int(x.size), "repeats": args.repeats, "quick": args.quick,
-                 "input": "jax.random.normal(key(0), shape, float32)", "probe_shape": list(PROBE_SHAPE),
-                 "gfloat_block_max_blocks": GFLOAT_BLOCK_MAX_BLOCKS,
+      "config": {"lpnum_revision": lpnum_revision(), "shape": list(shape), "values": int(x.size),
+                 "repeats": args.repeats, "quick": args.quick, "input": "jax.random.normal(key(0), shape, float32)",
+                 "probe_shape": list(PROBE_SHAPE), "gfloat_block_max_blocks": GFLOAT_BLOCK_MAX_BLOCKS,
                  "per_channel": "lpnum.per_channel(0): one scale per row, reducing over the last axis",
                  "torch_threads": libs.get("torchao")["torch"].get_num_threads() if libs.get("torchao") else None},
       "libraries": {"versions": libs.versions, "missing": libs.reasons},
@@ -697,9 +610,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
       "formats": records,
       "targets": targets,
   }
-  path = write_json("scaled", payload, args.out)
-  print(f"\nwrote {path}")
-  return path
+  return write_json("scaled", payload, args.out)
 
 
 if __name__ == "__main__":

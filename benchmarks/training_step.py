@@ -49,7 +49,6 @@ Run ``python -m benchmarks.training_step [--quick] [--repeats N] [--out DIR]``; 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -62,8 +61,9 @@ import numpy as np
 import optax
 
 import lpnum
-from benchmarks._timing import Candidate, failure, time_fns, write_json
-from benchmarks.scaled import lpnum_revision
+from benchmarks._report import (QuickDefault, arg_parser, format_targets, lpnum_revision, median_s, ms, parse_args,
+                                ratio, table, target, times, write_json)
+from benchmarks._timing import Candidate, error_reason, failure, time_fns
 
 E = lpnum.estimators
 
@@ -364,45 +364,17 @@ def bench_model(model: Model, variants: Sequence[Variant], *, repeats: int) -> d
     try:
       losses[name] = train_losses(steps[name], args, repeats)
     except Exception as e:  # noqa: BLE001 -- a variant that cannot train is a result, not an error
-      lines = str(e).strip().splitlines()
-      losses[name] = failure("fails", f"{type(e).__name__}: {lines[0][:200] if lines else ''}")
+      losses[name] = failure("fails", error_reason(e))
   n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
   return {"model": model.name, "config": dataclasses.asdict(model.config), "params": n_params,
           "kernels": list(model.kernels), "candidates": measured, "losses": losses, "figures": figures(measured)}
 
 
 # ---- figures and targets ------------------------------------------------------------------------------------------
-def median_s(measurement: dict[str, Any] | None) -> float | None:
-  """Median seconds, or None if not measured."""
-  if measurement is None or measurement["status"] != "ok":
-    return None
-  return measurement["median_s"]
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-  return None if num is None or den is None else num / den
-
-
 def figures(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Every variant's median over the float32 median of the same run (None where a side was not measured)."""
   base = median_s(measured.get("float32"))
-  return {"ratio_to_float32": {name: _ratio(median_s(m), base) for name, m in measured.items()}}
-
-
-def _target(label: str, description: str, values: dict[str, float | None], threshold: float,
-            at_least: bool) -> dict[str, Any]:
-  """Verdict of one target over ``values``: PASS, FAIL, or N/A when none was measured."""
-  measured = {name: v for name, v in values.items() if v is not None}
-  ok = (lambda v: v >= threshold) if at_least else (lambda v: v <= threshold)
-  failures = {name: v for name, v in measured.items() if not ok(v)}
-  worst = (min if at_least else max)(measured.items(), key=lambda item: item[1], default=None)
-  return {
-      "label": label, "description": description, "threshold": threshold,
-      "status": "N/A" if not measured else ("FAIL" if failures else "PASS"),
-      "values": measured, "failures": failures,
-      "worst": None if worst is None else {"format": worst[0], "value": worst[1]},
-      "not_measured": sorted(name for name, v in values.items() if v is None),
-  }
+  return {"ratio_to_float32": {name: ratio(median_s(m), base) for name, m in measured.items()}}
 
 
 def evaluate_targets(records: list[dict[str, Any]], variants: Sequence[Variant]) -> dict[str, dict[str, Any]]:
@@ -410,7 +382,7 @@ def evaluate_targets(records: list[dict[str, Any]], variants: Sequence[Variant])
   ste = [v.name for v in variants if v.group == "ste"]
   values = {f"{r['model']}/{name}": r["figures"]["ratio_to_float32"].get(name) for r in records for name in ste}
   return {
-      "ste_vs_float32": _target(
+      "ste_vs_float32": target(
           "a", f"STE fake-quant training steps (int8/int4 per-channel, MXFP8/MXFP4) <= {STE_MAX}x the float32 "
           "step of the same model (variant / float32)", values, STE_MAX, at_least=False),
   }
@@ -426,31 +398,11 @@ def sanity(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---- printing -----------------------------------------------------------------------------------------------------
-def _ms(measurement: dict[str, Any] | None) -> str:
-  if measurement is None:
-    return "-"
-  if measurement["status"] != "ok":
-    return measurement["status"]
-  value = 1e3 * measurement["median_s"]
-  return f"{value:.1f}" if value >= 100 else f"{value:.2f}"
-
-
-def _times(value: float | None) -> str:
-  return "-" if value is None else f"{value:.2f}x"
-
-
 def _loss(losses: dict[str, Any], key: str) -> str:
   if losses["status"] != "ok":
     return losses["status"]
   value = losses[key]
   return "non-finite" if value is None else f"{value:.4f}"
-
-
-def _table(cols: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
-  widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(cols)]
-  line = lambda cells: "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                                 for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
-  return [line(cols), "  ".join("-" * w for w in widths), *map(line, rows)]
 
 
 def format_tables(records: list[dict[str, Any]], variants: Sequence[Variant]) -> str:
@@ -464,58 +416,28 @@ def format_tables(records: list[dict[str, Any]], variants: Sequence[Variant]) ->
     rows = []
     for name, m in r["candidates"].items():
       ok = m["status"] == "ok"
-      rows.append((name, groups.get(name, "?"), _ms(m), f"{1e3 * m['min_s']:.2f}" if ok else "-",
-                   _times(r["figures"]["ratio_to_float32"][name]), f"{m['compile_s']:.1f}" if ok else "-",
+      rows.append((name, groups.get(name, "?"), ms(m), f"{1e3 * m['min_s']:.2f}" if ok else "-",
+                   times(r["figures"]["ratio_to_float32"][name]), f"{m['compile_s']:.1f}" if ok else "-",
                    _loss(r["losses"][name], "initial"), _loss(r["losses"][name], "final")))
       if not ok:
         notes.append(f"  {r['model']}/{name}: {m['status']}: {m['reason']}")
       elif r["losses"][name]["status"] != "ok":
         notes.append(f"  {r['model']}/{name} training: {r['losses'][name]['status']}: {r['losses'][name]['reason']}")
     out += [f"\n{r['model']} ({', '.join(f'{k} {v}' for k, v in r['config'].items())}; {r['params']} float32 "
-            f"params; quantized kernels {', '.join(r['kernels'])}):", *_table(cols, rows)]
+            f"params; quantized kernels {', '.join(r['kernels'])}):", table(cols, rows, left=2)]
   if notes:
     out += ["\nNot timed or not trained:", *notes]
   return "\n".join(out)
 
 
-def format_targets(targets: dict[str, dict[str, Any]]) -> str:
-  """One PASS/FAIL line per target, with its worst figure, the variants that miss it and those not measured."""
-  lines = []
-  for t in targets.values():
-    text = f"({t['label']}) {t['description']}: {t['status']}"
-    if t["worst"] is not None:
-      text += (f" -- {len(t['values']) - len(t['failures'])}/{len(t['values'])} pass; "
-               f"worst {t['worst']['format']} {t['worst']['value']:.3f}x")
-    if t["failures"]:
-      text += "\n      misses: " + ", ".join(f"{name} {v:.3f}x" for name, v in t["failures"].items())
-    if t["not_measured"]:
-      text += "\n      not measured: " + ", ".join(t["not_measured"])
-    lines.append(text)
-  return "\n".join(lines)
-
-
 # ---- entry point --------------------------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.training_step", description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help=f"tiny models (MLP {QUICK_MLP.inputs}-{QUICK_MLP.hidden}-{QUICK_MLP.classes}, batch "
-                           f"{QUICK_MLP.batch}; transformer d_model {QUICK_TRANSFORMER.d_model}, sequence "
-                           f"{QUICK_TRANSFORMER.seq}, batch {QUICK_TRANSFORMER.batch}), 2 repeats, only "
-                           f"{', '.join(QUICK_VARIANTS)}")
-  parser.add_argument("--repeats", type=int,
-                      help="timed steps per variant, and training steps for the loss (default 15, 2 with --quick)")
-  parser.add_argument("--out", type=Path, help="directory for training_step.json (default benchmarks/results)")
-  args = parser.parse_args(argv)
-  if args.repeats is None:
-    args.repeats = 2 if args.quick else 15
-  if args.repeats < 1:
-    parser.error("--repeats must be >= 1")
-  return args
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
   """Runs the benchmark, prints the tables and the target verdicts, and returns the JSON file written."""
-  args = parse_args(argv)
+  quick = (f"tiny models (MLP {QUICK_MLP.inputs}-{QUICK_MLP.hidden}-{QUICK_MLP.classes}, batch {QUICK_MLP.batch}; "
+           f"transformer d_model {QUICK_TRANSFORMER.d_model}, sequence {QUICK_TRANSFORMER.seq}, batch "
+           f"{QUICK_TRANSFORMER.batch}), 2 repeats, only {', '.join(QUICK_VARIANTS)}")
+  args = parse_args(arg_parser("training_step", __doc__, quick=quick, repeats=QuickDefault(15, 2),
+                               repeats_help="timed steps per variant, and training steps for the loss"), argv)
   variants = [v for v in VARIANTS if v.name in QUICK_VARIANTS] if args.quick else list(VARIANTS)
   models = ([mlp_model(QUICK_MLP), transformer_model(QUICK_TRANSFORMER)] if args.quick
             else [mlp_model(MLPConfig()), transformer_model(TransformerConfig())])
@@ -544,9 +466,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
       "targets": targets,
       "sanity": check,
   }
-  path = write_json("training_step", payload, args.out)
-  print(f"\nwrote {path}")
-  return path
+  return write_json("training_step", payload, args.out)
 
 
 if __name__ == "__main__":
