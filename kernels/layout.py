@@ -105,8 +105,9 @@ def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
 
   Args:
     q: the quantized weights.
-    tile_k: K rows per tile (default 512, or the group size if larger); a multiple of 128 times the codes per
-      byte of the narrowest plane, and of the group size.
+    tile_k: K rows per tile (default 512, or 8 groups if larger); a multiple of 128 times the codes per byte of
+      the narrowest plane, and of the group size. TPU kernels need at least 8 scale rows per tile (tile_k >= 8 *
+      group) unless one tile covers all of K.
 
   Returns:
     The PackedWeights.
@@ -135,7 +136,7 @@ def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
   bits = fmt.element.bits
   unit = 128 * (8 // min(plane_bits(bits)))
   if tile_k is None:
-    tile_k = max(DEFAULT_TILE_K, unit, bk if grouped else 0)
+    tile_k = max(DEFAULT_TILE_K, unit, 8 * bk if grouped else 0)
   if isinstance(tile_k, bool) or not isinstance(tile_k, int) or tile_k <= 0 or tile_k % unit:
     raise ValueError(f"tile_k={tile_k!r} must be a positive multiple of {unit} for {bits}-bit elements")
   if grouped and tile_k % bk:

@@ -380,6 +380,9 @@ def _call_tpu(spec, operands, out_shape, bm, bn, out_dtype, interpret):
   per_column = spec.group > tk
   s_rows = _scale_rows(spec.group, tk)
   grid = (out_shape[0] // bm, out_shape[1] // bn, x2.shape[1] // tk)
+  if not per_column and s_rows % 8 and grid[2] > 1:
+    raise ValueError(f"the weights' layout has {s_rows} scale rows per K tile (tile_k={tk}, group={spec.group}); "
+                     f"Mosaic (TPU) needs a multiple of 8: pack_weights(q, tile_k={8 * spec.group}) or larger")
 
   def kernel(*refs):
     x_ref, planes, s_ref = refs[0], refs[1:1 + n_planes], refs[1 + n_planes]
