@@ -2,9 +2,9 @@
 
 A benchmark measures with ``benchmarks._timing`` and reports with this module, for example::
 
-  from benchmarks._report import (arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
+  from ._report import (arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
                                   times, write_json)
-  from benchmarks._timing import time_fns
+  from ._timing import time_fns
 
   def main(argv=None):
     args = parse_args(arg_parser("kernels", __doc__, quick="small shapes, 3 repeats"), argv)

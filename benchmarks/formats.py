@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import lpnum
-from benchmarks._report import (QuickDefault, arg_parser, figure_values, format_targets, median_s, ms, parse_args,
+from ._report import (QuickDefault, arg_parser, figure_values, format_targets, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
-from benchmarks._timing import Candidate, failure, time_fns
+from ._timing import Candidate, failure, time_fns
 
 ROUNDINGS: tuple[str, ...] = tuple(r.value for r in lpnum.Rounding)
 #: Formats timed under every rounding mode (and, with ``--quick``, the only formats timed).

@@ -64,9 +64,9 @@ import ml_dtypes
 import numpy as np
 
 import lpnum
-from benchmarks._report import (arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms, parse_args,
+from ._report import (arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
-from benchmarks._timing import Candidate, error_reason, failure, time_fns
+from ._timing import Candidate, error_reason, failure, time_fns
 
 #: Shape of the timed array (and with ``--quick``).
 SHAPE: tuple[int, int] = (4096, 4096)

@@ -61,9 +61,9 @@ import numpy as np
 import optax
 
 import lpnum
-from benchmarks._report import (QuickDefault, arg_parser, format_targets, lpnum_revision, median_s, ms, parse_args,
+from ._report import (QuickDefault, arg_parser, format_targets, lpnum_revision, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
-from benchmarks._timing import Candidate, error_reason, failure, time_fns
+from ._timing import Candidate, error_reason, failure, time_fns
 
 E = lpnum.estimators
 

@@ -251,10 +251,9 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: _Config) -> jax.Array:
   """The W8A8 path: exact int32 accumulation of integer values, then ``(acc * sx) * sw``."""
   k, n = w.shape
   lead = xq.shape[:-1]
-  vx = _dequant.element_values(xq.fmt.element, xq.element_codes.astype(jnp.int32)).astype(jnp.int8)
-  vx = vx.reshape(-1, k)
+  vx = _int8_values(xq.fmt.element, xq.data, lambda: xq.element_codes).reshape(-1, k)
   if cfg.backend == "xla":
-    vw = _dequant.element_values(w.fmt.element, layout.unpack_codes(w)).astype(jnp.int8)[:k]
+    vw = _int8_values(w.fmt.element, w.planes[0], lambda: layout.unpack_codes(w))[:k]
     acc = jnp.dot(vx, vw, preferred_element_type=jnp.int32)
   else:
     acc = _pallas_matmul(vx, w, cfg, integer=True)
@@ -263,6 +262,13 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: _Config) -> jax.Array:
                             w.tensor_scale)
   y = (acc[:vx.shape[0]].astype(jnp.float32) * sx) * sw
   return y[:, :n].reshape(*lead, n)
+
+
+def _int8_values(el, data: jax.Array, codes) -> jax.Array:
+  """int8 values of integer elements: 8-bit codes are their own values (reinterpreted, no unpacking pass)."""
+  if el.bits == 8 and el.signed and not el.narrow:
+    return jax.lax.bitcast_convert_type(data, jnp.int8)
+  return _dequant.element_values(el, codes().astype(jnp.int32)).astype(jnp.int8)
 
 
 def _row_scales(xq: QArray) -> jax.Array:

@@ -32,6 +32,10 @@ def formats_table(formats: Sequence[Format] = ALL_FORMATS) -> str:
   return "\n".join([line(cols), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
+#: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
+BENCHMARKS = ("kernels", "formats", "scaled", "training_step")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="lpnum", description="Low-precision number formats for JAX.")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -40,8 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   study.add_argument("name", choices=["formats"], help="which study")
   study.add_argument("--quick", action="store_true", help="a small, fast run (under a minute)")
   study.add_argument("--out", default=None, help="directory for the JSON results")
+  bench = sub.add_parser("bench", help="run a benchmark (its options follow the name; see --help after it)")
+  bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
+  bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options (--quick, --out DIR...)")
   args = parser.parse_args(argv)
-  if args.command == "formats":
+  if args.command == "bench":
+    import importlib
+
+    importlib.import_module(f"lpnum.benchmarks.{args.name}").main(args.options)
+  elif args.command == "formats":
     print(formats_table())
   elif args.command == "study":
     from lpnum.studies import formats as formats_study
