@@ -22,6 +22,7 @@ Layout, for element codes of ``b`` bits and a K tile of ``tile_k`` rows:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -141,11 +142,18 @@ def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
     raise ValueError(f"tile_k={tile_k!r} must be a positive multiple of {unit} for {bits}-bit elements")
   if grouped and tile_k % bk:
     raise ValueError(f"tile_k={tile_k} must be a multiple of the group size {bk} (q's blocks along K)")
+  return _pack(q, tile_k, bk if grouped else None)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pack(q: QArray, tile_k: int, group: int | None) -> PackedWeights:
+  fmt, (k, n), bn = q.fmt, q.shape, q.block[1]
+  bits = fmt.element.bits
   k_pad = math.ceil(max(k, 1) / tile_k) * tile_k
   n_pad = math.ceil(max(n, 1) / _N_ALIGN) * _N_ALIGN
   codes = jnp.pad(q.element_codes.astype(jnp.int32), ((0, k_pad - k), (0, n_pad - n)))
   planes = _split_planes(codes, bits, tile_k)
-  group = bk if grouped else k_pad
+  group = group or k_pad
   one = encode(jnp.float32(1.0), fmt.scale_format)
   scales = _expand(q.scales, bn, n, k_pad // group, n_pad, one)
   zero = None if q.zero_point is None else _expand(q.zero_point, bn, n, k_pad // group, n_pad, 0)

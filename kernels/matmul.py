@@ -101,9 +101,14 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, backend: str = "auto",
   if backend == "pallas":
     platform = _platform(platform, interpret)
   cfg = _Config(backend, platform, block_sizes or BlockSizes(), interpret, x_format)
-  if xq is not None:
-    return _forward(xq, w, cfg)
-  y = _matmul_vjp(x_float, w, cfg)
+  return _matmul_jit(x_float if xq is None else xq, w, cfg, grad_format)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _matmul_jit(x, w: PackedWeights, cfg: "_Config", grad_format) -> jax.Array:
+  if isinstance(x, QArray):
+    return _forward(x, w, cfg)
+  y = _matmul_vjp(x, w, cfg)
   if grad_format is not None:
     y = qdot.quantize_grad(y, grad_format)
   return y

@@ -7,6 +7,8 @@ and exact NumPy int64 dots for the integer path.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,11 +33,21 @@ WEIGHT_FORMATS = {
     "nvfp4_tile": lpnum.nvfp4.format(tile=True),
 }
 FACES = [("xla", None), ("pallas", "tpu"), ("pallas", "gpu")]
+#: Formats checked by default everywhere (each plane layout, scale kind, zero points); the others run the XLA face by
+#: default and the rest under -m slow.
+QUICK = {"int8", "uint4_zp", "int2", "ternary", "fp8_e5m2", "mxfp6_e3m2", "mxfp4_e2m1", "nvfp4_tile"}
 
 
+@functools.lru_cache(maxsize=None)
 def _weights(fmt, k=200, n=136, seed=0):
+  """Quantized Student-t(4) weights (cached: the tests share them, and their compilations)."""
   w = np.random.default_rng(seed).standard_t(4, (k, n)).astype(np.float32)
   return lpnum.quantize_scaled(jnp.asarray(w), fmt, pad=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _dequantized(fmt, k=200, n=136):
+  return np.asarray(lpnum.dequantize(_weights(fmt, k, n)))
 
 
 def _run(x, w, backend, platform, **kw):
@@ -84,16 +96,16 @@ def test_scale_parts_match_lpnum_decode_for_e8m0_and_e4m3():
 
 
 # ---- layout ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", WEIGHT_FORMATS)
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in WEIGHT_FORMATS])
 def test_layout_round_trips_codes_and_dequantizes_like_lpnum(name):
   q = _weights(WEIGHT_FORMATS[name])
   w = kernels.pack_weights(q)
   k, n = q.shape
-  codes = np.asarray(layout.unpack_codes(w))
+  codes = np.asarray(jax.jit(layout.unpack_codes)(w))
   np.testing.assert_array_equal(codes[:k, :n], np.asarray(q.element_codes))
   assert not codes[k:].any() and not codes[:, n:].any()
   got = np.asarray(jax.jit(layout.dequantize)(w))[:k, :n]
-  want = np.asarray(lpnum.dequantize(q))
+  want = _dequantized(WEIGHT_FORMATS[name])
   np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
@@ -116,8 +128,6 @@ def test_layout_bit_fields_follow_the_documented_order():
 
 
 # ---- matmul faces against references ----------------------------------------------------------------------------
-#: Formats whose Pallas faces run by default (each plane layout, scale kind and zero points); the rest: -m slow.
-QUICK = {"int8", "uint4_zp", "int2", "ternary", "fp8_e5m2", "mxfp6_e3m2", "mxfp4_e2m1", "nvfp4_tile"}
 FORMAT_FACES = [pytest.param(name, backend, platform,
                              marks=() if backend == "xla" or name in QUICK else pytest.mark.slow)
                 for name in WEIGHT_FORMATS for backend, platform in FACES]
@@ -129,8 +139,8 @@ def test_weight_only_matmul_matches_the_dequantized_product(name, backend, platf
   x = np.random.default_rng(1).normal(size=(2, 9, q.shape[0])).astype(np.float32)
   y = jax.jit(lambda x, w: _run(x, w, backend, platform))(x, kernels.pack_weights(q))
   assert y.shape == (2, 9, q.shape[1]) and y.dtype == jnp.float32
-  _check_close(y, x, lpnum.dequantize(q))
-  _check_close(kernels.reference_matmul(x, q), x, lpnum.dequantize(q))
+  _check_close(y, x, _dequantized(WEIGHT_FORMATS[name]))
+  _check_close(kernels.reference_matmul(x, q), x, _dequantized(WEIGHT_FORMATS[name]))
 
 
 @pytest.mark.parametrize("name", ["mxfp4_e2m1", "mxfp8_e4m3", "int8"])
