@@ -197,6 +197,9 @@ def dequantize(w: PackedWeights) -> jax.Array:
   """The float32 weights ``(K_pad, N_pad)`` of a PackedWeights, computed as the kernels compute them."""
   k_pad, _ = w.padded_shape
   v = _dequant.element_values(w.fmt.element, unpack_codes(w))
-  rows = lambda a: None if a is None else jnp.repeat(a, w.group, axis=0, total_repeat_length=k_pad)
+  def rows(a):  # one scale row per K group -> one per row of K
+    if a is None or a.shape[0] == 1:
+      return a
+    return jnp.broadcast_to(a[:, None, :], (a.shape[0], w.group, a.shape[1])).reshape(k_pad, a.shape[1])
   s = _dequant.scale_parts(w.fmt, rows(w.scales))
   return _dequant.apply_scale(v, w.fmt, s, rows(w.zero_point), w.tensor_scale)
