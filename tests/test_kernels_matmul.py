@@ -322,3 +322,23 @@ def test_bad_weights_raise_clear_errors():
     kernels.pack_weights(q, tile_k=100)
   with pytest.raises(ValueError, match="tile_k=256"):
     kernels.pack_weights(_weights(lpnum.ScaledFormat("int8", lpnum.per_block(512, 0)), k=1024, n=8), tile_k=256)
+
+
+def test_block_sizes_override_and_fp8_by_fp8():
+  q = _weights(WEIGHT_FORMATS["fp8_e4m3"])
+  x = np.random.default_rng(9).normal(size=(40, q.shape[0])).astype(np.float32)
+  x_format = lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_tensor())
+  xf = lpnum.dequantize(lpnum.quantize_scaled(x, x_format))
+  for platform in ("tpu", "gpu"):
+    y = kernels.matmul(x, q, x_format=x_format, backend="pallas", platform=platform, interpret=True,
+                       block_sizes=kernels.BlockSizes(block_m=16, block_n=128))
+    _check_close(y, xf, _dequantized(WEIGHT_FORMATS["fp8_e4m3"]))
+
+
+@pytest.mark.parametrize("module", ["lpnum.kernels.matmul", "lpnum.kernels.layout"])
+def test_docstring_examples(module):
+  import doctest
+  import importlib
+
+  result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0
