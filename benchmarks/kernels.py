@@ -22,7 +22,6 @@ Writes ``kernels.json`` and, when matplotlib is installed, ``kernels.png`` (TFLO
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import jax
@@ -87,8 +86,15 @@ def accumulator_candidates(size: int) -> dict:
   b = jnp.asarray(rng.normal(size=(size, size)), jnp.bfloat16)
   dot = jax.jit(lambda a, b: jnp.dot(a.astype(jnp.float32), b.astype(jnp.float32)))
   cands = {"f32 dot": (dot, (a, b))}
-  for name, acc in accumulate.BENCHMARK_ACCUMULATORS.items():
-    cands[name] = (jax.jit(lambda a, b, acc=acc: accumulate.matmul(a, b, acc)), (a, b))
+  accumulators = {"float bfloat16": accumulate.FloatAccumulator("bfloat16"),
+                  "float E5M6": accumulate.FloatAccumulator.ieee(5, 6),
+                  "int16 saturate": accumulate.IntAccumulator(16, "saturate"),
+                  "aligned 14b/32": accumulate.AlignedAccumulator(14, 32)}
+  a_int = jnp.asarray(rng.integers(-8, 8, (size, size)), jnp.int8)
+  b_int = jnp.asarray(rng.integers(-8, 8, (size, size)), jnp.int8)
+  for name, acc in accumulators.items():
+    args = (a_int, b_int) if name.startswith("int") else (a, b)
+    cands[name] = (jax.jit(lambda a, b, acc=acc: accumulate.matmul(a, b, acc)), args)
   return cands
 
 
