@@ -1,0 +1,1 @@
+"""Flax layers, quantization recipes and model integration."""
