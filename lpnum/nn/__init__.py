@@ -1,1 +1,22 @@
-"""Flax layers, quantization recipes and model integration."""
+"""Flax layers, quantization recipes and model integration.
+
+- :mod:`lpnum.nn.config`: :class:`TensorQuant`, :class:`Backward`, :class:`QuantConfig` (one frozen config per
+  layer).
+- :func:`dot_general`: the quantized dot_general every layer uses; :func:`make_dot_general` for the plain
+  ``dot_general=`` hook.
+- :mod:`lpnum.nn.linen`, :mod:`lpnum.nn.nnx`: modules for the stock layers' injection hooks.
+- :func:`quantize_model` with :class:`Rule`: quantize an existing model by module paths.
+- :func:`ptq`: post-training quantization of a params tree into packed kernels.
+"""
+
+from lpnum.nn import linen, nnx
+from lpnum.nn.config import Backward, QuantConfig, TensorQuant
+from lpnum.nn.dot import OperandState, dot_general, make_dot_general
+from lpnum.nn.ptq import QuantizedKernel, dequantize_kernel, params_nbytes, ptq
+from lpnum.nn.rules import QuantizedModel, Rule, ptq_nnx, quantize_model
+
+__all__ = [
+    "Backward", "QuantConfig", "TensorQuant", "OperandState", "dot_general", "make_dot_general", "linen", "nnx",
+    "QuantizedKernel", "dequantize_kernel", "params_nbytes", "ptq", "QuantizedModel", "Rule", "ptq_nnx",
+    "quantize_model",
+]

@@ -1,0 +1,228 @@
+"""Quantize a whole existing model by module-path rules, without editing its source.
+
+A :class:`Rule` pairs a regular expression over module paths (``"Dense_0"``, ``"block1/Conv_1"``,
+``"MultiHeadDotProductAttention_0/query"``) with a :class:`~lpnum.nn.QuantConfig`; the first rule that matches a
+layer's path (``re.fullmatch``) decides, and ``config=None`` keeps a layer float. Quantizable layers: linen
+``Dense``, ``DenseGeneral`` and ``Conv``; nnx ``Linear``, ``LinearGeneral`` and ``Conv``.
+
+linen: :func:`quantize_model` returns a :class:`QuantizedModel` whose ``init``/``apply`` run the stock model
+under ``nn.intercept_methods``: each matched layer runs as a clone of itself with lpnum's dot_general (or conv)
+in its injection hook, in the same scope, so the params tree is unchanged and quantizer state appears under the
+layer (``quant_stats/<path>/QuantDotGeneral_0/...``). nnx: the matched modules' ``dot_general`` (or
+``conv_general_dilated``) attribute is replaced by an lpnum module, in place.
+
+A rule that matches no quantizable layer is an error naming the rule, raised on the first trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import nnx
+from flax.linen import dtypes as linen_dtypes
+
+from lpnum.nn import linen as _linen
+from lpnum.nn import nnx as _nnx
+from lpnum.nn.config import QuantConfig
+from lpnum.nn.ptq import PackedKernel, QuantizedKernel
+
+__all__ = ["Rule", "QuantizedModel", "quantize_model", "promote_dtype"]
+
+_LINEN_DOT = (nn.Dense, nn.DenseGeneral)
+_LINEN_CONV = (nn.Conv,)
+_NNX_DOT = (nnx.Linear, nnx.LinearGeneral)
+_NNX_CONV = (nnx.Conv,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Quantize the layers whose path fully matches ``pattern`` with ``config`` (None: keep them float).
+
+  Example:
+    >>> from lpnum import nn as lnn
+    >>> rule = lnn.Rule(r"Dense_[0-2]", lnn.QuantConfig.weight_only("int8"))
+    >>> rule.matches("Dense_1"), rule.matches("Dense_3")
+    (True, False)
+  """
+
+  pattern: str
+  config: QuantConfig | None
+
+  def __post_init__(self) -> None:
+    if not isinstance(self.pattern, str):
+      raise TypeError(f"pattern={self.pattern!r} must be a str (a regular expression over module paths)")
+    try:
+      re.compile(self.pattern)
+    except re.error as e:
+      raise ValueError(f"pattern={self.pattern!r} is not a regular expression: {e}") from None
+    if self.config is not None and not isinstance(self.config, QuantConfig):
+      raise TypeError(f"config={self.config!r} must be a QuantConfig or None")
+
+  def matches(self, path: str) -> bool:
+    """Whether the rule applies to the module at ``path`` (``/``-separated)."""
+    return re.fullmatch(self.pattern, path) is not None
+
+
+def as_rules(rules) -> tuple[Rule, ...]:
+  """Rules from Rule values, ``(pattern, config)`` pairs or a single QuantConfig (every layer)."""
+  if isinstance(rules, QuantConfig):
+    return (Rule(".*", rules),)
+  if isinstance(rules, Rule):
+    return (rules,)
+  if isinstance(rules, str) or not isinstance(rules, Iterable):
+    raise TypeError(f"rules={rules!r} must be a sequence of Rule (or (pattern, config) pairs) or a QuantConfig")
+  out = tuple(r if isinstance(r, Rule) else Rule(*r) for r in rules)
+  if not out:
+    raise ValueError("rules is empty")
+  return out
+
+
+def match(rules: Sequence[Rule], path: str) -> Rule | None:
+  """The first rule matching ``path``, or None."""
+  return next((r for r in rules if r.matches(path)), None)
+
+
+def promote_dtype(*args, dtype=None, inexact: bool = True) -> list[Any]:
+  """flax's ``promote_dtype`` that passes packed kernels through untouched (for the ``promote_dtype`` hook)."""
+  floats = [a for a in args if a is not None and not isinstance(a, PackedKernel)]
+  promoted = iter(linen_dtypes.promote_dtype(*floats, dtype=dtype, inexact=inexact))
+  return [a if a is None or isinstance(a, PackedKernel) else next(promoted) for a in args]
+
+
+def _nnx_promote_dtype(args, /, *, dtype=None, inexact: bool = True):
+  return tuple(promote_dtype(*args, dtype=dtype, inexact=inexact))
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedModel:
+  """A linen model run with its matched layers quantized (see :func:`quantize_model`).
+
+  ``init`` and ``apply`` take what the model's take. Pass ``mutable=["quant_stats"]`` to ``apply`` to update
+  delayed-scaling histories or to calibrate static scales, and ``rngs={"quant": key}`` for stochastic rounding.
+  """
+
+  model: nn.Module
+  rules: tuple[Rule, ...]
+
+  def _interceptor(self, used: set, next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or not isinstance(module, _LINEN_DOT + _LINEN_CONV):
+      return next_fun(*args, **kwargs)
+    if isinstance(module, _LINEN_DOT) and module.dot_general_cls is not None:
+      return next_fun(*args, **kwargs)
+    if isinstance(module, _LINEN_CONV) and module.conv_general_dilated_cls is not None:
+      return next_fun(*args, **kwargs)
+    path = "/".join(module.scope.path)
+    rule = match(self.rules, path)
+    if rule is None:
+      return next_fun(*args, **kwargs)
+    used.add(rule)
+    if rule.config is None:
+      return next_fun(*args, **kwargs)
+    if isinstance(module, _LINEN_DOT):
+      hook = dict(dot_general_cls=functools.partial(_linen.QuantDotGeneral, config=rule.config))
+    else:
+      hook = dict(conv_general_dilated_cls=functools.partial(_linen.QuantConv, config=rule.config))
+    clone = module.clone(parent=module.scope, promote_dtype=promote_dtype, **hook)
+    return clone(*args, **kwargs)
+
+  def _run(self, method: str, *args, **kwargs):
+    used: set = set()
+    with nn.intercept_methods(functools.partial(self._interceptor, used)):
+      out = getattr(self.model, method)(*args, **kwargs)
+    _check_used(self.rules, used)
+    return out
+
+  def init(self, *args, **kwargs):
+    """``model.init`` with the rules applied."""
+    return self._run("init", *args, **kwargs)
+
+  def apply(self, *args, **kwargs):
+    """``model.apply`` with the rules applied."""
+    return self._run("apply", *args, **kwargs)
+
+  def calibrate(self, variables, batches: Iterable, **kwargs):
+    """Runs the model over ``batches`` (each the positional args of one call, or a single array) with
+    ``quant_stats`` mutable, recording the amax of every ``static``-scaled operand; returns the variables with
+    the calibrated ``quant_stats``."""
+    variables = dict(variables)
+    step = jax.jit(lambda v, b: self.apply(v, *b, mutable=["quant_stats"], **kwargs)[1])
+    seen = False
+    for batch in batches:
+      batch = batch if isinstance(batch, tuple) else (batch,)
+      variables.update(step(variables, batch))
+      seen = True
+    if not seen:
+      raise ValueError("batches is empty: calibration needs at least one batch")
+    return variables
+
+
+def _check_used(rules: Sequence[Rule], used: set) -> None:
+  for rule in rules:
+    if rule not in used:
+      raise ValueError(f"rule {rule.pattern!r} matches no quantizable layer (Dense, DenseGeneral, Conv; nnx "
+                       "Linear, LinearGeneral, Conv) of the model")
+
+
+def quantize_model(model, rules):
+  """Quantizes an existing model's layers by path rules, without editing its source.
+
+  Args:
+    model: a ``flax.linen.Module`` (returns a :class:`QuantizedModel`) or a ``flax.nnx.Module`` (modified in
+      place and returned).
+    rules: :class:`Rule` values, ``(pattern, config)`` pairs, or one QuantConfig for every layer.
+
+  Raises:
+    ValueError: a rule that matches no quantizable layer (for linen, on the first ``init``/``apply``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from lpnum import nn as lnn
+    >>> mlp = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> qmodel = lnn.quantize_model(mlp, [lnn.Rule("layers_2", None), lnn.Rule(".*", lnn.QuantConfig.fp8())])
+    >>> variables = qmodel.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> qmodel.apply(variables, jnp.ones((1, 4))).shape
+    (1, 2)
+  """
+  rules = as_rules(rules)
+  if isinstance(model, nn.Module):
+    return QuantizedModel(model, rules)
+  if isinstance(model, nnx.Module):
+    used: set = set()
+    for path, node in nnx.iter_graph(model):
+      if not isinstance(node, _NNX_DOT + _NNX_CONV):
+        continue
+      rule = match(rules, "/".join(map(str, path)))
+      if rule is None:
+        continue
+      used.add(rule)
+      if rule.config is None:
+        continue
+      node.promote_dtype = _nnx_promote_dtype
+      if isinstance(node, _NNX_DOT):
+        node.dot_general = _nnx.QuantDotGeneral(rule.config)
+      else:
+        node.conv_general_dilated = _nnx.QuantConv(rule.config)
+    _check_used(rules, used)
+    return model
+  raise TypeError(f"model must be a flax.linen or flax.nnx Module, got {type(model).__name__}")
+
+
+def ptq_nnx(model: nnx.Module, rules, **kwargs) -> nnx.Module:
+  """Post-training quantization of an nnx model in place: its matched kernels become packed
+  :class:`~lpnum.nn.ptq.QuantizedKernel` values and its matched layers run lpnum's dot_general on them."""
+  from lpnum.nn.ptq import ptq
+
+  rules = as_rules(rules)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  quantized = ptq(nnx.to_pure_dict(params), rules, **kwargs)
+  nnx.replace_by_pure_dict(params, quantized)
+  model = nnx.merge(graphdef, params, rest)
+  return quantize_model(model, [r for r in rules])
+
