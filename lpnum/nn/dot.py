@@ -110,8 +110,9 @@ def _int_mm(a, b, ta: TensorQuant, tb: TensorQuant, key, accumulator=None) -> ja
 
 def _scaled_int_dot(ac, bc, sa, sb, accumulator):
   if accumulator is not None:
-    acc = _acc.matmul(ac.astype(jnp.int32) if ac.dtype == jnp.int8 else ac.astype(jnp.float32),
-                      bc.astype(jnp.int32) if bc.dtype == jnp.int8 else bc.astype(jnp.float32), accumulator)
+    floats = ac.dtype != jnp.int8
+    acc = _acc.matmul(ac.astype(jnp.float32) if floats else ac, bc.astype(jnp.float32) if floats else bc,
+                      accumulator)
   else:
     pet = jnp.int32 if ac.dtype == jnp.int8 else jnp.float32
     acc = jax.lax.dot_general(ac, bc, (((1,), (0,)), ((), ())), preferred_element_type=pet)
@@ -244,16 +245,22 @@ def dot_general(lhs: ArrayLike, rhs, dimension_numbers, config: QuantConfig, *, 
   rhs = jnp.asarray(rhs)
   if not jnp.issubdtype(rhs.dtype, jnp.floating):
     raise TypeError(f"rhs must be a float array, got dtype {rhs.dtype}")
-  (lc, rc, lb, rb) = _normalize_dn(dimension_numbers, lhs.ndim, rhs.ndim)
-  out_dtype = preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype)
+  dn = _normalize_dn(dimension_numbers, lhs.ndim, rhs.ndim)
+  if math.prod(lhs.shape[i] for i in dn[0]) != math.prod(rhs.shape[i] for i in dn[1]):
+    raise ValueError(f"contracting sizes differ: lhs {lhs.shape} axes {dn[0]}, rhs {rhs.shape} axes {dn[1]}")
+  out_dtype = np.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
+  return _dot_general_jit(lhs, rhs, state, key, dn, config, out_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _dot_general_jit(lhs, rhs, state, key, dn, config, out_dtype):
+  lc, rc, lb, rb = dn
   lf = [i for i in range(lhs.ndim) if i not in lc and i not in lb]
   rf = [i for i in range(rhs.ndim) if i not in rc and i not in rb]
   bshape = [lhs.shape[i] for i in lb]
   m_shape = [lhs.shape[i] for i in lf]
   n_shape = [rhs.shape[i] for i in rf]
   k = math.prod(lhs.shape[i] for i in lc)
-  if k != math.prod(rhs.shape[i] for i in rc):
-    raise ValueError(f"contracting sizes differ: lhs {lhs.shape} axes {lc}, rhs {rhs.shape} axes {rc}")
   a = jnp.transpose(lhs, (*lb, *lf, *lc)).reshape(math.prod(bshape), math.prod(m_shape), k)
   b = jnp.transpose(rhs, (*rb, *rc, *rf)).reshape(math.prod(bshape), k, math.prod(n_shape))
   a, b = a.astype(jnp.float32), b.astype(jnp.float32)

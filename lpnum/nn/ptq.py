@@ -24,7 +24,7 @@ import numpy as np
 from flax.core import meta
 
 from lpnum.kernels import layout as _layout
-from lpnum.kernels import matmul as _kmatmul
+from lpnum.kernels import matmul as _kernel_matmul
 from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 
@@ -65,6 +65,12 @@ class QuantizedKernel(meta.AxisMetadata):
 
   def unbox(self) -> PackedKernel:
     return PackedKernel(self.value, self.shape, self.dtype)
+
+  def __getitem__(self, index) -> PackedKernel:
+    """``kernel[...]``: how nnx layers read their kernel."""
+    if index is not Ellipsis:
+      raise TypeError(f"a QuantizedKernel is read whole (kernel[...]), not kernel[{index!r}]")
+    return self.unbox()
 
   def replace_boxed(self, val) -> "QuantizedKernel":
     return QuantizedKernel(val, self.shape, self.dtype)
@@ -130,7 +136,7 @@ def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferr
   grad = None
   if config.dlhs is not None and config.dlhs.grad is not None:
     grad = config.dlhs.grad.scaled_format("lhs")
-  return _kmatmul.matmul(lhs32, value, x_format=x_format, grad_format=grad).astype(out_dtype)
+  return _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad).astype(out_dtype)
 
 
 def _path_str(path) -> str:
@@ -243,3 +249,35 @@ def fake_quantized_params(params, rules: Sequence, kernel_name: str = "kernel"):
   return jax.tree_util.tree_map(convert, ptq(params, rules, kernel_name=kernel_name, layout="qarray"),
                                 is_leaf=lambda x: isinstance(x, QuantizedKernel))
 
+
+
+def _register_flax() -> None:
+  """flax.serialization for packed kernels: a QuantizedKernel saves its value's state; PackedWeights saves its
+  array leaves by position and restores them into the target's structure (static layout from the target)."""
+  from flax import serialization
+
+  def packed_to_state(w: _layout.PackedWeights) -> dict:
+    return {str(i): leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(w))}
+
+  def packed_from_state(w: _layout.PackedWeights, state: dict) -> _layout.PackedWeights:
+    leaves, treedef = jax.tree_util.tree_flatten(w)
+    if set(state) != {str(i) for i in range(len(leaves))}:
+      raise ValueError(f"PackedWeights state has leaves {sorted(state)}, the target {len(leaves)}")
+    restored = [jnp.asarray(state[str(i)]) for i in range(len(leaves))]
+    for new, old in zip(restored, leaves):
+      if new.shape != old.shape or new.dtype != old.dtype:
+        raise ValueError(f"PackedWeights leaf {new.shape} {new.dtype} does not fit the target's {old.shape} "
+                         f"{old.dtype}")
+    return jax.tree_util.tree_unflatten(treedef, restored)
+
+  def kernel_to_state(k: QuantizedKernel) -> dict:
+    return {"value": serialization.to_state_dict(k.value)}
+
+  def kernel_from_state(k: QuantizedKernel, state: dict) -> QuantizedKernel:
+    return QuantizedKernel(serialization.from_state_dict(k.value, state["value"]), k.shape, k.dtype)
+
+  serialization.register_serialization_state(_layout.PackedWeights, packed_to_state, packed_from_state)
+  serialization.register_serialization_state(QuantizedKernel, kernel_to_state, kernel_from_state)
+
+
+_register_flax()

@@ -206,23 +206,29 @@ def quantize_model(model, rules):
         continue
       node.promote_dtype = _nnx_promote_dtype
       if isinstance(node, _NNX_DOT):
-        node.dot_general = _nnx.QuantDotGeneral(rule.config)
+        node.dot_general = nnx.data(_nnx.QuantDotGeneral(rule.config))
       else:
-        node.conv_general_dilated = _nnx.QuantConv(rule.config)
+        node.conv_general_dilated = nnx.data(_nnx.QuantConv(rule.config))
     _check_used(rules, used)
     return model
   raise TypeError(f"model must be a flax.linen or flax.nnx Module, got {type(model).__name__}")
 
 
 def ptq_nnx(model: nnx.Module, rules, **kwargs) -> nnx.Module:
-  """Post-training quantization of an nnx model in place: its matched kernels become packed
-  :class:`~lpnum.nn.ptq.QuantizedKernel` values and its matched layers run lpnum's dot_general on them."""
+  """Post-training quantization of an nnx model in place: the matched layers' kernels become packed
+  :class:`~lpnum.nn.QuantizedKernel` values and the layers run lpnum's dot_general (or conv) on them.
+
+  ``kwargs`` go to :func:`lpnum.nn.ptq`. Returns the model.
+  """
   from lpnum.nn.ptq import ptq
 
   rules = as_rules(rules)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  quantized = ptq(nnx.to_pure_dict(params), rules, **kwargs)
-  nnx.replace_by_pure_dict(params, quantized)
-  model = nnx.merge(graphdef, params, rest)
-  return quantize_model(model, [r for r in rules])
-
+  layers = {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
+            if isinstance(node, _NNX_DOT + _NNX_CONV)}
+  kernels = {path: {"kernel": node.kernel[...]} for path, node in layers.items()}
+  quantized = ptq(kernels, rules, **kwargs)
+  for path, node in layers.items():
+    kernel = quantized[path]["kernel"]
+    if isinstance(kernel, QuantizedKernel):
+      node.kernel = nnx.Param(kernel)
+  return quantize_model(model, rules)

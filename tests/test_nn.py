@@ -1,0 +1,558 @@
+"""lpnum.nn: configs, the quantized dot_general, linen/nnx hooks, rules and PTQ, against independent numpy
+references (``ref_int``/``ref_fp8`` of test_scaled, plain numpy matmuls)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import nnx, serialization
+
+import lpnum
+from lpnum import nn as lnn
+from lpnum.kernels import accumulate
+from lpnum.nn.ptq import PackedKernel
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_scaled import ref_fp8, ref_int  # noqa: E402
+
+F32 = np.float32
+DN = (((1,), (0,)), ((), ()))
+TRANSFORMS = {"eager": lambda f: f, "jit": jax.jit}
+
+
+def _data(shape, seed):
+  return np.random.default_rng(seed).standard_normal(shape).astype(F32)
+
+
+def _codes(x, bits, block):
+  """ref_int's integer codes and scales, unblocked: codes with x's shape, scales (rows/b0, cols/b1)."""
+  _, q, scale = ref_int(x, bits, block)
+  return q.reshape(x.shape), scale.reshape(x.shape[0] // block[0], x.shape[1] // block[1])
+
+
+def _matmul64(a, b):
+  return a.astype(np.float64) @ b.astype(np.float64)
+
+
+# ---- configs ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(fmt=3), "fmt="), (dict(fmt="int8", granularity="row"), "granularity="),
+    (dict(fmt="int8", granularity=0), "granularity="), (dict(fmt="int8", scaling="later"), "scaling="),
+    (dict(fmt="int8", scaling="delayed", granularity="channel"), "granularity="),
+    (dict(fmt="int8", history=0), "history="), (dict(fmt="int8", estimator="dorefa"), "estimator="),
+    (dict(fmt="float8_e4m3fn", estimator="lsq"), "lsq"), (dict(fmt="int8", rounding="up"), "rounding="),
+    (dict(fmt="nvfp4", granularity=32), "nvfp4"), (dict(fmt="mxfp4_e2m1", granularity="channel"), "block"),
+    (dict(fmt="int8", scaling="none", granularity="channel"), "granularity="),
+    (dict(fmt="nofmt"), "nofmt"),
+])
+def test_tensor_quant_rejects(kwargs, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    lnn.TensorQuant(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(lhs="int8", rhs="int8", backend="gpu"), "backend="),
+    (dict(lhs=None, rhs="int8", backend="int"), "lhs must be quantized"),
+    (dict(lhs="int8", rhs=lnn.TensorQuant("int8", granularity=32), backend="int"), "granularity"),
+    (dict(lhs="int8", rhs="float8_e4m3fn", backend="int"), "like with like"),
+    (dict(lhs="int16", rhs="int16", backend="int"), "int16"),
+    (dict(lhs="float8_e4m3fn", rhs="float8_e4m3fn", accumulator=accumulate.IntAccumulator(16)), "IntAccumulator"),
+    (dict(rhs="int8", accumulator=accumulate.FloatAccumulator.ieee(5, 6)), "both lhs and rhs"),
+    (dict(lhs="int8", accumulator="int16"), "accumulator="),
+    (dict(lhs="int8", dlhs="float8_e5m2"), "dlhs="),
+    (dict(lhs=3), "lhs="),
+])
+def test_quant_config_rejects(kwargs, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    lnn.QuantConfig(**kwargs)
+
+
+def test_backward_rejects_stateful_quantizers():
+  with pytest.raises(ValueError, match="grad.scaling"):
+    lnn.Backward(grad=lnn.TensorQuant("int8", scaling="delayed"))
+  with pytest.raises(ValueError, match="operand.estimator"):
+    lnn.Backward(grad="int8", operand=lnn.TensorQuant("int8", estimator="clipped_ste"))
+
+
+def test_configs_are_hashable_static_values():
+  a, b = lnn.QuantConfig.fp8(), lnn.QuantConfig.fp8()
+  assert a == b and hash(a) == hash(b)
+  assert lnn.TensorQuant("mxfp4_e2m1").scaled_format("rhs") == lpnum.mx.format("mxfp4_e2m1", axis=0)
+  assert lnn.TensorQuant("nvfp4").scaled_format("lhs") == lpnum.nvfp4.format(axis=1)
+
+
+# ---- the quantized dot_general, forward --------------------------------------------------------------------------
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+@pytest.mark.parametrize("gran", ["tensor", "channel", 16])
+def test_fake_int8_matches_numpy(gran, transform):
+  a, b = _data((6, 48), 1), _data((48, 5), 2)
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", granularity=gran), rhs=lnn.TensorQuant("int8", granularity=gran))
+  y = transform(lambda x, w: lnn.dot_general(x, w, DN, cfg))(a, b)
+  blk_a = {"tensor": a.shape, "channel": (1, 48), 16: (1, 16)}[gran]
+  blk_b = {"tensor": b.shape, "channel": (48, 1), 16: (16, 1)}[gran]
+  qa, qb = ref_int(a, 8, blk_a)[0], ref_int(b, 8, blk_b)[0]
+  np.testing.assert_allclose(np.asarray(y), _matmul64(qa, qb), rtol=2e-6, atol=2e-6)
+
+
+def test_fake_fp8_and_mx_match_numpy():
+  a, b = _data((4, 64), 3), _data((64, 8), 4)
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("float8_e4m3fn", granularity="channel"), rhs="mxfp8_e4m3")
+  y = lnn.dot_general(a, b, DN, cfg)
+  import mx_reference
+  qb = mx_reference.mx_quantize(b, "mxfp8_e4m3", axis=0)[2]
+  qa = ref_fp8(a, ml_dtypes.float8_e4m3fn, (1, 64))
+  np.testing.assert_allclose(np.asarray(y), _matmul64(qa, qb), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+def test_int_backend_is_exact_integer_arithmetic(transform):
+  a, b = _data((5, 40), 5), _data((40, 7), 6)
+  y = transform(lambda x, w: lnn.dot_general(x, w, DN, lnn.QuantConfig.w8a8()))(a, b)
+  ca, sa = _codes(a, 8, (1, 40))
+  cb, sb = _codes(b, 8, (40, 1))
+  acc = ca.astype(np.int64) @ cb.astype(np.int64)
+  expect = (acc.astype(F32) * sa.reshape(5, 1)).astype(F32) * sb.reshape(1, 7)
+  np.testing.assert_array_equal(np.asarray(y), expect.astype(F32))
+
+
+def _dots(f, *args):
+  txt = jax.jit(f).lower(*args).as_text()
+  return re.findall(r"dot_general[^\n]*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", txt)
+
+
+def test_w8a8_runs_int8_dots_forward_and_backward():
+  """No silent fallback: every matmul of a W8A8 layer, forward and both backward, is int8 x int8 -> int32."""
+  model = lnn.quantize_model(nn.Dense(16), lnn.QuantConfig.w8a8())
+  x = _data((4, 32), 7)
+  params = model.init(jax.random.key(0), x)["params"]
+  loss = lambda p, v: jnp.sum(model.apply({"params": p}, v) ** 2)
+  dots = _dots(jax.grad(loss, argnums=(0, 1)), params, x)
+  assert len(dots) == 3
+  for lhs, rhs, out in dots:
+    assert lhs.endswith("xi8>") and rhs.endswith("xi8>") and out.endswith("xi32>"), (lhs, rhs, out)
+
+
+def test_fp8_int_backend_runs_fp8_dots():
+  e4m3 = lnn.TensorQuant("float8_e4m3fn", granularity="channel")
+  grad = lnn.Backward(grad=lnn.TensorQuant("float8_e5m2", granularity="channel"), operand=e4m3)
+  cfg = lnn.QuantConfig(lhs=e4m3, rhs=e4m3, dlhs=grad, drhs=grad, backend="int")
+  a, b = _data((4, 32), 8), _data((32, 8), 9)
+  dots = _dots(jax.grad(lambda x, w: jnp.sum(lnn.dot_general(x, w, DN, cfg) ** 2), argnums=(0, 1)), a, b)
+  assert len(dots) == 3
+  for lhs, rhs, out in dots:
+    assert "f8E" in lhs and "f8E" in rhs and out.endswith("xf32>"), (lhs, rhs, out)
+  y = lnn.dot_general(a, b, DN, cfg)
+  qa, qb = ref_fp8(a, ml_dtypes.float8_e4m3fn, (1, 32)), ref_fp8(b, ml_dtypes.float8_e4m3fn, (32, 1))
+  np.testing.assert_allclose(np.asarray(y), _matmul64(qa, qb), rtol=2e-6, atol=2e-6)
+
+
+def test_batched_and_multi_axis_contractions():
+  """Attention-shaped (batch axes) and DenseGeneral-shaped (two contracting axes) products."""
+  q, k = _data((2, 3, 5, 8), 10), _data((2, 3, 6, 8), 11)
+  cfg = lnn.QuantConfig(lhs="int8", rhs="int8")
+  y = lnn.dot_general(q, k, (((3,), (3,)), ((0, 1), (0, 1))), cfg)
+  assert y.shape == (2, 3, 5, 6)
+  for i in range(2):
+    for h in range(3):
+      expect = _matmul64(ref_int(q[i, h], 8, (5, 8))[0], ref_int(k[i, h].T, 8, (8, 6))[0])
+      np.testing.assert_allclose(np.asarray(y[i, h]), expect, rtol=2e-6, atol=2e-6)
+  x, w = _data((4, 3, 5), 12), _data((3, 5, 7), 13)
+  y = lnn.dot_general(x, w, (((1, 2), (0, 1)), ((), ())), cfg)
+  expect = _matmul64(ref_int(x.reshape(4, 15), 8, (4, 15))[0], ref_int(w.reshape(15, 7), 8, (15, 7))[0])
+  np.testing.assert_allclose(np.asarray(y), expect, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("acc", [accumulate.IntAccumulator(12, "saturate"), accumulate.IntAccumulator(14, "wrap")])
+def test_integer_accumulator_emulation(acc):
+  a, b = _data((3, 64), 14) * 4, _data((64, 5), 15) * 4
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", granularity="channel"),
+                        rhs=lnn.TensorQuant("int8", granularity="channel"), backend="int", accumulator=acc)
+  y = lnn.dot_general(a, b, DN, cfg)
+  ca, sa = _codes(a, 8, (1, 64))
+  cb, sb = _codes(b, 8, (64, 1))
+  lo, hi = -2 ** (acc.bits - 1), 2 ** (acc.bits - 1) - 1
+  s = np.zeros((3, 5), np.int64)
+  for kk in range(64):  # sequential along K, the accumulator's documented order
+    s = s + ca[:, kk:kk + 1].astype(np.int64) * cb[kk:kk + 1, :].astype(np.int64)
+    s = np.clip(s, lo, hi) if acc.overflow == "saturate" else (s - lo) % 2 ** acc.bits + lo
+  expect = (s.astype(F32) * sa.reshape(3, 1)).astype(F32) * sb.reshape(1, 5)
+  np.testing.assert_array_equal(np.asarray(y), expect)
+  exact = _matmul64(ca, cb)
+  assert np.any(s != exact), "the test data must overflow the narrow accumulator"
+
+
+def test_float_accumulator_emulation_matches_its_reference():
+  a, b = _data((3, 32), 16), _data((32, 4), 17)
+  acc = accumulate.FloatAccumulator.ieee(5, 3)
+  cfg = lnn.QuantConfig(lhs="float8_e4m3fn", rhs="float8_e4m3fn", accumulator=acc)
+  y = lnn.dot_general(a, b, DN, cfg)
+  qa, qb = ref_fp8(a, ml_dtypes.float8_e4m3fn, a.shape), ref_fp8(b, ml_dtypes.float8_e4m3fn, b.shape)
+  s = np.zeros((3, 4), F32)
+  for kk in range(32):  # round to E5M3 (float16 with 3 mantissa bits) after every addition
+    s = _round_e5m3(s + qa[:, kk:kk + 1] * qb[kk:kk + 1, :])
+  np.testing.assert_array_equal(np.asarray(y), s)
+
+
+def _round_e5m3(v: np.ndarray) -> np.ndarray:
+  """Round float32 to IEEE-style E5M3 (bias 15, subnormals, inf), ties to even, by exact float64 scaling."""
+  v = v.astype(np.float64)
+  e = np.floor(np.log2(np.maximum(np.abs(v), 2.0 ** -14)))
+  ulp = 2.0 ** (e - 3)
+  r = np.round(v / ulp) * ulp  # np.round is half-to-even
+  return np.where(np.abs(r) > 240.0, np.sign(r) * np.inf, r).astype(F32)
+
+
+def test_stochastic_rounding_needs_and_uses_key():
+  tq = lnn.TensorQuant("int4", rounding="stochastic")
+  cfg = lnn.QuantConfig(lhs=tq, rhs="int8")
+  a, b = _data((4, 16), 18), _data((16, 3), 19)
+  with pytest.raises(ValueError, match="key="):
+    lnn.dot_general(a, b, DN, cfg)
+  y1 = lnn.dot_general(a, b, DN, cfg, key=jax.random.key(1))
+  assert np.array_equal(y1, lnn.dot_general(a, b, DN, cfg, key=jax.random.key(1)))
+  assert not np.array_equal(y1, lnn.dot_general(a, b, DN, cfg, key=jax.random.key(2)))
+
+
+def test_dot_general_bad_inputs():
+  cfg = lnn.QuantConfig(lhs="int8")
+  with pytest.raises(TypeError, match="config"):
+    lnn.dot_general(np.ones((2, 2), F32), np.ones((2, 2), F32), DN, "int8")
+  with pytest.raises(TypeError, match="lhs"):
+    lnn.dot_general(np.ones((2, 2), np.int32), np.ones((2, 2), F32), DN, cfg)
+  with pytest.raises(TypeError, match="rhs"):
+    lnn.dot_general(np.ones((2, 2), F32), np.ones((2, 2), np.int8), DN, cfg)
+  with pytest.raises(ValueError, match="dimension_numbers"):
+    lnn.dot_general(np.ones((2, 2), F32), np.ones((2, 2), F32), ((1, 0), ()), cfg)
+  with pytest.raises(ValueError, match="contracting sizes"):
+    lnn.dot_general(np.ones((2, 3), F32), np.ones((2, 2), F32), DN, cfg)
+  with pytest.raises(ValueError, match="backend='kernel'"):
+    lnn.dot_general(np.ones((2, 2), F32), np.ones((2, 2), F32), DN, lnn.QuantConfig(rhs="int8", backend="kernel"))
+  with pytest.raises(ValueError, match="needs state"):
+    lnn.make_dot_general(lnn.QuantConfig(lhs=lnn.TensorQuant("int8", scaling="delayed")))
+  with pytest.raises(ValueError, match="stochastic"):
+    lnn.make_dot_general(lnn.QuantConfig(lhs=lnn.TensorQuant("int8", rounding="stochastic")))
+
+
+def test_empty_and_zero_inputs():
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", granularity="channel"), rhs="float8_e4m3fn")
+  y = lnn.dot_general(np.zeros((0, 8), F32), _data((8, 3), 20), DN, cfg)
+  assert y.shape == (0, 3)
+  y = lnn.dot_general(np.zeros((2, 8), F32), np.zeros((8, 3), F32), DN, cfg)
+  assert np.all(np.isfinite(y)) and not np.any(y)
+
+
+# ---- the backward matmuls ----------------------------------------------------------------------------------------
+def test_fp8_recipe_gradients_match_numpy():
+  """dlhs = q_e5m2(g) @ q_e4m3(rhs).T and drhs = q_e4m3(lhs).T @ q_e5m2(g), per-tensor scales."""
+  cfg = lnn.QuantConfig.fp8()
+  a, b, g = _data((4, 16), 21), _data((16, 6), 22), _data((4, 6), 23)
+  _, vjp = jax.vjp(lambda x, w: lnn.dot_general(x, w, DN, cfg), a, b)
+  da, db = vjp(jnp.asarray(g))
+  qa, qb = ref_fp8(a, ml_dtypes.float8_e4m3fn, a.shape), ref_fp8(b, ml_dtypes.float8_e4m3fn, b.shape)
+  qg = ref_fp8(g, ml_dtypes.float8_e5m2, g.shape)
+  np.testing.assert_allclose(np.asarray(da), _matmul64(qg, qb.T), rtol=2e-6, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(db), _matmul64(qa.T, qg), rtol=2e-6, atol=2e-6)
+
+
+def test_int8_backward_matmuls_match_numpy():
+  cfg = lnn.QuantConfig.w8a8()
+  a, b, g = _data((4, 16), 24), _data((16, 6), 25), _data((4, 6), 26)
+  _, vjp = jax.vjp(lambda x, w: lnn.dot_general(x, w, DN, cfg), a, b)
+  da, db = vjp(jnp.asarray(g))
+  # dlhs = g (4, 6) @ b.T (6, 16): g per row, b.T per column (= per row of b)
+  np.testing.assert_allclose(np.asarray(da), _matmul64(ref_int(g, 8, (1, 6))[0], ref_int(b.T, 8, (6, 1))[0]),
+                             rtol=2e-6, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(db), _matmul64(ref_int(a.T, 8, (1, 4))[0], ref_int(g, 8, (4, 1))[0]),
+                             rtol=2e-6, atol=2e-6)
+
+
+def test_clipped_ste_and_lsq_gradients():
+  a = np.array([[0.5, -0.25, 0.1, 2.0]], F32)
+  b = np.ones((4, 1), F32)
+  tq = lnn.TensorQuant(lpnum.ScaledFormat("int8", calibration=lpnum.percentile(50.0)), estimator="clipped_ste")
+  ga = jax.grad(lambda x: lnn.dot_general(x, b, DN, lnn.QuantConfig(lhs=tq)).sum())(a)
+  clip = np.percentile(np.abs(a), 50.0)
+  np.testing.assert_array_equal(np.asarray(ga)[0], (np.abs(a[0]) <= clip).astype(F32))
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int4", estimator="lsq"))
+  state = lnn.OperandState(lhs_step=jnp.float32(0.3))
+  gs = jax.grad(lambda s: lnn.dot_general(a, b, DN, cfg, state=lnn.OperandState(lhs_step=s)).sum())(
+      jnp.float32(0.3))
+  v = a[0] / F32(0.3)  # LSQ step gradient: round(v) - v inside, clamp bound outside, times 1/sqrt(n Qp)
+  expect = np.where(v > 7, 7, np.where(v < -8, -8, np.round(v) - v)).sum() / np.sqrt(4 * 7)
+  np.testing.assert_allclose(float(gs), expect, rtol=1e-5)
+  assert lnn.dot_general(a, b, DN, cfg, state=state).shape == (1, 1)
+
+
+def test_vmap_matches_loop():
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", granularity="channel"), rhs="int4")
+  a, b = _data((3, 4, 16), 27), _data((16, 5), 28)
+  y = jax.vmap(lambda x: lnn.dot_general(x, b, DN, cfg))(a)
+  for i in range(3):
+    np.testing.assert_array_equal(np.asarray(y[i]), np.asarray(lnn.dot_general(a[i], b, DN, cfg)))
+
+
+# ---- linen ---------------------------------------------------------------------------------------------------------
+def test_delayed_scaling_history():
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("float8_e4m3fn", scaling="delayed", history=3))
+  layer = nn.Dense(2, use_bias=False, dot_general_cls=functools.partial(lnn.linen.QuantDotGeneral, config=cfg))
+  x1 = np.full((1, 4), 2.0, F32)
+  v = layer.init(jax.random.key(0), x1)
+  hist = v["quant_stats"]["QuantDotGeneral_0"]["lhs_amax_history"]
+  assert hist.tolist() == [0.0, 0.0, 0.0]
+  v = {**v, **layer.apply(v, x1, mutable=["quant_stats"])[1]}
+  x2 = np.array([[448.0, 1.0, 3.0, 900.0]], F32)
+  y, upd = layer.apply(v, x2, mutable=["quant_stats"])
+  assert upd["quant_stats"]["QuantDotGeneral_0"]["lhs_amax_history"].tolist() == [900.0, 2.0, 0.0]
+  # x2 was scaled by the history's amax (2.0), not its own: 900 and 448 saturate at 2.0.
+  w = np.asarray(v["params"]["kernel"])
+  s = F32(2.0) / F32(448.0)
+  qx = np.clip(x2 / s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(F32) * s
+  np.testing.assert_allclose(np.asarray(y), _matmul64(qx, w), rtol=2e-6, atol=2e-6)
+  frozen = layer.apply(v, x2)  # quant_stats immutable: no update, same scale
+  np.testing.assert_array_equal(np.asarray(frozen), np.asarray(y))
+
+
+def test_static_calibration_over_batches():
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", scaling="static"), rhs="int8")
+  model = lnn.quantize_model(nn.Sequential([nn.Dense(4), nn.Dense(3)]), cfg)
+  batches = [_data((2, 5), s) for s in range(3)]
+  v = model.init(jax.random.key(0), batches[0])
+  v = model.calibrate(v, batches)
+  got = v["quant_stats"]["layers_0"]["QuantDotGeneral_0"]["lhs_amax"]
+  assert float(got) == max(float(np.abs(b).max()) for b in batches)
+  with pytest.raises(ValueError, match="batches is empty"):
+    model.calibrate(v, [])
+
+
+def test_linen_stochastic_rounding_uses_quant_rng():
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int4", rounding="stochastic"))
+  layer = nn.Dense(3, dot_general_cls=functools.partial(lnn.linen.QuantDotGeneral, config=cfg))
+  x = _data((2, 8), 29)
+  v = layer.init({"params": jax.random.key(0), "quant": jax.random.key(1)}, x)
+  y1 = layer.apply(v, x, rngs={"quant": jax.random.key(5)})
+  assert np.array_equal(y1, layer.apply(v, x, rngs={"quant": jax.random.key(5)}))
+  assert not np.array_equal(y1, layer.apply(v, x, rngs={"quant": jax.random.key(6)}))
+
+
+def test_plain_dot_general_hook():
+  cfg = lnn.QuantConfig(lhs="int8", rhs=lnn.TensorQuant("int4", granularity="channel"))
+  layer = nn.Dense(3, dot_general=lnn.make_dot_general(cfg))
+  x = _data((2, 8), 30)
+  v = layer.init(jax.random.key(0), x)
+  w, bias = np.asarray(v["params"]["kernel"]), np.asarray(v["params"]["bias"])
+  expect = _matmul64(ref_int(x, 8, x.shape)[0], ref_int(w, 4, (8, 1))[0]) + bias
+  np.testing.assert_allclose(np.asarray(layer.apply(v, x)), expect, rtol=2e-6, atol=2e-6)
+
+
+def test_conv_quantized_matches_reference_conv():
+  cfg = lnn.QuantConfig(lhs="int8", rhs=lnn.TensorQuant("int8", granularity="channel"),
+                        dlhs=lnn.Backward(grad="float8_e5m2"))
+  conv = nn.Conv(4, (3, 3), feature_group_count=2,
+                 conv_general_dilated_cls=functools.partial(lnn.linen.QuantConv, config=cfg))
+  x = _data((2, 6, 6, 4), 31)
+  v = conv.init(jax.random.key(0), x)
+  w = np.asarray(v["params"]["kernel"])
+  qx = ref_int(x, 8, x.shape)[0]
+  qw = ref_int(w.reshape(-1, 4), 8, (w.size // 4, 1))[0].reshape(w.shape)
+  ref = nn.Conv(4, (3, 3), feature_group_count=2).apply({"params": {"kernel": qw, "bias": v["params"]["bias"]}}, qx)
+  np.testing.assert_allclose(np.asarray(conv.apply(v, x)), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  gx = jax.grad(lambda z: conv.apply(v, z).sum())(x)
+  # dlhs: the all-ones cotangent is exactly representable in E5M2, so it equals the float conv's transpose.
+  gref = jax.grad(lambda z: nn.Conv(4, (3, 3), feature_group_count=2).apply(
+      {"params": {"kernel": qw, "bias": v["params"]["bias"]}}, z).sum())(qx)
+  np.testing.assert_allclose(np.asarray(gx), np.asarray(gref), rtol=1e-5, atol=1e-5)
+
+
+# ---- rules ---------------------------------------------------------------------------------------------------------
+class _Net(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(16)(x))
+    x = nn.relu(nn.Dense(16)(x))
+    return nn.Dense(3, name="head")(x)
+
+
+def _net_reference(params, x, wbits):
+  """The same network with numpy matmuls and the first two kernels int-quantized per channel."""
+  for name in ("Dense_0", "Dense_1"):
+    w = np.asarray(params[name]["kernel"])
+    x = np.maximum(_matmul64(x, ref_int(w, wbits, (w.shape[0], 1))[0]) + params[name]["bias"], 0).astype(F32)
+  return _matmul64(x, np.asarray(params["head"]["kernel"])) + params["head"]["bias"]
+
+
+def test_rules_quantize_all_but_last():
+  rules = [lnn.Rule("head", None), lnn.Rule("Dense_.*", lnn.QuantConfig.weight_only("int4"))]
+  model = lnn.quantize_model(_Net(), rules)
+  x = _data((4, 10), 32)
+  v = model.init(jax.random.key(0), x)
+  y = jax.jit(model.apply)(v, x)
+  np.testing.assert_allclose(np.asarray(y), _net_reference(v["params"], x, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_rule_matching_nothing_is_an_error():
+  model = lnn.quantize_model(_Net(), [lnn.Rule("Dense_.*", lnn.QuantConfig.fp8()), lnn.Rule("Conv_0", None)])
+  with pytest.raises(ValueError, match="'Conv_0' matches no quantizable layer"):
+    model.init(jax.random.key(0), _data((1, 4), 0))
+  with pytest.raises(TypeError, match="model must be"):
+    lnn.quantize_model(object(), lnn.QuantConfig.fp8())
+  with pytest.raises(TypeError, match="rules="):
+    lnn.quantize_model(_Net(), "Dense_0")
+  with pytest.raises(ValueError, match="pattern="):
+    lnn.Rule("(", None)
+
+
+# ---- nnx -----------------------------------------------------------------------------------------------------------
+class _NnxNet(nnx.Module):
+  def __init__(self, rngs):
+    self.l1 = nnx.Linear(10, 16, rngs=rngs)
+    self.l2 = nnx.Linear(16, 16, rngs=rngs)
+    self.head = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.l2(nnx.relu(self.l1(x)))))
+
+
+def test_nnx_rules_match_linen_reference():
+  net = _NnxNet(nnx.Rngs(0))
+  params = {"Dense_0": {"kernel": net.l1.kernel[...], "bias": net.l1.bias[...]},
+            "Dense_1": {"kernel": net.l2.kernel[...], "bias": net.l2.bias[...]},
+            "head": {"kernel": net.head.kernel[...], "bias": net.head.bias[...]}}
+  lnn.quantize_model(net, [lnn.Rule("head", None), lnn.Rule("l[12]", lnn.QuantConfig.weight_only("int4"))])
+  x = _data((4, 10), 33)
+  y = nnx.jit(lambda m, v: m(v))(net, x)
+  np.testing.assert_allclose(np.asarray(y), _net_reference(params, x, 4), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="'nothing'"):
+    lnn.quantize_model(_NnxNet(nnx.Rngs(0)), [lnn.Rule("nothing", None)])
+
+
+def test_nnx_delayed_scaling_and_grad():
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("float8_e4m3fn", scaling="delayed", history=2), rhs="float8_e4m3fn",
+                        dlhs=lnn.Backward(grad="float8_e5m2"))
+  layer = nnx.Linear(4, 2, dot_general=lnn.nnx.QuantDotGeneral(cfg), rngs=nnx.Rngs(0))
+  layer(np.full((1, 4), 3.0, F32))
+  layer(np.full((1, 4), 5.0, F32))
+  assert layer.dot_general.lhs_amax_history[...].tolist() == [5.0, 3.0]
+  lnn.nnx.set_update_stats(layer, False)
+  layer(np.full((1, 4), 7.0, F32))
+  assert layer.dot_general.lhs_amax_history[...].tolist() == [5.0, 3.0]
+  grads = nnx.grad(lambda m: m(np.ones((1, 4), F32)).sum())(layer)
+  assert grads["kernel"][...].shape == (4, 2)
+  with pytest.raises(ValueError, match="rngs="):
+    lnn.nnx.QuantDotGeneral(lnn.QuantConfig(lhs=lnn.TensorQuant("int8", rounding="stochastic")))
+  with pytest.raises(TypeError, match="value="):
+    lnn.nnx.set_update_stats(layer, 1)
+
+
+# ---- PTQ -----------------------------------------------------------------------------------------------------------
+def _mlp_params(k=512, hidden=256, out=10):
+  model = nn.Sequential([nn.Dense(hidden), nn.relu, nn.Dense(out)])
+  return model, model.init(jax.random.key(0), np.ones((1, k), F32))["params"]
+
+
+@pytest.mark.parametrize("fmt,gran,wbits", [("int8", "channel", 8), ("int4", "channel", 4), ("int4", 128, 4),
+                                            ("mxfp4_e2m1", None, 4.25), ("nvfp4", None, 4.5),
+                                            ("float8_e4m3fn", "channel", 8)])
+def test_ptq_bytes_and_inference(fmt, gran, wbits):
+  model, params = _mlp_params()
+  cfg = lnn.QuantConfig.weight_only(fmt, gran)
+  q = lnn.ptq(params, [lnn.Rule("layers_0", cfg), lnn.Rule("layers_2", None)])
+  assert isinstance(q["layers_0"]["kernel"], lnn.QuantizedKernel)
+  assert not isinstance(q["layers_2"]["kernel"], lnn.QuantizedKernel)
+  kernel_bytes = q["layers_0"]["kernel"].nbytes
+  n_scales = {"channel": 256, 128: 4 * 256}.get(gran, 0)
+  ideal = 512 * 256 * wbits / 8 + 4 * n_scales
+  assert kernel_bytes <= 1.01 * ideal, (kernel_bytes, ideal)
+  x = _data((3, 512), 34)
+  qmodel = lnn.quantize_model(model, [lnn.Rule("layers_0", cfg), lnn.Rule("layers_2", None)])
+  y = jax.jit(qmodel.apply)({"params": q}, x)
+  wq = np.asarray(lnn.dequantize_kernel(q["layers_0"]["kernel"].unbox()))
+  ref = model.apply({"params": {**params, "layers_0": {**params["layers_0"], "kernel": wq}}}, x)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_ptq_dequantized_kernel_matches_independent_reference():
+  _, params = _mlp_params(64, 32, 8)
+  q = lnn.ptq(params, [lnn.Rule(".*", lnn.QuantConfig.weight_only("int8"))], layout="qarray")
+  w = np.asarray(params["layers_0"]["kernel"])
+  np.testing.assert_array_equal(np.asarray(lnn.dequantize_kernel(q["layers_0"]["kernel"].unbox())),
+                                ref_int(w, 8, (64, 1))[0])
+
+
+def test_ptq_checkpoint_round_trip_is_bit_exact_and_small(tmp_path):
+  _, params = _mlp_params()
+  rules = [lnn.Rule(".*", lnn.QuantConfig.weight_only("int4"))]
+  q = lnn.ptq(params, rules)
+  blob = serialization.to_bytes(q)
+  assert len(blob) < 1.02 * lnn.params_nbytes(q) < 0.14 * lnn.params_nbytes(params)
+  target = jax.eval_shape(lambda p: lnn.ptq(p, rules), params)
+  restored = serialization.from_bytes(target, blob)
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(q)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+  ocp = pytest.importorskip("orbax.checkpoint")
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "ckpt", q)
+  with ocp.StandardCheckpointer() as ckpt:
+    back = ckpt.restore(tmp_path / "ckpt", target)
+  for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(q)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ptq_peak_memory_with_donation():
+  """ptq holds at most the float tree plus one packed kernel: with donate=True the float kernels are freed as
+  they are packed, so live bytes never exceed the float tree's by more than the largest packed kernel."""
+  def make():
+    model = nn.Sequential([nn.Dense(512), nn.relu, nn.Dense(512), nn.relu, nn.Dense(512)])
+    return jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 512)))["params"]
+
+  base = sum(a.nbytes for a in jax.live_arrays())
+  params = make()
+  float_bytes = lnn.params_nbytes(params)
+  peaks = []
+  q = lnn.ptq(params, [lnn.Rule(".*", lnn.QuantConfig.weight_only("int8"))], donate=True,
+              on_leaf=lambda _: peaks.append(sum(a.nbytes for a in jax.live_arrays()) - base))
+  assert len(peaks) == 3
+  packed = max(k.nbytes for k in jax.tree_util.tree_leaves(q, is_leaf=lambda a: isinstance(a, lnn.QuantizedKernel))
+               if isinstance(k, lnn.QuantizedKernel))
+  assert max(peaks) <= float_bytes + packed + 64 * 1024, (peaks, float_bytes)
+  assert peaks[-1] < 0.4 * float_bytes  # every float kernel is gone by the end
+
+
+def test_ptq_bad_inputs():
+  _, params = _mlp_params(64, 32, 8)
+  with pytest.raises(ValueError, match="'nope' matches no kernel"):
+    lnn.ptq(params, [lnn.Rule("nope", lnn.QuantConfig.weight_only())])
+  with pytest.raises(ValueError, match="layout="):
+    lnn.ptq(params, lnn.QuantConfig.weight_only(), layout="tiles")
+  bad = {"dense": {"kernel": np.ones((3,), F32)}}
+  with pytest.raises(ValueError, match="dense/kernel"):
+    lnn.ptq(bad, lnn.QuantConfig.weight_only())
+
+
+def test_ptq_nnx_runs_from_packed_weights():
+  net = _NnxNet(nnx.Rngs(0))
+  x = _data((2, 10), 35)
+  w1 = np.asarray(net.l1.kernel[...])
+  rules = [lnn.Rule("l1", lnn.QuantConfig.weight_only("int8")), lnn.Rule(".*", None)]
+  lnn.ptq_nnx(net, rules)
+  assert isinstance(net.l1.kernel[...], PackedKernel)
+  y = net(x)
+  params = {"Dense_0": {"kernel": w1, "bias": net.l1.bias[...]},
+            "Dense_1": {"kernel": net.l2.kernel[...], "bias": net.l2.bias[...]},
+            "head": {"kernel": net.head.kernel[...], "bias": net.head.bias[...]}}
+  np.testing.assert_allclose(np.asarray(y), _net_reference_first(params, x), rtol=1e-5, atol=1e-5)
+
+
+def _net_reference_first(params, x):
+  w = np.asarray(params["Dense_0"]["kernel"])
+  x = np.maximum(_matmul64(x, ref_int(w, 8, (w.shape[0], 1))[0]) + params["Dense_0"]["bias"], 0).astype(F32)
+  x = np.maximum(_matmul64(x, np.asarray(params["Dense_1"]["kernel"])) + params["Dense_1"]["bias"], 0).astype(F32)
+  return _matmul64(x, np.asarray(params["head"]["kernel"])) + params["head"]["bias"]
