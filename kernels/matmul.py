@@ -251,10 +251,19 @@ def _forward(x, w: PackedWeights, cfg: _Config) -> jax.Array:
   return y[:x2.shape[0], :w.shape[1]].reshape(*lead, w.shape[1]).astype(out_dtype)
 
 
+#: From this many rows on, the XLA path dequantizes W whole and runs one dot: the dequantization pass is then
+#: small next to the matmul, and XLA's single large dot beats a scan of tile products.
+WHOLE_DEQUANTIZE_ROWS = 256
+
+
 def _xla_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
-  """``x2 (M, K) @ W`` in XLA, one layout tile of K at a time: each tile is dequantized while it is in cache and
-  multiplied at once, so the float32 weights are never written out whole (2.5x faster for small M on the CPU)."""
+  """``x2 (M, K) @ W`` in XLA. For M < WHOLE_DEQUANTIZE_ROWS, one layout tile of K at a time: each tile is
+  dequantized while it is in cache and multiplied at once, so the float32 weights are never written out whole
+  (2.5x faster for small M on the CPU); for larger M, W is dequantized whole and multiplied in one dot."""
   k_pad, n_pad = w.padded_shape
+  if x2.shape[0] >= WHOLE_DEQUANTIZE_ROWS:
+    x2 = jnp.pad(x2, ((0, 0), (0, k_pad - x2.shape[1])))
+    return jnp.dot(x2, layout.dequantize(w), precision=_HIGHEST, preferred_element_type=jnp.float32)
   tiles = k_pad // w.tile_k
   x3 = jnp.pad(x2, ((0, 0), (0, k_pad - x2.shape[1]))).reshape(-1, tiles, w.tile_k).transpose(1, 0, 2)
   per_column = w.group == k_pad

@@ -8,6 +8,7 @@ and exact NumPy int64 dots for the integer path.
 from __future__ import annotations
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,17 @@ def test_weight_only_matmul_matches_the_dequantized_product(name, backend, platf
   assert y.shape == (2, 9, q.shape[1]) and y.dtype == jnp.float32
   _check_close(y, x, _dequantized(WEIGHT_FORMATS[name]))
   _check_close(kernels.reference_matmul(x, q), x, _dequantized(WEIGHT_FORMATS[name]))
+
+
+@pytest.mark.parametrize("name", ["int4_g32", "uint4_zp", "mxfp4_e2m1"])
+def test_xla_path_for_many_rows_dequantizes_whole(name):
+  """From WHOLE_DEQUANTIZE_ROWS rows on, the XLA path takes its one-dot branch; same result."""
+  from lpnum.kernels import matmul as kmatmul
+
+  q = _weights(WEIGHT_FORMATS[name])
+  m = sys.modules[kmatmul.__module__].WHOLE_DEQUANTIZE_ROWS
+  x = np.random.default_rng(2).normal(size=(m + 3, q.shape[0])).astype(np.float32)
+  _check_close(_run(x, kernels.pack_weights(q), "xla", None), x, _dequantized(WEIGHT_FORMATS[name]))
 
 
 @pytest.mark.parametrize("name", ["mxfp4_e2m1", "mxfp8_e4m3", "int8"])
