@@ -214,9 +214,9 @@ def evaluate_targets(results: list[dict[str, Any]]) -> dict[str, Any]:
            if r["config"] in tuple(f"ptq/{f}" for f in TARGET_INFERENCE)}
   qat = {key(r): r["train_vs_float32"] for r in rows if r["config"] in tuple(f"qat/{c}" for c in TARGET_QAT)}
   return {
-      "bytes": target("a", "PTQ params bytes within 1% of the ideal packed size", bytes_ok, 1.01, at_least=False),
-      "inference": target("b", "weight-only int8/int4 inference <= 1.2x float32", infer, 1.2, at_least=False),
-      "qat": target("c", "QAT training step with STE <= 1.5x float32", qat, 1.5, at_least=False),
+      "a": target("a", "PTQ params bytes within 1% of the ideal packed size", bytes_ok, 1.01, at_least=False),
+      "b": target("b", "weight-only int8/int4 inference <= 1.2x float32", infer, 1.2, at_least=False),
+      "c": target("c", "QAT training step with STE <= 1.5x float32", qat, 1.5, at_least=False),
   }
 
 
@@ -239,7 +239,7 @@ def format_tables(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv=None):
-  parser = arg_parser("models", __doc__, quick="small models, 3 repeats", repeats=QuickDefault(10, 3))
+  parser = arg_parser("models", __doc__, quick="small models, 3 repeats", repeats=QuickDefault(20, 3))
   args = parse_args(parser, argv)
   specs = QUICK_MODELS if args.quick else MODELS
   results = [run_model(name, spec, args.repeats) for name, spec in specs.items()]

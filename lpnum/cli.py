@@ -33,7 +33,7 @@ def formats_table(formats: Sequence[Format] = ALL_FORMATS) -> str:
 
 
 #: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
-BENCHMARKS = ("kernels", "formats", "scaled", "training_step")
+BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
