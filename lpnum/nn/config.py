@@ -17,6 +17,7 @@ import dataclasses
 import functools
 
 from lpnum import blocks, mx, nvfp4
+from lpnum import estimators as _estimators
 from lpnum.formats._base import Format
 from lpnum.formats._float import FloatFormat
 from lpnum.formats._int import IntFormat
@@ -26,7 +27,11 @@ from lpnum.scaled import ScaledFormat
 __all__ = ["TensorQuant", "Backward", "QuantConfig", "SCALINGS", "ESTIMATORS", "BACKENDS"]
 
 SCALINGS = ("none", "dynamic", "delayed", "static")
-ESTIMATORS = ("ste", "clipped_ste", "lsq")
+#: Estimators: every one of :mod:`lpnum.estimators`. Those that learn a parameter (``lsq``'s step, ``pact``'s clip)
+#: get it from the layer (a Flax param).
+ESTIMATORS = tuple(_estimators.ESTIMATORS)
+LEARNED = {"lsq": "step", "pact": "alpha"}
+_SCALED_ESTIMATORS = ("ste", "clipped_ste", "hadamard_ste", "lsq")
 BACKENDS = ("fake", "int", "kernel")
 _PRESETS = tuple(mx._ELEMENTS) + ("nvfp4",)
 
@@ -38,7 +43,8 @@ class TensorQuant:
   Attributes:
     fmt: an element format (``Format`` or name, e.g. ``"int8"``, ``"float8_e4m3fn"``), a block-format preset
       (``"mxfp8_e4m3"`` ... ``"mxint8"``, ``"nvfp4"``), or a :class:`~lpnum.ScaledFormat` used as a template for
-      its scale format, scale rule, calibration and asymmetry (its own granularity is replaced by ``granularity``).
+      its scale format, scale rule, calibration and asymmetry (its own granularity is replaced by ``granularity``);
+      None for the estimators that set their own levels (``pact``, ``dorefa_*``, ``denseshift``, ``xnor``...).
     granularity: ``"tensor"``, ``"channel"`` or a block size along K (default: ``"tensor"``; the presets' own
       block size for MX/NVFP4).
     scaling: ``"dynamic"`` (scales from each call's values), ``"delayed"`` (a per-tensor scale from the amax
@@ -46,8 +52,14 @@ class TensorQuant:
       calibrated over a few batches) or ``"none"`` (round to the format without any scale, e.g. raw E5M2
       gradients).
     history: the amax history length for ``delayed`` scaling.
-    estimator: the gradient of the rounding: ``"ste"`` (straight-through), ``"clipped_ste"`` (zero where the
-      operand saturates) or ``"lsq"`` (a learned per-tensor step, Esser et al.; layers only, integer formats).
+    estimator: the quantizer and its gradient, any of :mod:`lpnum.estimators`: ``"ste"`` (straight-through),
+      ``"clipped_ste"`` (zero where the operand saturates), ``"hadamard_ste"`` (rotated along K), ``"lsq"`` (a
+      learned per-tensor step, Esser et al.), ``"pact"`` (a learned clip), ``"dorefa_weight"``,
+      ``"dorefa_activation"``, ``"sign_ste"``, ``"xnor"``, ``"reste"``, ``"biper"``, ``"bitnet_ternary"``,
+      ``"denseshift"``. The learned parameters (LSQ step, PACT clip) live in the layer.
+    estimator_params: the estimator's own arguments, as a dict or ``(name, value)`` pairs (e.g.
+      ``{"bits": 4}`` for ``pact``/``dorefa_*``/``denseshift``, ``{"variant": "median"}`` for ``bitnet_ternary``,
+      ``{"alpha": 10.0}``: the initial PACT clip).
     rounding: ``"nearest_even"`` or ``"stochastic"`` (the layer, or the caller, supplies a key).
 
   Example:
@@ -62,10 +74,20 @@ class TensorQuant:
   history: int = 16
   estimator: str = "ste"
   rounding: str = "nearest_even"
+  estimator_params: tuple | dict = ()
 
   def __post_init__(self) -> None:
+    params = self.estimator_params
+    if isinstance(params, dict):
+      params = tuple(sorted(params.items()))
+    if not isinstance(params, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in params):
+      raise TypeError(f"estimator_params={self.estimator_params!r} must be a dict or (name, value) pairs")
+    object.__setattr__(self, "estimator_params", params)
     fmt = self.fmt
-    if isinstance(fmt, str) and fmt in _PRESETS:
+    if fmt is None:
+      if self.estimator in _SCALED_ESTIMATORS:
+        raise ValueError(f"fmt=None: estimator={self.estimator!r} needs a format")
+    elif isinstance(fmt, str) and fmt in _PRESETS:
       if self.granularity is None:
         object.__setattr__(self, "granularity", 16 if fmt == "nvfp4" else 32)
     elif isinstance(fmt, ScaledFormat):
@@ -84,7 +106,7 @@ class TensorQuant:
     if self.scaling in ("delayed", "static") and g != "tensor":
       raise ValueError(f"scaling={self.scaling!r} keeps one per-tensor amax; granularity={g!r} must be 'tensor'")
     if self.scaling == "none":
-      if not isinstance(self.fmt, Format):
+      if self.fmt is not None and not isinstance(self.fmt, Format):
         raise ValueError(f"scaling='none' rounds to a plain element format, not {self.fmt}")
       if g != "tensor":
         raise ValueError(f"scaling='none' has no scales; granularity={g!r} must be 'tensor'")
@@ -99,11 +121,41 @@ class TensorQuant:
                        "granularity='tensor' and scaling='dynamic'")
     if self.rounding not in ("nearest_even", "stochastic"):
       raise ValueError(f"rounding={self.rounding!r}; expected 'nearest_even' or 'stochastic'")
+    if self.estimator not in ("ste", "clipped_ste"):
+      if g != "tensor" and self.estimator != "hadamard_ste":
+        raise ValueError(f"estimator={self.estimator!r} sets its own scaling: granularity={g!r} must be 'tensor'")
+      if self.rounding != "nearest_even":
+        raise ValueError(f"estimator={self.estimator!r} rounds to nearest: rounding={self.rounding!r}")
+      self._check_estimator()
     self.scaled_format("lhs")
 
+  def _check_estimator(self) -> None:
+    """Runs the estimator abstractly on a small operand, so that bad formats or parameters fail here."""
+    import jax
+    import jax.numpy as jnp
+
+    params = dict(self.estimator_params)
+    if self.estimator in LEARNED:
+      params[LEARNED[self.estimator]] = jnp.ones((), jnp.float32)
+    fmt = self.estimator_format("lhs")
+    try:
+      jax.eval_shape(lambda x: _estimators.estimate(x, self.estimator, fmt, **params), jnp.ones((4, 64)))
+    except TypeError as e:
+      raise ValueError(f"estimator={self.estimator!r} with estimator_params={self.estimator_params!r}: {e}") from None
+
+  def estimator_format(self, role: str):
+    """The format handed to the estimator (the scaled format for the STE family, the element format otherwise)."""
+    if self.fmt is None:
+      return None
+    if self.estimator in _SCALED_ESTIMATORS and self.estimator != "lsq":
+      return self.scaled_format(role)
+    return self.element
+
   @property
-  def element(self) -> Format:
-    """The element format."""
+  def element(self) -> Format | None:
+    """The element format (None if the estimator sets its own levels)."""
+    if self.fmt is None:
+      return None
     if isinstance(self.fmt, ScaledFormat):
       return self.fmt.element
     if isinstance(self.fmt, str):
@@ -118,8 +170,10 @@ class TensorQuant:
     """
     if role not in ("lhs", "rhs"):
       raise ValueError(f"role={role!r} must be 'lhs' or 'rhs'")
-    if self.scaling == "none":
+    if self.scaling == "none" or self.fmt is None:
       return self.fmt
+    if self.estimator not in _SCALED_ESTIMATORS:
+      return self.element
     k_axis, free_axis = (1, 0) if role == "lhs" else (0, 1)
     g = self.granularity
     if isinstance(self.fmt, str):
@@ -243,9 +297,12 @@ class QuantConfig:
       if tq.granularity not in ("tensor", "channel"):
         raise ValueError(f"backend='int' needs {name}.granularity 'tensor' or 'channel' (scales outside the "
                          f"K sum), got {tq.granularity!r}")
+      if tq.estimator != "ste":
+        raise ValueError(f"backend='int' rounds the codes straight-through: {name}.estimator must be 'ste'")
       el = tq.element
       if not ((isinstance(el, IntFormat) and el.bits <= 8) or _is_fp8(el)):
-        raise ValueError(f"backend='int' needs integer (<= 8 bits) or FP8 formats; {name} is {el.name}")
+        raise ValueError(f"backend='int' needs integer (<= 8 bits) or FP8 formats; {name} is "
+                         f"{getattr(el, 'name', el)}")
       if isinstance(tq.fmt, ScaledFormat) and tq.fmt.asymmetric:
         raise ValueError(f"backend='int' needs symmetric formats; {name} has a zero point")
     if isinstance(a.element, IntFormat) != isinstance(b.element, IntFormat):

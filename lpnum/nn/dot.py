@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 from lpnum import estimators
 from lpnum.formats._int import IntFormat
 from lpnum.kernels import accumulate as _acc
-from lpnum.nn.config import QuantConfig, TensorQuant
+from lpnum.nn.config import LEARNED, QuantConfig, TensorQuant
 from lpnum.quantize import decode, quantize
 from lpnum.scaled import ScaledFormat, fake_quantize, quantize_scaled
 
@@ -38,13 +38,13 @@ __all__ = ["dot_general", "OperandState", "quantize_operand"]
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class OperandState:
-  """Per-call inputs of a layer's quantizers: given per-tensor scales (delayed or static scaling) and learned
-  LSQ steps. None where the config does not need them."""
+  """Per-call inputs of a layer's quantizers: given per-tensor scales (delayed or static scaling) and the
+  estimators' learned parameters (the LSQ step, the PACT clip). None where the config does not need them."""
 
   lhs_scale: jax.Array | None = None
   rhs_scale: jax.Array | None = None
-  lhs_step: jax.Array | None = None
-  rhs_step: jax.Array | None = None
+  lhs_param: jax.Array | None = None
+  rhs_param: jax.Array | None = None
 
 
 def _needs_key(cfg: QuantConfig) -> bool:
@@ -56,7 +56,7 @@ def _needs_key(cfg: QuantConfig) -> bool:
 
 
 def quantize_operand(x: jax.Array, tq: TensorQuant | None, role: str, *, scale: jax.Array | None = None,
-                     step: jax.Array | None = None, key: jax.Array | None = None) -> jax.Array:
+                     param: jax.Array | None = None, key: jax.Array | None = None) -> jax.Array:
   """Fake-quantizes a 2-D (or batched 3-D) matmul operand with its estimator's gradient.
 
   Args:
@@ -64,13 +64,21 @@ def quantize_operand(x: jax.Array, tq: TensorQuant | None, role: str, *, scale: 
     tq: the operand's TensorQuant (None: returned unchanged).
     role: ``"lhs"`` or ``"rhs"``.
     scale: the per-tensor scale for ``delayed``/``static`` scaling.
-    step: the learned step for ``estimator='lsq'``.
+    param: the estimator's learned parameter (the LSQ step, the PACT clip).
     key: for stochastic rounding.
   """
   if tq is None:
     return x
-  if tq.estimator == "lsq":
-    return estimators.lsq(x, step, tq.element)
+  if tq.estimator not in ("ste", "clipped_ste"):
+    params = dict(tq.estimator_params)
+    if tq.estimator in LEARNED:
+      if param is None:
+        raise ValueError(f"estimator={tq.estimator!r} learns its {LEARNED[tq.estimator]}: pass it in the state "
+                         f"(OperandState({role}_param=...)) or use a layer")
+      params[LEARNED[tq.estimator]] = param
+    if tq.estimator == "hadamard_ste":
+      params.setdefault("axis", x.ndim - 1 if role == "lhs" else x.ndim - 2)
+    return estimators.estimate(x, tq.estimator, tq.estimator_format(role), **params)
   if x.ndim == 3:
     keys = None if key is None else jax.random.split(key, x.shape[0])
     return jax.vmap(lambda v, k: quantize_operand(v, tq, role, scale=scale, key=k))(x, keys)
@@ -190,8 +198,8 @@ def _matmul(a, b, cfg: QuantConfig, state: OperandState, key) -> jax.Array:
   if cfg.backend == "int":
     qa, qb = a, b
   else:
-    qa = quantize_operand(a, cfg.lhs, "lhs", scale=state.lhs_scale, step=state.lhs_step, key=keys[0])
-    qb = quantize_operand(b, cfg.rhs, "rhs", scale=state.rhs_scale, step=state.rhs_step, key=keys[1])
+    qa = quantize_operand(a, cfg.lhs, "lhs", scale=state.lhs_scale, param=state.lhs_param, key=keys[0])
+    qb = quantize_operand(b, cfg.rhs, "rhs", scale=state.rhs_scale, param=state.rhs_param, key=keys[1])
   return _qmm(a, b, qa, qb, state, keys[2], cfg)
 
 
@@ -214,7 +222,7 @@ def dot_general(lhs: ArrayLike, rhs, dimension_numbers, config: QuantConfig, *, 
   """``lax.dot_general`` with the operands and backward matmuls quantized by ``config``.
 
   Same signature as ``jax.lax.dot_general`` plus ``config``, ``state`` (scales for delayed/static scaling, LSQ
-  steps) and ``key`` (stochastic rounding). ``rhs`` may be a packed weight from :func:`lpnum.nn.ptq`
+  steps, PACT clips) and ``key`` (stochastic rounding). ``rhs`` may be a packed weight from :func:`lpnum.nn.ptq`
   (Dense-shaped contractions only), which runs through :func:`lpnum.kernels.matmul`.
 
   The result has the result dtype of the float operands (or ``preferred_element_type``); the matmuls accumulate
@@ -295,7 +303,7 @@ def make_dot_general(config: QuantConfig):
   if not isinstance(config, QuantConfig):
     raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
   for role, tq in (("lhs", config.lhs), ("rhs", config.rhs)):
-    if tq is not None and (tq.scaling in ("delayed", "static") or tq.estimator == "lsq"):
+    if tq is not None and (tq.scaling in ("delayed", "static") or tq.estimator in LEARNED):
       raise ValueError(f"config.{role} needs state (scaling={tq.scaling!r}, estimator={tq.estimator!r}): use "
                        "lpnum.nn.linen.QuantDotGeneral (dot_general_cls=) or lpnum.nn.nnx.QuantDotGeneral")
   if _needs_key(config):

@@ -8,7 +8,7 @@ Stateless configs (dynamic scaling, nearest rounding) also fit the plain ``dot_g
 
 State lives in Flax collections: ``quant_stats`` holds the amax history (``delayed``) and the calibrated amax
 (``static``), updated in the forward pass when the collection is mutable (``apply(..., mutable=["quant_stats"])``,
-as ``batch_stats``); ``params`` holds LSQ steps. Stochastic rounding draws from the ``"quant"`` RNG stream.
+as ``batch_stats``); ``params`` holds the estimators' learned parameters (LSQ steps, PACT clips). Stochastic rounding draws from the ``"quant"`` RNG stream.
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ import jax
 import jax.numpy as jnp
 
 from lpnum.nn import dot as _dot
-from lpnum.nn.config import QuantConfig, TensorQuant
+from lpnum.nn.config import LEARNED, QuantConfig, TensorQuant
 from lpnum.nn.ptq import dequantize_kernel, is_packed
 
 __all__ = ["QuantDotGeneral", "QuantConv", "operand_state", "conv_call"]
 
 
-def _lsq_init(x: jax.Array, tq: TensorQuant) -> jax.Array:
-  # Esser et al.: step = 2 <|x|> / sqrt(Q_P).
+def learned_init(x: jax.Array, tq: TensorQuant) -> jax.Array:
+  """The initial learned parameter: LSQ's step ``2 mean|x| / sqrt(Q_P)`` (Esser et al.) from the first operand
+  seen, or PACT's clip (``estimator_params["alpha"]``, default 10 as in Choi et al.)."""
+  if tq.estimator == "pact":
+    return jnp.asarray(dict(tq.estimator_params).get("alpha", 10.0), jnp.float32)
   return 2.0 * jnp.mean(jnp.abs(x)).astype(jnp.float32) / math.sqrt(tq.element.max_finite) + 1e-8
 
 
@@ -50,8 +53,9 @@ def operand_state(module: nn.Module, config: QuantConfig, lhs: jax.Array, rhs) -
         calibrated.value = jnp.maximum(calibrated.value, current)
       value = calibrated.value
       out[f"{role}_scale"] = _dot.scale_from_amax(jnp.where(value > 0, value, current), tq)
-    if tq.estimator == "lsq":
-      out[f"{role}_step"] = module.param(f"{role}_step", lambda _: _lsq_init(x, tq))
+    if tq.estimator in LEARNED:
+      name = f"{role}_{LEARNED[tq.estimator]}"
+      out[f"{role}_param"] = module.param(name, lambda _: learned_init(x, tq))
   return _dot.OperandState(**out)
 
 
@@ -118,9 +122,9 @@ def conv_call(cfg: QuantConfig, lhs, rhs, state_fn, key_fn, args, kwargs):
   def conv(a, b):
     return jax.lax.conv_general_dilated(a, b, *args, **kwargs)
 
-  qa = _dot.quantize_operand(_flat_lhs(lhs), cfg.lhs, "lhs", scale=state.lhs_scale, step=state.lhs_step,
+  qa = _dot.quantize_operand(_flat_lhs(lhs), cfg.lhs, "lhs", scale=state.lhs_scale, param=state.lhs_param,
                              key=keys[0]).reshape(lhs.shape)
-  qb = _dot.quantize_operand(_flat_rhs(rhs), cfg.rhs, "rhs", scale=state.rhs_scale, step=state.rhs_step,
+  qb = _dot.quantize_operand(_flat_rhs(rhs), cfg.rhs, "rhs", scale=state.rhs_scale, param=state.rhs_param,
                              key=keys[1]).reshape(rhs.shape)
   if cfg.dlhs is None and cfg.drhs is None:
     return conv(qa, qb)

@@ -5,7 +5,7 @@
 
 State is nnx state of the quantizer modules: :class:`QuantStat` variables hold the amax history (``delayed``)
 and the calibrated amax (``static``); they are updated on each call while ``update_stats`` is True (set it with
-:func:`set_update_stats`, e.g. False for evaluation). LSQ steps are ``nnx.Param``. Stochastic rounding needs
+:func:`set_update_stats`, e.g. False for evaluation). The estimators' learned parameters (LSQ steps, PACT clips) are ``nnx.Param``, created on the first call. Stochastic rounding needs
 ``rngs=nnx.Rngs(quant=...)`` at construction.
 """
 
@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lpnum.nn import dot as _dot
-from lpnum.nn.config import QuantConfig
-from lpnum.nn.linen import _lsq_init, conv_call
+from lpnum.nn.config import LEARNED, QuantConfig
+from lpnum.nn.linen import conv_call, learned_init
 from lpnum.nn.ptq import is_packed
 
 __all__ = ["QuantStat", "QuantDotGeneral", "QuantConv", "set_update_stats"]
@@ -41,8 +41,8 @@ class _Quantizer(nnx.Module):
         setattr(self, f"{role}_amax_history", QuantStat(jnp.zeros((tq.history,), jnp.float32)))
       if tq is not None and tq.scaling == "static":
         setattr(self, f"{role}_amax", QuantStat(jnp.zeros((), jnp.float32)))
-      if tq is not None and tq.estimator == "lsq":
-        setattr(self, f"{role}_step", None)
+      if tq is not None and tq.estimator in LEARNED:
+        setattr(self, f"{role}_{LEARNED[tq.estimator]}", None)
 
   def _state(self, lhs, rhs) -> _dot.OperandState:
     out = {}
@@ -62,10 +62,11 @@ class _Quantizer(nnx.Module):
           stat[...] = jnp.maximum(stat[...], current)
         value = stat[...]
         out[f"{role}_scale"] = _dot.scale_from_amax(jnp.where(value > 0, value, current), tq)
-      if tq.estimator == "lsq":
-        if getattr(self, f"{role}_step") is None:
-          setattr(self, f"{role}_step", nnx.Param(_lsq_init(x, tq)))
-        out[f"{role}_step"] = getattr(self, f"{role}_step")[...]
+      if tq.estimator in LEARNED:
+        name = f"{role}_{LEARNED[tq.estimator]}"
+        if getattr(self, name) is None:
+          setattr(self, name, nnx.Param(learned_init(x, tq)))
+        out[f"{role}_param"] = getattr(self, name)[...]
     return _dot.OperandState(**out)
 
   def _key(self):

@@ -120,23 +120,24 @@ def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferr
                        f"with dimension_numbers={dimension_numbers!r}")
     w = dequantize_kernel(rhs)
     return dot_general(lhs, w, dimension_numbers, dataclasses.replace(config, rhs=None, backend="fake",
-                                                                      dlhs=None, drhs=None),
+                                                                      dlhs=None, drhs=None, accumulator=None),
                        state=state, preferred_element_type=out_dtype)
-  lhs32 = lhs.astype(jnp.float32)
+  lead, k = lhs.shape[:-1], shape[0]
+  lhs32 = lhs.astype(jnp.float32).reshape(-1, k)
   x_format = None
   tq = config.lhs
   if tq is not None:
     if tq.scaling == "dynamic" and tq.estimator == "ste" and tq.rounding == "nearest_even":
       x_format = tq.scaled_format("lhs")
       if not isinstance(x_format, ScaledFormat):
-        lhs32, x_format = quantize_operand(lhs32.reshape(-1, shape[0]), tq, "lhs").reshape(lhs.shape), None
+        lhs32, x_format = quantize_operand(lhs32, tq, "lhs"), None
     else:
-      flat = lhs32.reshape(-1, shape[0])
-      lhs32 = quantize_operand(flat, tq, "lhs", scale=state.lhs_scale, step=state.lhs_step).reshape(lhs.shape)
+      lhs32 = quantize_operand(lhs32, tq, "lhs", scale=state.lhs_scale, param=state.lhs_param)
   grad = None
   if config.dlhs is not None and config.dlhs.grad is not None:
     grad = config.dlhs.grad.scaled_format("lhs")
-  return _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad).astype(out_dtype)
+  y = _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad)
+  return y.reshape(*lead, shape[1]).astype(out_dtype)
 
 
 def _path_str(path) -> str:
