@@ -376,6 +376,22 @@ def test_conv_quantized_matches_reference_conv():
   np.testing.assert_allclose(np.asarray(gx), np.asarray(gref), rtol=1e-5, atol=1e-5)
 
 
+def test_conv1d_stateless_hook_matches_reference():
+  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("float8_e4m3fn", granularity="channel"),
+                        rhs=lnn.TensorQuant("int4", granularity="channel"))
+  conv = nn.Conv(3, (5,), strides=2, conv_general_dilated=lnn.make_conv_general_dilated(cfg))
+  x = _data((2, 12, 4), 36)
+  v = conv.init(jax.random.key(0), x)
+  w = np.asarray(v["params"]["kernel"])
+  qx = ref_fp8(x.reshape(-1, 4), ml_dtypes.float8_e4m3fn, (1, 4)).reshape(x.shape)
+  qw = ref_int(w.reshape(-1, 3), 4, (w.size // 3, 1))[0].reshape(w.shape)
+  ref = nn.Conv(3, (5,), strides=2).apply({"params": {"kernel": qw, "bias": v["params"]["bias"]}}, qx)
+  np.testing.assert_allclose(np.asarray(conv.apply(v, x)), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="QuantConv supports backend='fake'"):
+    nn.Conv(3, (5,), conv_general_dilated=lnn.make_conv_general_dilated(lnn.QuantConfig.w8a8())).init(
+        jax.random.key(0), x)
+
+
 # ---- rules ---------------------------------------------------------------------------------------------------------
 class _Net(nn.Module):
   @nn.compact
@@ -528,6 +544,33 @@ def test_ptq_peak_memory_with_donation():
                if isinstance(k, lnn.QuantizedKernel))
   assert max(peaks) <= float_bytes + packed + 64 * 1024, (peaks, float_bytes)
   assert peaks[-1] < 0.4 * float_bytes  # every float kernel is gone by the end
+
+
+def test_ptq_w8a8_inference_runs_int8_dots():
+  model, params = _mlp_params(256, 128, 8)
+  rules = [lnn.Rule(".*", lnn.QuantConfig.w8a8(backward=False))]
+  q = lnn.ptq(params, rules)
+  x = _data((4, 256), 37)
+  qmodel = lnn.quantize_model(model, rules)
+  dots = _dots(lambda p, v: qmodel.apply({"params": p}, v), q, x)
+  assert len(dots) == 2 and all(d[0].endswith("xi8>") and d[1].endswith("xi8>") and d[2].endswith("xi32>")
+                                for d in dots), dots
+  y = qmodel.apply({"params": q}, x)
+  fake = lnn.quantize_model(model, rules).apply({"params": params}, x)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(fake), rtol=1e-5, atol=1e-5)
+
+
+def test_params_not_matching_the_model_name_the_path():
+  model, params = _mlp_params(64, 32, 8)
+  rules = [lnn.Rule(".*", lnn.QuantConfig.weight_only("int8"))]
+  q = lnn.ptq(params, rules)
+  x = _data((2, 64), 38)
+  with pytest.raises(ValueError, match="layers_2/kernel hold a packed kernel"):
+    lnn.quantize_model(model, [lnn.Rule("layers_0", rules[0].config), lnn.Rule("layers_2", None)]).apply(
+        {"params": q}, x)
+  bad = {**params, "layers_2": {**params["layers_2"], "kernel": np.ones((31, 8), F32)}}
+  with pytest.raises(Exception, match="layers_2"):
+    lnn.quantize_model(model, rules).apply({"params": bad}, x)
 
 
 def test_ptq_bad_inputs():

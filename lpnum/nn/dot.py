@@ -310,3 +310,16 @@ def make_dot_general(config: QuantConfig):
     raise ValueError("config rounds stochastically and needs keys: use lpnum.nn.linen.QuantDotGeneral or "
                      "lpnum.nn.nnx.QuantDotGeneral")
   return functools.partial(dot_general, config=config)
+
+
+def make_conv_general_dilated(config: QuantConfig):
+  """A stateless quantized ``conv_general_dilated`` for the plain hook of flax convolutions
+  (``nn.Conv(8, (3, 3), conv_general_dilated=make_conv_general_dilated(cfg))``, ``nnx.Conv(...)``), with the
+  semantics of :class:`lpnum.nn.linen.QuantConv`; the same limits as :func:`make_dot_general`."""
+  make_dot_general(config)
+  from lpnum.nn.linen import conv_call
+
+  def conv(lhs, rhs, *args, **kwargs):
+    return conv_call(config, lhs, rhs, lambda a, b: OperandState(), lambda: None, args, kwargs)
+
+  return conv

@@ -120,10 +120,13 @@ class QuantizedModel:
       return next_fun(*args, **kwargs)
     path = "/".join(module.scope.path)
     rule = match(self.rules, path)
-    if rule is None:
-      return next_fun(*args, **kwargs)
-    used.add(rule)
-    if rule.config is None:
+    if rule is not None:
+      used.add(rule)
+    if rule is None or rule.config is None:
+      if module.scope.has_variable("params", "kernel") and isinstance(
+          module.scope.get_variable("params", "kernel"), QuantizedKernel):
+        raise ValueError(f"params at {path}/kernel hold a packed kernel (lpnum.nn.ptq), but no rule quantizes the "
+                         f"layer {path!r}: apply with the rules the params were quantized with")
       return next_fun(*args, **kwargs)
     if isinstance(module, _LINEN_DOT):
       hook = dict(dot_general_cls=functools.partial(_linen.QuantDotGeneral, config=rule.config))
