@@ -7,6 +7,9 @@
 - :mod:`lpnum.nn.linen`, :mod:`lpnum.nn.nnx`: modules for the stock layers' injection hooks.
 - :func:`quantize_model` with :class:`Rule`: quantize an existing model by module paths.
 - :func:`ptq`: post-training quantization of a params tree into packed kernels.
+- :mod:`lpnum.nn.attention` (quantized attention, clipped softmax, gated attention, quantized einsum),
+  :mod:`lpnum.nn.a2q_layers` (A2QDense), :mod:`lpnum.nn.mixed_precision`, :mod:`lpnum.nn.a2q`,
+  :mod:`lpnum.nn.comm`, :mod:`lpnum.nn.zoo`, :mod:`lpnum.nn.train`: import them as modules.
 """
 
 from lpnum.nn import linen, nnx
