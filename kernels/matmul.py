@@ -253,7 +253,7 @@ def _forward(x, w: PackedWeights, cfg: _Config) -> jax.Array:
 
 #: From this many rows on, the XLA path dequantizes W whole and runs one dot: the dequantization pass is then
 #: small next to the matmul, and XLA's single large dot beats a scan of tile products.
-WHOLE_DEQUANTIZE_ROWS = 256
+WHOLE_DEQUANTIZE_ROWS = 128
 
 
 def _xla_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:

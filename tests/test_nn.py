@@ -646,7 +646,11 @@ def _qat_losses(rules, steps=60):
   return params, losses
 
 
-@pytest.mark.parametrize("name", list(QAT_WEIGHTS))
+QAT_QUICK = ("ste", "lsq", "xnor", "bitnet_ternary", "denseshift")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in QAT_QUICK else pytest.mark.slow)
+                                  for n in QAT_WEIGHTS])
 def test_qat_with_every_weight_estimator_learns(name):
   """Every estimator of lpnum.estimators trains a small classifier with optax (loss falls by a third)."""
   params, losses = _qat_losses(lnn.QuantConfig(rhs=QAT_WEIGHTS[name]))
