@@ -16,10 +16,10 @@ from lpnum.nn import linen, nnx
 from lpnum.nn.config import Backward, QuantConfig, TensorQuant
 from lpnum.nn.dot import OperandState, dot_general, make_conv_general_dilated, make_dot_general
 from lpnum.nn.ptq import QuantizedKernel, dequantize_kernel, params_nbytes, ptq
-from lpnum.nn.rules import QuantizedModel, Rule, ptq_nnx, quantize_model
+from lpnum.nn.rules import QuantizedModel, Rule, kernel_views, ptq_nnx, quantize_model
 
 __all__ = [
     "Backward", "QuantConfig", "TensorQuant", "OperandState", "dot_general", "make_dot_general", "make_conv_general_dilated", "linen", "nnx",
-    "QuantizedKernel", "dequantize_kernel", "params_nbytes", "ptq", "QuantizedModel", "Rule", "ptq_nnx",
+    "QuantizedKernel", "dequantize_kernel", "params_nbytes", "ptq", "QuantizedModel", "Rule", "kernel_views", "ptq_nnx",
     "quantize_model",
 ]

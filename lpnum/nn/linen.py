@@ -13,6 +13,7 @@ as ``batch_stats``); ``params`` holds the estimators' learned parameters (LSQ st
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -112,8 +113,8 @@ def conv_call(cfg: QuantConfig, lhs, rhs, state_fn, key_fn, args, kwargs):
   if cfg.backend != "fake" or cfg.accumulator is not None:
     raise ValueError(f"QuantConv supports backend='fake' without accumulator emulation, got "
                      f"backend={cfg.backend!r}, accumulator={cfg.accumulator!r}")
-  if is_packed(rhs):
-    rhs = dequantize_kernel(rhs)
+  if is_packed(rhs):  # a PTQ'd kernel is already quantized: multiply by its values
+    rhs, cfg = dequantize_kernel(rhs), dataclasses.replace(cfg, rhs=None)
   state = state_fn(_flat_lhs(lhs), _flat_rhs(rhs))
   keys = [None] * 3
   if _dot._needs_key(cfg):

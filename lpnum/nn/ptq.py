@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +35,17 @@ class PackedKernel:
   """What a layer sees when it reads a :class:`QuantizedKernel`: the packed value with the float kernel's shape
   and dtype (so Flax's shape checks pass), consumed by lpnum's dot_general and conv."""
 
-  def __init__(self, value: QArray | _layout.PackedWeights, shape: tuple[int, ...], dtype) -> None:
-    self.value, self.shape, self.dtype = value, tuple(shape), np.dtype(dtype)
+  def __init__(self, value: QArray | _layout.PackedWeights, shape: tuple[int, ...], dtype, contract: int) -> None:
+    self.value, self.shape, self.dtype, self.contract = value, tuple(shape), np.dtype(dtype), contract
 
   @property
   def ndim(self) -> int:
     return len(self.shape)
+
+  @property
+  def matrix_shape(self) -> tuple[int, int]:
+    """The 2-D view the kernel was quantized in: ``(K, N)``, K the product of the ``contract`` leading axes."""
+    return math.prod(self.shape[:self.contract]), math.prod(self.shape[self.contract:])
 
 
 @jax.tree_util.register_pytree_node_class
@@ -48,23 +53,25 @@ class QuantizedKernel(meta.AxisMetadata):
   """A params-tree leaf holding a packed kernel (a Flax AxisMetadata box; its leaves are codes and scales).
 
   Attributes:
-    value: the :class:`lpnum.kernels.PackedWeights` or :class:`lpnum.QArray`.
+    value: the :class:`lpnum.kernels.PackedWeights` or :class:`lpnum.QArray` of the 2-D view.
     shape: the float kernel's shape.
     dtype: the float kernel's dtype.
+    contract: how many leading axes of the kernel the layer contracts: the 2-D view is
+      ``(prod(shape[:contract]), prod(shape[contract:]))``.
   """
 
-  def __init__(self, value, shape, dtype) -> None:
-    self.value, self.shape, self.dtype = value, tuple(shape), np.dtype(dtype)
+  def __init__(self, value, shape, dtype, contract: int) -> None:
+    self.value, self.shape, self.dtype, self.contract = value, tuple(shape), np.dtype(dtype), int(contract)
 
   def tree_flatten(self):
-    return (self.value,), (self.shape, self.dtype.name)
+    return (self.value,), (self.shape, self.dtype.name, self.contract)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
-    return cls(children[0], aux[0], aux[1])
+    return cls(children[0], *aux)
 
   def unbox(self) -> PackedKernel:
-    return PackedKernel(self.value, self.shape, self.dtype)
+    return PackedKernel(self.value, self.shape, self.dtype, self.contract)
 
   def __getitem__(self, index) -> PackedKernel:
     """``kernel[...]``: how nnx layers read their kernel."""
@@ -73,7 +80,7 @@ class QuantizedKernel(meta.AxisMetadata):
     return self.unbox()
 
   def replace_boxed(self, val) -> "QuantizedKernel":
-    return QuantizedKernel(val, self.shape, self.dtype)
+    return QuantizedKernel(val, self.shape, self.dtype, self.contract)
 
   def add_axis(self, index, params) -> "QuantizedKernel":
     raise ValueError("a QuantizedKernel cannot be vmapped or scanned over (nn.vmap / nn.scan)")
@@ -95,7 +102,8 @@ def is_packed(x) -> bool:
 
 
 def dequantize_kernel(x) -> jax.Array:
-  """The float32 kernel, with its original shape, from a packed kernel."""
+  """The float32 kernel, with its original shape, from a packed kernel (a raw QArray / PackedWeights: its 2-D
+  view)."""
   value, shape = (x.value, x.shape) if isinstance(x, PackedKernel) else (x, None)
   if isinstance(value, _layout.PackedWeights):
     k, n = value.shape
@@ -106,23 +114,29 @@ def dequantize_kernel(x) -> jax.Array:
 
 
 def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferred_element_type):
-  """``lhs @ W`` for a packed ``W`` (a Dense contraction: lhs's last axis with W's first)."""
-  from lpnum.nn.dot import dot_general, quantize_operand
+  """``lhs @ W`` for a packed ``W``: Dense-shaped contractions (lhs's trailing axes with W's leading ones, no batch
+  axes) run :func:`lpnum.kernels.matmul` on the packed 2-D view; others multiply the dequantized kernel."""
+  from lpnum.nn.dot import _normalize_dn, dot_general, quantize_operand
 
-  shape = rhs.shape
-  (lc, rc), (lb, rb) = dimension_numbers
-  dense = (len(shape) == 2 and tuple(lc) in ((lhs.ndim - 1,), (-1,)) and tuple(rc) == (0,) and not lb and not rb)
-  value = rhs.value if isinstance(rhs, PackedKernel) else rhs
+  if not isinstance(rhs, PackedKernel):
+    raise TypeError(f"rhs is a {type(rhs).__name__}: pass packed kernels as lpnum.nn.ptq makes them")
+  shape, c = rhs.shape, rhs.contract
+  lc, rc, lb, rb = _normalize_dn(dimension_numbers, lhs.ndim, len(shape))
+  if rc != tuple(range(c)):
+    raise ValueError(f"the layer contracts kernel axes {rc}, but the kernel of shape {shape} was quantized by ptq "
+                     f"with its first {c} axes as K: pass ptq(..., views=lpnum.nn.kernel_views(model, x))")
+  dense = lc == tuple(range(lhs.ndim - c, lhs.ndim)) and not lb
   out_dtype = preferred_element_type or lhs.dtype
-  if not dense or not (isinstance(value, _layout.PackedWeights) or value.ndim == 2):
+  if not dense:
     if config.backend == "kernel":
-      raise ValueError(f"backend='kernel' runs Dense contractions of 2-D packed kernels; got kernel shape {shape} "
-                       f"with dimension_numbers={dimension_numbers!r}")
+      raise ValueError(f"backend='kernel' runs Dense-shaped contractions; got dimension_numbers="
+                       f"{dimension_numbers!r}")
     w = dequantize_kernel(rhs)
     return dot_general(lhs, w, dimension_numbers, dataclasses.replace(config, rhs=None, backend="fake",
                                                                       dlhs=None, drhs=None, accumulator=None),
                        state=state, preferred_element_type=out_dtype)
-  lead, k = lhs.shape[:-1], shape[0]
+  value = rhs.value
+  (k, n), lead = rhs.matrix_shape, lhs.shape[:lhs.ndim - c]
   lhs32 = lhs.astype(jnp.float32).reshape(-1, k)
   x_format = None
   tq = config.lhs
@@ -137,7 +151,7 @@ def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferr
   if config.dlhs is not None and config.dlhs.grad is not None:
     grad = config.dlhs.grad.scaled_format("lhs")
   y = _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad)
-  return y.reshape(*lead, shape[1]).astype(out_dtype)
+  return y.reshape(*lead, *shape[c:]).astype(out_dtype)
 
 
 def _path_str(path) -> str:
@@ -156,17 +170,22 @@ def _use_kernel_layout(q: QArray) -> bool:
   return sum(a.nbytes for a in jax.tree_util.tree_leaves(packed)) <= 1.01 * ideal
 
 
-def ptq(params, rules: Sequence, *, kernel_name: str = "kernel", layout: str = "auto", donate: bool = False,
-        on_leaf: Callable[[str], None] | None = None):
+def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kernel_name: str = "kernel",
+        layout: str = "auto", donate: bool = False, on_leaf: Callable[[str], None] | None = None):
   """Quantizes the kernels of a params tree by the rules' weight formats (their ``config.rhs``).
 
   A kernel at ``a/b/kernel`` belongs to the module path ``a/b``; the first rule whose pattern matches the path
-  decides (a rule with ``config=None`` leaves it float). Kernels are seen as ``(K, N)`` with the output features
-  last (flax Dense and Conv): ``channel`` granularity gives a scale per output feature, blocks run along K.
+  decides (a rule with ``config=None`` leaves it float). A kernel is quantized in the 2-D view its layer
+  multiplies by, ``(K, N)``: its leading ``views[path]`` axes form K (default: all but the last, as flax Dense and
+  Conv contract), so ``channel`` granularity gives a scale per output feature and blocks run along K, exactly as
+  the fake-quantized layer sees it. Kernels that contract another number of axes (``DenseGeneral`` with several
+  output axes, attention projections) need ``views`` from :func:`lpnum.nn.kernel_views`; a layer that contracts
+  other axes than its kernel was quantized for is an error at apply time.
 
   Args:
     params: the float params tree (``variables["params"]``).
     rules: :class:`lpnum.nn.Rule` values (or ``(pattern, config)`` pairs).
+    views: module path -> number of leading kernel axes the layer contracts (:func:`lpnum.nn.kernel_views`).
     kernel_name: the leaf name of kernels.
     layout: ``"auto"`` (kernel layout where its padding costs under 1%, else QArray), ``"kernel"`` or
       ``"qarray"``.
@@ -210,17 +229,21 @@ def ptq(params, rules: Sequence, *, kernel_name: str = "kernel", layout: str = "
     w = jnp.asarray(leaf)
     if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.floating):
       raise ValueError(f"{where}/{kernel_name}: cannot quantize a kernel of shape {w.shape}, dtype {w.dtype}")
+    contract = w.ndim - 1 if views is None else views.get(where, w.ndim - 1)
+    if isinstance(contract, bool) or not isinstance(contract, int) or not 1 <= contract < w.ndim:
+      raise ValueError(f"views[{where!r}]={contract!r} must be an int in [1, {w.ndim}) for a kernel of shape "
+                       f"{w.shape}")
     fmt = rule.config.rhs.scaled_format("rhs")
     if not isinstance(fmt, ScaledFormat):
       fmt = ScaledFormat(fmt, scale_format="float32", name=fmt.name)
     try:
-      q = quantize_scaled(w.reshape(-1, w.shape[-1]), fmt, pad=True)
+      q = quantize_scaled(w.reshape(math.prod(w.shape[:contract]), -1), fmt, pad=True)
     except ValueError as e:
       raise ValueError(f"{where}/{kernel_name}: {e}") from None
     value = q
     if layout == "kernel" or (layout == "auto" and _use_kernel_layout(q)):
       value = _layout.pack_weights(q)
-    out = QuantizedKernel(value, w.shape, w.dtype)
+    out = QuantizedKernel(value, w.shape, w.dtype, contract)
     if donate and isinstance(leaf, jax.Array):
       leaf.delete()
     del w
@@ -275,7 +298,7 @@ def _register_flax() -> None:
     return {"value": serialization.to_state_dict(k.value)}
 
   def kernel_from_state(k: QuantizedKernel, state: dict) -> QuantizedKernel:
-    return QuantizedKernel(serialization.from_state_dict(k.value, state["value"]), k.shape, k.dtype)
+    return QuantizedKernel(serialization.from_state_dict(k.value, state["value"]), k.shape, k.dtype, k.contract)
 
   serialization.register_serialization_state(_layout.PackedWeights, packed_to_state, packed_from_state)
   serialization.register_serialization_state(QuantizedKernel, kernel_to_state, kernel_from_state)

@@ -32,7 +32,7 @@ from lpnum.nn import nnx as _nnx
 from lpnum.nn.config import QuantConfig
 from lpnum.nn.ptq import PackedKernel, QuantizedKernel
 
-__all__ = ["Rule", "QuantizedModel", "quantize_model", "promote_dtype"]
+__all__ = ["Rule", "QuantizedModel", "quantize_model", "promote_dtype", "kernel_views", "ptq_nnx"]
 
 _LINEN_DOT = (nn.Dense, nn.DenseGeneral)
 _LINEN_CONV = (nn.Conv,)
@@ -217,6 +217,51 @@ def quantize_model(model, rules):
   raise TypeError(f"model must be a flax.linen or flax.nnx Module, got {type(model).__name__}")
 
 
+def _contracted(module) -> int:
+  """How many leading kernel axes a quantizable layer contracts."""
+  if isinstance(module, _LINEN_CONV + _NNX_CONV):
+    size = module.kernel_size
+    return (1 if isinstance(size, int) else len(size)) + 1
+  if isinstance(module, nn.DenseGeneral):
+    return 1 if isinstance(module.axis, int) else len(module.axis)
+  if isinstance(module, nnx.LinearGeneral):
+    return len(module.axis) if isinstance(module.axis, tuple) else 1
+  return 1
+
+
+def kernel_views(model, *args, **kwargs) -> dict[str, int]:
+  """For :func:`lpnum.nn.ptq`: each quantizable layer's path -> how many leading kernel axes it contracts.
+
+  A linen model is traced abstractly (``jax.eval_shape`` of ``model.init(key, *args, **kwargs)``: no params are
+  made); an nnx model is read directly (``args`` unused).
+
+  Example:
+    >>> import jax.numpy as jnp, flax.linen as nn
+    >>> from lpnum import nn as lnn
+    >>> attention = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
+    >>> lnn.kernel_views(attention, jnp.ones((1, 3, 8)))
+    {'query': 1, 'key': 1, 'value': 1, 'out': 2}
+  """
+  if isinstance(model, nnx.Module):
+    return {"/".join(map(str, path)): _contracted(node) for path, node in nnx.iter_graph(model)
+            if isinstance(node, _NNX_DOT + _NNX_CONV)}
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a flax.linen or flax.nnx Module, got {type(model).__name__}")
+  views: dict[str, int] = {}
+
+  def record(next_fun, args_, kwargs_, context):
+    if context.method_name == "__call__" and isinstance(context.module, _LINEN_DOT + _LINEN_CONV):
+      views["/".join(context.module.scope.path)] = _contracted(context.module)
+    return next_fun(*args_, **kwargs_)
+
+  def init():
+    with nn.intercept_methods(record):
+      return model.init(jax.random.key(0), *args, **kwargs)
+
+  jax.eval_shape(init)
+  return views
+
+
 def ptq_nnx(model: nnx.Module, rules, **kwargs) -> nnx.Module:
   """Post-training quantization of an nnx model in place: the matched layers' kernels become packed
   :class:`~lpnum.nn.QuantizedKernel` values and the layers run lpnum's dot_general (or conv) on them.
@@ -229,7 +274,7 @@ def ptq_nnx(model: nnx.Module, rules, **kwargs) -> nnx.Module:
   layers = {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
             if isinstance(node, _NNX_DOT + _NNX_CONV)}
   kernels = {path: {"kernel": node.kernel[...]} for path, node in layers.items()}
-  quantized = ptq(kernels, rules, **kwargs)
+  quantized = ptq(kernels, rules, views=kernel_views(model), **kwargs)
   for path, node in layers.items():
     kernel = quantized[path]["kernel"]
     if isinstance(kernel, QuantizedKernel):
