@@ -573,6 +573,35 @@ def test_params_not_matching_the_model_name_the_path():
     lnn.quantize_model(model, rules).apply({"params": bad}, x)
 
 
+def test_ptq_conv_multiplies_by_the_packed_values_once():
+  """A percentile-calibrated kernel is not idempotent under quantization: the PTQ'd conv must use the packed values
+  as they are, not quantize them again."""
+  cfg = lnn.QuantConfig(rhs=lnn.TensorQuant(lpnum.ScaledFormat("int8", calibration=lpnum.percentile(90.0)),
+                                            granularity="channel"))
+  conv = nn.Conv(4, (3, 3))
+  x = _data((2, 6, 6, 3), 39)
+  params = conv.init(jax.random.key(0), x)["params"]
+  q = lnn.ptq(params, [lnn.Rule(".*", cfg)])
+  wq = np.asarray(lnn.dequantize_kernel(q["kernel"].unbox()))
+  got = lnn.quantize_model(conv, [lnn.Rule(".*", cfg)]).apply({"params": q}, x)
+  want = conv.apply({"params": {"kernel": wq, "bias": params["bias"]}}, x)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_views_and_bad_views():
+  attention = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
+  x = _data((1, 3, 8), 40)
+  assert lnn.kernel_views(attention, x) == {"query": 1, "key": 1, "value": 1, "out": 2}
+  assert lnn.kernel_views(nn.Conv(2, (3,)), _data((1, 5, 2), 41)) == {"": 2}
+  net = _NnxNet(nnx.Rngs(0))
+  assert lnn.kernel_views(net) == {"l1": 1, "l2": 1, "head": 1}
+  params = attention.init(jax.random.key(0), x)["params"]
+  with pytest.raises(ValueError, match="views"):
+    lnn.ptq(params, lnn.QuantConfig.weight_only(), views={"out": 3})
+  with pytest.raises(TypeError, match="model must be"):
+    lnn.kernel_views("model")
+
+
 def test_ptq_bad_inputs():
   _, params = _mlp_params(64, 32, 8)
   with pytest.raises(ValueError, match="'nope' matches no kernel"):
