@@ -9,7 +9,7 @@ data set and too small to time):
 
 Quantization configs, applied to every Dense/DenseGeneral/Conv layer by one :class:`lpnum.nn.Rule` (``".*"``):
 
-* ``ptq/<fmt>``: :func:`lpnum.nn.ptq` of the trained-shape float params (weight-only: ``int8`` and ``int4`` per
+* ``ptq/<fmt>``: :func:`lpnum.nn.ptq` (with :func:`lpnum.nn.kernel_views`) of the float params (weight-only: ``int8`` and ``int4`` per
   output channel, ``int4_g128`` (groups of 128 along K), ``mxfp4_e2m1``, ``nvfp4``, ``fp8_e4m3`` per channel);
   the packed params are timed in jitted inference (:class:`lpnum.nn.QuantizedModel.apply`, Dense layers through
   :func:`lpnum.kernels.matmul`);
@@ -103,15 +103,17 @@ def _scale_bytes(tq: lnn.TensorQuant, k: int, n: int) -> float:
   return count * per_scale + (4 if fmt.tensor_scale else 0)
 
 
-def ideal_nbytes(params, fmt: str) -> float:
+def ideal_nbytes(params, fmt: str, views: dict[str, int] | None = None) -> float:
   """The ideal size of ``params`` with every kernel at the format's bit width plus its scales (other leaves as
-  they are)."""
+  they are); a kernel's scales follow its 2-D view (``views``: leading axes contracted, default all but the
+  last)."""
   tq, bits = PTQ_FORMATS[fmt]
   total = 0.0
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name == "kernel" and np.ndim(leaf) >= 2:
-      k, n = math.prod(np.shape(leaf)[:-1]), np.shape(leaf)[-1]
+    names = [str(getattr(p, "key", p)) for p in path]
+    if names[-1] == "kernel" and np.ndim(leaf) >= 2:
+      c = (views or {}).get("/".join(names[:-1]), np.ndim(leaf) - 1)
+      k, n = math.prod(np.shape(leaf)[:c]), math.prod(np.shape(leaf)[c:])
       total += k * n * bits / 8 + _scale_bytes(tq, k, n)
     else:
       total += np.size(leaf) * np.dtype(leaf.dtype).itemsize
@@ -170,12 +172,13 @@ def run_model(name: str, spec: ModelSpec, repeats: int) -> dict[str, Any]:
   state = {k: v for k, v in variables.items() if k != "params"}
   float_bytes = lnn.params_nbytes(params)
 
+  views = lnn.kernel_views(model, x, **kwargs)
   infer = {"float32": (_infer_fn(model.apply, model), (variables, x))}
   sizes = {"float32": {"bytes": float_bytes, "ideal": float(float_bytes)}}
   for fmt, (tq, _) in PTQ_FORMATS.items():
     rules = [lnn.Rule(".*", lnn.QuantConfig(rhs=tq))]
-    qparams = lnn.ptq(params, rules)
-    sizes[f"ptq/{fmt}"] = {"bytes": lnn.params_nbytes(qparams), "ideal": ideal_nbytes(params, fmt)}
+    qparams = lnn.ptq(params, rules, views=views)
+    sizes[f"ptq/{fmt}"] = {"bytes": lnn.params_nbytes(qparams), "ideal": ideal_nbytes(params, fmt, views)}
     infer[f"ptq/{fmt}"] = (_infer_fn(_apply_fns(model, rules), model), ({"params": qparams, **state}, x))
   infer_t = time_fns(infer, repeats=repeats)
 

@@ -26,7 +26,7 @@ from flax.core import meta
 from lpnum.kernels import layout as _layout
 from lpnum.kernels import matmul as _kernel_matmul
 from lpnum.qarray import QArray
-from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
+from lpnum.scaled import ScaledFormat, _per_block, dequantize, quantize_scaled
 
 __all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_nbytes"]
 
@@ -105,12 +105,17 @@ def dequantize_kernel(x) -> jax.Array:
   """The float32 kernel, with its original shape, from a packed kernel (a raw QArray / PackedWeights: its 2-D
   view)."""
   value, shape = (x.value, x.shape) if isinstance(x, PackedKernel) else (x, None)
+  # Computed in a conditional of two equal branches, so that it is materialized once: XLA CPU would otherwise fuse
+  # the dequantization into a convolution and redo it for every output position.
+  w = _per_block(_dequantize_value, jax.tree_util.tree_leaves(value)[0].size, value)
+  return w if shape is None else w.reshape(shape)
+
+
+def _dequantize_value(value) -> jax.Array:
   if isinstance(value, _layout.PackedWeights):
     k, n = value.shape
-    w = _layout.dequantize(value)[:k, :n]
-  else:
-    w = dequantize(value, jnp.float32)
-  return w if shape is None else w.reshape(shape)
+    return _layout.dequantize(value)[:k, :n]
+  return dequantize(value, jnp.float32)
 
 
 def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferred_element_type):
@@ -150,7 +155,12 @@ def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferr
   grad = None
   if config.dlhs is not None and config.dlhs.grad is not None:
     grad = config.dlhs.grad.scaled_format("lhs")
-  y = _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad)
+  if isinstance(value, QArray) and x_format is None and grad is None and config.backend != "kernel":
+    # Small layers (kept as QArrays because the kernel layout's padding would cost more than 1%): dequantize once
+    # and let XLA multiply, rather than re-laying out the weights on every call.
+    y = jnp.dot(lhs32, dequantize_kernel(value), preferred_element_type=jnp.float32)
+  else:
+    y = _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad)
   return y.reshape(*lead, *shape[c:]).astype(out_dtype)
 
 
