@@ -141,7 +141,7 @@ def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferr
                                                                       dlhs=None, drhs=None, accumulator=None),
                        state=state, preferred_element_type=out_dtype)
   value = rhs.value
-  (k, n), lead = rhs.matrix_shape, lhs.shape[:lhs.ndim - c]
+  k, lead = rhs.matrix_shape[0], lhs.shape[:lhs.ndim - c]
   lhs32 = lhs.astype(jnp.float32).reshape(-1, k)
   x_format = None
   tq = config.lhs
