@@ -1,4 +1,4 @@
-"""The ``lpnum`` command: ``lpnum formats`` and ``lpnum study formats [--quick] [--out DIR]``."""
+"""The ``lpnum`` command: ``lpnum formats``, ``lpnum study NAME [--quick] [--out DIR]``, ``lpnum bench NAME``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def formats_table(formats: Sequence[Format] = ALL_FORMATS) -> str:
   return "\n".join([line(cols), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
+#: Studies ``lpnum study NAME`` runs (modules of lpnum.studies, each with ``main(argv)``).
+STUDIES = ("formats",)
+
 #: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
 BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models")
 
@@ -41,23 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   sub = parser.add_subparsers(dest="command", required=True)
   sub.add_parser("formats", help="print every named format and its facts")
   study = sub.add_parser("study", help="run a study")
-  study.add_argument("name", choices=["formats"], help="which study")
-  study.add_argument("--quick", action="store_true", help="a small, fast run (under a minute)")
-  study.add_argument("--out", default=None, help="directory for the JSON results")
+  study.add_argument("name", choices=STUDIES, help="which study")
+  study.add_argument("options", nargs=argparse.REMAINDER, help="the study's own options (--quick, --out DIR...)")
   bench = sub.add_parser("bench", help="run a benchmark (its options follow the name; see --help after it)")
   bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
   bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options (--quick, --out DIR...)")
   args = parser.parse_args(argv)
-  if args.command == "bench":
+  if args.command in ("bench", "study"):
     import importlib
 
-    importlib.import_module(f"lpnum.benchmarks.{args.name}").main(args.options)
+    package = "lpnum.benchmarks" if args.command == "bench" else "lpnum.studies"
+    importlib.import_module(f"{package}.{args.name}").main(args.options)
   elif args.command == "formats":
     print(formats_table())
-  elif args.command == "study":
-    from lpnum.studies import formats as formats_study
-
-    formats_study.main(quick=args.quick, out=args.out)
   return 0
 
 

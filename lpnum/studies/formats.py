@@ -102,9 +102,14 @@ def table(rows: Sequence[Row]) -> str:
   return "\n".join(lines)
 
 
-def main(quick: bool = False, out: str | None = None) -> list[Row]:
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+  """``lpnum study formats [--quick] [--out DIR]``."""
+  from lpnum.studies._common import arg_parser, parse_args
+
+  args = parse_args(arg_parser("formats", __doc__, quick="2^14 values per distribution instead of 2^20"), argv)
+  quick, out = args.quick, args.out
   start = time.perf_counter()
-  rows = run(n=1 << 14 if quick else 1 << 20)
+  rows = run(n=1 << 14 if quick else 1 << 20, seed=args.seed)
   print("SQNR (dB) after per-tensor scaling; ranked by SQNR per bit")
   print(table(rows))
   print(f"({time.perf_counter() - start:.1f} s)")

@@ -1,0 +1,87 @@
+"""What every study shares: its command line (``--quick``, ``--out DIR``, ``--seed``), progress bars, JSON and PNG
+output.
+
+A study module ``lpnum/studies/<name>.py`` defines ``main(argv=None) -> dict`` that parses its options with
+:func:`arg_parser` / :func:`parse_args`, runs, prints readable tables, and saves ``<name>.json`` (and plots) with
+:func:`write_json` / :func:`save_figure`; ``lpnum study <name> [options]`` calls it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+
+__all__ = ["arg_parser", "parse_args", "progress", "write_json", "save_figure", "DEFAULT_OUT"]
+
+T = TypeVar("T")
+
+#: Where results go without ``--out``.
+DEFAULT_OUT = Path("lpnum-results")
+
+
+def arg_parser(name: str, doc: str, *, quick: str) -> argparse.ArgumentParser:
+  """The options every study has: ``--quick`` (``quick`` says what it leaves out), ``--out DIR``, ``--seed N``."""
+  parser = argparse.ArgumentParser(prog=f"lpnum study {name}", description=doc.strip().splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help=quick)
+  parser.add_argument("--out", type=Path, default=None, help=f"directory for {name}.json and plots "
+                      f"(default {DEFAULT_OUT}/)")
+  parser.add_argument("--seed", type=int, default=0, help="the seed of data, initialization and shuffling")
+  return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+  """Parses ``argv`` (None: the command line) and resolves ``--out``."""
+  args = parser.parse_args(argv)
+  args.out = DEFAULT_OUT if args.out is None else args.out
+  return args
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
+  """``items`` with a progress bar on the terminal (rich; silent when output is not a terminal)."""
+  from rich.progress import track
+
+  return track(items, description=description, total=total, transient=True)
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.generic | jax.Array):
+    return np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value
+
+
+def write_json(name: str, payload: dict[str, Any], out: Path) -> Path:
+  """Writes ``{"study", "created", "machine", "jax", "results": payload}`` to ``out/<name>.json``."""
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  doc = {"study": name, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "machine": {"platform": platform.platform(), "backend": jax.default_backend(),
+                     "devices": len(jax.devices())},
+         "jax": jax.__version__, "results": _jsonable(payload)}
+  path = out / f"{name}.json"
+  path.write_text(json.dumps(doc, indent=1))
+  return path
+
+
+def save_figure(fig, path: Path) -> Path:
+  """Saves a matplotlib figure as PNG (100 dpi) and closes it."""
+  import matplotlib.pyplot as plt
+
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
