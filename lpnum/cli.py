@@ -33,7 +33,7 @@ def formats_table(formats: Sequence[Format] = ALL_FORMATS) -> str:
 
 
 #: Studies ``lpnum study NAME`` runs (modules of lpnum.studies, each with ``main(argv)``).
-STUDIES = ("formats",)
+STUDIES = ("formats", "training", "accumulators", "scale_rules")
 
 #: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
 BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models")
