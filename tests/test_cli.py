@@ -4,12 +4,17 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import ml_dtypes
+import matplotlib
 
-import lpnum
-from lpnum import cli
-from lpnum.studies import formats as study
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import lpnum  # noqa: E402
+from lpnum import cli  # noqa: E402
+from lpnum.studies import formats as study  # noqa: E402
 
 
 def test_formats_table_lists_every_named_format(capsys):
@@ -22,16 +27,39 @@ def test_formats_table_lists_every_named_format(capsys):
 
 def test_study_formats_quick_writes_json(tmp_path, capsys):
   assert cli.main(["study", "formats", "--quick", "--out", str(tmp_path)]) == 0
-  rows = json.loads((tmp_path / "formats_study.json").read_text())
-  assert {r["distribution"] for r in rows} == set(study.DISTRIBUTIONS)
-  by = {(r["format"], r["distribution"]): r["sqnr_db"] for r in rows}
+  doc = json.loads((tmp_path / "formats.json").read_text())
+  assert doc["study"] == "formats" and doc["results"]["notes"] == study.NOTES
+  rows = doc["results"]["rows"]
+  assert {r["distribution"] for r in rows} == set(study.TENSORS)
+  assert {r["granularity"] for r in rows} == {"tensor", "channel", "block32", "preset"}
+  by = {(r["format"], r["distribution"]): r["sqnr_db"] for r in rows if r["granularity"] == "tensor"}
   # Independent check: E4M3 on the same Gaussian sample, scaled the same way, with ml_dtypes' cast.
   x = study.sample("gaussian", 1 << 14, 0)
   s = np.float32(np.abs(x).max()) / np.float32(448.0)
   q = (x / s).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * s
   assert abs(by[("float8_e4m3fn", "gaussian")] - study.sqnr_db(x, q)) < 0.1
   assert by[("int8", "gaussian")] > by[("int4", "gaussian")] > 0
+  ranking = doc["results"]["ranking"]
+  per_bit = [e["sqnr_per_bit"] for e in ranking]
+  assert per_bit == sorted(per_bit, reverse=True)
+  assert all(0 <= r["rel_error"] < 1.5 for r in rows)
+  # Block scales rescue a heavy tail: per-block-32 int4 beats per-tensor int4 on Student-t.
+  block = {(r["format"], r["granularity"], r["distribution"]): r["sqnr_db"] for r in rows}
+  assert block[("int4", "block32", "student_t3")] > block[("int4", "tensor", "student_t3")] + 6
+  image = plt.imread(tmp_path / "formats_sqnr_vs_bits.png")
+  assert image.ndim == 3 and np.ptp(image) > 0
   assert "dB/bit" in capsys.readouterr().out
+
+
+def test_study_formats_rejects_bad_options(capsys):
+  with pytest.raises(SystemExit):
+    study.main(["--seed", "one"])
+  assert "usage" in capsys.readouterr().err
+
+
+def test_sample_rejects_unknown_distribution():
+  with pytest.raises(ValueError, match="distribution="):
+    study.sample("cauchy", 4)
 
 
 def test_console_script_is_installed():

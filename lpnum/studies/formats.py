@@ -1,32 +1,94 @@
-"""Format accuracy study: quantization SQNR of every named format on heavy- and light-tailed data.
+"""Format accuracy study: quantization error of every named format, and of scaled formats by granularity.
 
-Each tensor is scaled per tensor before rounding: absmax onto the format's max finite value (integers,
-floats, power-of-two formats; never by less than 2^-64, which keeps wide formats such as bfloat16 in range),
-RMS onto 1 for posits, whose precision is densest around 1, and mean |x| for binary (XNOR-Net's scale).
+Tensors: Gaussian, Laplace, Student-t (3 degrees of freedom) and uniform samples, and the real weights (kernels,
+one row per output channel, along K) and activations (each Dense layer's input on the test set, one row per
+token, along K) of an MLP trained on digits (:func:`trained_mlp`, cached per process).
+
+Rows:
+
+* ``tensor`` granularity, every named format (:func:`run`): each tensor is scaled per tensor before rounding:
+  absmax onto the format's max finite value (integers, floats, power-of-two formats; never by less than 2^-64,
+  which keeps wide formats such as bfloat16 in range), RMS onto 1 for posits, whose precision is densest around 1,
+  and mean |x| for binary (XNOR-Net's scale). The scale is a float32 and the division exact (NumPy).
+* ``channel`` and ``block32`` granularity for the scaled element formats (:data:`SCALED`): a
+  :class:`lpnum.ScaledFormat` with float32 scales, one per row (output channel / token) or per 32 consecutive
+  values along K, through :func:`lpnum.fake_quantize` (:func:`run_scaled`).
+* the MX presets (blocks of 32 along K, E8M0 scales, the OCP ``floor`` rule) and NVFP4 (E2M1 in blocks of 16, E4M3
+  block scales and a float32 tensor scale).
+
+Metrics: SQNR ``10 log10(sum x^2 / sum (x - q)^2)``, the relative L1 error ``sum |x - q| / sum |x|``, and the
+storage cost in bits per element (element bits plus the scale bits each element carries: 32 / K per channel,
+32 / 32 per float32-scaled block, 8 / 32 for MX, 8 / 16 for NVFP4). Tables rank (format, granularity) by mean
+SQNR per bit of storage; ``formats_sqnr_vs_bits.png`` plots mean SQNR against bits per element.
+
+Reproduction notes
+------------------
+*FP8 Formats for Deep Learning* (Micikevicius et al.) reported that E4M3 (3 mantissa bits) suits weights and
+activations and E5M2 (wider range, 2 mantissa bits) gradients, and that FP8 post-training quantization works on
+models that resisted INT8. Here, with absmax scaling, E4M3 gains about 6 dB over E5M2 (one mantissa bit) on
+every tensor; int8's uniform grid beats both FP8 formats on the Gaussian, uniform and MLP tensors but falls below
+E4M3 on the heavy-tailed Student-t tensor, where the floating-point grid's relative precision pays off.
+The paper's claim is about end-to-end accuracy of large models; SQNR on small tensors only shows the mechanism.
+
+*Microscaling Data Formats for Deep Learning* (Rouhani et al., OCP MX v1.0) reported MXFP8/MXINT8 as drop-in FP32
+replacements for inference and MXFP6/MXFP4 as usable with some loss or fine-tuning. Here block scaling (MX, or
+``block32`` with float32 scales) gains several dB over per-tensor scaling of the same element format on
+heavy-tailed tensors at an overhead of 0.25 (MX) or 1 (float32) bit per element; MXFP4 and NVFP4 land near each
+other, NVFP4's finer blocks and E4M3 scales usually a little ahead. The paper measures model accuracy, not SQNR,
+and on far larger models, so only the ordering is comparable.
+
+*Quantizing deep convolutional networks for efficient inference* (Krishnamoorthi) recommended per-channel weight
+scales over per-tensor ones: the ``channel`` rows of the MLP's weights show the gain at 8 and 4 bits (a few dB);
+it is modest for this MLP, whose output channels have similar ranges, and would be larger for convolution kernels
+with batch norm folded in, where channel ranges spread over orders of magnitude.
+
+*Compressed Real Numbers for AI* (posits) reported 8-bit posits storing DNN weights without sensible loss: scaled
+by RMS, posit8 matches E4M3 here and posit8_0 (no exponent field: more fraction bits near 1) comes close to int8.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
 from lpnum.formats import ALL_FORMATS, BinaryFormat, Format, PositFormat
+from lpnum.formats._int import IntFormat
+from lpnum.formats._shift import ShiftFormat
 from lpnum.quantize import quantize
 
-#: Distributions sampled by the study, by name.
-DISTRIBUTIONS = ("gaussian", "laplace", "student_t3")
+__all__ = ["DISTRIBUTIONS", "REAL", "TENSORS", "SCALED", "PRESETS", "NOTES", "Row", "sample", "sqnr_db",
+           "rel_error", "trained_mlp", "mlp_tensors", "tensors", "run", "run_scaled", "table", "plot", "main"]
+
+#: Synthetic distributions sampled by the study, by name.
+DISTRIBUTIONS = ("gaussian", "laplace", "student_t3", "uniform")
+#: Real tensors of an MLP trained on digits.
+REAL = ("mlp_weights", "mlp_activations")
+#: Every tensor of the study.
+TENSORS = DISTRIBUTIONS + REAL
+#: Element formats also measured with per-channel and per-block-32 float32 scales.
+SCALED = ("int8", "int4", "float8_e4m3fn", "float8_e5m2", "float6_e3m2fn", "float6_e2m3fn", "float4_e2m1fn")
+#: Block-format presets: the MX formats and NVFP4.
+PRESETS = ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4")
+_QUICK_SCALED = ("int8", "int4", "float8_e4m3fn", "float4_e2m1fn")
+_QUICK_PRESETS = ("mxfp8_e4m3", "mxfp4_e2m1", "nvfp4")
+#: Row width of the synthetic tensors (and the width every tensor is padded to for the scaled rows).
+COLUMNS = 1024
+#: The MLP: hidden widths and training steps, by mode.
+MLP_SETUPS = {"quick": ((128,), 120), "full": ((256, 256), 400)}
+
+NOTES = __doc__[__doc__.index("Reproduction notes"):].split("\n", 2)[2].strip()
 
 
 def sample(name: str, n: int, seed: int = 0) -> np.ndarray:
-  """``n`` float32 samples of a named distribution (numpy's generator, fixed seed)."""
+  """``n`` float32 samples of a named distribution (numpy's generator, fixed seed); uniform is on [-1, 1)."""
   rng = np.random.default_rng(seed)
   if name == "gaussian":
     x = rng.standard_normal(n)
@@ -34,6 +96,8 @@ def sample(name: str, n: int, seed: int = 0) -> np.ndarray:
     x = rng.laplace(size=n)
   elif name == "student_t3":
     x = rng.standard_t(3, size=n)
+  elif name == "uniform":
+    x = rng.uniform(-1.0, 1.0, size=n)
   else:
     raise ValueError(f"distribution={name!r}; expected one of {list(DISTRIBUTIONS)}")
   return x.astype(np.float32)
@@ -47,76 +111,293 @@ def sqnr_db(x: np.ndarray, q: np.ndarray) -> float:
   return math.inf if noise == 0 else 10.0 * math.log10(signal / noise)
 
 
+def rel_error(x: np.ndarray, q: np.ndarray) -> float:
+  """Relative L1 error ``sum |x - q| / sum |x|``, computed in float64."""
+  x64, q64 = np.asarray(x, np.float64), np.asarray(q, np.float64)
+  return float(np.sum(np.abs(x64 - q64)) / np.sum(np.abs(x64)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
+  """One (format, granularity, tensor) measurement.
+
+  Attributes:
+    format: the format's (or preset's) name.
+    bits: bits per element code.
+    distribution: the tensor (a distribution of :data:`DISTRIBUTIONS` or a tensor of :data:`REAL`).
+    sqnr_db: SQNR in dB.
+    granularity: ``tensor``, ``channel``, ``block32`` or ``preset``.
+    rel_error: relative L1 error.
+    bits_per_element: storage per element, scales included.
+  """
+
   format: str
   bits: int
   distribution: str
   sqnr_db: float
+  granularity: str = "tensor"
+  rel_error: float = math.nan
+  bits_per_element: float = math.nan
 
   @property
   def sqnr_per_bit(self) -> float:
-    return self.sqnr_db / self.bits
+    """SQNR per bit of storage (element bits when the storage is not known)."""
+    return self.sqnr_db / (self.bits if math.isnan(self.bits_per_element) else self.bits_per_element)
 
 
-def _scale(fmt: Format, x: jax.Array) -> jax.Array:
+@functools.lru_cache(maxsize=4)
+def trained_mlp(features: tuple[int, ...], steps: int, seed: int) -> tuple[Any, dict[str, Any], list[float]]:
+  """``MLP(features)`` trained in float32 on digits (Adam 3e-3, batches of 128): ``(model, variables, losses)``.
+
+  Cached per process, so studies and tests that ask for the same MLP train it once.
+  """
+  import optax
+
+  from lpnum import data
+  from lpnum.nn import train, zoo
+
+  model = zoo.MLP(features=features)
+  x, y = data.digits("train", seed=seed, flat=True)
+  variables, losses = train.fit(model, (x, y), steps=steps, batch_size=128, seed=seed, optimizer=optax.adam(3e-3))
+  return model, variables, losses
+
+
+def mlp_tensors(model: Any, variables: dict[str, Any], seed: int) -> dict[str, list[np.ndarray]]:
+  """The MLP's kernels and the inputs of its Dense layers on the digits test set, as ``(rows, K)`` matrices.
+
+  A kernel ``(K, N)`` is transposed to one row per output channel; an activation ``(M, K)`` has one row per token;
+  K (the contracted axis, along which blocks and channels run) is last in both.
+  """
+  import flax.linen as nn
+
+  from lpnum import data
+
+  x_test, _ = data.digits("test", seed=seed, flat=True)
+  acts: list[np.ndarray] = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+      acts.append(np.asarray(args[0]))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply(variables, jnp.asarray(x_test))
+  weights = [np.asarray(layer["kernel"]).T for _, layer in sorted(variables["params"].items())]
+  return {"mlp_weights": weights, "mlp_activations": acts}
+
+
+def tensors(n: int, seed: int = 0, mlp: tuple[tuple[int, ...], int] | None = MLP_SETUPS["quick"]
+            ) -> dict[str, list[np.ndarray]]:
+  """Every tensor of the study as a list of ``(rows, K)`` float32 matrices (one per synthetic distribution, one
+  per layer for the MLP); ``mlp=None`` leaves out the MLP tensors."""
+  if n % COLUMNS:
+    raise ValueError(f"n={n} must be a multiple of {COLUMNS}")
+  out = {d: [sample(d, n, seed).reshape(-1, COLUMNS)] for d in DISTRIBUTIONS}
+  if mlp is not None:
+    model, variables, _ = trained_mlp(mlp[0], mlp[1], seed)
+    out.update(mlp_tensors(model, variables, seed))
+  return out
+
+
+def _scale(fmt: Format, x: np.ndarray) -> np.float32:
   if isinstance(fmt, PositFormat):
-    return jnp.sqrt(jnp.mean(x * x))
+    return np.float32(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
   if isinstance(fmt, BinaryFormat):
-    return jnp.mean(jnp.abs(x))
-  return jnp.maximum(jnp.max(jnp.abs(x)) / np.float32(fmt.max_finite), np.float32(2.0**-64))
+    return np.float32(np.mean(np.abs(x), dtype=np.float64))
+  return np.maximum(np.float32(np.max(np.abs(x))) / np.float32(fmt.max_finite), np.float32(2.0**-64))
 
 
-def run(formats: Sequence[Format] = ALL_FORMATS, n: int = 1 << 16, seed: int = 0) -> list[Row]:
-  """SQNR of each format on each distribution; formats that cannot hold float32 values are skipped."""
+def _metrics(parts: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> tuple[float, float]:
+  x = np.concatenate([p.ravel() for p in parts])
+  q = np.concatenate([p.ravel() for p in quantized])
+  return sqnr_db(x, q), rel_error(x, q)
+
+
+def run(formats: Sequence[Format] = ALL_FORMATS, n: int = 1 << 16, seed: int = 0,
+        data: dict[str, list[np.ndarray]] | None = None) -> list[Row]:
+  """SQNR of each format on each tensor, scaled per tensor; formats that cannot hold float32 values are skipped.
+
+  Args:
+    formats: the formats.
+    n: values per synthetic distribution (when ``data`` is None).
+    seed: the seed of the samples.
+    data: the tensors (:func:`tensors`); default: the synthetic distributions only.
+  """
+  data = tensors(n, seed, mlp=None) if data is None else data
+  names = list(data)
+  parts = [p for t in names for p in data[t]]
   rows = []
-  data = {d: jnp.asarray(sample(d, n, seed)) for d in DISTRIBUTIONS}
   for fmt in formats:
     if fmt._fits(_bits.F32) is not None:
       continue
-
-    @jax.jit
-    def fake_quant(x, fmt=fmt):
-      s = _scale(fmt, x)
-      return quantize(x / s, fmt) * s
-
-    for dist, x in data.items():
-      rows.append(Row(fmt.name, fmt.bits, dist, sqnr_db(np.asarray(x), np.asarray(fake_quant(x)))))
+    scales = [_scale(fmt, p) for p in parts]
+    flat = np.concatenate([(p / s).ravel() for p, s in zip(parts, scales)])
+    q = np.asarray(quantize(jnp.asarray(flat), fmt))
+    out, start = [], 0
+    for p, s in zip(parts, scales):
+      out.append(q[start:start + p.size].reshape(p.shape) * s)
+      start += p.size
+    i = 0
+    for t in names:
+      k = len(data[t])
+      sqnr, rel = _metrics(parts[i:i + k], out[i:i + k])
+      rows.append(Row(fmt.name, fmt.bits, t, sqnr, "tensor", rel, float(fmt.bits) + 32 / sum(p.size for p in
+                                                                                               parts[i:i + k])))
+      i += k
   return rows
 
 
-def table(rows: Sequence[Row]) -> str:
-  """A text table: one line per format, SQNR per distribution, ranked by mean SQNR per bit."""
-  by_fmt: dict[str, dict[str, float]] = {}
-  bits: dict[str, int] = {}
+def _stack(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+  """Rows of every part, zero-padded to the widest K, and each part's (first row, rows, K)."""
+  width = max(p.shape[1] for p in parts)
+  where, start = [], 0
+  for p in parts:
+    where.append((start, p.shape[0], p.shape[1]))
+    start += p.shape[0]
+  out = np.zeros((start, width), np.float32)
+  for p, (r, m, k) in zip(parts, where):
+    out[r:r + m, :k] = p
+  return out, where
+
+
+def run_scaled(data: dict[str, list[np.ndarray]], elements: Sequence[str] = SCALED,
+               presets: Sequence[str] = PRESETS) -> list[Row]:
+  """Per-channel and per-block-32 rows of ``elements`` (float32 scales) and rows of the MX/NVFP4 ``presets``.
+
+  All tensors are stacked into one zero-padded matrix and quantized in one pass per format (rows and blocks are
+  independent and zero padding never changes a scale), except NVFP4, whose tensor scale is per tensor.
+  """
+  import lpnum
+
+  names = list(data)
+  parts = [p for t in names for p in data[t]]
+  stacked, where = _stack(parts)
+  jx = jnp.asarray(stacked)
+  rows: list[Row] = []
+
+  def add(name: str, bits: int, gran: str, quantized: list[np.ndarray], overhead) -> None:
+    i = 0
+    for t in names:
+      k = len(data[t])
+      sqnr, rel = _metrics(parts[i:i + k], quantized[i:i + k])
+      size = sum(p.size for p in parts[i:i + k])
+      scale_bits = sum(overhead(p) for p in parts[i:i + k])
+      rows.append(Row(name, bits, t, sqnr, gran, rel, bits + scale_bits / size))
+      i += k
+
+  def unstack(q: np.ndarray) -> list[np.ndarray]:
+    return [q[r:r + m, :k] for r, m, k in where]
+
+  for name in elements:
+    el = lpnum.get_format(name)
+    for gran, g, overhead in (("channel", lpnum.per_channel(0), lambda p: 32 * p.shape[0]),
+                              ("block32", lpnum.per_block(32, -1), lambda p: 32 * p.size / 32)):
+      q = np.asarray(lpnum.fake_quantize(jx, lpnum.ScaledFormat(el, g)))
+      add(name, el.bits, gran, unstack(q), overhead)
+  for name in presets:
+    fmt = lpnum.mx.format(name)
+    bits = fmt.element.bits
+    if name == "nvfp4":
+      quantized = [np.asarray(lpnum.fake_quantize(jnp.asarray(p), fmt)) for p in parts]
+      add(name, bits, "preset", quantized, lambda p: 8 * p.size / 16 + 32)
+    else:
+      add(name, bits, "preset", unstack(np.asarray(lpnum.fake_quantize(jx, fmt))), lambda p: 8 * p.size / 32)
+  return rows
+
+
+def _family(row: Row) -> str:
+  if row.granularity == "preset":
+    return "nvfp4" if row.format == "nvfp4" else "mx"
+  from lpnum import get_format
+
+  fmt = get_format(row.format)
+  for cls, name in ((PositFormat, "posit"), (IntFormat, "int"), (BinaryFormat, "binary"), (ShiftFormat, "shift")):
+    if isinstance(fmt, cls):
+      return name
+  return "float"
+
+
+def _summary(rows: Sequence[Row]) -> list[dict[str, Any]]:
+  """One entry per (format, granularity): SQNR per tensor, mean SQNR, mean relative error, bits per element."""
+  groups: dict[tuple[str, str], list[Row]] = {}
   for r in rows:
-    by_fmt.setdefault(r.format, {})[r.distribution] = r.sqnr_db
-    bits[r.format] = r.bits
-  order = sorted(by_fmt, key=lambda f: -np.mean([v / bits[f] for v in by_fmt[f].values()]))
-  head = f"{'format':<22}{'bits':>5}" + "".join(f"{d:>13}" for d in DISTRIBUTIONS) + f"{'dB/bit':>9}"
+    groups.setdefault((r.format, r.granularity), []).append(r)
+  out = []
+  for (fmt, gran), rs in groups.items():
+    sqnr = float(np.mean([r.sqnr_db for r in rs]))
+    bpe = float(np.mean([r.bits_per_element for r in rs])) if not any(math.isnan(r.bits_per_element)
+                                                                       for r in rs) else float(rs[0].bits)
+    out.append({"format": fmt, "granularity": gran, "family": _family(rs[0]), "bits": rs[0].bits,
+                "bits_per_element": bpe, "sqnr_db": {r.distribution: r.sqnr_db for r in rs},
+                "mean_sqnr_db": sqnr, "mean_rel_error": float(np.mean([r.rel_error for r in rs])),
+                "sqnr_per_bit": sqnr / bpe})
+  return sorted(out, key=lambda e: -e["sqnr_per_bit"])
+
+
+def table(rows: Sequence[Row]) -> str:
+  """A text table: one line per (format, granularity), SQNR per tensor, ranked by mean SQNR per bit."""
+  summary = _summary(rows)
+  cols = list(dict.fromkeys(r.distribution for r in rows))
+  head = (f"{'format':<20}{'granularity':>12}{'bits/el':>8}" + "".join(f"{d[:12]:>13}" for d in cols)
+          + f"{'rel.err':>9}{'dB/bit':>9}")
   lines = [head, "-" * len(head)]
-  for f in order:
-    vals = [by_fmt[f].get(d, math.nan) for d in DISTRIBUTIONS]
-    per_bit = float(np.mean(vals)) / bits[f]
-    lines.append(f"{f:<22}{bits[f]:>5}" + "".join(f"{v:>13.2f}" for v in vals) + f"{per_bit:>9.2f}")
+  for e in summary:
+    vals = [e["sqnr_db"].get(d, math.nan) for d in cols]
+    lines.append(f"{e['format']:<20}{e['granularity']:>12}{e['bits_per_element']:>8.2f}"
+                 + "".join(f"{v:>13.2f}" for v in vals) + f"{e['mean_rel_error']:>9.4f}{e['sqnr_per_bit']:>9.2f}")
   return "\n".join(lines)
 
 
+_MARKERS = {"int": "o", "float": "s", "posit": "^", "binary": "x", "shift": "D", "mx": "*", "nvfp4": "P"}
+_COLORS = {"tensor": "tab:blue", "channel": "tab:orange", "block32": "tab:green", "preset": "tab:red"}
+
+
+def plot(rows: Sequence[Row], path) -> Any:
+  """Scatter of mean SQNR against bits per element: one marker per family, one color per granularity."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from lpnum.studies._common import save_figure
+
+  summary = _summary(rows)
+  fig, ax = plt.subplots(figsize=(8, 5.5))
+  for e in summary:
+    ax.scatter(e["bits_per_element"], e["mean_sqnr_db"], marker=_MARKERS[e["family"]],
+               color=_COLORS[e["granularity"]], s=40)
+  for fam, m in _MARKERS.items():
+    ax.scatter([], [], marker=m, color="gray", label=fam)
+  for gran, c in _COLORS.items():
+    ax.scatter([], [], marker="o", color=c, label=f"scale: {gran}")
+  ax.set(xscale="log", xlabel="bits per element (scales included)", ylabel="mean SQNR over tensors (dB)",
+         title="SQNR vs storage")
+  ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  return save_figure(fig, path)
+
+
 def main(argv: Sequence[str] | None = None) -> list[Row]:
-  """``lpnum study formats [--quick] [--out DIR]``."""
-  from lpnum.studies._common import arg_parser, parse_args
+  """``lpnum study formats [--quick] [--out DIR] [--seed N]``: prints the table, writes ``formats.json`` and
+  ``formats_sqnr_vs_bits.png`` and returns the rows."""
+  from lpnum.studies._common import arg_parser, parse_args, write_json
 
-  args = parse_args(arg_parser("formats", __doc__, quick="2^14 values per distribution instead of 2^20"), argv)
-  quick, out = args.quick, args.out
+  quick_help = (f"2^14 values per distribution instead of 2^20, an MLP{MLP_SETUPS['quick'][0]} trained "
+                f"{MLP_SETUPS['quick'][1]} steps, scaled rows for {', '.join(_QUICK_SCALED + _QUICK_PRESETS)}")
+  args = parse_args(arg_parser("formats", __doc__, quick=quick_help), argv)
+  mode = "quick" if args.quick else "full"
   start = time.perf_counter()
-  rows = run(n=1 << 14 if quick else 1 << 20, seed=args.seed)
-  print("SQNR (dB) after per-tensor scaling; ranked by SQNR per bit")
+  data = tensors(1 << 14 if args.quick else 1 << 20, args.seed, MLP_SETUPS[mode])
+  rows = run(data=data)
+  rows += run_scaled(data, *((_QUICK_SCALED, _QUICK_PRESETS) if args.quick else (SCALED, PRESETS)))
+  print("SQNR (dB) per tensor; ranked by mean SQNR per bit of storage")
   print(table(rows))
-  print(f"({time.perf_counter() - start:.1f} s)")
-  if out:
-    import pathlib
-
-    path = pathlib.Path(out)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "formats_study.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+  path = write_json("formats", {"config": {"quick": args.quick, "seed": args.seed, "tensors": list(data),
+                                           "mlp_features": list(MLP_SETUPS[mode][0]), "mlp_steps": MLP_SETUPS[mode][1]},
+                                "rows": [dataclasses.asdict(r) for r in rows], "ranking": _summary(rows),
+                                "notes": NOTES}, args.out)
+  plot(rows, args.out / "formats_sqnr_vs_bits.png")
+  print(f"wrote {path} ({time.perf_counter() - start:.1f} s)")
   return rows

@@ -1,0 +1,72 @@
+"""The Colab notebooks: stored without outputs, start with the install cell, run top to bottom in quick mode.
+
+Every ``colab/*.ipynb`` is found at collection time. The static checks run for all of them. Executing a notebook
+(nbclient, a python3 kernel, ``LPNUM_QUICK=1``, a temporary working directory; a failing cell fails the test) is
+marked ``slow`` (run with ``-m slow``) for every notebook except ``tour_of_formats`` and ``quantize_flax_model``,
+which take well under a minute and so run in the default, CI-budgeted ``pytest``; the study and benchmark
+notebooks (formats, scale_rules, kernels, training, accumulators) run the studies themselves and take longer.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+# jupyter_client and jupyter_core raise DeprecationWarnings of their own (platformdirs migration, datetime.utcnow)
+# while a kernel starts; they are not lpnum's to fix, and the repository turns warnings into errors.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_client.*"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_core.*"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:zmq.*")]
+
+COLAB = Path(__file__).resolve().parent.parent / "colab"
+NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
+FAST = ("tour_of_formats", "quantize_flax_model")
+
+INSTALL_CELL = '''import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("lpnum") is None:  # on Colab: install lpnum from its repository
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ.get("LPNUM_SOURCE", "lpnum[dev] @ git+https://github.com/lpnum/lpnum")], check=True)
+QUICK = os.environ.get("LPNUM_QUICK", "1") == "1"   # quick mode on a CPU runtime; set LPNUM_QUICK=0 for the full study'''
+
+
+def _param(path: Path, *, execute: bool):
+  marks = [pytest.mark.slow] if execute and path.stem not in FAST else []
+  return pytest.param(path, id=path.stem, marks=marks)
+
+
+def test_there_are_notebooks():
+  assert {p.stem for p in NOTEBOOKS} >= {"formats", "scale_rules", "tour_of_formats", "quantize_flax_model",
+                                         "kernels"}
+
+
+@pytest.mark.parametrize("path", [_param(p, execute=False) for p in NOTEBOOKS])
+def test_stored_without_outputs_and_starts_with_install_cell(path):
+  nb = nbformat.read(path, as_version=4)
+  nbformat.validate(nb)
+  assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "a markdown title first"
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert code[0].source.strip() == INSTALL_CELL
+  for cell in code:
+    assert cell.outputs == [] and cell.execution_count is None, f"outputs stored in {path.name}: {cell.source[:60]}"
+
+
+@pytest.mark.parametrize("path", [_param(p, execute=True) for p in NOTEBOOKS])
+def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
+  monkeypatch.setenv("LPNUM_QUICK", "1")  # the kernel inherits the environment when it starts
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  nb = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()  # raises CellExecutionError on the first failing cell
+  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+  assert not errors
+
+
+def test_readme_lists_every_notebook():
+  readme = (COLAB / "README.md").read_text()
+  listed = set(re.findall(r"\b([a-z_]+)\.ipynb\b", readme))
+  assert {p.stem for p in NOTEBOOKS} <= listed
+  for name in ("training", "accumulators"):
+    assert f"{name}.ipynb" in readme
