@@ -1,5 +1,6 @@
 """The lpnum command and the format study's quick mode."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -30,6 +31,9 @@ def test_study_formats_quick_writes_json(tmp_path, capsys):
   doc = json.loads((tmp_path / "formats.json").read_text())
   assert doc["study"] == "formats" and doc["results"]["notes"] == study.NOTES
   rows = doc["results"]["rows"]
+  with (tmp_path / "formats_rows.csv").open() as f:  # the same records as CSV
+    csv_rows = list(csv.DictReader(f))
+  assert len(csv_rows) == len(rows) and csv_rows[0]["format"] == rows[0]["format"]
   assert {r["distribution"] for r in rows} == set(study.TENSORS)
   assert {r["granularity"] for r in rows} == {"tensor", "channel", "block32", "preset"}
   by = {(r["format"], r["distribution"]): r["sqnr_db"] for r in rows if r["granularity"] == "tensor"}

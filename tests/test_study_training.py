@@ -59,7 +59,7 @@ def test_quick_run_writes_json_with_one_record_per_model_and_recipe(quick_run):
 def test_quick_mlp_float32_learns_digits_and_int8_stays_close(quick_run):
   runs = {(r["model"], r["recipe"]): r for r in quick_run[0]["runs"]}
   float32, int8 = runs["mlp", "float32"], runs["mlp", "int8"]
-  assert float32["test_accuracy"] > 0.9
+  assert float32["test_accuracy"] > 0.95  # the bar for the float32 baseline on digits
   assert float32["float32_gap"] == 0.0
   assert int8["float32_gap"] == pytest.approx(int8["test_accuracy"] - float32["test_accuracy"])
   assert abs(int8["float32_gap"]) < 0.03

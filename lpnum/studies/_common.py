@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
-__all__ = ["arg_parser", "parse_args", "progress", "write_json", "save_figure", "DEFAULT_OUT"]
+__all__ = ["arg_parser", "parse_args", "progress", "write_csv", "write_json", "save_figure", "DEFAULT_OUT"]
 
 T = TypeVar("T")
 
@@ -63,8 +63,30 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
+def write_csv(name: str, payload: dict[str, Any], out: Path) -> list[Path]:
+  """Writes every top-level list of flat records in ``payload`` as ``out/<name>_<key>.csv`` (one row a record,
+  nested values as JSON text); returns the paths."""
+  import csv
+
+  paths = []
+  for key, records in payload.items():
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+      continue
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    path = Path(out) / f"{name}_{key}.csv"
+    with path.open("w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(columns)
+      for r in records:
+        cells = [_jsonable(r.get(c)) for c in columns]
+        writer.writerow([json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v) for v in cells])
+    paths.append(path)
+  return paths
+
+
 def write_json(name: str, payload: dict[str, Any], out: Path) -> Path:
-  """Writes ``{"study", "created", "machine", "jax", "results": payload}`` to ``out/<name>.json``."""
+  """Writes ``{"study", "created", "machine", "jax", "results": payload}`` to ``out/<name>.json``, and the
+  payload's record lists as CSV (:func:`write_csv`)."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   doc = {"study": name, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -73,6 +95,7 @@ def write_json(name: str, payload: dict[str, Any], out: Path) -> Path:
          "jax": jax.__version__, "results": _jsonable(payload)}
   path = out / f"{name}.json"
   path.write_text(json.dumps(doc, indent=1))
+  write_csv(name, payload, out)
   return path
 
 
