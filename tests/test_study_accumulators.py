@@ -11,6 +11,9 @@ from lpnum.kernels.accumulate import a2q_bound
 from lpnum.nn import a2q
 from lpnum.studies import accumulators as study
 
+#: A quick study run takes half a minute to a minute: under -m slow, which .ci/run runs after the suite.
+pytestmark = pytest.mark.slow
+
 SEED = 0
 
 

@@ -23,6 +23,9 @@ from lpnum.studies import scale_rules as study  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 import mx_reference  # noqa: E402
 
+#: A quick study run takes half a minute to a minute: under -m slow, which .ci/run runs after the suite.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):

@@ -15,6 +15,9 @@ import pytest
 
 from lpnum.studies import training
 
+#: A quick study run takes half a minute to a minute: under -m slow, which .ci/run runs after the suite.
+pytestmark = pytest.mark.slow
+
 RECIPES = ("float32", "int8")
 
 
