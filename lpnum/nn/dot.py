@@ -30,7 +30,7 @@ from lpnum.formats._int import IntFormat
 from lpnum.kernels import accumulate as _acc
 from lpnum.nn.config import LEARNED, QuantConfig, TensorQuant
 from lpnum.quantize import decode, quantize
-from lpnum.scaled import ScaledFormat, fake_quantize, quantize_scaled
+from lpnum.scaled import ScaledFormat, quantize_scaled
 
 __all__ = ["dot_general", "OperandState", "quantize_operand"]
 
@@ -86,14 +86,8 @@ def quantize_operand(x: jax.Array, tq: TensorQuant | None, role: str, *, scale: 
   kwargs = dict(rounding=tq.rounding, key=key)
   if isinstance(fmt, ScaledFormat):
     kwargs.update(scale=scale, pad=True)
-  fn = estimators.clipped_ste if tq.estimator == "clipped_ste" else _round_trip
+  fn = estimators.clipped_ste if tq.estimator == "clipped_ste" else estimators.ste
   return fn(x, fmt, **kwargs)
-
-
-def _round_trip(x, fmt, **kwargs):
-  if isinstance(fmt, ScaledFormat):
-    return fake_quantize(x, fmt, **kwargs)
-  return quantize(x, fmt, **kwargs)
 
 
 def _codes(x: jax.Array, tq: TensorQuant, role: str, scale, key) -> tuple[jax.Array, jax.Array]:
@@ -161,7 +155,6 @@ def _qmm_bwd(cfg, res, g):
   a, b, qa, qb, state, key = res
   g = g.astype(jnp.float32)
   k1, k2 = (None, None) if key is None else (jax.random.fold_in(key, 1), jax.random.fold_in(key, 2))
-  da = db = None
   # dlhs = g @ rhs.T: g is the lhs of that matmul, rhs.T its rhs.
   bwd = cfg.dlhs
   if bwd is None:
