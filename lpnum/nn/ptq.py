@@ -168,16 +168,16 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def _use_kernel_layout(q: QArray) -> bool:
-  """The kernel layout pads N to 128 and K to a tile: use it where that costs under 1% of the packed size."""
+def _kernel_layout_if_cheap(q: QArray) -> _layout.PackedWeights | None:
+  """``q`` in the kernel layout if its padding (N to 128, K to a tile) costs under 1% of the packed size, else
+  None."""
   if len(q.shape) != 2:
-    return False
+    return None
   try:
     packed = _layout.pack_weights(q)
   except (ValueError, TypeError):
-    return False
-  ideal = q.nbytes
-  return sum(a.nbytes for a in jax.tree_util.tree_leaves(packed)) <= 1.01 * ideal
+    return None
+  return packed if sum(a.nbytes for a in jax.tree_util.tree_leaves(packed)) <= 1.01 * q.nbytes else None
 
 
 def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kernel_name: str = "kernel",
@@ -251,8 +251,11 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     except ValueError as e:
       raise ValueError(f"{where}/{kernel_name}: {e}") from None
     value = q
-    if layout == "kernel" or (layout == "auto" and _use_kernel_layout(q)):
+    if layout == "kernel":
       value = _layout.pack_weights(q)
+    elif layout == "auto":
+      packed = _kernel_layout_if_cheap(q)
+      value = q if packed is None else packed
     out = QuantizedKernel(value, w.shape, w.dtype, contract)
     if donate and isinstance(leaf, jax.Array):
       leaf.delete()
