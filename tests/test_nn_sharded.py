@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a subprocess that compiles every config twice: CI runs it in its slow step
+
 HERE = os.path.dirname(__file__)
 CONFIGS = ("w8a8", "fp8_delayed", "mxfp4_weights")
 
