@@ -50,6 +50,8 @@ def test_study_formats_quick_writes_json(tmp_path, capsys):
   # Block scales rescue a heavy tail: per-block-32 int4 beats per-tensor int4 on Student-t.
   block = {(r["format"], r["granularity"], r["distribution"]): r["sqnr_db"] for r in rows}
   assert block[("int4", "block32", "student_t3")] > block[("int4", "tensor", "student_t3")] + 6
+  # Per-channel scales pay off on convolution kernels with BatchNorm folded in (Krishnamoorthi).
+  assert block[("int8", "channel", "cnn_weights")] > block[("int8", "tensor", "cnn_weights")] + 2
   image = plt.imread(tmp_path / "formats_sqnr_vs_bits.png")
   assert image.ndim == 3 and np.ptp(image) > 0
   assert "dB/bit" in capsys.readouterr().out
