@@ -226,6 +226,31 @@ def test_fit_is_deterministic_and_accepts_a_wrapped_apply():
   assert train.accuracy(model, plain, x, y) == train.accuracy(model, intercepted, x, y, apply_fn=wrapped)
 
 
+def test_a_second_fit_with_the_same_apply_and_optimizer_does_not_retrace():
+  x, y = data.digits("train", flat=True)
+  model = zoo.MLP(features=(16,))
+  optimizer = optax.adam(1e-2)
+  traces = []
+
+  def apply_fn(*args, **kwargs):  # runs only while a jitted function is traced
+    traces.append("mutable" in kwargs)
+    return model.apply(*args, **kwargs)
+
+  first, first_losses = train.fit(model, (x, y), steps=3, batch_size=32, optimizer=optimizer, seed=0,
+                                  apply_fn=apply_fn)
+  _, other_losses = train.fit(model, (x, y), steps=3, batch_size=32, optimizer=optimizer, seed=1, apply_fn=apply_fn)
+  again, again_losses = train.fit(model, (x, y), steps=3, batch_size=32, optimizer=optimizer, seed=0,
+                                  apply_fn=apply_fn)
+  assert traces == [True]
+  assert other_losses != first_losses and again_losses == first_losses
+  jax.tree.map(np.testing.assert_array_equal, first, again)
+  for _ in range(2):
+    train.accuracy(model, first, x, y, apply_fn=apply_fn)
+  assert traces == [True, False]
+  train.fit(model, (x, y), steps=1, batch_size=32, optimizer=optax.adam(1e-2), seed=0, apply_fn=apply_fn)
+  assert traces == [True, False, True]  # another optimizer object: another step
+
+
 def test_cnn_training_reduces_the_loss_and_evaluates_with_running_stats(initialized):
   x_train, y_train = data.digits("train")
   x_test, y_test = data.digits("test")

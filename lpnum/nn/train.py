@@ -6,6 +6,11 @@ It knows nothing about quantization: it takes a module and, optionally, a replac
 Conventions: the module's ``__call__`` takes the input batch and, if it has such a parameter, ``train`` (passed
 ``True`` while fitting, ``False`` to evaluate). Every variable collection other than ``params`` (BatchNorm's
 ``batch_stats``, say) is model state: mutable while fitting, carried between steps, never differentiated.
+
+Compiled programs are reused: the jitted initialization, training step and evaluation are cached on the model,
+the ``apply_fn`` and the optimizer (hashable arguments, compared as Python compares them: a bound method or a
+closure by identity), so a second :func:`fit` with the same ones on data of the same shapes runs the step
+already compiled (it neither retraces nor recompiles it). Unhashable ones get a fresh jitted function per call.
 """
 
 from __future__ import annotations
@@ -55,10 +60,30 @@ def _check_seed(seed) -> int:
   return int(seed)
 
 
+def _cached(factory: Callable[..., Any], *args) -> Any:
+  """``factory(*args)`` from its ``lru_cache``, or built afresh if an argument is unhashable."""
+  try:
+    return factory(*args)
+  except TypeError:  # an unhashable argument (a module with unhashable attributes, say): no caching
+    return factory.__wrapped__(*args)
+
+
 @functools.lru_cache(maxsize=32)
 def _jitted_init(model: nn.Module) -> Callable[..., Any]:
   train_kwargs = _train_kwargs(model, False)
   return jax.jit(lambda key, x: model.init(key, x, **train_kwargs))
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_step(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
+                 takes_train: bool) -> Callable[..., Any]:
+  return jax.jit(functools.partial(_step, apply_fn, optimizer, {"train": True} if takes_train else {}))
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_predict(apply_fn: Callable[..., Any], takes_train: bool) -> Callable[..., Any]:
+  train_kwargs = {"train": False} if takes_train else {}
+  return jax.jit(lambda v, xb: apply_fn(v, xb, **train_kwargs))
 
 
 def train_state(model: nn.Module, example_input: Any, optimizer: optax.GradientTransformation, *,
@@ -76,11 +101,7 @@ def train_state(model: nn.Module, example_input: Any, optimizer: optax.GradientT
   if not isinstance(model, nn.Module):
     raise TypeError(f"model={type(model).__name__} must be a flax.linen.Module")
   key = jax.random.key(_check_seed(seed))
-  try:
-    init = _jitted_init(model)
-  except TypeError:  # a module with unhashable attributes: compile without caching
-    init = _jitted_init.__wrapped__(model)
-  variables = init(key, example_input)
+  variables = _cached(_jitted_init, model)(key, example_input)
   if "params" not in variables:
     raise ValueError(f"model={type(model).__name__} has no parameters to train")
   return _start(variables, optimizer)
@@ -104,6 +125,8 @@ def fit(model: nn.Module, data: tuple[Any, Any], *, steps: int, batch_size: int 
 
   Batches come from :func:`lpnum.data.batches` (shuffled, every batch full, as many epochs as needed), and
   ``seed`` seeds both the initialization and the shuffling, so the result is a function of the arguments.
+  The jitted step is cached on ``apply_fn`` (or the model) and ``optimizer``: calls that pass the same objects
+  and data of the same shapes reuse one compiled step (see the module docs).
 
   Args:
     model: a Flax module mapping an input batch to logits.
@@ -150,7 +173,7 @@ def fit(model: nn.Module, data: tuple[Any, Any], *, steps: int, batch_size: int 
     raise ValueError(f"variables ({type(variables).__name__}) must be a mapping with a 'params' collection")
   else:
     state = _start(variables, optimizer)
-  step = jax.jit(functools.partial(_step, apply_fn, optimizer, _train_kwargs(model, True)))
+  step = _cached(_jitted_step, apply_fn, optimizer, _takes_train(model))
   losses = []
   for _ in range(steps):
     state, loss = step(state, *next(stream))
@@ -173,7 +196,7 @@ def _step(apply_fn, optimizer, train_kwargs, state: TrainState, x, y):
 def logits(model: nn.Module, variables: dict[str, Any], x: Any, *, batch_size: int = 1024,
            apply_fn: Callable[..., Any] | None = None) -> np.ndarray:
   """The model's outputs on ``x`` in evaluation mode (``train=False`` if it takes ``train``), ``batch_size``
-  examples at a time.
+  examples at a time, by one jitted apply (cached on ``apply_fn`` or the model, as :func:`fit`'s step).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -189,8 +212,7 @@ def logits(model: nn.Module, variables: dict[str, Any], x: Any, *, batch_size: i
   if batch_size <= 0:
     raise ValueError(f"batch_size={batch_size} must be positive")
   apply_fn = model.apply if apply_fn is None else apply_fn
-  train_kwargs = _train_kwargs(model, False)
-  predict = jax.jit(lambda v, xb: apply_fn(v, xb, **train_kwargs))
+  predict = _cached(_jitted_predict, apply_fn, _takes_train(model))
   x = np.asarray(x)
   if x.ndim == 0 or len(x) == 0:
     raise ValueError(f"x of shape {x.shape} must hold at least one example")

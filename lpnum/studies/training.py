@@ -22,10 +22,14 @@ batch order; every recipe of one seed sees the same data, initialization and bat
 and a one-block Transformer of width 32 (smaller programs to compile, which dominates a quick run's time): it
 checks the machinery, and its Transformer cannot learn the task (a look-up takes two blocks).
 
+Compilation: each (model, recipe) is one training step and one evaluation program, compiled once and reused by
+every seed (:func:`lpnum.nn.train.fit` caches them on the model, the quantized ``apply`` and the optimizer, which
+:func:`run_one` builds once per model and recipe).
+
 Recorded per (model, recipe, seed): the loss curve (the mean training loss over each window of ``curve_every``
 steps), the final training loss (the mean of the last window), test accuracy, its gap to float32 (same model and
-seed, in points), steps and seconds (compilation included). Printed: a table of the means over seeds; written:
-``training.json`` and ``training.png`` (loss curves, one panel per model, averaged over seeds).
+seed, in points), steps and seconds (compilation included, for the first seed). Printed: a table of the means
+over seeds; written: ``training.json`` and ``training.png`` (loss curves, one panel per model, averaged over seeds).
 
 Reproduction notes (also :data:`NOTES`, stored in the JSON):
 
@@ -67,6 +71,7 @@ fast each recipe learns the look-up, not how it would do on language.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -184,6 +189,19 @@ def curve_every(steps: int) -> int:
   return max(1, steps // CURVE_POINTS)
 
 
+@functools.lru_cache(maxsize=None)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+  """One Adam per learning rate: :func:`lpnum.nn.train.fit` reuses a compiled step for the same optimizer."""
+  return optax.adam(learning_rate)
+
+
+@functools.lru_cache(maxsize=64)
+def _apply_fn(model: nn.Module, recipe: str):
+  """The quantized ``apply`` of ``model`` under ``recipe`` (None for float32), one per (model, recipe)."""
+  config = RECIPES[recipe].config
+  return None if config is None else quantize_model(model, [Rule(".*", config)]).apply
+
+
 def run_one(model: nn.Module, task: str, recipe: str, *, steps: int, learning_rate: float,
             seed: int) -> dict[str, Any]:
   """Trains ``model`` on ``task`` with the recipe named ``recipe`` and evaluates it.
@@ -202,11 +220,10 @@ def run_one(model: nn.Module, task: str, recipe: str, *, steps: int, learning_ra
   if recipe not in RECIPES:
     raise ValueError(f"recipe={recipe!r}; expected one of {list(RECIPES)}")
   (x, y), (x_test, y_test) = _task_data(task, seed)
-  config = RECIPES[recipe].config
-  apply_fn = None if config is None else quantize_model(model, [Rule(".*", config)]).apply
+  apply_fn = _apply_fn(model, recipe)
   start = time.perf_counter()
   variables, losses = train.fit(model, (x, y), steps=steps, batch_size=BATCH_SIZE,
-                                optimizer=optax.adam(learning_rate), seed=seed, apply_fn=apply_fn)
+                                optimizer=_adam(learning_rate), seed=seed, apply_fn=apply_fn)
   acc = train.accuracy(model, variables, x_test, y_test, apply_fn=apply_fn)
   every = curve_every(steps)
   starts = range(0, steps, every)
