@@ -2,8 +2,10 @@
 
 Everything here is elementwise on 32-bit arrays (a tile inside a kernel, the whole output in XLA) and uses only
 operations that lower to XLA, Mosaic (TPU) and Triton (GPU). Constants are NumPy scalars, which kernels may
-capture. Rounding to a float format is always :meth:`lpnum.FloatFormat._round` (lpnum's one rounding routine) and
-the final rounding of the exact accumulator is :func:`lpnum._bits.compose`.
+capture. Rounding to a float format is always :meth:`lpnum.FloatFormat._round` (lpnum's one rounding routine),
+except float32 itself, which has no wider carrier: its nearest-even sums are float32 additions and its stochastic
+ones are decided by :func:`lpnum._rounding.round_shift` on the exact error of the addition; the final rounding of
+the exact accumulator is :func:`lpnum._bits.compose`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, _lowbias32
+from lpnum._rounding import Overflow, Rounding, _lowbias32, round_shift
 from lpnum.formats import FloatFormat
 
 _INF = np.float32(np.inf)
@@ -67,7 +69,27 @@ def wrap(s: jax.Array, bits: int) -> jax.Array:
 def float_add(acc: jax.Array, p: jax.Array, fmt: FloatFormat, mode: Rounding,
               rand: jax.Array | None) -> jax.Array:
   """``acc + p`` rounded once to ``fmt`` (float32 arrays in, float32 array of ``fmt`` values out)."""
-  return round_to(odd_sum(acc, p), fmt, mode, rand)
+  return round_to(pending_sum(acc, p, fmt), fmt, mode, rand)
+
+
+def is_float32(fmt: FloatFormat) -> bool:
+  """Whether ``fmt`` is float32 itself (23 mantissa bits: its sums are rounded from their two operands)."""
+  return fmt.mantissa_bits == _bits.F32.mantissa_bits
+
+
+def pending_sum(acc: jax.Array, p: jax.Array, fmt: FloatFormat) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """``acc + p`` held, unrounded, in a form that :func:`round_to` rounds to ``fmt`` as it would the exact sum.
+
+  Formats of at most 21 mantissa bits: the sum rounded to odd at 24 bits (:func:`odd_sum`). Float32: the pair
+  ``(acc, p)`` itself, whose exact sum no single float32 holds.
+  """
+  return (acc, p) if is_float32(fmt) else odd_sum(acc, p)
+
+
+def zero_sum(shape: tuple[int, ...], fmt: FloatFormat) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """The pending sum of an accumulator at +0."""
+  zero = jnp.zeros(shape, jnp.float32)
+  return (zero, zero) if is_float32(fmt) else zero
 
 
 def odd_sum(acc: jax.Array, p: jax.Array) -> jax.Array:
@@ -87,10 +109,51 @@ def odd_sum(acc: jax.Array, p: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(odd, jnp.float32)
 
 
-def round_to(odd: jax.Array, fmt: FloatFormat, mode: Rounding, rand: jax.Array | None) -> jax.Array:
-  """A round-to-odd sum rounded to ``fmt`` by lpnum (nearest even, or stochastic with ``rand``; inf on
-  overflow)."""
-  return fmt._round(odd, _bits.F32, mode, Overflow.NON_SATURATING, rand, None)
+def round_to(pending: jax.Array | tuple[jax.Array, jax.Array], fmt: FloatFormat, mode: Rounding,
+             rand: jax.Array | None) -> jax.Array:
+  """A :func:`pending_sum` rounded to ``fmt`` (nearest even, or stochastic with ``rand``; inf on overflow)."""
+  if is_float32(fmt):
+    return sum32(*pending, mode, rand)
+  return fmt._round(pending, _bits.F32, mode, Overflow.NON_SATURATING, rand, None)
+
+
+def sum32(a: jax.Array, b: jax.Array, mode: Rounding, rand: jax.Array | None) -> jax.Array:
+  """``a + b`` rounded once to float32: nearest even, or stochastic with ``rand``.
+
+  The float32 sum ``s`` (nearest even) and its exact error ``e`` (TwoSum) bracket the exact sum between ``s`` and
+  its neighbour ``t`` toward ``e``. :func:`lpnum._rounding.round_shift` decides on the bits of ``e`` against the
+  gap ``|t - s|``: stochastic goes to ``t`` with probability ``|e| / |t - s|`` (a 0.32 fixed-point fraction
+  against 32 random bits, exact when ``|e|`` has no bits 32 places below the gap); nearest even never moves,
+  ``|e|`` being at most half the gap and ``s`` even at a tie (computing ``e`` also keeps the compiler from
+  contracting a product and the sum into a fused multiply-add, whose single rounding would skip the product's).
+  The gap and the step to ``t`` are bit operations: the gap below a power of two is half the one above,
+  subnormals are spaced 2^-149, and one step up from the largest finite value is inf. A sum beyond the rounding
+  range (``s`` infinite, operands finite) is rounded at half scale, where halving both operands is exact (each is
+  at least 2^103), and doubled: below 2^128 it goes to the largest finite value or to inf as the distance says
+  (nearest even: inf), from 2^128 on always to inf. Non-finite operands give their IEEE sum. XLA on CPUs and TPUs
+  flushes float32 subnormal results, so there an error below 2^-126 reads as 0 and that sum stays ``s``.
+  """
+  s = a + b
+  finite_operands = finite(a) & finite(b)
+  beyond = finite_operands & ~finite(s)
+  a = jnp.where(beyond, a * np.float32(0.5), a)
+  b = jnp.where(beyond, b * np.float32(0.5), b)
+  s = jnp.where(beyond, a + b, s)
+  bp = s - a
+  err = (a - (s - bp)) + (b - bp)
+  sb = jax.lax.bitcast_convert_type(s, jnp.uint32)
+  eb = jax.lax.bitcast_convert_type(err, jnp.uint32)
+  toward_zero = ((sb ^ eb) >> np.uint32(31)) == 1  # the exact sum is smaller in magnitude than s
+  biased = ((sb & _ABS) >> np.uint32(23)).astype(jnp.int32)
+  bottom = (sb & np.uint32(0x7FFFFF)) == 0
+  gap = jnp.maximum(biased, 1) - np.int32(150) - (toward_zero & bottom & (biased > 1)).astype(jnp.int32)
+  e_biased = ((eb & _ABS) >> np.uint32(23)).astype(jnp.int32)
+  e_sig = jnp.where(e_biased > 0, (eb & np.uint32(0x7FFFFF)) | np.uint32(1 << 23), eb & np.uint32(0x7FFFFF))
+  lsb = jnp.maximum(e_biased, 1) - np.int32(150)
+  step = round_shift(e_sig, gap - lsb, mode, rand=rand)  # 0 or 1: |e| is at most half the gap
+  stepped = jax.lax.bitcast_convert_type(jnp.where(toward_zero, sb - step, sb + step), jnp.float32)
+  out = jnp.where(beyond, stepped * np.float32(2), stepped)
+  return jnp.where(finite_operands, out, a + b)
 
 
 def float_overflowed(acc: jax.Array, p: jax.Array, out: jax.Array) -> jax.Array:

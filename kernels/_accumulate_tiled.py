@@ -194,34 +194,34 @@ def _int_pairwise(plan: Plan, lay: Layout, fetch, shape):
 
 
 def _float_sequential(plan: Plan, lay: Layout, fetch, words, idx, shape):
-  """Sequential float accumulation. The loop carries the last sum rounded to odd and rounds it to the format at
-  the start of the next step (then adds that step's product): the same additions, but XLA then fuses each step
-  without recomputing the sum for every use the rounding makes of it (about 1.3x faster)."""
+  """Sequential float accumulation. The loop carries the last sum unrounded (:func:`ops.pending_sum`) and rounds
+  it to the format at the start of the next step (then adds that step's product): the same additions, but XLA
+  then fuses each step without recomputing the sum for every use the rounding makes of it (about 1.3x faster)."""
 
-  def rounded(odd, k):  # the sum of addition k (at padded position k - 1 or beyond: exact, any bits will do)
-    return ops.round_to(odd, plan.fmt, plan.mode, ops.random_bits(idx, words, k) if plan.stochastic else None)
+  def rounded(pending, k):  # the sum of addition k (at padded position k - 1 or beyond: exact, any bits will do)
+    return ops.round_to(pending, plan.fmt, plan.mode, ops.random_bits(idx, words, k) if plan.stochastic else None)
 
   def chunk(q, carry):
     outer, flags = carry
     length = jnp.where(q == lay.nchunks - 1, np.int32(lay.last), np.int32(lay.length))
 
     def group(i, carry):
-      odd, finite_operands, flags = carry
+      pending, finite_operands, flags = carry
       for t, (col, row) in enumerate(fetch(q * lay.padded + i * lay.g)):
         k = q * lay.length + i * lay.g + t  # the product's index in K
-        acc = rounded(odd, k - 1)
+        acc = rounded(pending, k - 1)
         p = col * row
         if lay.has_padding:
           p = jnp.where(i * lay.g + t < length, p, np.float32(-0.0))
         if plan.stats:  # did the previous addition overflow?
           flags = flags | (finite_operands & ~ops.finite(acc))
           finite_operands = ops.finite(acc) & ops.finite(p)
-        odd = ops.odd_sum(acc, p)
-      return odd, finite_operands, flags
+        pending = ops.pending_sum(acc, p, plan.fmt)
+      return pending, finite_operands, flags
 
-    init = (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, bool), flags)
-    odd, finite_operands, flags = _group_loop(lay, group, init)
-    inner = rounded(odd, q * lay.length + lay.padded - 1)
+    init = (ops.zero_sum(shape, plan.fmt), jnp.zeros(shape, bool), flags)
+    pending, finite_operands, flags = _group_loop(lay, group, init)
+    inner = rounded(pending, q * lay.length + lay.padded - 1)
     if plan.stats:
       flags = flags | (finite_operands & ~ops.finite(inner))
     if plan.chunk is None:

@@ -24,10 +24,13 @@ Order of the additions
 Float accumulators
   Every addition is rounded once, correctly, to the format: the float32 sum and its exact error (TwoSum) give the
   sum rounded to odd at 24 bits, which rounds to the format's (at most 22) bits exactly as the exact sum would.
+  A float32 accumulator (``"float32"``, ``(8, 23)``) rounds from the float32 sum and its error directly: nearest
+  even is the float32 sum, stochastic steps it one ulp toward the error with probability |error| / ulp.
   IEEE rules: subnormals, overflow to inf (NaN for formats without inf), ``x + (-x) = +0``, ``(-0) + (-0) = -0``,
   a nonzero sum that rounds to zero keeps its sign.
   Stochastic rounding rounds that round-to-odd sum up with probability equal to its distance from the lower
-  neighbour over the gap (within 2^-(23 - m) of a gap of the exact sum's probability). The addition of product k
+  neighbour over the gap (within 2^-(23 - m) of a gap of the exact sum's probability; float32: the exact sum's
+  probability, resolved with 32 random bits). The addition of product k
   draws 32 bits per output from lpnum's counter-based hash (``lowbias32``) of the output index ``row * N + col``
   (rows counted over the flattened batch), seeded with ``h(w0 ^ k)`` and ``h(w1 ^ k)`` where
   ``(w0, w1) = jax.random.bits(key, (2,))``. Same key, same result, on every backend.
@@ -86,7 +89,7 @@ from jax.typing import ArrayLike
 from lpnum import _bits
 from lpnum._rounding import Rounding
 from lpnum.formats import FloatFormat, Specials
-from lpnum.formats._table import as_format
+from lpnum.formats._table import FLOAT32, as_format
 from lpnum.kernels import _accumulate_ops as ops
 from lpnum.kernels import _accumulate_tiled as tiled
 from lpnum.kernels._accumulate_reference import reference
@@ -137,8 +140,9 @@ class FloatAccumulator:
 
   Attributes:
     format: a signed :class:`lpnum.FloatFormat` with zero, inf or NaN, at most 21 mantissa bits and values that
-      float32 holds; or its name (``"float16"``, ``"bfloat16"``); or ``(exponent_bits, mantissa_bits)`` for an
-      IEEE-style format (bias 2^(e-1) - 1, subnormals, inf).
+      float32 holds, or float32 itself; or its name (``"float16"``, ``"bfloat16"``, ``"float32"``); or
+      ``(exponent_bits, mantissa_bits)`` for an IEEE-style format (bias 2^(e-1) - 1, subnormals, inf; ``(8, 23)``
+      is float32).
     rounding: ``"nearest_even"`` or ``"stochastic"`` (then :func:`matmul` needs a ``key``).
 
   Example:
@@ -159,7 +163,7 @@ class FloatAccumulator:
         raise ValueError(f"format={fmt!r} must be (exponent_bits, mantissa_bits)")
       e, m = fmt
       _check_int("exponent_bits", e, 2, 8)
-      _check_int("mantissa_bits", m, 0, 21)
+      _check_int("mantissa_bits", m, 0, 23)
       fmt = FloatFormat(exponent_bits=e, mantissa_bits=m, bias=(1 << (e - 1)) - 1, specials=Specials.IEEE)
     elif isinstance(fmt, str):
       fmt = as_format(fmt)
@@ -168,9 +172,9 @@ class FloatAccumulator:
                       "mantissa_bits)")
     if not fmt.signed or not fmt.has_zero or not (fmt.has_inf or fmt.has_nan):
       raise ValueError(f"format={fmt.name} must be signed, have zero and have inf or NaN for overflow")
-    if fmt.mantissa_bits > 21:
+    if fmt.mantissa_bits > 21 and fmt != FLOAT32:
       raise ValueError(f"format={fmt.name} has {fmt.mantissa_bits} mantissa bits; at most 21 (sums are rounded "
-                       "through float32 with two spare bits)")
+                       "through float32 with two spare bits), or float32 itself")
     why = fmt._fits(_bits.F32)
     if why is not None:
       raise ValueError(f"format={fmt.name} cannot be emulated on float32: {why}")

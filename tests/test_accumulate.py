@@ -10,7 +10,10 @@ on the CPU flushes to zero (the emulation documents that).
 
 Stochastic rounding is checked statistically: the mean of N = 2000 independent results (keys split from one key)
 of a dot product whose partial sums fall strictly between bfloat16 neighbours must be within 5 standard errors of
-the exact value (a false failure about once in 3.5 million runs with fixed keys).
+the exact value (a false failure about once in 3.5 million runs with fixed keys). Float32 accumulators (m = 23)
+are checked one addition at a time against the exact sum's two float32 neighbours and the exact probability of
+the upper one (``fractions.Fraction``): every result is a neighbour, exact sums never move, and the count of N =
+20000 draws going up is within 5 standard deviations of N p.
 
 ``-m slow`` adds the widest exact accumulators, more kernel configurations and more lowering variants.
 """
@@ -400,6 +403,85 @@ def test_stochastic_rounding_is_unbiased():
   assert abs(vals.mean() - exact) < 5 * stderr, (vals.mean(), exact)
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_neighbours(x: Fraction) -> tuple[float, float, Fraction]:
+  """``(lower, upper, p)``: the float32 values either side of the exact ``x`` (in magnitude: lower is the one
+  nearer zero; +-inf above the largest finite value) and the probability of ``upper``, ``|x - lower| / gap``."""
+  sign = -1 if x < 0 else 1
+  mag = abs(x)
+  exp = mag.numerator.bit_length() - mag.denominator.bit_length()
+  if Fraction(2) ** exp > mag:
+    exp -= 1
+  step = Fraction(2) ** (max(exp, -126) - 23)
+  lower = math.floor(mag / step) * step
+  upper = lower + step if lower != mag else lower
+  p = (mag - lower) / step
+  top = (lambda v: math.inf if v > F32_MAX else float(v))
+  return sign * top(lower), sign * top(upper), p
+
+
+# (x, y): x + y in float32 with stochastic rounding; float32 operands, float32 sums out of the subnormal range.
+STOCHASTIC32_SUMS = [
+    (1.0, 2.0**-24 + 2.0**-26),  # error 5/8 of the gap above s = 1
+    (1.0, 2.0**-24),  # a tie: nearest even gives 1, stochastic halves
+    (1.0, -(2.0**-26)),  # just below a power of two: the gap below 1 is 2^-24
+    (2 - 2.0**-23, 1.5 * 2.0**-24),  # s rounds up to 2, the exact sum lies a quarter of the gap below it
+    (-3.0, -(2.0**-24 + 2.0**-25)),  # negative: 3/8 of the gap 2^-22 away from zero
+    (2.0**20, 2.0**-10),  # a small fraction, 2^-7
+    (1.0, 2.0**-60),  # 2^-37 of a gap: beyond the 32 random bits, never rounds up
+    (F32_MAX, 2.0**102),  # a quarter of the gap beyond the largest finite value: inf with p = 1/4
+    (F32_MAX, 1.5 * 2.0**103),  # the float32 sum overflows; the exact one is 3/4 of a gap past max: p = 3/4
+    (-F32_MAX, -(2.0**103)),  # a tie at the top: -inf with p = 1/2
+    (F32_MAX, F32_MAX),  # beyond 2^128: always inf
+    (1.0, 2.0**-23), (3.0, 5.0), (7.5, -7.5), (2.0**100, -(2.0**-100)), (2.0**-100, 2.0**-120),
+]
+
+
+@pytest.mark.parametrize("x, y", STOCHASTIC32_SUMS)
+def test_float32_stochastic_sum_matches_the_exact_probability(x, y):
+  n = 20000
+  a = np.tile(np.array([[x, y]], np.float32), (n, 1))  # n outputs, each with its own random bits
+  got = np.asarray(matmul(a, np.ones((2, 1), np.float32), FloatAccumulator("float32", "stochastic"),
+                          key=jax.random.key(3)), np.float64)[:, 0]
+  exact = Fraction(x) + Fraction(y)
+  if exact == 0:
+    assert (got == 0).all() and not np.signbit(got).any()
+    return
+  lower, upper, p = float32_neighbours(exact)
+  assert set(np.unique(got)) <= {lower, upper}
+  if p == 0:
+    assert (got == lower).all()
+    return
+  ups = int(np.sum(got == upper))
+  if p < Fraction(1, 2**32):  # below the resolution of the 32 random bits: truncated to 0, never rounds up
+    assert ups == 0
+  else:
+    p = float(p)
+    assert abs(ups - n * p) <= 5 * math.sqrt(n * p * (1 - p)), (ups, n * p)
+
+
+def test_float32_accumulator_rounds_each_addition_and_agrees_on_every_backend():
+  a, b = floats((3, 37), np.float32, 3.0), floats((37, 5), np.float32)
+  nearest = FloatAccumulator((8, 23))
+  want, want_over = py_float(a, b, 8, 23, 127)
+  check_all(a, b, nearest, want, want_over)
+  acc = FloatAccumulator("float32", "stochastic")
+  key = jax.random.key(5)
+  first = run(a, b, acc, "reference", key=key)[0]
+  for backend in BACKENDS:
+    assert_same(run(a, b, acc, backend, key=key)[0], first, backend)
+  assert_same(run(a, b, acc, "xla", key=key, chunk=8)[0], run(a, b, acc, "pallas_tpu", key=key, chunk=8)[0])
+  # Each of the 37 additions moves by less than an ulp of its partial sum, whose magnitude is at most sum |a b|.
+  bound = 2 * 37 * np.spacing((np.abs(a) @ np.abs(b)).astype(np.float32))
+  assert (first != want).any() and np.all(np.abs(first - want) <= bound)
+  specials = np.array([[np.inf, 1.0], [np.nan, 1.0], [F32_MAX, F32_MAX]], np.float32)
+  out, over = run(specials, np.ones((2, 1), np.float32), acc, "xla", key=key)
+  assert np.isposinf(out[0, 0]) and np.isnan(out[1, 0]) and np.isposinf(out[2, 0])
+  assert over.ravel().tolist() == [False, False, True]
+
+
 def test_stochastic_needs_a_key():
   with pytest.raises(ValueError, match="key"):
     matmul(np.ones((1, 2), np.float32), np.ones((2, 1), np.float32), FloatAccumulator("float16", "stochastic"))
@@ -600,8 +682,9 @@ J8 = np.ones((3, 2), np.int8)
     (lambda: FloatAccumulator("float16", "toward_zero"), ValueError, "rounding='toward_zero'"),
     (lambda: FloatAccumulator("float16", "sideways"), ValueError, "rounding='sideways'"),
     (lambda: FloatAccumulator("int8"), TypeError, "format="),
-    (lambda: FloatAccumulator((5, 22)), ValueError, "mantissa_bits=22"),
-    (lambda: FloatAccumulator("float32"), ValueError, "23 mantissa bits"),
+    (lambda: FloatAccumulator((5, 24)), ValueError, "mantissa_bits=24"),
+    (lambda: FloatAccumulator((8, 22)), ValueError, "22 mantissa bits"),
+    (lambda: FloatAccumulator((5, 23)), ValueError, "23 mantissa bits; at most 21 .* or float32 itself"),
     (lambda: FloatAccumulator("float4_e2m1fn"), ValueError, "inf or NaN"),
     (lambda: FloatAccumulator((5, 6, 7)), ValueError, "format="),
     (lambda: AlignedAccumulator(0), ValueError, "product_bits=0"),
@@ -663,6 +746,7 @@ LOWERING = [
     ("float16", FloatAccumulator("float16"), jnp.bfloat16, jnp.bfloat16, {}),
     ("e5m6-chunked", FloatAccumulator.ieee(5, 6), jnp.float8_e4m3fn, jnp.float8_e5m2, dict(chunk=32)),
     ("bfloat16-stochastic", FloatAccumulator("bfloat16", "stochastic"), jnp.bfloat16, jnp.bfloat16, dict(key=1)),
+    ("float32-stochastic", FloatAccumulator("float32", "stochastic"), jnp.float32, jnp.float32, dict(key=1)),
     ("aligned", AlignedAccumulator(14, 32), jnp.float8_e4m3fn, jnp.float8_e4m3fn, {}),
     ("exact-fp8", ExactAccumulator(), jnp.float8_e4m3fn, jnp.float8_e5m2, {}),
     ("exact-bf16", ExactAccumulator(), jnp.bfloat16, jnp.bfloat16, {}),
