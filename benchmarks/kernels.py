@@ -17,7 +17,17 @@ Targets (CPU, ratios in one run, at M = K = N = 1024 unless said):
 - (c) the emulated float accumulator matmul (bfloat16 and E5M6, nearest-even, sequential): at most 50x the
   float32 jnp.dot at 512^3.
 
-Writes ``kernels.json`` and, when matplotlib is installed, ``kernels.png`` (TFLOP/s against M, one panel per K = N).
+Roofline: each (kernel, shape) has an arithmetic intensity, ``2 M K N`` FLOPs over the bytes it moves at least
+once: its operands as stored (float32 or bfloat16 x, int8 codes and their scales, packed weights with their scales)
+and its output. The run measures the machine's two roofs: memory bandwidth from a copy ``x * 2`` of a
+``BANDWIDTH_BYTES`` float32 array (bytes read and written over its median time) and compute, the best float32
+``jnp.dot`` FLOP/s of the sweep. A kernel below the bandwidth roof at low intensity is limited by what it reads,
+so packed weights pay off there (small M); at high intensity the compute roof rules, and dequantization costs.
+Operands that fit in cache can beat the copy's bandwidth, and integer dots can beat the float32 compute roof.
+
+Writes ``kernels.json`` (each row's ``bytes_moved`` and ``intensity``, and the measured ``roofs``) and, when
+matplotlib is installed, ``kernels.png``: the roofline (achieved FLOP/s against intensity, log-log, one marker per
+kernel and shape, the two roofs drawn), then TFLOP/s against M, one panel per K = N.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ QUICK_M = (1, 128)
 QUICK_SIZES = (1024,)
 TARGET_SHAPE = (1024, 1024, 1024)
 ACC_SIZE = 512
+#: Bytes of the float32 array copied (``x * 2``) to measure the memory-bandwidth roof.
+BANDWIDTH_BYTES = 2**26
 
 WEIGHT_FORMATS = {
     "w int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
@@ -98,18 +110,42 @@ def accumulator_candidates(size: int) -> dict:
   return cands
 
 
+def bytes_moved(fn, args) -> int:
+  """Bytes of ``fn``'s operands as stored (every array of ``args``, packed codes and scales included) and of its
+  output: what one call reads and writes at least once."""
+  arrays = jax.tree.leaves(args) + jax.tree.leaves(jax.eval_shape(fn, *args))
+  return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
+
+
 def run_matmuls(shapes, repeats: int) -> list[dict]:
   rows = []
   for m, k, n in shapes:
     cands, nbytes = matmul_candidates(m, k, n)
     measured = time_fns(cands, repeats=repeats)
+    flops = 2 * m * k * n
     for name, meas in measured.items():
       t = median_s(meas)
+      moved = bytes_moved(*cands[name])
       rows.append({"shape": [m, k, n], "kernel": name, "measurement": meas, "weight_bytes": nbytes[name],
+                   "bytes_moved": moved, "intensity": flops / moved,
                    "gb_s": None if t is None else nbytes[name] / t / 1e9,
-                   "tflop_s": None if t is None else 2 * m * k * n / t / 1e12})
+                   "tflop_s": None if t is None else flops / t / 1e12})
     print(f"M={m} K={k} N={n} done", flush=True)
   return rows
+
+
+def measure_roofs(rows: list[dict], repeats: int) -> dict:
+  """The roofs of this run: memory bandwidth from a timed ``x * 2`` copy of ``BANDWIDTH_BYTES`` (bytes read plus
+  written over the median time), and compute, the best float32 ``jnp.dot`` FLOP/s among ``rows``."""
+  x = jnp.ones(BANDWIDTH_BYTES // 4, jnp.float32)
+  meas = time_fns({"copy x * 2": (jax.jit(lambda x: x * 2), (x,))}, repeats=repeats)["copy x * 2"]
+  t = median_s(meas)
+  dots = [r for r in rows if r["kernel"] == "f32 dot" and r["tflop_s"]]
+  best = max(dots, key=lambda r: r["tflop_s"], default=None)
+  return {"bandwidth_bytes_s": None if t is None else 2 * x.nbytes / t, "bandwidth_measurement": meas,
+          "bandwidth_array_bytes": int(x.nbytes),
+          "compute_flop_s": None if best is None else best["tflop_s"] * 1e12,
+          "compute_from": None if best is None else {"kernel": best["kernel"], "shape": best["shape"]}}
 
 
 def run_accumulators(size: int, repeats: int) -> dict:
@@ -131,19 +167,23 @@ def evaluate_targets(rows: list[dict], acc: dict) -> dict:
   }
 
 
-def format_tables(rows: list[dict], acc: dict) -> str:
-  lines = []
+def format_tables(rows: list[dict], acc: dict, roofs: dict) -> str:
+  bandwidth, compute = roofs["bandwidth_bytes_s"], roofs["compute_flop_s"]
+  lines = [f"Roofs of this run: bandwidth {'-' if bandwidth is None else f'{bandwidth / 1e9:.1f} GB/s'} (copy of "
+           f"{roofs['bandwidth_array_bytes'] / 2**20:.0f} MiB), compute "
+           f"{'-' if compute is None else f'{compute / 1e12:.4f} TFLOP/s'} (best float32 dot); ridge at "
+           f"{'-' if not (bandwidth and compute) else f'{compute / bandwidth:.1f}'} FLOP/B"]
   for shape in dict.fromkeys(tuple(r["shape"]) for r in rows):
     lines.append(f"\nM={shape[0]} K={shape[1]} N={shape[2]}")
     base = next(median_s(r["measurement"]) for r in rows if tuple(r["shape"]) == shape and r["kernel"] == "f32 dot")
     cells = []
     for r in (r for r in rows if tuple(r["shape"]) == shape):
       t = median_s(r["measurement"])
-      cells.append({"kernel": r["kernel"], "ms": ms(r["measurement"]),
+      cells.append({"kernel": r["kernel"], "ms": ms(r["measurement"]), "FLOP/B": f"{r['intensity']:.1f}",
                     "weight GB/s": "-" if r["gb_s"] is None else f"{r['gb_s']:.1f}",
                     "TFLOP/s": "-" if r["tflop_s"] is None else f"{r['tflop_s']:.4f}",
                     "vs f32 dot": times(ratio(base, t))})
-    lines.append(table(("kernel", "ms", "weight GB/s", "TFLOP/s", "vs f32 dot"), cells))
+    lines.append(table(("kernel", "ms", "FLOP/B", "weight GB/s", "TFLOP/s", "vs f32 dot"), cells))
   f32 = median_s(acc.get("f32 dot"))
   lines.append(f"\nEmulated accumulators, {ACC_SIZE}^3 (bfloat16 operands)")
   lines.append(table(("accumulator", "ms", "x f32 dot"),
@@ -152,8 +192,9 @@ def format_tables(rows: list[dict], acc: dict) -> str:
   return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> Path | None:
-  """TFLOP/s against M, one panel per K = N; None if matplotlib is not installed."""
+def plot(rows: list[dict], roofs: dict, path: Path) -> Path | None:
+  """The roofline (achieved FLOP/s against FLOPs per byte moved, the measured roofs drawn), then TFLOP/s against
+  M, one panel per K = N; None if matplotlib is not installed."""
   try:
     import matplotlib
 
@@ -162,13 +203,36 @@ def plot(rows: list[dict], path: Path) -> Path | None:
   except ImportError:
     return None
   sizes = sorted({r["shape"][1] for r in rows})
-  fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
-  for ax, size in zip(axes[0], sizes):
-    for name in dict.fromkeys(r["kernel"] for r in rows):
+  kernels_ = list(dict.fromkeys(r["kernel"] for r in rows))
+  colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(kernels_)}
+  markers = dict(zip(sorted({r["shape"][0] for r in rows}), "os^Dv<>ph*"))
+  fig, axes = plt.subplots(1, 1 + len(sizes), figsize=(5 * (1 + len(sizes)), 4), squeeze=False)
+  roof = axes[0][0]
+  done = [r for r in rows if r["tflop_s"]]
+  for r in done:
+    roof.scatter(r["intensity"], r["tflop_s"] * 1e12, color=colors[r["kernel"]], marker=markers[r["shape"][0]],
+                 s=18 + 6 * sizes.index(r["shape"][1]), alpha=0.8)
+  bandwidth, compute = roofs["bandwidth_bytes_s"], roofs["compute_flop_s"]
+  if bandwidth and compute and done:
+    lo = min(r["intensity"] for r in done) / 2
+    hi = max(max(r["intensity"] for r in done) * 2, 2 * compute / bandwidth)
+    grid = np.geomspace(lo, hi, 200)
+    roof.plot(grid, np.minimum(bandwidth * grid, compute), color="black", lw=1,
+              label=f"roofs: {bandwidth / 1e9:.1f} GB/s copy, {compute / 1e9:.1f} GFLOP/s f32 dot")
+  for name in kernels_:
+    roof.scatter([], [], color=colors[name], marker="o", label=name)
+  for m, marker in markers.items():
+    roof.scatter([], [], color="gray", marker=marker, label=f"M = {m}")
+  roof.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per byte moved)",
+           ylabel="achieved FLOP/s", title="Roofline (marker size grows with K = N)")
+  roof.grid(True, which="both", alpha=0.3)
+  roof.legend(fontsize=6, loc="upper left")  # above the bandwidth roof, where no kernel goes
+  for ax, size in zip(axes[0][1:], sizes):
+    for name in kernels_:
       pts = [(r["shape"][0], r["tflop_s"]) for r in rows
              if r["kernel"] == name and r["shape"][1] == size and r["tflop_s"]]
       if pts:
-        ax.plot(*zip(*pts), marker="o", label=name)
+        ax.plot(*zip(*pts), marker="o", color=colors[name], label=name)
     ax.set(xscale="log", yscale="log", xlabel="M (rows of x)", ylabel="TFLOP/s", title=f"K = N = {size}")
     ax.grid(True, which="both", alpha=0.3)
   axes[0][-1].legend(fontsize=7)
@@ -187,16 +251,17 @@ def main(argv=None) -> Path:
   if TARGET_SHAPE not in shapes:
     shapes.append(TARGET_SHAPE)
   rows = run_matmuls(shapes, args.repeats)
+  roofs = measure_roofs(rows, args.repeats)
   acc = run_accumulators(ACC_SIZE, args.repeats)
   targets = evaluate_targets(rows, acc)
-  print(format_tables(rows, acc))
+  print(format_tables(rows, acc, roofs))
   print()
   print(format_targets(targets))
   path = write_json("kernels", {"config": {"repeats": args.repeats, "quick": args.quick, "shapes": shapes,
                                            "path": "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla",
                                            "accumulator_size": ACC_SIZE},
-                                "matmul": rows, "accumulators": acc, "targets": targets}, args.out)
-  png = plot(rows, path.with_suffix(".png"))
+                                "roofs": roofs, "matmul": rows, "accumulators": acc, "targets": targets}, args.out)
+  png = plot(rows, roofs, path.with_suffix(".png"))
   if png is not None:
     print(f"wrote {png}")
   return path

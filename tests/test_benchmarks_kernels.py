@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+import matplotlib.image
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_checks  # noqa: E402
@@ -16,6 +18,7 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(kernels, "QUICK_M", (4,))
   monkeypatch.setattr(kernels, "TARGET_SHAPE", (4, 256, 256))
   monkeypatch.setattr(kernels, "ACC_SIZE", 32)
+  monkeypatch.setattr(kernels, "BANDWIDTH_BYTES", 2**20)
   path = kernels.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
   results = benchmark_checks.load_document(path, "kernels")
   assert results["config"]["path"] == "xla"
@@ -24,9 +27,21 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   for r in results["matmul"]:
     benchmark_checks.check_measurement(r["measurement"], 1, statuses=("ok",))
     assert r["tflop_s"] > 0 and r["weight_bytes"] > 0
+    m, k, n = r["shape"]
+    assert r["bytes_moved"] > r["weight_bytes"] and r["intensity"] == 2 * m * k * n / r["bytes_moved"]
+    if r["kernel"] == "f32 dot" or r["kernel"].startswith("w "):
+      # The weights as stored (packed codes and scales), a float32 x (4 x 256) and a float32 output (4 x 256).
+      assert r["bytes_moved"] == r["weight_bytes"] + 2 * 4 * 256 * 4
+  roofs = results["roofs"]
+  benchmark_checks.check_measurement(roofs["bandwidth_measurement"], 1, statuses=("ok",))
+  assert roofs["bandwidth_bytes_s"] > 0 and roofs["bandwidth_array_bytes"] == 2**20
+  assert roofs["compute_flop_s"] == max(r["tflop_s"] for r in results["matmul"] if r["kernel"] == "f32 dot") * 1e12
   for m in results["accumulators"].values():
     benchmark_checks.check_measurement(m, 1, statuses=("ok",))
   assert set(results["targets"]) == {"a", "b", "c"}
   assert all(t["status"] in ("PASS", "FAIL") for t in results["targets"].values())
-  assert (tmp_path / "kernels.png").exists()
-  assert "weight GB/s" in capsys.readouterr().out
+  image = matplotlib.image.imread(tmp_path / "kernels.png")
+  assert image.shape[:2] == (400, 1000)  # the roofline and one TFLOP/s-vs-M panel (K = N = 256), 5 x 4 in each
+  assert image.std() > 0
+  out = capsys.readouterr().out
+  assert "weight GB/s" in out and "FLOP/B" in out and "Roofs of this run" in out
