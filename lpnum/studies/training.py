@@ -66,6 +66,13 @@ tasks hide most formats' noise, so most recipes should match float32 and only th
 should show a gap. The digits test set has 359 images (one image is 0.28 points) and there are two seeds, so gaps
 below about a point are noise; the synthetic task's difficulty is arbitrary, so its absolute accuracies say how
 fast each recipe learns the look-up, not how it would do on language.
+
+Full run (seeds 0 and 1, mean test accuracy): float32 reaches 98.05% (MLP) and 98.89% (CNN). Every 8-bit, 16-bit,
+MX, NVFP4 and posit8 recipe lands within 0.6 points of it (bfloat16 -0.14 / -0.14, int8 +0.14 / -0.28, fp8
+-0.42 / -0.28, mxfp8 -0.28 / 0.00, mxfp4 -0.28 / -0.56, nvfp4 -0.14 / -0.42, posit8 -0.14 / +0.28 for MLP / CNN),
+int4 weights lose 0.70 on the CNN and nothing on the MLP, and ternary is the one clear gap: -1.81 (MLP) and
+-2.92 (CNN), with a final training loss 5 to 20 times float32's. On the sequence task every recipe reaches 100%
+(posit8 99.95%); there only the final loss separates ternary (0.0190 against 0.0039).
 """
 
 from __future__ import annotations
