@@ -30,17 +30,28 @@ models with a small loss. What this measures: the quantization error of each rul
 MLP, which the papers do not tabulate per rule. Why the numbers differ: ``floor`` maps a block's amax into
 ``[2^emax, 2^(emax+1))``, above the element max whenever the element's max is not ``2^(emax+1) - ulp`` (E2M1: max
 6 = 1.5 * 2^2; E4M3: 448 = 1.75 * 2^8), so the largest elements of some blocks saturate; ``ceil``/``rceil`` never
-saturate but leave up to one binade unused, and ``even`` rounds the amax to the element precision first. Which
-trade-off wins depends on the format (the clipping costs the most for FP4 and FP6, whose max is far below the next
-power of two) and on the tail of the data, so the ranking here is specific to these tensors; the papers' accuracy
-claims come from large models and full training runs this study does not attempt.
+saturate but can leave a binade unused (``ceil`` rounds the amax's own exponent up, so it uses at most
+``2^(emax+1)`` of the element range), and ``even`` rounds the amax to the element precision first. Which trade-off
+wins depends on the element grid. A floating-point grid with several exponent bits has the same relative precision
+in every binade, so a scale one binade too large costs it almost nothing and saturation is the only loss; a nearly
+uniform grid (E2M1, E2M3, INT8) coarsens every element of a block when the scale doubles, which costs more than
+saturating the block's largest values. Full run (seed 0): ``rceil`` beats ``floor`` by 0.9 to 2.0 dB on MXFP8
+E4M3 and by 0.2 to 0.5 dB on E5M2 and E3M2, while ``floor`` beats ``rceil`` on MXFP4 by up to 0.56 dB (on every
+tensor but the MLP activations, where ``rceil`` leads by 0.25) and ties it on MXFP6 E2M3 and MXINT8; ``even`` is
+the best or within 0.06 dB of it on E2M1, E2M3, E5M2, E3M2 and INT8, and 0.3 to 1.0 dB below ``rceil`` on E4M3;
+``ceil`` loses 0.9 to 3.7 dB on E2M1 and E2M3 and 6 dB (one bit) on MXINT8. PTQ accuracy of the digits MLP stays
+within one test image (0.28 points) of float32 under every rule for the 6- and 8-bit formats, and MXFP4 loses 0.28
+to 0.56 points under every rule. The ranking is specific to these tensors; the papers' accuracy claims come from
+large models and full training runs this study does not attempt.
 
 *FP8 Formats for Deep Learning* (Micikevicius et al.). What they reported: E4M3 for weights and activations and
 E5M2 for gradients, with per-tensor scaling factors, match 16-bit training quality on CNNs, RNNs and transformers up
 to 175B parameters with unchanged hyper-parameters. Delayed scaling (a scale from the amax history of earlier steps)
 is the recipe TransformerEngine implements for it. What this measures: final loss and accuracy of a small MLP on
-digits under current and delayed scaling. Why it differs: digits and a two-layer MLP have benign, slowly changing
-ranges, so all recipes land within run-to-run noise of float32; delayed scaling's risk (an amax that jumps above
+digits under current and delayed scaling. Full run (seed 0): float32 98.05%, current scaling 98.33%, delayed
+scaling with histories 1, 4 and 16: 97.77%, 97.77% and 97.21% (at most 3 test images apart), final losses all
+within 1e-5 of each other. Why it differs: digits and a two-layer MLP have benign, slowly changing ranges, so all
+recipes land within run-to-run noise of float32; delayed scaling's risk (an amax that jumps above
 its history saturates until the history catches up) and its benefit (no extra pass over the tensor before the
 matmul) show on large models and on hardware, not in this fake-quantized CPU emulation.
 """
