@@ -183,6 +183,7 @@ class Pow2(NamedTuple):
   p2: jax.Array
   sub_in: jax.Array  # 2^(k - 149) where k >= 24, else 0: scales a subnormal input's integer significand
   sub_out: jax.Array  # 2^(k + 149) for k <= -22: gives a subnormal result's integer units
+  p: jax.Array  # 2^k where that is a normal float32 (-126 <= k <= 127), else 0
 
 
 def pow2_factors(k: jax.Array) -> Pow2:
@@ -190,7 +191,25 @@ def pow2_factors(k: jax.Array) -> Pow2:
   k = jnp.asarray(k, jnp.int32)
   half = k >> 1
   sub_in = jnp.where(k >= 24, _pow2(jnp.clip(k, 24, 252) - 149), np.float32(0))
-  return Pow2(_pow2(half), _pow2(k - half), sub_in, _pow2(jnp.clip(k, -149, -22) + 149))
+  p = jnp.where((k >= -126) & (k <= 127), _pow2(jnp.clip(k, -126, 127)), np.float32(0))
+  return Pow2(_pow2(half), _pow2(k - half), sub_in, _pow2(jnp.clip(k, -149, -22) + 149), p)
+
+
+def plain_for_rounding(f: Pow2) -> jax.Array:
+  """Whether ``x * f.p`` may stand for :func:`scale_for_rounding` everywhere (a bool scalar).
+
+  It may where ``2^k`` is a normal float32 and ``k < 24``: the products then agree wherever either is at least
+  2^-126 (exact), and are both below 2^-102 elsewhere (a subnormal ``x`` included), which a rounding to nearest
+  to a format whose half smallest step is above 2^-102 takes to the zero of ``x``'s sign either way.
+  """
+  return jnp.all((f.p != 0) & (f.sub_in == 0))
+
+
+def plain_exact(f: Pow2, smallest: float) -> jax.Array:
+  """Whether ``v * f.p`` equals :func:`scale_exact` for every ``v`` that is zero, inf, NaN or at least the power
+  of two ``smallest`` in magnitude (a bool scalar): it does where every such nonzero product is a normal float32.
+  """
+  return jnp.all(f.p * np.float32(smallest) >= np.float32(2.0 ** -126))
 
 
 def scale_for_rounding(x: jax.Array, f: Pow2) -> jax.Array:
@@ -237,9 +256,13 @@ def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
   axes = tuple(a % x.ndim for a in axes)
   out_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else tuple(
       d for i, d in enumerate(x.shape) if i not in axes)
-  axes = tuple(a for a in axes if x.shape[a] != 1)  # reducing size-1 axes too slows XLA's reductions down
-  minor = [i for i, d in enumerate(x.shape) if d > 1]
-  if not minor or minor[-1] in axes:
+  # Size-1 axes slow XLA's reductions down (and may make it copy x); a reduction to one value runs faster flat.
+  kept = [i for i, d in enumerate(x.shape) if d != 1]
+  axes = tuple(kept.index(a) for a in axes if a in kept)
+  x = x.reshape([x.shape[i] for i in kept])
+  if len(axes) == x.ndim > 1:
+    x, axes = x.reshape(-1), (0,)
+  if x.ndim == 0 or x.ndim - 1 in axes:
     amax, nan = _reduce_max_flag(jnp.abs(x), jnp.isnan(x), np.float32(0), axes)
   else:  # along non-minor axes XLA's variadic reduction is slow: two plain ones are several times faster
     amax, nan = jnp.max(jnp.abs(x), axis=axes), jnp.any(jnp.isnan(x), axis=axes)

@@ -261,8 +261,12 @@ def quantize_scaled(
 def _quantize_jit(x, scale, key, fmt, mode, block, padded) -> QArray:
   xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
   s = _scales(xb, fmt, scale)
-  r = _round_elements(xb, s, fmt, mode, _rand(key, mode, x.shape, block, padded))
-  codes = blocks.from_blocks(fmt.element._encode_rounded(r, _F32), x.shape)
+  rand = _rand(key, mode, x.shape, block, padded)
+
+  def encode(plain, xb, s):
+    return fmt.element._encode_rounded(_round_elements(xb, s, fmt, mode, rand, plain), _F32)
+
+  codes = blocks.from_blocks(_by_scaling(encode, xb, s, fmt, mode), x.shape)
   data = packing.pack(codes.reshape(codes.shape or (1,)), fmt.element.bits, axis=-1)
   compact = [xb.shape[i] for i in range(0, 2 * x.ndim, 2)]
   return QArray(
@@ -299,8 +303,12 @@ def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
   s = _per_block(lambda c, z, t: _Scales.from_codes(fmt, c, z, t), q.scales.size,
                  expand(q.scales), expand(q.zero_point), q.tensor_scale)
   s = _per_block(lambda v: v.with_factors(fmt), q.scales.size, s)
-  out = _apply_scale(_decode(fmt.element, cb), s, fmt, _bits.INPUT_CARRIERS[dtype])
-  return blocks.from_blocks(out, q.shape)
+  target = _bits.INPUT_CARRIERS[dtype]
+
+  def decode(plain, cb, s):
+    return _apply_scale(_decode(fmt.element, cb), s, fmt, target, plain)
+
+  return blocks.from_blocks(_by_scaling(decode, cb, s, fmt, None), q.shape)
 
 
 def fake_quantize(
@@ -330,9 +338,12 @@ def _fake_jit(x, scale, key, fmt, mode, block, padded):
 def _fake_quantize_ste(x, scale, rand, fmt, mode, block, padded):
   xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
   s = _scales(xb, fmt, scale)
-  r = _round_elements(xb, s, fmt, mode, rand)
-  out = _apply_scale(r, s, fmt, _bits.INPUT_CARRIERS[np.dtype(x.dtype)])
-  return blocks.from_blocks(out, x.shape)
+  target = _bits.INPUT_CARRIERS[np.dtype(x.dtype)]
+
+  def round_trip(plain, xb, s):
+    return _apply_scale(_round_elements(xb, s, fmt, mode, rand, plain), s, fmt, target, plain)
+
+  return blocks.from_blocks(_by_scaling(round_trip, xb, s, fmt, mode), x.shape)
 
 
 def _fake_fwd(x, scale, rand, fmt, mode, block, padded):
@@ -495,12 +506,40 @@ def _scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
 
 
 def _per_block(compute, size: int, first: jax.Array, *rest):
-  """``compute(first, *rest)``, kept out of the elementwise loop that consumes it (see ``_scales``)."""
+  """``compute(first, *rest)``, kept out of the elementwise loop that consumes it (see ``_scales``).
+
+  The arrays cross the conditional without their size-1 axes: XLA on the CPU may give such an operand a layout
+  that orders the size-1 axes differently from the branch's, and then copies it (the whole tensor) inside.
+  """
   if size == 0:
     return compute(first, *rest)
   probe = jax.tree_util.tree_leaves(first)[0].reshape(-1)[0]
   pred = probe.astype(jnp.int32) == 0 if jnp.issubdtype(probe.dtype, jnp.integer) else jnp.isnan(probe)
-  return jax.lax.cond(pred, compute, compute, first, *rest)
+  return _cond(pred, compute, compute, first, *rest)
+
+
+def _cond(pred: jax.Array, true_fn, false_fn, *args):
+  """``jax.lax.cond(pred, true_fn, false_fn, *args)``, the arrays crossing it without their size-1 axes (see
+  ``_per_block``)."""
+  leaves, treedef = jax.tree_util.tree_flatten(args)
+  out_leaves, out_treedef = jax.tree_util.tree_flatten(jax.eval_shape(true_fn, *args))
+
+  def branch(fn):
+    def run(*squeezed):
+      args = jax.tree_util.tree_unflatten(treedef, _unsqueeze(squeezed, leaves))
+      return [_squeeze(a) for a in jax.tree_util.tree_leaves(fn(*args))]
+    return run
+
+  out = jax.lax.cond(pred, branch(true_fn), branch(false_fn), *[_squeeze(a) for a in leaves])
+  return jax.tree_util.tree_unflatten(out_treedef, _unsqueeze(out, out_leaves))
+
+
+def _squeeze(a: jax.Array) -> jax.Array:
+  return a.reshape([d for d in a.shape if d != 1])
+
+
+def _unsqueeze(arrays, like) -> list[jax.Array]:
+  return [a.reshape(b.shape) for a, b in zip(arrays, like)]
 
 
 def _compute_scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
@@ -641,10 +680,40 @@ jax.tree_util.register_dataclass(
 
 
 # ---- elements -------------------------------------------------------------------------------------------------
-def _round_elements(xb, s: _Scales, fmt: ScaledFormat, mode: Rounding, rand) -> jax.Array:
-  """The elements: ``x / S`` rounded to the element format, as float32 values in element units."""
+def _by_scaling(compute, xb: jax.Array, s: _Scales, fmt: ScaledFormat, mode: Rounding | None) -> jax.Array:
+  """``compute(plain, xb, s)``, the elementwise pass (rounding elements with ``mode``, or None for none), with
+  ``plain=True`` where every block allows it.
+
+  ``plain`` scales by one float multiplication with the scale's power of two each way (``_round_elements``,
+  ``_apply_scale``) instead of the exact paths for subnormal inputs and results, which cost the elementwise pass
+  about as much as the rounding itself. Where the two agree bit for bit in every block (the usual case: no scale
+  near the ends of float32's range; see ``_bits.plain_for_rounding`` and ``_bits.plain_exact``), a conditional
+  runs the plain pass, else the exact one. Elements are rounded only to nearest even, and only float and integer
+  elements (whose rounding takes values below 2^-102 to zero).
+  """
+  if xb.size == 0:
+    return compute(False, xb, s)
+  ok = _bits.plain_exact(s.up, _smallest_product(fmt))
+  if mode is not None:
+    if mode is not Rounding.NEAREST_EVEN or not isinstance(fmt.element, FloatFormat | IntFormat):
+      return compute(False, xb, s)
+    ok = ok & _bits.plain_for_rounding(s.down)
+  return _cond(ok, functools.partial(compute, True), functools.partial(compute, False), xb, s)
+
+
+def _smallest_product(fmt: ScaledFormat) -> float:
+  """A power of two at most the smallest nonzero magnitude that ``_apply_scale`` scales by ``2^(de + e)``."""
+  low = fmt.element.min_positive
+  if fmt.tensor_scale:
+    low *= max(fmt.scale_format.min_positive, _MIN_NORMAL)
+  return 2.0 ** math.floor(math.log2(low))
+
+
+def _round_elements(xb, s: _Scales, fmt: ScaledFormat, mode: Rounding, rand, plain: bool = False) -> jax.Array:
+  """The elements: ``x / S`` rounded to the element format, as float32 values in element units (``plain``: see
+  ``_by_scaling``)."""
   el = fmt.element
-  xn = _bits.scale_for_rounding(xb, s.down)
+  xn = xb * s.down.p if plain else _bits.scale_for_rounding(xb, s.down)
   q = xn if s.m is None else _div(xn, s.m)
   if fmt.asymmetric:
     r = _INT_GRID._round(q, _F32, mode, Overflow.SATURATE, rand, None) + s.zero
@@ -656,17 +725,23 @@ def _round_elements(xb, s: _Scales, fmt: ScaledFormat, mode: Rounding, rand) -> 
 _INT_GRID = IntFormat(bits=16)
 
 
-def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carrier) -> jax.Array:
-  """``v * S`` rounded once into ``target`` (``v`` in element units); NaN scales give NaN."""
+def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carrier,
+                 plain: bool = False) -> jax.Array:
+  """``v * S`` rounded once into ``target`` (``v`` in element units); NaN scales give NaN (``plain``: see
+  ``_by_scaling``)."""
   if s.zero is not None:
     v = v - s.zero.astype(jnp.float32)
+
+  def scale(w):
+    return _bits.scale_exact(w, s.up, target) if not plain else (w * s.up.p).astype(target.dtype)
+
   if s.m is None:
-    out = _bits.scale_exact(v, s.up, target)
+    out = scale(v)
     if s.nan is not None:
       out = jnp.where(s.nan, jnp.asarray(np.nan, target.dtype), out)
     return out
   if s.tm is not None:  # fl(fl(v * block) * tm) * 2^de, with v * block exact
-    return _bits.scale_exact((v * s.block) * s.tm, s.up, target)
+    return scale((v * s.block) * s.tm)
   # ``block`` is S itself, a normal float32 (general scales are at least 2^-126).
   if target is _F32 and fmt.element.min_positive >= 1:
     return v * s.block  # integer elements: the IEEE product, never below 2^-126
@@ -674,7 +749,7 @@ def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carr
   if target is not _F32 and p <= 8:
     return _bits.multiply(v, s.block, p, target)
   # fl(v * m) * 2^e: one rounding wherever the result is a normal float (below, a second one; documented).
-  return _bits.scale_exact(v * s.m, s.up, target)
+  return scale(v * s.m)
 
 
 def _element_precision(el: Format) -> int:

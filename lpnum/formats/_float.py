@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, away_from_zero, round_below_unit, round_shift
+from lpnum._rounding import Overflow, Rounding, away_from_zero, round_below_unit, round_integral, round_shift
 from lpnum.formats._base import Format
 
 
@@ -294,6 +294,8 @@ def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, m
   from the carrier's biased exponent.
   """
   M = c.mantissa_bits
+  if mode is Rounding.NEAREST_EVEN and 1 <= m < M and tsub == emin - m and tsub >= 2 - c.bias:
+    return _round_magnitude_nearest(a, c, m, emin)
   if emin < -c.bias or mode is Rounding.STOCHASTIC:
     return _round_magnitude_general(a, biased, c, m, emin, tsub, mode, negative, rand, stochastic_bits,
                                     code_bias)
@@ -319,6 +321,24 @@ def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, m
   else:  # 2^tsub is the carrier's smallest subnormal: nothing nonzero lies below it
     below = False
   return jnp.where(a < unit, jnp.where(below, unit, c.u(0)), kept)
+
+
+def _round_magnitude_nearest(a, c: _bits.Carrier, m: int, emin: int) -> jax.Array:
+  """round_magnitude to nearest even for a format with subnormals, ``1 <= m < mantissa_bits`` and its smallest
+  step ``2^(emin - m)`` at least ``2^(2 - bias)`` of the carrier.
+
+  From ``2^emin`` up, every value drops the same ``mantissa_bits - m`` bits of its pattern (the kept low bit is
+  the code's). Below, the grid is uniform: ``|x| / step`` rounded to an integer by the float unit (exact, see
+  round_integral) and scaled back, both exact powers of two. Carrier subnormals there (which XLA may flush) lie
+  below half a step and round to 0 either way.
+  """
+  drop = c.mantissa_bits - m
+  normal = round_shift(a, drop, Rounding.NEAREST_EVEN, drop_range=(drop, drop)) << c.u(drop)
+  step = emin - m
+  v = jax.lax.bitcast_convert_type(a, c.dtype)
+  units = round_integral(v * np.array(2.0 ** -step, c.dtype), Rounding.NEAREST_EVEN)
+  small = jax.lax.bitcast_convert_type(units * np.array(2.0 ** step, c.dtype), c.utype)
+  return jnp.where(a < _carrier_bits(2.0 ** emin, c), small, normal)
 
 
 def _parity_flip(e, biased, drop, c: _bits.Carrier, m: int, emin: int, code_bias: int):
