@@ -36,7 +36,8 @@ candidates of a case are compiled and then timed side by side (interleaved round
   ``NVFP4Tensor.to_nvfp4(t, 16, per_tensor_amax_to_scale(amax)).dequantize(torch.float32)``. torchao has no MXINT8.
 
 Per-channel formats are ``lpnum.ScaledFormat(int8|int4, lpnum.per_channel(0))``: channel axis 0, so one scale per
-row of ``x``, reducing over the last axis; every library is given the same granularity.
+row of ``x``, reducing over the last axis; ``int8_per_column`` is ``lpnum.per_channel(-1)``, one scale per column
+(an ``(in, out)`` kernel's output channels), reducing over axis 0. Every library is given the same granularity.
 
 Every library's optional package is imported lazily; a missing one marks its candidates ``skipped``. Before
 timing, each case checks (untimed, on a small array) what fraction of every candidate's values equal lpnum's: for
@@ -118,18 +119,22 @@ class Case:
   """One benchmarked format.
 
   Attributes:
-    name: the record name (an lpnum preset name, or ``int8_per_channel``/``int4_per_channel``).
+    name: the record name (an lpnum preset name, ``int8_per_channel``/``int4_per_channel`` or
+      ``int8_per_column``).
     kind: ``"mx"``, ``"nvfp4"`` or ``"per_channel"``.
     fmt: what is passed to ``lpnum.fake_quantize`` (a preset name or a ScaledFormat).
+    channel_axis: per-channel cases: the axis that keeps one scale per index (the other one is reduced).
   """
 
   name: str
   kind: str
   fmt: str | lpnum.ScaledFormat
+  channel_axis: int = 0
 
 
-def _per_channel(bits: int) -> Case:
-  return Case(f"int{bits}_per_channel", "per_channel", lpnum.ScaledFormat(f"int{bits}", lpnum.per_channel(0)))
+def _per_channel(bits: int, axis: int = 0) -> Case:
+  name = f"int{bits}_per_channel" if axis == 0 else f"int{bits}_per_column"
+  return Case(name, "per_channel", lpnum.ScaledFormat(f"int{bits}", lpnum.per_channel(axis)), axis % 2)
 
 
 CASES: tuple[Case, ...] = (
@@ -137,9 +142,10 @@ CASES: tuple[Case, ...] = (
     Case("nvfp4", "nvfp4", "nvfp4"),
     _per_channel(8),
     _per_channel(4),
+    _per_channel(8, -1),
 )
 #: The cases of ``--quick``.
-QUICK_CASES: tuple[str, ...] = ("mxfp8_e4m3", "mxfp4_e2m1", "nvfp4", "int8_per_channel")
+QUICK_CASES: tuple[str, ...] = ("mxfp8_e4m3", "mxfp4_e2m1", "nvfp4", "int8_per_channel", "int8_per_column")
 
 #: MX element dtypes (ml_dtypes), None for MXINT8.
 MX_DTYPES: dict[str, Any] = {
@@ -273,11 +279,11 @@ def _jnp_nvfp4() -> Callable[[jax.Array], jax.Array]:
   return jax.jit(round_trip)
 
 
-def _jnp_per_channel(bits: int) -> Callable[[jax.Array], jax.Array]:
+def _jnp_per_channel(bits: int, axis: int) -> Callable[[jax.Array], jax.Array]:
   qmax = 2 ** (bits - 1) - 1
 
   def round_trip(v: jax.Array) -> jax.Array:
-    scale = jnp.max(jnp.abs(v), axis=-1, keepdims=True) / qmax
+    scale = jnp.max(jnp.abs(v), axis=1 - axis, keepdims=True) / qmax
     scale = jnp.where(scale == 0, jnp.float32(1), scale)
     return jnp.clip(jnp.round(v / scale), -qmax, qmax) * scale
   return jax.jit(round_trip)
@@ -292,7 +298,7 @@ def _jnp(case: Case) -> Callable[[jax.Array], jax.Array]:
     return _jnp_mx(case.name)
   if case.kind == "nvfp4":
     return _jnp_nvfp4()
-  return _jnp_per_channel(_bits(case))
+  return _jnp_per_channel(_bits(case), case.channel_axis)
 
 
 # ---- third parties ----------------------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ def _qwix(case: Case, libs: Libraries) -> Callable[[jax.Array], jax.Array] | dic
   qwix = qwix["qwix"]
   if case.kind == "per_channel":
     qtype = {8: jnp.int8, 4: jnp.int4}[_bits(case)]
-    return jax.jit(lambda v: qwix.dequantize(qwix.quantize(v, qtype, channelwise_axes=(0,))))
+    return jax.jit(lambda v: qwix.dequantize(qwix.quantize(v, qtype, channelwise_axes=(case.channel_axis,))))
   if case.name not in QWIX_QTYPES:
     return failure("unsupported", "qwix's block-scaled qtypes are 'mxfp8' (E4M3 elements), 'mxfp4' and 'nvfp4' "
                                   "(qarray.HowToQuantize, numerics.convert_to); no MX E5M2, FP6 or MXINT8")
@@ -324,7 +330,7 @@ def _aqt(case: Case, libs: Libraries) -> Callable[[jax.Array], jax.Array] | dict
                                   "Fp8Numerics (e4m3/e5m2) and FpNumerics, scaled by float scales (po2_scale "
                                   "rounds them up), not E8M0/E4M3 block scales")
   quantizer = aqt["aqt.jax.v2.aqt_quantizer"]
-  fake = quantizer.make_fake_quant(quantizer.quantizer_make(_bits(case)), calibration_axes=[1])
+  fake = quantizer.make_fake_quant(quantizer.quantizer_make(_bits(case)), calibration_axes=[1 - case.channel_axis])
   return jax.jit(fake)
 
 
@@ -594,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
   print(f"Block-scaled fake quantization of a {shape[0]}x{shape[1]} float32 standard-normal array on "
         f"{jax.devices()[0]}; jitted unless eager (gfloat_block, torchao); median of {args.repeats} interleaved "
         "calls per candidate, compile excluded. Per-channel: one scale per row (lpnum.per_channel(0), reducing over "
-        "the last axis) for every library.")
+        "the last axis); per-column: lpnum.per_channel(-1), reducing over axis 0; the same for every library.")
   print(format_tables(records))
   print("\nTargets (ratios of medians from the same run):")
   print(format_targets(targets))
@@ -603,7 +609,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
       "config": {"lpnum_revision": lpnum_revision(), "shape": list(shape), "values": int(x.size),
                  "repeats": args.repeats, "quick": args.quick, "input": "jax.random.normal(key(0), shape, float32)",
                  "probe_shape": list(PROBE_SHAPE), "gfloat_block_max_blocks": GFLOAT_BLOCK_MAX_BLOCKS,
-                 "per_channel": "lpnum.per_channel(0): one scale per row, reducing over the last axis",
+                 "per_channel": "lpnum.per_channel(0): one scale per row, reducing over the last axis; "
+                                "int8_per_column: lpnum.per_channel(-1), one scale per column, reducing over axis 0",
                  "torch_threads": libs.get("torchao")["torch"].get_num_threads() if libs.get("torchao") else None},
       "libraries": {"versions": libs.versions, "missing": libs.reasons},
       "candidates": CANDIDATE_DOCS,

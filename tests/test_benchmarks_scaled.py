@@ -47,8 +47,11 @@ def test_scaled_quick(tmp_path, capsys):
     assert agree["fraction_equal"]["lpnum_packed"] == 1.0  # the packed round trip is the fused one, bit for bit
     assert 0 <= agree["fraction_equal"]["jnp"] <= agree["fraction_within_2ulp"]["jnp"] <= 1
   kinds = {r["format"]: r["kind"] for r in records}
-  assert kinds == {"mxfp8_e4m3": "mx", "mxfp4_e2m1": "mx", "nvfp4": "nvfp4", "int8_per_channel": "per_channel"}
+  assert kinds == {"mxfp8_e4m3": "mx", "mxfp4_e2m1": "mx", "nvfp4": "nvfp4", "int8_per_channel": "per_channel",
+                   "int8_per_column": "per_channel"}
   by_name = {r["format"]: r for r in records}
+  # The hand-written per-column version reduces over axis 0, as lpnum.per_channel(-1) does: values agree to 2 ulp.
+  assert by_name["int8_per_column"]["agreement"]["fraction_within_2ulp"]["jnp"] > 0.99
   for name in ("mxfp8_e4m3", "mxfp4_e2m1"):  # FLOOR MX: the hand-written version matches lpnum almost everywhere
     assert by_name[name]["agreement"]["fraction_within_2ulp"]["jnp"] > 0.99
 
