@@ -231,14 +231,19 @@ def lpnum_revision() -> str | None:
 
 
 def write_json(name: str, payload: Mapping[str, Any], out_dir: str | Path | None = None) -> Path:
-  """Writes ``{"benchmark": name, "machine": machine_info(), "results": payload}`` to ``<out_dir>/<name>.json``.
+  """Writes ``{"benchmark": name, "machine": machine_info(), "results": payload}`` to ``<out_dir>/<name>.json``,
+  and each top-level list of records in ``payload`` as ``<out_dir>/<name>_<key>.csv``
+  (:func:`lpnum.studies._common.write_csv`).
 
-  ``out_dir`` defaults to ``benchmarks/results``; it is created if needed. Prints and returns the path written.
+  ``out_dir`` defaults to ``benchmarks/results``; it is created if needed. Prints and returns the JSON's path.
   """
+  from lpnum.studies._common import write_csv
+
   directory = Path(out_dir) if out_dir is not None else RESULTS_DIR
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / f"{name}.json"
   document = {"benchmark": name, "machine": machine_info(), "results": payload}
   path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
-  print(f"\nwrote {path}")
+  csvs = write_csv(name, dict(payload), directory)
+  print(f"\nwrote {path}" + "".join(f", {p.name}" for p in csvs))
   return path

@@ -118,8 +118,10 @@ def bytes_moved(fn, args) -> int:
 
 
 def run_matmuls(shapes, repeats: int) -> list[dict]:
+  from lpnum.studies._common import progress
+
   rows = []
-  for m, k, n in shapes:
+  for m, k, n in progress(shapes, "matmul shapes"):
     cands, nbytes = matmul_candidates(m, k, n)
     measured = time_fns(cands, repeats=repeats)
     flops = 2 * m * k * n

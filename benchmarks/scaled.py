@@ -594,7 +594,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
   shape = QUICK_SHAPE if args.quick else SHAPE
   libs = load_libraries(args.quick)
   x = jax.block_until_ready(jax.random.normal(jax.random.key(0), shape, jnp.float32))
-  records = [bench_case(case, x, libs, repeats=args.repeats) for case in cases]
+  from lpnum.studies._common import progress
+
+  records = [bench_case(case, x, libs, repeats=args.repeats) for case in progress(cases, "formats")]
   targets = evaluate_targets(records)
 
   print(f"Block-scaled fake quantization of a {shape[0]}x{shape[1]} float32 standard-normal array on "

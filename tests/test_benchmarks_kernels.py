@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 
@@ -43,5 +44,9 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   image = matplotlib.image.imread(tmp_path / "kernels.png")
   assert image.shape[:2] == (400, 1000)  # the roofline and one TFLOP/s-vs-M panel (K = N = 256), 5 x 4 in each
   assert image.std() > 0
+  with (tmp_path / "kernels_matmul.csv").open() as f:  # the same rows as CSV
+    rows = list(csv.DictReader(f))
+  assert [(r["kernel"], float(r["intensity"])) for r in rows] == [(r["kernel"], r["intensity"])
+                                                                  for r in results["matmul"]]
   out = capsys.readouterr().out
-  assert "weight GB/s" in out and "FLOP/B" in out and "Roofs of this run" in out
+  assert "weight GB/s" in out and "FLOP/B" in out and "Roofs of this run" in out and "kernels_matmul.csv" in out
