@@ -28,7 +28,8 @@ FAST = ("tour_of_formats", "quantize_flax_model")
 INSTALL_CELL = '''import importlib.util, os, subprocess, sys
 if importlib.util.find_spec("lpnum") is None:  # on Colab: install lpnum from its repository
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ.get("LPNUM_SOURCE", "lpnum[dev] @ git+https://github.com/lpnum/lpnum")], check=True)
-QUICK = os.environ.get("LPNUM_QUICK", "1") == "1"   # quick mode on a CPU runtime; set LPNUM_QUICK=0 for the full study'''
+import jax
+QUICK = os.environ.get("LPNUM_QUICK", "1" if jax.default_backend() == "cpu" else "0") == "1"  # quick on a CPU runtime, full on a GPU/TPU one; LPNUM_QUICK=0/1 overrides'''
 
 
 def _param(path: Path, *, execute: bool):
