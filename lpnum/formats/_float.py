@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, away_from_zero, round_below_unit, round_integral, round_shift
+from lpnum._rounding import (Overflow, Rounding, away_from_zero, round_below_unit, round_shift,
+                             round_small_nearest_even)
 from lpnum.formats._base import Format
 
 
@@ -328,15 +329,15 @@ def _round_magnitude_nearest(a, c: _bits.Carrier, m: int, emin: int) -> jax.Arra
   step ``2^(emin - m)`` at least ``2^(2 - bias)`` of the carrier.
 
   From ``2^emin`` up, every value drops the same ``mantissa_bits - m`` bits of its pattern (the kept low bit is
-  the code's). Below, the grid is uniform: ``|x| / step`` rounded to an integer by the float unit (exact, see
-  round_integral) and scaled back, both exact powers of two. Carrier subnormals there (which XLA may flush) lie
-  below half a step and round to 0 either way.
+  the code's). Below, the grid is uniform: ``|x| / step`` (below ``2^m``) rounded to an integer by the float unit
+  (exact, see round_small_nearest_even) and scaled back, both exact powers of two. Carrier subnormals there (which
+  XLA may flush) lie below half a step and round to 0 either way.
   """
   drop = c.mantissa_bits - m
   normal = round_shift(a, drop, Rounding.NEAREST_EVEN, drop_range=(drop, drop)) << c.u(drop)
   step = emin - m
-  v = jax.lax.bitcast_convert_type(a, c.dtype)
-  units = round_integral(v * np.array(2.0 ** -step, c.dtype), Rounding.NEAREST_EVEN)
+  v = jax.lax.bitcast_convert_type(jnp.minimum(a, _carrier_bits(2.0 ** emin, c)), c.dtype)
+  units = round_small_nearest_even(v * np.array(2.0 ** -step, c.dtype))
   small = jax.lax.bitcast_convert_type(units * np.array(2.0 ** step, c.dtype), c.utype)
   return jnp.where(a < _carrier_bits(2.0 ** emin, c), small, normal)
 
