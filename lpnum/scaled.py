@@ -476,7 +476,7 @@ def _div(x: jax.Array, d: jax.Array) -> jax.Array:
 def _range(xb: jax.Array, fmt: ScaledFormat, axes) -> jax.Array:
   """Each block's range (absmax or percentile), float32, keepdims."""
   cal = fmt.calibration
-  if cal.kind == "percentile" and cal.q < 100:
+  if not _range_is_absmax(cal):
     n = len(axes)
     bits = jax.lax.bitcast_convert_type(xb, jnp.uint32) & np.uint32(0x7FFFFFFF)
     moved = jnp.moveaxis(bits, axes, tuple(range(-n, 0)))
@@ -492,6 +492,11 @@ def _range(xb: jax.Array, fmt: ScaledFormat, axes) -> jax.Array:
     return jnp.expand_dims(r.reshape([xb.shape[i] for i in range(0, xb.ndim, 2)]), axes)
   return _bits.abs_max(xb, axes) if xb.size else jnp.zeros(
       [1 if i in axes else d for i, d in enumerate(xb.shape)], jnp.float32)
+
+
+def _range_is_absmax(cal: Calibration) -> bool:
+  """Whether :func:`_range` is each block's abs-max under ``cal``."""
+  return not (cal.kind == "percentile" and cal.q < 100)
 
 
 def _scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
@@ -566,8 +571,9 @@ def _scales_from_range(r: jax.Array, fmt: ScaledFormat, xb: jax.Array) -> _Scale
     return _pow2_scales(r, fmt)
   tensor = None
   ideal = _div(r, jnp.float32(fmt.element_max))
-  if fmt.tensor_scale:
-    amax = _bits.abs_max(xb, None, keepdims=False) if xb.size else jnp.float32(0)
+  if fmt.tensor_scale:  # the tensor's abs-max; where r holds the blocks' abs-maxes, theirs (one pass fewer over x)
+    amax = _bits.abs_max(r if _range_is_absmax(fmt.calibration) else xb, None, keepdims=False) if xb.size else (
+        jnp.float32(0))
     tensor = jnp.maximum(_div(amax, jnp.float32(fmt.element_max * sf.max_finite)), jnp.float32(_MIN_NORMAL))
     tensor = jnp.where(jnp.isnan(amax), jnp.float32(1), tensor)
     ideal = _div(ideal, tensor)
