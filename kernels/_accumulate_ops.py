@@ -114,7 +114,7 @@ def round_to(pending: jax.Array | tuple[jax.Array, jax.Array], fmt: FloatFormat,
   """A :func:`pending_sum` rounded to ``fmt`` (nearest even, or stochastic with ``rand``; inf on overflow)."""
   if is_float32(fmt):
     return sum32(*pending, mode, rand)
-  return fmt._round(pending, _bits.F32, mode, Overflow.NON_SATURATING, rand, None)
+  return fmt._round(pending, _bits.F32, mode, Overflow.NON_SATURATING, rand, None, in_kernel=True)
 
 
 def sum32(a: jax.Array, b: jax.Array, mode: Rounding, rand: jax.Array | None) -> jax.Array:

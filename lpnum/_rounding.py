@@ -190,19 +190,6 @@ def round_integral(v: jax.Array, mode: Rounding) -> jax.Array | None:
   return None
 
 
-def round_small_nearest_even(v: jax.Array) -> jax.Array:
-  """Non-negative float ``v`` below ``2^24`` rounded to the nearest integer, ties to even (as a float).
-
-  The integer part comes from a truncating conversion and the fraction ``v - trunc(v)`` is exact, so the result is
-  IEEE roundToIntegral's. Unlike ``jnp.round`` it lowers in every backend, Pallas on GPU (Triton, which has no
-  ``round`` primitive) included; the shorter ``(v + 2^23) - 2^23`` is no alternative, as XLA folds it to ``v``.
-  """
-  t = v.astype(jnp.int32)
-  f = v - t.astype(v.dtype)
-  up = (f > 0.5) | ((f == 0.5) & ((t & 1) == 1))
-  return (t + up.astype(jnp.int32)).astype(v.dtype)
-
-
 def round_below_unit(a: jax.Array, half: np.generic, mode: Rounding,
                      negative: jax.Array | None = None) -> jax.Array:
   """Whether a magnitude below one unit rounds to the unit (else to 0), for every mode but stochastic.

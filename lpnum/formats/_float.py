@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import _bits
-from lpnum._rounding import (Overflow, Rounding, away_from_zero, round_below_unit, round_shift,
-                             round_small_nearest_even)
+from lpnum._rounding import Overflow, Rounding, away_from_zero, round_below_unit, round_integral, round_shift
 from lpnum.formats._base import Format
 
 
@@ -200,14 +199,16 @@ class FloatFormat(Format):
   def _fits(self, carrier: _bits.Carrier) -> str | None:
     return _float_fits(self, carrier, self.mantissa_bits)
 
-  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits):
+  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
+    """Rounds ``x`` (carrier values) to this format; ``in_kernel``: only with operations every Pallas lowering
+    has (see :func:`round_magnitude`)."""
     c = carrier
     negative, a, biased = c.split(x)
     is_nan = a > c.inf_bits
     is_inf = a == c.inf_bits
     r = round_magnitude(a, biased, c, self.mantissa_bits, self.emin,
                         self.emin - (self.mantissa_bits if self.has_subnormals else 0),
-                        mode, negative, rand, stochastic_bits, code_bias=self.bias)
+                        mode, negative, rand, stochastic_bits, code_bias=self.bias, in_kernel=in_kernel)
     return finish_round(self, x, c, a, r, negative, is_nan, is_inf, mode, overflow)
 
   def _encode_rounded(self, y, carrier):
@@ -285,17 +286,20 @@ def _float_fits(fmt: Format, carrier: _bits.Carrier, precision_bits: int | None 
 
 
 def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, mode: Rounding,
-                    negative, rand, stochastic_bits, code_bias: int = 0) -> jax.Array:
+                    negative, rand, stochastic_bits, code_bias: int = 0, in_kernel: bool = False) -> jax.Array:
   """Rounds magnitudes (carrier bits ``a``) to the grid of a float with m mantissa bits, unbounded above.
 
   The grid step at a value with exponent e is ``2^(e - m)`` for ``e >= emin`` and ``2^tsub`` below. The bits of a
   float are linear in its value within a binade and across a carry, so dropping low bits of ``a`` rounds; only
   values below one grid step (``drop > mantissa_bits`` of the carrier) go through the significand instead.
   Ties go to the even code: for ``m = 0`` the code is the exponent plus ``code_bias``, whose parity may differ
-  from the carrier's biased exponent.
+  from the carrier's biased exponent. Nearest even with subnormals has a faster path that uses the float unit's
+  round-to-integral, which Pallas's GPU (Triton) lowering lacks: ``in_kernel=True`` (code inside Pallas kernels)
+  skips it for the bit-level path, which gives the same results.
   """
   M = c.mantissa_bits
-  if mode is Rounding.NEAREST_EVEN and 1 <= m < M and tsub == emin - m and tsub >= 2 - c.bias:
+  if (mode is Rounding.NEAREST_EVEN and not in_kernel and 1 <= m < M and tsub == emin - m
+      and tsub >= 2 - c.bias):
     return _round_magnitude_nearest(a, c, m, emin)
   if emin < -c.bias or mode is Rounding.STOCHASTIC:
     return _round_magnitude_general(a, biased, c, m, emin, tsub, mode, negative, rand, stochastic_bits,
@@ -329,15 +333,15 @@ def _round_magnitude_nearest(a, c: _bits.Carrier, m: int, emin: int) -> jax.Arra
   step ``2^(emin - m)`` at least ``2^(2 - bias)`` of the carrier.
 
   From ``2^emin`` up, every value drops the same ``mantissa_bits - m`` bits of its pattern (the kept low bit is
-  the code's). Below, the grid is uniform: ``|x| / step`` (below ``2^m``) rounded to an integer by the float unit
-  (exact, see round_small_nearest_even) and scaled back, both exact powers of two. Carrier subnormals there (which
-  XLA may flush) lie below half a step and round to 0 either way.
+  the code's). Below, the grid is uniform: ``|x| / step`` rounded to an integer by the float unit (exact, see
+  round_integral) and scaled back, both exact powers of two. Carrier subnormals there (which XLA may flush) lie
+  below half a step and round to 0 either way.
   """
   drop = c.mantissa_bits - m
   normal = round_shift(a, drop, Rounding.NEAREST_EVEN, drop_range=(drop, drop)) << c.u(drop)
   step = emin - m
   v = jax.lax.bitcast_convert_type(jnp.minimum(a, _carrier_bits(2.0 ** emin, c)), c.dtype)
-  units = round_small_nearest_even(v * np.array(2.0 ** -step, c.dtype))
+  units = round_integral(v * np.array(2.0 ** -step, c.dtype), Rounding.NEAREST_EVEN)
   small = jax.lax.bitcast_convert_type(units * np.array(2.0 ** step, c.dtype), c.utype)
   return jnp.where(a < _carrier_bits(2.0 ** emin, c), small, normal)
 
