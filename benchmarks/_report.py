@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 import lpnum
+from lpnum.studies._common import write_csv
 
 __all__ = ["QuickDefault", "arg_parser", "figure_values", "format_targets", "lpnum_revision", "machine_info",
            "median_s", "ms", "parse_args", "ratio", "table", "target", "times", "write_json"]
@@ -237,8 +238,6 @@ def write_json(name: str, payload: Mapping[str, Any], out_dir: str | Path | None
 
   ``out_dir`` defaults to ``benchmarks/results``; it is created if needed. Prints and returns the JSON's path.
   """
-  from lpnum.studies._common import write_csv
-
   directory = Path(out_dir) if out_dir is not None else RESULTS_DIR
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / f"{name}.json"

@@ -40,6 +40,7 @@ import numpy as np
 
 import lpnum
 from lpnum import kernels
+from lpnum.studies._common import progress
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
                       times, write_json)
@@ -118,8 +119,6 @@ def bytes_moved(fn, args) -> int:
 
 
 def run_matmuls(shapes, repeats: int) -> list[dict]:
-  from lpnum.studies._common import progress
-
   rows = []
   for m, k, n in progress(shapes, "matmul shapes"):
     cands, nbytes = matmul_candidates(m, k, n)

@@ -65,6 +65,8 @@ import ml_dtypes
 import numpy as np
 
 import lpnum
+from lpnum.studies._common import progress
+
 from ._report import (arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
 from ._timing import Candidate, error_reason, failure, time_fns
@@ -594,8 +596,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
   shape = QUICK_SHAPE if args.quick else SHAPE
   libs = load_libraries(args.quick)
   x = jax.block_until_ready(jax.random.normal(jax.random.key(0), shape, jnp.float32))
-  from lpnum.studies._common import progress
-
   records = [bench_case(case, x, libs, repeats=args.repeats) for case in progress(cases, "formats")]
   targets = evaluate_targets(records)
 

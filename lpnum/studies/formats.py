@@ -171,14 +171,20 @@ def trained_mlp(features: tuple[int, ...], steps: int, seed: int) -> tuple[Any, 
 
   Cached per process, so studies and tests that ask for the same MLP train it once.
   """
+  from lpnum.nn import zoo
+
+  return _trained_on_digits(zoo.MLP(features=features), steps, seed, flat=True)
+
+
+def _trained_on_digits(model: Any, steps: int, seed: int, *, flat: bool) -> tuple[Any, dict[str, Any], list[float]]:
+  """``model`` trained in float32 on the digits training split (Adam 3e-3, batches of 128)."""
   import optax
 
   from lpnum import data
-  from lpnum.nn import train, zoo
+  from lpnum.nn import train
 
-  model = zoo.MLP(features=features)
-  x, y = data.digits("train", seed=seed, flat=True)
-  variables, losses = train.fit(model, (x, y), steps=steps, batch_size=128, seed=seed, optimizer=optax.adam(3e-3))
+  variables, losses = train.fit(model, data.digits("train", seed=seed, flat=flat), steps=steps, batch_size=128,
+                                seed=seed, optimizer=optax.adam(3e-3))
   return model, variables, losses
 
 
@@ -212,15 +218,9 @@ def trained_cnn(channels: tuple[int, ...], steps: int, seed: int) -> tuple[Any, 
 
   Cached per process.
   """
-  import optax
+  from lpnum.nn import zoo
 
-  from lpnum import data
-  from lpnum.nn import train, zoo
-
-  model = zoo.CNN(channels=channels)
-  variables, losses = train.fit(model, data.digits("train", seed=seed), steps=steps, batch_size=128, seed=seed,
-                                optimizer=optax.adam(3e-3))
-  return model, variables, losses
+  return _trained_on_digits(zoo.CNN(channels=channels), steps, seed, flat=False)
 
 
 def cnn_tensors(variables: dict[str, Any], eps: float = 1e-5) -> dict[str, list[np.ndarray]]:
