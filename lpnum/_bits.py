@@ -250,7 +250,8 @@ def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
   one pass reduces ``(|x|, isnan(x))`` together (a variadic reduction, which XLA also runs faster than a plain
   max), exact wherever the maximum is at least 2^-126. Only if some group's is not (all-zero or all-subnormal
   groups) does a conditional take the maximum again over the bit patterns, which order like the magnitudes.
-  Reductions along non-minor axes (e.g. one scale per column) use a plain max and a separate NaN test instead.
+  Reductions along non-minor axes (e.g. one scale per column) take a plain max and a NaN test instead, and the
+  exact path also for groups holding inf (see below).
   """
   axes = tuple(range(x.ndim)) if axis is None else ((axis,) if isinstance(axis, int) else tuple(axis))
   axes = tuple(a % x.ndim for a in axes)
@@ -264,8 +265,13 @@ def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
     x, axes = x.reshape(-1), (0,)
   if x.ndim == 0 or x.ndim - 1 in axes:
     amax, nan = _reduce_max_flag(jnp.abs(x), jnp.isnan(x), np.float32(0), axes)
-  else:  # along non-minor axes XLA's variadic reduction is slow: two plain ones are several times faster
-    amax, nan = jnp.max(jnp.abs(x), axis=axes), jnp.any(jnp.isnan(x), axis=axes)
+    unsure = np.False_
+  else:
+    # Along non-minor axes XLA's variadic reduction is slow, and so is a reduction of a boolean: a plain max and
+    # a sum of ``x * 0`` (NaN exactly where some element is NaN or infinite) are several times faster. Only a
+    # group whose maximum is infinite is left unsure; it takes the exact path below.
+    amax, inexact = jnp.max(jnp.abs(x), axis=axes), jnp.isnan(jnp.sum(x * np.float32(0), axis=axes))
+    nan, unsure = inexact & (amax != np.float32(np.inf)), jnp.any(inexact & (amax == np.float32(np.inf)))
   amax = jnp.where(nan, np.float32(np.nan), amax)
 
   def exact(_):
@@ -273,7 +279,7 @@ def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
     m, _ = _reduce_max_flag(bits, jnp.zeros(x.shape, bool), np.uint32(0), axes)
     return jax.lax.bitcast_convert_type(m, jnp.float32)
 
-  amax = jax.lax.cond(jnp.any(amax < np.float32(2.0 ** -126)), exact, lambda a: a, amax)
+  amax = jax.lax.cond(jnp.any(amax < np.float32(2.0 ** -126)) | unsure, exact, lambda a: a, amax)
   return amax.reshape(out_shape)
 
 

@@ -506,7 +506,12 @@ def _scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
   CPU compiler drops optimization barriers, so a conditional whose two branches are the same computation, on a
   predicate XLA cannot fold, keeps it apart.
   """
-  s = _per_block(lambda v, g: _compute_scales(v, fmt, g), xb.size, xb, given)
+  if given is None and not fmt.asymmetric and fmt.calibration.kind != "mse" and _range_is_absmax(fmt.calibration):
+    # The abs-max reduction runs outside the conditional: inside one, XLA runs some reductions on one thread.
+    r = _range(xb, fmt, blocks.block_axes(xb.ndim // 2))
+    s = _per_block(lambda v: _scales_from_range(v, fmt, xb), xb.size, r)
+  else:
+    s = _per_block(lambda v, g: _compute_scales(v, fmt, g), xb.size, xb, given)
   return _per_block(lambda v: v.with_factors(fmt), xb.size, s)
 
 

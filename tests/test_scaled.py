@@ -269,6 +269,34 @@ def test_nan_in_float_scale_block():
   assert np.all(np.isnan(y[0])) and not np.any(np.isnan(y[1]))
 
 
+@pytest.mark.parametrize("shape", [(256, 16), (4, 64, 16)])
+@pytest.mark.parametrize("tiny", [False, True])
+def test_per_column_special_values(shape, tiny):
+  """Scales reduced over leading axes (one per column) take another abs-max path: NaN, inf, both, FLT_MAX, and
+  (``tiny``) all-zero and all-subnormal columns against the NumPy reference."""
+  x = _data(shape, seed=16)
+  col = x.reshape(-1, shape[-1])  # a view: the reduced axes flattened
+  col[5, 0] = np.nan
+  col[7, 1], col[2, 1] = np.inf, np.nan
+  col[1, 2], col[-1, 2] = np.nan, -np.inf
+  col[3, 3] = -np.inf
+  col[0, 4] = np.finfo(F32).max
+  col[4, 8] = TINY
+  col[:, 9] = col[:, 9] * F32(2.0 ** -120)
+  if tiny:  # any block maximum below 2^-126 sends every block down the exact path
+    col[:, 5] = 0
+    col[:, 6] = F32(1e-40) * np.arange(col.shape[0], dtype=F32)
+    col[:, 7] = -F32(2.0 ** -149)
+  fmt = lpnum.ScaledFormat("int8", lpnum.per_channel(-1))
+  block = shape[:-1] + (1,)
+  with np.errstate(all="ignore"):  # inf columns overflow the reference's q * scale, as they should
+    want = ref_int(x, 8, block)[0]
+  for got in (lpnum.fake_quantize(x, fmt), jax.jit(lambda v: lpnum.fake_quantize(v, fmt))(x)):
+    got = np.asarray(got)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    _same(np.where(np.isnan(want), 0, got), np.where(np.isnan(want), 0, want))
+
+
 # ---- transforms ---------------------------------------------------------------------------------------------
 def test_jit_vmap_grad():
   x = _data((4, 2, 64), seed=14)
