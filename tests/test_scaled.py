@@ -81,6 +81,11 @@ INT_CASES = [
     ("int4", 4, False, lpnum.per_block(64, axis=0), (64, 1)),
     ("int8_narrow", 8, True, lpnum.per_tensor(), (64, 256)),
     ("int4", 4, False, lpnum.per_tile((16, 64)), (16, 64)),
+    # Blocks of 8 and 16 run grouped into rows of 32, blocks over 64 split into rows of 64 (scaled._row_view).
+    ("int8", 8, False, lpnum.per_block(8), (1, 8)),
+    ("int4", 4, False, lpnum.per_block(16), (1, 16)),
+    ("int4", 4, False, lpnum.per_block(128), (1, 128)),
+    ("int8", 8, False, lpnum.per_tile((8, 16)), (8, 16)),
 ]
 
 
@@ -104,7 +109,8 @@ def test_int_matches_numpy(name, bits, narrow, gran, block, kind):
 @pytest.mark.parametrize("dtype,name", [(ml_dtypes.float8_e4m3fn, "float8_e4m3fn"),
                                         (ml_dtypes.float8_e5m2, "float8_e5m2")])
 @pytest.mark.parametrize("gran,block", [(lpnum.per_channel(0), (1, 256)), (lpnum.per_block(32), (1, 32)),
-                                        (lpnum.per_tile((16, 16)), (16, 16))], ids=str)
+                                        (lpnum.per_block(16), (1, 16)), (lpnum.per_tile((16, 16)), (16, 16))],
+                         ids=str)
 def test_fp8_matches_numpy(dtype, name, gran, block):
   x = _data((64, 256), seed=1, kind="t2")
   fmt = lpnum.ScaledFormat(name, gran)
