@@ -243,6 +243,36 @@ def scale_exact(v: jax.Array, f: Pow2, target: Carrier = F32) -> jax.Array:
   return y if target is F32 else y.astype(target.dtype)
 
 
+#: Groups along a non-minor axis take their abs-max as elementwise maxima over at most this many slices at a time.
+_MAX_UNROLLED = 128
+
+
+def _chunks(n: int) -> list[int]:
+  """Slice counts whose product is ``n``, each at most ``_MAX_UNROLLED`` (the first at least 16, so that only
+  the first pass reads the whole input); empty if there are none."""
+  if n <= _MAX_UNROLLED:
+    return [n]
+  k = max(d for d in range(1, _MAX_UNROLLED + 1) if n % d == 0)
+  rest = _chunks(n // k) if k >= 16 else []
+  return [k] + rest if rest else []
+
+
+def _abs_max_over_slices(v: jax.Array, axis: int) -> jax.Array:
+  """``max |v|`` over ``axis`` (removed) as elementwise maxima of slices, NaN wherever a slice holds NaN; exact
+  where the maximum is at least 2^-126. (Each slice is read by its own operations: XLA would not fuse an
+  elementwise producer shared by all slices into their pass.)"""
+  n = v.shape[axis]
+  k = _chunks(n)[0]
+  if k < n:  # the innermost k slices first, then the n / k partial maxima
+    v = v.reshape(v.shape[:axis] + (n // k, k) + v.shape[axis + 1:])
+    return _abs_max_over_slices(_abs_max_over_slices(v, axis + 1), axis)
+  parts = [jax.lax.index_in_dim(v, i, axis, keepdims=False) for i in range(n)]
+  out, nan = jnp.abs(parts[0]), jnp.isnan(parts[0])
+  for part in parts[1:]:
+    out, nan = jnp.maximum(out, jnp.abs(part)), nan | jnp.isnan(part)
+  return jnp.where(nan, np.float32(np.nan), out)
+
+
 def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
   """``max |x|`` over ``axis`` of float32 ``x``, exact for subnormals, NaN if any element is NaN.
 
@@ -250,8 +280,8 @@ def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
   one pass reduces ``(|x|, isnan(x))`` together (a variadic reduction, which XLA also runs faster than a plain
   max), exact wherever the maximum is at least 2^-126. Only if some group's is not (all-zero or all-subnormal
   groups) does a conditional take the maximum again over the bit patterns, which order like the magnitudes.
-  Reductions along non-minor axes (e.g. one scale per column) take a plain max and a NaN test instead, and the
-  exact path also for groups holding inf (see below).
+  Along non-minor axes (e.g. one scale per column) the maximum and the NaN test are computed otherwise (see
+  below).
   """
   axes = tuple(range(x.ndim)) if axis is None else ((axis,) if isinstance(axis, int) else tuple(axis))
   axes = tuple(a % x.ndim for a in axes)
@@ -259,17 +289,25 @@ def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
       d for i, d in enumerate(x.shape) if i not in axes)
   # Size-1 axes slow XLA's reductions down (and may make it copy x); a reduction to one value runs faster flat.
   kept = [i for i, d in enumerate(x.shape) if d != 1]
-  axes = tuple(kept.index(a) for a in axes if a in kept)
+  axes = tuple(sorted(kept.index(a) for a in axes if a in kept))
   x = x.reshape([x.shape[i] for i in kept])
   if len(axes) == x.ndim > 1:
     x, axes = x.reshape(-1), (0,)
+  elif len(axes) > 1 and axes == tuple(range(axes[0], axes[-1] + 1)):  # adjacent axes reduce as one
+    x = x.reshape(x.shape[:axes[0]] + (-1,) + x.shape[axes[-1] + 1:])
+    axes = (axes[0],)
+  unsure = np.False_
   if x.ndim == 0 or x.ndim - 1 in axes:
     amax, nan = _reduce_max_flag(jnp.abs(x), jnp.isnan(x), np.float32(0), axes)
-    unsure = np.False_
+  elif len(axes) == 1 and _chunks(x.shape[axes[0]]):
+    # Along a non-minor axis XLA's reductions are slow (its variadic one; the plain max, handed to YNNPACK, runs
+    # on one thread inside the quantizer's conditionals), but an elementwise max over slices is one fast pass.
+    amax = _abs_max_over_slices(x, axes[0])
+    nan = jnp.isnan(amax)
   else:
-    # Along non-minor axes XLA's variadic reduction is slow, and so is a reduction of a boolean: a plain max and
-    # a sum of ``x * 0`` (NaN exactly where some element is NaN or infinite) are several times faster. Only a
-    # group whose maximum is infinite is left unsure; it takes the exact path below.
+    # Along long non-minor axes the plain max is fast, but a reduction of booleans is not: the NaN test is a sum
+    # of ``x * 0`` (NaN exactly where some element is NaN or infinite). Only a group whose maximum is infinite is
+    # left unsure; it takes the exact path below.
     amax, inexact = jnp.max(jnp.abs(x), axis=axes), jnp.isnan(jnp.sum(x * np.float32(0), axis=axes))
     nan, unsure = inexact & (amax != np.float32(np.inf)), jnp.any(inexact & (amax == np.float32(np.inf)))
   amax = jnp.where(nan, np.float32(np.nan), amax)

@@ -275,11 +275,14 @@ def test_nan_in_float_scale_block():
   assert np.all(np.isnan(y[0])) and not np.any(np.isnan(y[1]))
 
 
-@pytest.mark.parametrize("shape", [(256, 16), (4, 64, 16)])
+# Columns of 256 and 4 * 64 reduce as elementwise maxima over slices, 262 = 2 * 131 as a plain reduction; groups
+# of 16 rows over slices.
+@pytest.mark.parametrize("shape,group", [((256, 16), None), ((4, 64, 16), None), ((262, 16), None),
+                                         ((256, 16), 16), ((4, 64, 16), 16)])
 @pytest.mark.parametrize("tiny", [False, True])
-def test_per_column_special_values(shape, tiny):
-  """Scales reduced over leading axes (one per column) take another abs-max path: NaN, inf, both, FLT_MAX, and
-  (``tiny``) all-zero and all-subnormal columns against the NumPy reference."""
+def test_per_column_special_values(shape, tiny, group):
+  """Scales reduced over leading axes (one per column, or per ``group`` rows) take other abs-max paths: NaN, inf,
+  both, FLT_MAX, and (``tiny``) all-zero and all-subnormal columns against the NumPy reference."""
   x = _data(shape, seed=16)
   col = x.reshape(-1, shape[-1])  # a view: the reduced axes flattened
   col[5, 0] = np.nan
@@ -293,8 +296,10 @@ def test_per_column_special_values(shape, tiny):
     col[:, 5] = 0
     col[:, 6] = F32(1e-40) * np.arange(col.shape[0], dtype=F32)
     col[:, 7] = -F32(2.0 ** -149)
-  fmt = lpnum.ScaledFormat("int8", lpnum.per_channel(-1))
-  block = shape[:-1] + (1,)
+  if group is None:
+    fmt, block = lpnum.ScaledFormat("int8", lpnum.per_channel(-1)), shape[:-1] + (1,)
+  else:
+    fmt, block = lpnum.ScaledFormat("int8", lpnum.per_block(group, axis=-2)), (1,) * (len(shape) - 2) + (group, 1)
   with np.errstate(all="ignore"):  # inf columns overflow the reference's q * scale, as they should
     want = ref_int(x, 8, block)[0]
   for got in (lpnum.fake_quantize(x, fmt), jax.jit(lambda v: lpnum.fake_quantize(v, fmt))(x)):
