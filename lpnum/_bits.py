@@ -244,7 +244,7 @@ def scale_exact(v: jax.Array, f: Pow2, target: Carrier = F32) -> jax.Array:
 
 
 #: Groups along a non-minor axis take their abs-max as elementwise maxima over at most this many slices at a time.
-_MAX_UNROLLED = 128
+_MAX_UNROLLED = 32
 
 
 def _chunks(n: int) -> list[int]:
