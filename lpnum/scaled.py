@@ -597,9 +597,9 @@ def _scales_from_value(ideal: jax.Array, fmt: ScaledFormat, tensor=None) -> _Sca
   lo = max(sf.min_positive, _MIN_NORMAL)
   clamped = jnp.clip(ideal, jnp.float32(lo), jnp.float32(sf.max_finite))
   clamped = jnp.where(jnp.isnan(ideal), ideal, clamped)
-  mode = "up" if fmt.scale_rule is ScaleRule.RCEIL else "nearest_even"
-  codes = encode(clamped, sf, rounding=mode, overflow="saturate")
-  return _general_scales(codes, _decode(sf, codes), fmt, None, tensor)
+  mode = Rounding.UP if fmt.scale_rule is ScaleRule.RCEIL else Rounding.NEAREST_EVEN
+  value = sf._round(clamped, _F32, mode, Overflow.SATURATE, None, None)  # as encode() rounds; kept, not decoded
+  return _general_scales(sf._encode_rounded(value, _F32), value, fmt, None, tensor)
 
 
 def _pow2_scales(r: jax.Array, fmt: ScaledFormat) -> _Scales:
