@@ -177,22 +177,30 @@ def _pow2(e: jax.Array) -> jax.Array:
 
 class Pow2(NamedTuple):
   """Float factors for scaling by 2^k, computed once per block by :func:`pow2_factors` (XLA would otherwise
-  repeat the integer work for every element)."""
+  repeat the integer work for every element). The plain scaling needs only ``p``; :meth:`exact` adds the factors
+  of the exact paths."""
 
-  p1: jax.Array  # p1 * p2 = 2^k, both normal
-  p2: jax.Array
-  sub_in: jax.Array  # 2^(k - 149) where k >= 24, else 0: scales a subnormal input's integer significand
-  sub_out: jax.Array  # 2^(k + 149) for k <= -22: gives a subnormal result's integer units
+  k: jax.Array
   p: jax.Array  # 2^k where that is a normal float32 (-126 <= k <= 127), else 0
+  p1: jax.Array | None = None  # p1 * p2 = 2^k, both normal
+  p2: jax.Array | None = None
+  sub_in: jax.Array | None = None  # 2^(k - 149) where k >= 24, else 0: scales a subnormal input's integer significand
+  sub_out: jax.Array | None = None  # 2^(k + 149) for k <= -22: gives a subnormal result's integer units
+
+  def exact(self) -> "Pow2":
+    """These factors with those of :func:`scale_for_rounding` and :func:`scale_exact`."""
+    if self.p1 is not None:
+      return self
+    k, half = self.k, self.k >> 1
+    sub_in = jnp.where(k >= 24, _pow2(jnp.clip(k, 24, 252) - 149), np.float32(0))
+    return self._replace(p1=_pow2(half), p2=_pow2(k - half), sub_in=sub_in,
+                         sub_out=_pow2(jnp.clip(k, -149, -22) + 149))
 
 
 def pow2_factors(k: jax.Array) -> Pow2:
-  """The factors of 2^k, ``|k| <= 252``."""
+  """The plain factors of 2^k, ``|k| <= 252`` (:meth:`Pow2.exact` adds the others)."""
   k = jnp.asarray(k, jnp.int32)
-  half = k >> 1
-  sub_in = jnp.where(k >= 24, _pow2(jnp.clip(k, 24, 252) - 149), np.float32(0))
-  p = jnp.where((k >= -126) & (k <= 127), _pow2(jnp.clip(k, -126, 127)), np.float32(0))
-  return Pow2(_pow2(half), _pow2(k - half), sub_in, _pow2(jnp.clip(k, -149, -22) + 149), p)
+  return Pow2(k, jnp.where((k >= -126) & (k <= 127), _pow2(jnp.clip(k, -126, 127)), np.float32(0)))
 
 
 def plain_for_rounding(f: Pow2) -> jax.Array:
@@ -202,7 +210,7 @@ def plain_for_rounding(f: Pow2) -> jax.Array:
   2^-126 (exact), and are both below 2^-102 elsewhere (a subnormal ``x`` included), which a rounding to nearest
   to a format whose half smallest step is above 2^-102 takes to the zero of ``x``'s sign either way.
   """
-  return jnp.all((f.p != 0) & (f.sub_in == 0))
+  return jnp.all((f.p != 0) & (f.k < 24))
 
 
 def plain_exact(f: Pow2, smallest: float) -> jax.Array:
@@ -213,13 +221,15 @@ def plain_exact(f: Pow2, smallest: float) -> jax.Array:
 
 
 def scale_for_rounding(x: jax.Array, f: Pow2) -> jax.Array:
-  """``x * 2^k`` (float32) for a rounding that follows; ``f = pow2_factors(k)``.
+  """``x * 2^k`` (float32) for a rounding that follows; ``f = pow2_factors(k)`` (its :meth:`Pow2.exact`
+  factors are derived here where ``f`` lacks them).
 
   Exact wherever ``|x * 2^k| >= 2^-102``; smaller results may be rounded or flushed to a zero of their sign,
   which is harmless before rounding to a format whose half smallest step is above 2^-102. Subnormal inputs are
   read from their bits (XLA on the CPU would flush them): ``x = a * 2^-149`` with ``a < 2^23`` reaches 2^-102
   only if ``k >= 24``.
   """
+  f = f.exact()
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
   a = bits & np.uint32(0x7FFFFFFF)
   sub = jax.lax.bitcast_convert_type(
@@ -235,6 +245,7 @@ def scale_exact(v: jax.Array, f: Pow2, target: Carrier = F32) -> jax.Array:
   Two float multiplications where the result is normal; below 2^-126 (only for ``k < -26``) the subnormal's bit
   pattern is ``|v| * 2^(k + 149)`` rounded to an integer.
   """
+  f = f.exact()
   y = (v * f.p1) * f.p2
   units = jnp.minimum(jnp.round(jnp.abs(v) * f.sub_out), np.float32(1 << 23))
   sign = jax.lax.bitcast_convert_type(v, jnp.uint32) & np.uint32(0x80000000)
