@@ -602,8 +602,9 @@ def _scales_from_value(ideal: jax.Array, fmt: ScaledFormat, tensor=None) -> _Sca
   clamped = jnp.clip(ideal, jnp.float32(lo), jnp.float32(sf.max_finite))
   clamped = jnp.where(jnp.isnan(ideal), ideal, clamped)
   mode = Rounding.UP if fmt.scale_rule is ScaleRule.RCEIL else Rounding.NEAREST_EVEN
-  value = sf._round(clamped, _F32, mode, Overflow.SATURATE, None, None)  # as encode() rounds; kept, not decoded
-  return _general_scales(sf._encode_rounded(value, _F32), value, fmt, None, tensor)
+  rounded = sf._round(clamped, _F32, mode, Overflow.SATURATE, None, None)  # as encode() rounds
+  value = jnp.where(jnp.isnan(rounded), jnp.float32(np.nan), rounded)  # its decoded value: NaN codes decode to +NaN
+  return _general_scales(sf._encode_rounded(rounded, _F32), value, fmt, None, tensor)
 
 
 def _pow2_scales(r: jax.Array, fmt: ScaledFormat) -> _Scales:

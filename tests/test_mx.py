@@ -79,6 +79,22 @@ def test_nvfp4_matches_reference(kind, tensor_scale):
                                 _bits(values))
 
 
+@pytest.mark.parametrize("fmt", [lpnum.nvfp4.format(), lpnum.nvfp4.format(tensor_scale=False),
+                                 lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_block(16), "bfloat16")], ids=str)
+@pytest.mark.parametrize("special", ["nan", "inf", "-inf"])
+def test_fake_quantize_is_the_round_trip_bit_for_bit_on_special_values(fmt, special):
+  """NaN and infinite blocks (an infinite tensor scale, without NaN) with general (E4M3, bfloat16) scales: the
+  fused path's NaNs are the NaNs the two-step round trip decodes (one bit pattern), not whatever sign an invalid
+  operation left."""
+  rng = np.random.default_rng(5)
+  x = (rng.standard_normal((8, 64)) * 2.0 ** 120).astype(np.float32)
+  x[1, 20], x[3, :16], x[4, 33] = float(special), 0, np.finfo(np.float32).max
+  fused = _bits(jax.jit(lambda v: lpnum.fake_quantize(v, fmt))(x))
+  np.testing.assert_array_equal(fused, _bits(lpnum.dequantize(lpnum.quantize_scaled(x, fmt))))
+  if special == "nan" or fmt.tensor_scale:  # else an infinite block saturates to the scale format's max
+    assert np.isnan(fused.view(np.float32)).any()
+
+
 def test_packed_storage_sizes():
   x = jnp.ones((4, 64), jnp.float32)
   sizes = {n: lpnum.mx.quantize(x, n).nbytes for n in lpnum.mx.NAMES}
