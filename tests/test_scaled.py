@@ -324,9 +324,11 @@ def test_per_column_special_values(shape, tiny, group):
 
 
 # ---- transforms ---------------------------------------------------------------------------------------------
-def test_jit_vmap_grad():
-  x = _data((4, 2, 64), seed=14)
-  fmt = lpnum.mx.format("mxfp6_e2m3")
+@pytest.mark.parametrize("fmt", [lpnum.mx.format("mxfp6_e2m3"), lpnum.nvfp4.format(),
+                                 lpnum.ScaledFormat("int8", lpnum.per_channel(-1)),
+                                 lpnum.ScaledFormat("int4", lpnum.per_block(128))], ids=str)
+def test_jit_vmap_grad(fmt):
+  x = _data((4, 2, 256), seed=14)
   per_row = np.stack([np.asarray(lpnum.fake_quantize(r, fmt)) for r in x])
   _same(jax.vmap(lambda r: lpnum.fake_quantize(r, fmt))(x), per_row)
   _same(jax.vmap(lambda r: lpnum.dequantize(lpnum.quantize_scaled(r, fmt)))(x), per_row)
