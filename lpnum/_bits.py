@@ -311,14 +311,15 @@ def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
   if x.ndim == 0 or x.ndim - 1 in axes:
     amax, nan = _reduce_max_flag(jnp.abs(x), jnp.isnan(x), np.float32(0), axes)
   elif len(axes) == 1 and _chunks(x.shape[axes[0]]):
-    # Along a non-minor axis XLA's reductions are slow (its variadic one; the plain max, handed to YNNPACK, runs
-    # on one thread inside the quantizer's conditionals), but an elementwise max over slices is one fast pass.
+    # Along a non-minor axis XLA's reductions are slow (its variadic one, and the plain max, which XLA hands to
+    # YNNPACK: 19 ms over 4096x4096 in groups of 32), but an elementwise max over slices is one fast pass (3.5 ms).
     amax = _abs_max_over_slices(x, axes[0])
     nan = jnp.isnan(amax)
   else:
-    # Along long non-minor axes the plain max is fast, but a reduction of booleans is not: the NaN test is a sum
-    # of ``x * 0`` (NaN exactly where some element is NaN or infinite). Only a group whose maximum is infinite is
-    # left unsure; it takes the exact path below.
+    # Other non-minor groups (a length without small factors, or axes apart): a plain max, and for the NaN test
+    # (a reduction of booleans is slow) a sum of ``x * 0``, NaN exactly where some element is NaN or infinite.
+    # YNNPACK's max may drop a NaN, and an inf with it, so a group whose maximum is infinite is left unsure: it
+    # takes the exact path below.
     amax, inexact = jnp.max(jnp.abs(x), axis=axes), jnp.isnan(jnp.sum(x * np.float32(0), axis=axes))
     nan, unsure = inexact & (amax != np.float32(np.inf)), jnp.any(inexact & (amax == np.float32(np.inf)))
   amax = jnp.where(nan, np.float32(np.nan), amax)
