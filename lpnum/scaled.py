@@ -510,12 +510,7 @@ def _scales(xb: jax.Array, fmt: ScaledFormat, given) -> _Scales:
   CPU compiler drops optimization barriers, so a conditional whose two branches are the same computation, on a
   predicate XLA cannot fold, keeps it apart.
   """
-  if given is None and not fmt.asymmetric and fmt.calibration.kind != "mse" and _range_is_absmax(fmt.calibration):
-    # The abs-max runs outside the conditional: XLA ran the per-column reductions 1.4x slower inside it.
-    r = _range(xb, fmt, blocks.block_axes(xb.ndim // 2))
-    s = _per_block(lambda v: _scales_from_range(v, fmt, xb), xb.size, r)
-  else:
-    s = _per_block(lambda v, g: _compute_scales(v, fmt, g), xb.size, xb, given)
+  s = _per_block(lambda v, g: _compute_scales(v, fmt, g), xb.size, xb, given)
   return _per_block(lambda v: v.with_factors(fmt), xb.size, s)
 
 
