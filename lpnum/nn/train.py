@@ -50,8 +50,8 @@ def _takes_train(model: nn.Module) -> bool:
   return "train" in inspect.signature(model.__call__).parameters
 
 
-def _train_kwargs(model: nn.Module, train: bool) -> dict[str, bool]:
-  return {"train": train} if _takes_train(model) else {}
+def _train_kwargs(takes_train: bool, train: bool) -> dict[str, bool]:
+  return {"train": train} if takes_train else {}
 
 
 def _check_seed(seed) -> int:
@@ -70,19 +70,19 @@ def _cached(factory: Callable[..., Any], *args) -> Any:
 
 @functools.lru_cache(maxsize=32)
 def _jitted_init(model: nn.Module) -> Callable[..., Any]:
-  train_kwargs = _train_kwargs(model, False)
+  train_kwargs = _train_kwargs(_takes_train(model), False)
   return jax.jit(lambda key, x: model.init(key, x, **train_kwargs))
 
 
 @functools.lru_cache(maxsize=32)
 def _jitted_step(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
                  takes_train: bool) -> Callable[..., Any]:
-  return jax.jit(functools.partial(_step, apply_fn, optimizer, {"train": True} if takes_train else {}))
+  return jax.jit(functools.partial(_step, apply_fn, optimizer, _train_kwargs(takes_train, True)))
 
 
 @functools.lru_cache(maxsize=32)
 def _jitted_predict(apply_fn: Callable[..., Any], takes_train: bool) -> Callable[..., Any]:
-  train_kwargs = {"train": False} if takes_train else {}
+  train_kwargs = _train_kwargs(takes_train, False)
   return jax.jit(lambda v, xb: apply_fn(v, xb, **train_kwargs))
 
 
