@@ -57,19 +57,19 @@ MX semantics (``mx_quantize``)
   - a block containing NaN, or +-inf: scale code 255 (NaN; E8M0 cannot
     represent inf).  The elements are quantized exactly as in a normal block
     whose scale is 1 (``s = 0``), i.e. saturating round-to-nearest-even, so
-    +-inf becomes +-max.  A NaN element becomes ml_dtypes' conversion of that
-    NaN (converted from float32): the format's NaN where it
-    has one (e4m3fn 0x7F / 0xFF, e5m2 0x7E / 0xFE by sign); for fp6 / fp4,
-    which have no NaN, ml_dtypes 0.6 gives a zero whose sign is the INVERSE of
-    the NaN's sign (+NaN -> -0, -NaN -> +0).  mxint8: a NaN element gives code
+    +-inf becomes +-max.  A NaN element becomes what ml_dtypes (0.5 to 0.7)
+    converts a float32 NaN to, written here as a rule: the format's NaN where
+    it has one (e4m3fn 0x7F / 0xFF, e5m2 0x7E / 0xFE by sign); for fp6 / fp4,
+    which have no NaN, a zero whose sign is the INVERSE of the NaN's sign
+    (+NaN -> -0, -NaN -> +0).  mxint8: a NaN element gives code
     0 (XLA's float -> int convention).  All dequantized values of such a
     block are NaN.
 * Elements: ``v = x / 2**s`` computed exactly in float64 (``np.ldexp``), rounded
   to nearest, ties to even, SATURATED to +-max finite.  The rounding is done by
   an exact search in the table of the element's finite values (float64
   comparisons against midpoints are exact here), NOT by ml_dtypes' float64
-  casts: ml_dtypes 0.6 converts float64 to these formats through float32 and so
-  double-rounds (e.g. 0.25000000000000006 -> float4_e2m1fn gives 0, not 0.5;
+  casts: ml_dtypes before 0.7 converts float64 to these formats through float32
+  and so double-rounds (e.g. 0.25000000000000006 -> float4_e2m1fn gives 0, not 0.5;
   see the tests).  For our inputs ``v`` always has <= 24 significant bits, so
   this only matters for robustness.  mxint8: ``k = rint(x / 2**(s - 6))``
   (half to even) clamped to [-127, 127].
@@ -257,6 +257,11 @@ def element_table(dtype) -> tuple[np.ndarray, np.ndarray]:
   return codes, values
 
 
+#: Positive NaN code of each element format that has NaN (ml_dtypes' canonical
+#: NaN from float32: e4m3fn S.1111.111, e5m2 S.11111.10).
+_NAN_CODES = {ml_dtypes.float8_e4m3fn: 0x7F, ml_dtypes.float8_e5m2: 0x7E}
+
+
 def round_to_element(v: np.ndarray, dtype) -> np.ndarray:
   """Saturating round-to-nearest-even of exact float64 values to a float format.
 
@@ -264,8 +269,7 @@ def round_to_element(v: np.ndarray, dtype) -> np.ndarray:
   with the midpoints of adjacent table values (the midpoints have at most a
   few significant bits, so they and the comparisons are exact).  Ties go to the
   value with the even code (= even last mantissa bit).  Values beyond the
-  largest finite value saturate to it.  NaN goes through ml_dtypes' own
-  conversion (see the module docstring).
+  largest finite value saturate to it.  NaN: see the module docstring.
 
   Args:
     v: float64 array of values (any shape).
@@ -292,9 +296,14 @@ def round_to_element(v: np.ndarray, dtype) -> np.ndarray:
   out = codes[idx]
   out = np.where(np.signbit(v), out | sign_bit, out).astype(np.uint8)
   if np.any(nan):
-    # ml_dtypes' own conversion of the NaN (exact float64 -> float32 first).
-    nan_codes = v[nan].astype(np.float32).astype(dtype).view(np.uint8)
-    out[nan] = nan_codes
+    # The format's NaN with the NaN's sign; a format without NaN gives the
+    # zero of the opposite sign (the convention, not a call to ml_dtypes).
+    negative = np.signbit(v[nan])
+    nan_code = _NAN_CODES.get(dtype)
+    if nan_code is None:
+      out[nan] = np.where(negative, 0, sign_bit)
+    else:
+      out[nan] = np.where(negative, nan_code | sign_bit, nan_code)
   return out
 
 

@@ -50,16 +50,17 @@ binade boundary is even.  For mantissa_bits == 0 (E8M0, P3109 p=1) every grid
 point is a power of two and the code LSB is the exponent-field LSB; this is the
 "ties to the even code" rule (gfloat agrees; ml_dtypes' E8M0 rounds ties up).
 
-Known deviations of ml_dtypes 0.6.0 from this reference (see tests)
--------------------------------------------------------------------
+Known deviations of ml_dtypes from this reference (see tests; checked with 0.5 to 0.7)
+----------------------------------------------------------------------------------------
 * For formats without NaN (float6_e3m2fn, float6_e2m3fn, float4_e2m1fn)
   ml_dtypes converts a NaN with the sign bit CLEAR to -0 and a NaN with the sign
-  bit SET to +0 (sign inverted).  lpnum matches ml_dtypes here (the issue asks
-  for it), so this reference does too.
-* E8M0: ml_dtypes rounds ties up (we round to the even code) and mis-rounds
-  inputs strictly between 2**-127 and 2**-126.  Every negative input (however
-  tiny) is a negative in an unsigned format without zero: NaN when
-  non-saturating (as ml_dtypes), minpos when saturating.
+  bit SET to +0 (sign inverted).  lpnum follows this convention as a fixed rule,
+  so this reference does too; a release that keeps the sign is accepted as the
+  one alternative.
+* E8M0: ml_dtypes rounds ties up (we round to the even code), and before 0.7
+  mis-rounded inputs strictly between 2**-127 and 2**-126.  Every negative
+  input (however tiny) is a negative in an unsigned format without zero: NaN
+  when non-saturating (as ml_dtypes), minpos when saturating.
 * float16/bfloat16 conversions propagate NaN payloads; the spec (and this
   reference) always produce the canonical NaN code (sign kept).
 """

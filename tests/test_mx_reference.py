@@ -1,15 +1,20 @@
 """Checks the MX / NVFP4 reference (tests/mx_reference.py) itself.
 
-Oracles and what they cover:
+Oracles and what they cover.  Where a third party is known to differ, the
+reference's answer is asserted on its own (a hand derivation or exact
+arithmetic) and the third party's is only required to be either that answer
+or its documented one (``ours_or_known``): a release that changes to ours, or
+drops a private module, never fails these tests.
+
 
 * exact Fraction arithmetic: the element rounding (``round_to_element``) on
   every midpoint of every element format and one float64 ulp around it.
 * ml_dtypes: float32 -> element conversion (single rounding) end to end.
-  ml_dtypes 0.6's float64 -> element conversion double-rounds through float32,
-  which is why the reference does not use it (pinned below).
+  ml_dtypes before 0.7 converts float64 -> element through float32 (double
+  rounding), which is why the reference does not use it.
 * gfloat 0.5.2 (``compute_scale_amax`` / ``encode_block`` / ``quantize_block``):
   the OCP "floor" scale rule and the saturating round-to-nearest-even elements
-  for all six MX formats.  Conventions where gfloat differs (pinned below):
+  for all six MX formats.  Where gfloat 0.5.2 differs:
     - gfloat takes ``log2`` in the input dtype; with float32 input
       ``floor(log2(2**100 - ulp))`` comes out as 100, so we always feed it
       float64 (exact for every float32 amax).
@@ -30,7 +35,7 @@ Oracles and what they cover:
   float32 reciprocal.  For the fp8/fp6/fp4 formats this never changes a
   clamped rceil scale (checked on the boundary windows, which bracket every
   boundary); for mxint8 (max 127/64) it would, at 127/64 * 2**k + 1 ulp.
-  Pinned disagreements:
+  Known differences (jax 0.10.2):
     - XLA:CPU flushes float32 subnormals (inputs and results; a result is
       tiny if it is below 2**-126 after rounding to 24 bits): a block whose
       amax / MAX is below 2**-126 but above 2**-127 gets scale code 0
@@ -38,17 +43,18 @@ Oracles and what they cover:
       (a float32 subnormal) are not comparable (eager: NaN / saturated).
     - NaN blocks: jax's E8M0 round-up wraps the NaN exponent to scale code 0.
     - inf blocks: same scale code 255, but jax's elements are x / inf = +-0.
-* jax.nn's nvfp4 mode (given our tensor scale as its global scale): it equals,
-  bit for bit, a numpy emulation (``xla_cpu_nvfp4``): ``y = x * (1/T)``,
+* jax.nn's nvfp4 mode (given our tensor scale as its global scale): codes
+  agree wherever no float32 ordering can change a rounding (away from ties);
+  on jax 0.10.2 jit and eager, they equal a numpy emulation (``xla_cpu_nvfp4``): ``y = x * (1/T)``,
   ``scale = e4m3(clip(max|y| * (1/6), 0, 448))``, ``e2m1(y * (1/scale))``, all
   reciprocals float32.  Our recipe is ``(amax / 6) / T`` and
   ``x / (scale * T)`` with true divisions.  The codes agree wherever these
-  float32 quantities agree, and differ only at rounding ties (pinned with
+  float32 quantities agree, and differ only at rounding ties (shown with
   concrete values).  jax also has no lower clamp on the e4m3 block scale:
   blocks with max|y| / 6 <= 2**-10 get scale 0 and NaN / saturated elements
   (we clamp to 2**-9).
 * torchao's ScaleCalculationMode.EVEN formula, emulated (bit arithmetic on the
-  float32 amax), for the "even" rule: equal except (pinned) a rounded amax
+  float32 amax), for the "even" rule: equal except (shown) a rounded amax
   overflowing float32 (torchao: NaN scale) and mxint8 with a subnormal amax.
 * Hand-derived worked examples.
 """
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import os
 import sys
+import functools
 from fractions import Fraction
 
 import ml_dtypes
@@ -168,15 +175,34 @@ def test_round_to_element_matches_ml_dtypes_float32(name):
       v.astype(dtype).view(np.uint8))
 
 
-def test_ml_dtypes_float64_conversion_double_rounds():
-  # Why the reference rounds itself: ml_dtypes 0.6 converts float64 through
-  # float32.  0.25 + 2**-54 is just above the 0 / 0.5 tie of e2m1.
-  v = np.array([0.25 + 2.0**-54])
-  assert v.astype(ml_dtypes.float4_e2m1fn).view(np.uint8)[0] == 0  # wrong
-  assert ref.round_to_element(v, ml_dtypes.float4_e2m1fn)[0] == 1  # 0.5
-  w = np.array([2.0**-10 + 2.0**-60])  # above half of the e4m3 min subnormal
-  assert w.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)[0] == 0
-  assert ref.round_to_element(w, ml_dtypes.float8_e4m3fn)[0] == 1
+def test_round_to_element_rounds_float64_once():
+  # Why the reference rounds itself: ml_dtypes before 0.7 converted float64
+  # through float32, rounding twice; 0.7 rounds once.  Either way the
+  # reference gives the single rounding.  0.25 + 2**-54 is just above the
+  # 0 / 0.5 tie of e2m1; 2**-10 + 2**-60 just above half the e4m3 min
+  # subnormal.
+  cases = [(0.25 + 2.0**-54, ml_dtypes.float4_e2m1fn),
+           (2.0**-10 + 2.0**-60, ml_dtypes.float8_e4m3fn)]
+  for v, dtype in cases:
+    assert fraction_rne_code(v, dtype) == 1
+    assert ref.round_to_element(np.array([v]), dtype)[0] == 1
+    once_or_twice = np.array([v]).astype(dtype).view(np.uint8)[0]
+    assert once_or_twice in (1, 0)  # 0: ml_dtypes < 0.7 (through float32)
+
+
+def test_round_to_element_nan():
+  # The format's NaN by sign; the zero of the opposite sign where there is no
+  # NaN.  ml_dtypes 0.5 to 0.7 convert a float32 NaN the same way; a release
+  # that keeps the sign instead is the one known alternative.
+  want = {"mxfp8_e4m3": [0x7F, 0xFF], "mxfp8_e5m2": [0x7E, 0xFE],
+          "mxfp6_e3m2": [0x20, 0x00], "mxfp6_e2m3": [0x20, 0x00],
+          "mxfp4_e2m1": [0x08, 0x00]}
+  for name, codes in want.items():
+    dtype = ref.MX_FORMATS[name].dtype
+    nans = np.array([np.nan, -np.nan])
+    assert list(ref.round_to_element(nans, dtype)) == codes, name
+    got = nans.astype(np.float32).astype(dtype).view(np.uint8)
+    ours_or_known(got, codes, codes[::-1], f"ml_dtypes NaN -> {name}")
 
 
 @pytest.mark.parametrize("name", FLOAT_NAMES)
@@ -231,14 +257,13 @@ def test_gfloat_floor_agrees(name):
   x = np.concatenate([ref.edge_blocks(rng, name), random_blocks(rng, 60)])
   x = x[np.all(np.isfinite(x), axis=1)]
   e, s, v = ref.mx_quantize(x, name)
-  n_asym = 0
   for b in range(x.shape[0]):
     g_scale, g_elems, g_vals = gfloat_block(name, x[b])
     assert g_scale == s[b, 0], (b, x[b])
     if fmt.dtype is None:
-      # gfloat's int8 is asymmetric: -128/64 (0x80) where we clamp to -127.
+      # gfloat's int8 is asymmetric: -128/64 (0x80) where we clamp to -127
+      # (see the next test).
       asym = g_elems == 0x80
-      n_asym += int(asym.sum())
       assert np.all(e[b][asym] == 0x81)
       np.testing.assert_array_equal(e[b][~asym], g_elems[~asym])
       np.testing.assert_array_equal(v[b][~asym], g_vals[~asym])
@@ -246,49 +271,65 @@ def test_gfloat_floor_agrees(name):
       np.testing.assert_array_equal(e[b], g_elems)
       np.testing.assert_array_equal(v[b], g_vals)  # exact, incl. signs of 0
       assert np.array_equal(np.signbit(v[b]), np.signbit(g_vals))
-  if fmt.dtype is None:
-    assert n_asym > 0  # the edge blocks do hit the asymmetric code
 
 
-def test_gfloat_mxint8_asymmetric_pinned():
+def ours_or_known(got, ours, known, what: str) -> None:
+  """A third party's answer where it is known to differ: its known answer, or ours once it changes to it.
+
+  The reference's own answer is asserted separately against a hand derivation; this only checks that the
+  documented difference is still the only one.
+  """
+  same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)  # noqa: E731
+  assert same(got, ours) or same(got, known), (what, got, ours, known)
+
+
+def test_gfloat_mxint8_asymmetric():
   # amax = 127.5/64 -> s = 0 under floor; -127.5 is a tie: half-to-even gives
   # -128, which gfloat keeps (code 0x80, value -2) and we clamp to -127 (0x81).
   x = block_of(-127.5 / 64, 1.0)
   g_scale, g_elems, g_vals = gfloat_block("mxint8", x[0])
   e, s, v = quant([-127.5 / 64, 1.0], "mxint8")
-  assert g_scale == s == 127
-  assert g_elems[0] == 0x80 and g_vals[0] == -2.0
-  assert e[0] == 0x81 and v[0] == -127 / 64
-  assert g_elems[1] == e[1] == 64
+  assert s == 127 and e[0] == 0x81 and v[0] == -127 / 64 and e[1] == 64
+  assert g_scale == s and g_elems[1] == e[1]
+  ours_or_known((g_elems[0], g_vals[0]), (0x81, -127 / 64), (0x80, -2.0), "gfloat mxint8 -127.5/64")
 
 
-def test_gfloat_float32_log2_pinned():
-  # gfloat's compute_scale_amax uses log2 in the input dtype: in float32,
-  # log2(2**100 - 2**76) rounds to 100.0 and the floor scale comes out one
-  # too large.  In float64 it is right, and so is the reference.
+def test_gfloat_float32_log2():
+  # gfloat's compute_scale_amax takes log2 in the input dtype: in float32
+  # (gfloat 0.5.2), log2(2**100 - 2**76) rounds to 100.0 and the floor scale
+  # comes out one too large.  In float64 it is right, and so is the reference.
   a = ulp_step(f32(2.0**100), -1)
-  assert gfloat.compute_scale_amax(8, np.array([a], np.float32)) == 2.0**92
-  assert gfloat.compute_scale_amax(8, np.array([a], np.float64)) == 2.0**91
   assert quant([a], "mxfp8_e4m3")[1] == 127 + 91
+  assert gfloat.compute_scale_amax(8, np.array([a], np.float64)) == 2.0**91
+  ours_or_known(gfloat.compute_scale_amax(8, np.array([a], np.float32)), 2.0**91, 2.0**92, "float32 log2")
 
 
-def test_gfloat_special_blocks_differ_pinned():
+def test_gfloat_special_blocks():
   nan_blk = block_of(np.nan, 1.0, -3.0)[0]
   inf_blk = block_of(np.inf, 1.0, -3.0)[0]
-  # NaN block: gfloat scale NaN and every element NaN; we quantize at scale 1.
-  g_scale, g_elems, g_vals = gfloat_block("mxfp8_e4m3", nan_blk)
+  # Ours: the NaN scale (255) for NaN and inf blocks, elements quantized at
+  # scale 1, every value NaN.
   e, s, v = quant(nan_blk, "mxfp8_e4m3")
-  assert g_scale == s == 255 and np.all(g_elems == 0xFF)  # gfloat's NaN code
-  assert list(e[:3]) == [0x7F, 0x38, 0xC4] and np.all(np.isnan(v))
-  assert np.all(np.isnan(g_vals))
-  with pytest.raises(ValueError):
-    gfloat_block("mxfp4_e2m1", nan_blk)  # no NaN in e2m1
-  # inf block: gfloat uses scale 2**127 (code 254) and saturates the inf.
+  assert s == 255 and list(e[:3]) == [0x7F, 0x38, 0xC4] and np.all(np.isnan(v))
+  e_inf, s_inf, v_inf = quant(inf_blk, "mxfp8_e4m3")
+  assert s_inf == 255 and list(e_inf[:3]) == [0x7E, 0x38, 0xC4] and np.all(np.isnan(v_inf))
+  # gfloat 0.5.2: a NaN block gets the NaN scale and every element NaN (it
+  # divides by the NaN scale); an inf block gets scale 2**127 (code 254) and
+  # the inf saturates.
+  g_scale, g_elems, g_vals = gfloat_block("mxfp8_e4m3", nan_blk)
+  assert g_scale == 255 and np.all(np.isnan(g_vals))
+  ours_or_known(g_elems, e, np.full(32, 0xFF), "gfloat NaN block elements")
   g_scale, g_elems, g_vals = gfloat_block("mxfp8_e4m3", inf_blk)
-  e, s, v = quant(inf_blk, "mxfp8_e4m3")
-  assert g_scale == 254 and list(g_elems[:3]) == [0x7E, 0x00, 0x80]
-  assert s == 255 and list(e[:3]) == [0x7E, 0x38, 0xC4]
-  assert np.all(np.isnan(v))
+  ours_or_known((g_scale, *g_elems[:3]), (255, 0x7E, 0x38, 0xC4), (254, 0x7E, 0x00, 0x80), "gfloat inf block")
+  # e2m1 has no NaN: gfloat 0.5.2 raises on a NaN block; ours is as above.
+  e, s, v = quant(nan_blk, "mxfp4_e2m1")
+  assert s == 255 and np.all(np.isnan(v))
+  try:
+    g_scale, g_elems, _ = gfloat_block("mxfp4_e2m1", nan_blk)
+  except ValueError:
+    return
+  assert g_scale == s  # a gfloat that stops raising must agree with us
+  np.testing.assert_array_equal(g_elems, e)
 
 
 # ---------------------------------------------------------------------------
@@ -356,7 +397,11 @@ def test_even_rule_differs_from_torchao_bits_pinned():
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
-from jax._src.cudnn import scaled_matmul_stablehlo as jsm  # noqa: E402
+
+try:  # jax.nn's block-scaled quantizer is private: a jax without it skips these checks
+  from jax._src.cudnn import scaled_matmul_stablehlo as jsm  # noqa: E402
+except ImportError:
+  jsm = None
 
 JAX_MX = {
     "mxfp8_e4m3": jnp.float8_e4m3fn,
@@ -365,8 +410,39 @@ JAX_MX = {
 }
 
 
+#: float32 values just above a tie of each element format, which a float16
+#: intermediate rounds onto the tie (then to the even neighbour), and the
+#: code of their single rounding: 34 + 2**-10 (e4m3: 32 | 36 -> 36),
+#: 36 + 2**-9 (e5m2: 32 | 40 -> 40), 2.5 + 2**-12 (e2m1: 2 | 3 -> 3).
+_DOUBLE_ROUNDING_PROBES = {jnp.float8_e4m3fn: (34 + 2.0**-10, 0x61),
+                           jnp.float8_e5m2: (36 + 2.0**-9, 0x51),
+                           jnp.float4_e2m1fn: (2.5 + 2.0**-12, 0x5)}
+
+
+@functools.cache
+def xla_cast_rounds_once(dtype, jit: bool) -> bool:
+  """Whether this jax's float32 -> ``dtype`` cast on the CPU rounds once.
+
+  jax 0.7.1's XLA:CPU converts through float16 and rounds twice; jax.nn's
+  quantizer is then no oracle for element codes.
+  """
+  value, code = _DOUBLE_ROUNDING_PROBES[dtype]
+  cast = lambda v: v.astype(dtype)  # noqa: E731
+  got = (jax.jit(cast) if jit else cast)(jnp.full((4,), value, jnp.float32))
+  return bool(np.all(np.asarray(got).view(np.uint8) == code))
+
+
+def require_jax_oracle(dtype, jit: bool) -> None:
+  """Skips (naming the reason) where this jax cannot serve as an oracle."""
+  if jsm is None:
+    pytest.skip("this jax has no jax._src.cudnn.scaled_matmul_stablehlo")
+  if not xla_cast_rounds_once(dtype, jit):
+    pytest.skip(f"this jax ({jax.__version__}) rounds float32 -> {dtype.__name__} twice on the CPU")
+
+
 def jax_mx(x: np.ndarray, name: str, jit: bool):
   """jax.nn MX quantization along the last axis: (element codes, scale codes)."""
+  require_jax_oracle(JAX_MX[name], jit)
   cfg = jsm.BlockScaleConfig(mode="mxfp8", block_size=32,
                              data_type=JAX_MX[name],
                              scale_type=jnp.float8_e8m0fnu, global_scale=None,
@@ -380,6 +456,8 @@ def jax_mx(x: np.ndarray, name: str, jit: bool):
 
 def jax_nvfp4(x: np.ndarray, t: np.float32, jit: bool):
   """jax.nn NVFP4 quantization with global scale ``t``."""
+  require_jax_oracle(jnp.float4_e2m1fn, jit)
+  require_jax_oracle(jnp.float8_e4m3fn, jit)
   cfg = jsm.BlockScaleConfig(mode="nvfp4", block_size=16,
                              data_type=jnp.float4_e2m1fn,
                              scale_type=jnp.float8_e4m3fn,
@@ -441,19 +519,17 @@ def test_jax_rceil_agrees(name, jit):
   x = np.concatenate([data, bnd])
   e, s, _ = ref.mx_quantize(x, name, scale_rule="rceil")
   je, js = jax_mx(x, name, jit)
-  # x86 flushes a result that is tiny after rounding to 24 bits with an
-  # unbounded exponent (IEEE "tininess after rounding").  float64 holds the
-  # exact product of two float32 values; scaling by 2**126 lets a float32
-  # cast do the unbounded-exponent rounding.
+  # XLA:CPU flushes a tiny float32 result to zero.  Whether a ratio just
+  # below 2**-126 counts as tiny depends on the arithmetic jax emits (a
+  # reciprocal product rounded before or after the test), so every block whose
+  # exact ratio is within 2**-24 relative of 2**-126 or below it, and whose
+  # scale is 1, may also get the flushed scale code 0.
   xamax = np.max(np.abs(x), axis=1).astype(np.float64)
-  d_exact = xamax * np.float64(f32(1) / f32(fmt.max_value))
-  tiny = d_exact < 2.0**-125
-  tiny[tiny] = (d_exact[tiny] * 2.0**126).astype(np.float32) < 1
-  ftz = tiny & (s[:, 0] == 1)
-  assert ftz.sum() >= 2
-  assert np.all(js[ftz, 0] == 0)
-  np.testing.assert_array_equal(js[~ftz], s[~ftz])
-  normal = ~ftz & (s[:, 0] >= 1)
+  near_tiny = (xamax / fmt.max_value < 2.0**-126 * (1 + 2.0**-23)) & (s[:, 0] == 1)
+  assert near_tiny.sum() >= 2
+  assert np.all((js[near_tiny, 0] == 0) | (js[near_tiny, 0] == 1))
+  np.testing.assert_array_equal(js[~near_tiny], s[~near_tiny])
+  normal = ~near_tiny & (s[:, 0] >= 1)
   assert normal[:data.shape[0]].sum() > 300
   np.testing.assert_array_equal(je[normal], e[normal])
 
@@ -477,50 +553,55 @@ def test_reciprocal_rceil_only_matters_for_mxint8():
   assert ref.shared_exponent(a, ref.MX_FORMATS["mxint8"], "rceil") == 1
 
 
-def test_xla_cpu_divides_by_a_constant_with_a_reciprocal():
-  # The root cause, pinned: jnp x / 6.0 is x * float32(1/6) on XLA:CPU, eager
-  # or jit (the HLO is a multiply), while dividing by an array operand is the
-  # IEEE quotient.  (Oddly, eager on a 1-element array divides exactly.)
+def test_xla_cpu_division_by_a_constant():
+  # The root cause of the differences below: XLA:CPU (jax 0.10.2) computes
+  # jnp x / 6.0 as x * float32(1/6), eager or jit, while dividing by an array
+  # operand is the IEEE quotient.  lpnum divides exactly either way (its NVFP4
+  # scale here is the IEEE one, e4m3 code 9; the reciprocal gives code 10).
   a = ulp_step(f32(1.1875 * 2.0**-6 * 6), -1)
   x = np.full(16, a, np.float32)
   ieee = x / f32(6)
   recip = x * (f32(1) / f32(6))
   assert ieee[0] != recip[0]
-  np.testing.assert_array_equal(np.asarray(jnp.asarray(x) / f32(6)), recip)
-  np.testing.assert_array_equal(
-      np.asarray(jax.jit(lambda v: v / f32(6))(x)), recip)
+  ours_or_known(np.asarray(jnp.asarray(x) / f32(6)), ieee, recip, "eager x / 6")
+  ours_or_known(np.asarray(jax.jit(lambda v: v / f32(6))(x)), ieee, recip, "jit x / 6")
   np.testing.assert_array_equal(
       np.asarray(jnp.asarray(x) / jnp.full(16, 6.0, jnp.float32)), ieee)
+  import lpnum
+  q = lpnum.nvfp4.quantize(np.tile(x, (4, 1)), tensor_scale=False)
+  np.testing.assert_array_equal(np.asarray(q.scale_codes), 9)
 
 
-def test_jax_rceil_special_blocks_pinned():
+def test_jax_rceil_special_blocks():
   jit = True
   name = "mxfp8_e4m3"
   x = np.concatenate([
       block_of(np.nan, 1.0, -3.0),  # NaN block
       block_of(np.inf, 1.0, -3.0),  # inf block
-      block_of(448 * 1.5 * 2.0**-127),  # rceil ratio subnormal -> FTZ
+      block_of(448 * 1.5 * 2.0**-127),  # rceil ratio subnormal
       block_of(3 * 2.0**-149, -2.0**-140),  # subnormal-only block
   ])
   e, s, _ = ref.mx_quantize(x, name, scale_rule="rceil")
-  je, js = jax_mx(x, name, jit)
   assert list(s[:, 0]) == [255, 255, 1, 0]
-  # NaN: jax's round-up of the e8m0 exponent wraps 0xFF + 1 to 0.
-  assert js[0, 0] == 0
-  # inf: same NaN scale, but jax's elements are x / inf.
-  assert js[1, 0] == 255 and list(je[1, 1:3]) == [0x00, 0x80]
   assert list(e[1, :3]) == [0x7E, 0x38, 0xC4]
-  # Subnormal amax / MAX flushed to zero: scale code 0 instead of 1.
-  assert js[2, 0] == 0
-  # Subnormal-only blocks: both give scale code 0 (2**-127), but we then
+  je, js = jax_mx(x, name, jit)
+  # Known differences of jax 0.10.2 on XLA:CPU: its round-up of the E8M0
+  # exponent wraps the NaN scale 0xFF + 1 to 0; an inf block gets the same NaN
+  # scale but elements x / inf = +-0; a subnormal amax / MAX is flushed to
+  # zero (scale code 0 instead of 1).
+  ours_or_known(js[0, 0], 255, 0, "NaN block scale")
+  assert js[1, 0] == 255
+  ours_or_known(je[1, 1:3], e[1, 1:3], [0x00, 0x80], "inf block elements")
+  ours_or_known(js[2, 0], 1, 0, "subnormal ratio scale")
+  # Subnormal-only blocks: both give scale code 0 (2**-127), and we then
   # divide exactly (2**-130 / 2**-127 = 0.125 -> 0x20, -5 * 2**-11 -> -2**-9
-  # -> 0x81) while XLA:CPU flushes the subnormal inputs and scale.
+  # -> 0x81).  XLA:CPU flushes the subnormal inputs and scale, so jax's
+  # elements there are not comparable (jax 0.10.2: +-0; 0.7.1: NaN).
   assert js[3, 0] == 0
   big_sub = block_of(2.0**-130, -5 * 2.0**-138)
   e2, s2, _ = ref.mx_quantize(big_sub, name, scale_rule="rceil")
-  je2, js2 = jax_mx(big_sub, name, jit)
-  assert s2[0, 0] == js2[0, 0] == 0
-  assert list(e2[0, :2]) == [0x20, 0x81] and list(je2[0, :2]) == [0x00, 0x80]
+  assert s2[0, 0] == 0 and list(e2[0, :2]) == [0x20, 0x81]
+  assert jax_mx(big_sub, name, jit)[1][0, 0] == 0
 
 
 def nvfp4_friendly(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -529,18 +610,49 @@ def nvfp4_friendly(rng: np.random.Generator, n: int) -> np.ndarray:
   return (rows * 2.0**rng.integers(-30, 30)).astype(np.float32)
 
 
+def near_a_tie(v: np.ndarray, dtype, rel: float = 2.0**-20) -> np.ndarray:
+  """Where the exact ``|v|`` is within ``rel`` (relative) of a rounding tie of ``dtype``.
+
+  A float32 computation of ``v`` in another order (a reciprocal, a product
+  rounded before a division: a few float32 roundings, each within 2**-24)
+  can round to another code only there.
+  """
+  _, table = ref.element_table(dtype)
+  mids = (table[1:] + table[:-1]) / 2
+  a = np.abs(v)[..., None]
+  return np.any(np.abs(a - mids) <= rel * mids, axis=-1)
+
+
+def compare_with_jax_nvfp4(x: np.ndarray, tensor_scale: bool, jit: bool) -> tuple[int, int]:
+  """Asserts jax.nn's NVFP4 codes equal ours wherever no float32 ordering can change them.
+
+  Excluded: blocks whose exact scale is near an e4m3 tie or that jax gives
+  scale code 0 (it has no lower clamp), and elements near an e2m1 tie.
+  Returns the numbers of blocks and elements compared.
+  """
+  e, s, t, _ = ref.nvfp4_quantize(x, tensor_scale=tensor_scale)
+  je, js = jax_nvfp4(x, t, jit)
+  blocks = x.reshape(-1, 16).astype(np.float64)
+  s, js, e, je = s.reshape(-1), js.reshape(-1), e.reshape(-1, 16), je.reshape(-1, 16)
+  exact_scale = np.max(np.abs(blocks), axis=1) / 6 / np.float64(t)
+  keep = (js != 0) & ~near_a_tie(exact_scale, ml_dtypes.float8_e4m3fn)
+  np.testing.assert_array_equal(js[keep], s[keep])
+  scale_value = s.view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+  exact_elem = blocks / (scale_value * np.float64(t))[:, None]
+  elem_keep = keep[:, None] & ~near_a_tie(exact_elem, ml_dtypes.float4_e2m1fn)
+  np.testing.assert_array_equal(je[elem_keep], e[elem_keep])
+  return int(keep.sum()), int(elem_keep.sum())
+
+
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("tensor_scale", [True, False])
 def test_jax_nvfp4_agrees_on_random_data(tensor_scale, jit):
+  # jax multiplies by float32 reciprocals (see below), so codes near a tie
+  # may differ; everywhere else they must agree.
   rng = np.random.default_rng(6)
   for _ in range(2):
-    x = nvfp4_friendly(rng, 256)
-    e, s, t, _ = ref.nvfp4_quantize(x, tensor_scale=tensor_scale)
-    je, js = jax_nvfp4(x, t, jit)
-    keep = np.all(js != 0, axis=1)  # jax has no lower scale clamp
-    assert keep.mean() > 0.8
-    np.testing.assert_array_equal(js[keep], s[keep])
-    np.testing.assert_array_equal(je[keep], e[keep])
+    n_blocks, n_elems = compare_with_jax_nvfp4(nvfp4_friendly(rng, 256), tensor_scale, jit)
+    assert n_blocks > 0.8 * 256 * 4 and n_elems > 0.8 * 256 * 64
 
 
 def xla_cpu_nvfp4(x: np.ndarray, t: np.float32):
@@ -595,13 +707,10 @@ def nvfp4_cases():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_jax_nvfp4_is_the_xla_cpu_emulation(jit):
+def test_jax_nvfp4_agrees_away_from_ties_on_the_tie_rows(jit):
   for x, ts in nvfp4_cases():
-    t = ref.nvfp4_tensor_scale(x, ts)
-    je, js = jax_nvfp4(x, t, jit)
-    ee, es = xla_cpu_nvfp4(x, t)
-    np.testing.assert_array_equal(js, es)
-    np.testing.assert_array_equal(je, ee)
+    n_blocks, n_elems = compare_with_jax_nvfp4(x, ts, jit)
+    assert n_blocks > 0 and n_elems > 0
 
 
 def test_reference_differs_from_jax_nvfp4_only_by_arithmetic():
@@ -630,18 +739,19 @@ def test_reference_differs_from_jax_nvfp4_only_by_arithmetic():
   assert n_scale_diff >= 5 and n_elem_diff >= 5
 
 
-def test_jax_nvfp4_reciprocal_pinned():
+def test_jax_nvfp4_reciprocal():
   # T = 1, one ulp below 6 * 1.1875 * 2**-6: amax / 6 is just below the tie
   # between e4m3 codes 9 and 10 (-> 9), amax * float32(1/6) is on it (-> 10).
   # (4 rows: eager XLA:CPU divides a 1-element array exactly.)
   x = np.zeros((4, 16), np.float32)
   x[:, 0] = ulp_step(f32(1.1875 * 2.0**-6 * 6), -1)
   _, s, t, _ = ref.nvfp4_quantize(x, tensor_scale=False)
+  assert np.all(s == 9)
   _, js = jax_nvfp4(x, t, True)
-  assert np.all(s == 9) and np.all(js == 10)
+  ours_or_known(js, s, np.full_like(s, 10), "jax nvfp4 scale at a reciprocal tie")
 
 
-def test_jax_nvfp4_tensor_scale_arithmetic_pinned():
+def test_jax_nvfp4_tensor_scale_arithmetic():
   # amax_t = 0x1.261732p+12 -> T = 0x1.c02358p+0.
   amax_t = f32(float.fromhex("0x1.261732p+12"))
   t = amax_t / f32(2688)
@@ -654,8 +764,9 @@ def test_jax_nvfp4_tensor_scale_arithmetic_pinned():
   x = np.zeros((1, 32), np.float32)
   x[0, 0], x[0, 16] = amax_t, a
   _, s, _, _ = ref.nvfp4_quantize(x)
+  assert s[0, 1] == 59
   _, js = jax_nvfp4(x, t, True)
-  assert js[0, 1] == 60 and s[0, 1] == 59
+  ours_or_known(js[0, 1], 59, 60, "jax nvfp4 block scale")
   # Elements: block scale 0.34375 (code 43) in both; our x / (0.34375 * T)
   # = 1.75 exactly (tie -> 2.0, code 4) but jax's (x * (1/T)) * (1/0.34375)
   # = 1.7499999 (-> 1.5, code 3).
@@ -666,20 +777,21 @@ def test_jax_nvfp4_tensor_scale_arithmetic_pinned():
   assert (xe * (f32(1) / t)) * (f32(1) / sc) < f32(1.75)
   x[0, 16], x[0, 17] = ab, xe
   e, s, _, _ = ref.nvfp4_quantize(x)
+  assert s[0, 1] == 43 and e[0, 17] == 4
   je, js = jax_nvfp4(x, t, True)
-  assert js[0, 1] == s[0, 1] == 43
-  assert je[0, 17] == 3 and e[0, 17] == 4
+  assert js[0, 1] == 43
+  ours_or_known(je[0, 17], 4, 3, "jax nvfp4 element")
 
 
-def test_jax_nvfp4_small_blocks_pinned():
+def test_jax_nvfp4_small_blocks():
   # jax clips the block scale to [0, 448]: an all-zero block gets scale 0 and
   # its elements are 0 / 0 = NaN (-> e2m1 code 8); we clamp to 2**-9.
   x = np.zeros((1, 32), np.float32)
   x[0, :16] = 1.0
   e, s, t, _ = ref.nvfp4_quantize(x)
+  assert s[0, 1] == 1 and np.all(e[0, 16:] == 0)
   je, js = jax_nvfp4(x, t, True)
-  assert s[0, 1] == 1 and js[0, 1] == 0
-  assert np.all(e[0, 16:] == 0) and np.all(je[0, 16:] == 8)
+  ours_or_known((js[0, 1], *je[0, 16:]), (1, *e[0, 16:]), (0, *[8] * 16), "jax nvfp4 all-zero block")
 
 
 # ---------------------------------------------------------------------------
