@@ -2,8 +2,8 @@
 
 A QArray is a pytree whose leaves are arrays (packed element codes, scale codes, zero points, the per-tensor
 scale) and whose static part is the format and the original shape, dtype and block shape. It passes through
-``jax.jit``, ``device_put`` and sharding like any pytree, and serializes with flax (``flax.serialization``) or
-orbax as its leaves.
+``jax.jit``, ``device_put`` and sharding like any pytree, and serializes with flax (``flax.serialization``, once
+:mod:`lpnum.nn` is imported) or orbax as its leaves.
 
 Layout: ``data`` holds the element codes of the original tensor packed along its last axis
 (:mod:`lpnum.packing`); ``scales`` has one code per block, of shape ``ceil(shape / block)`` per axis.
@@ -101,29 +101,3 @@ class QArray:
 
 
 jax.tree_util.register_pytree_node_class(QArray)
-
-
-def _register_flax() -> None:
-  """Lets flax.serialization save and restore QArrays (as a dict of their array leaves)."""
-  from flax import serialization
-
-  def to_state(q: QArray) -> dict:
-    state = {"data": q.data, "scales": q.scales}
-    if q.zero_point is not None:
-      state["zero_point"] = q.zero_point
-    if q.tensor_scale is not None:
-      state["tensor_scale"] = q.tensor_scale
-    return state
-
-  def from_state(q: QArray, state: dict) -> QArray:
-    restored = dataclasses.replace(
-        q, data=jnp.asarray(state["data"]), scales=jnp.asarray(state["scales"]),
-        zero_point=None if q.zero_point is None else jnp.asarray(state["zero_point"]),
-        tensor_scale=None if q.tensor_scale is None else jnp.asarray(state["tensor_scale"]))
-    restored.check()
-    return restored
-
-  serialization.register_serialization_state(QArray, to_state, from_state)
-
-
-_register_flax()

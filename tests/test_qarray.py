@@ -57,6 +57,8 @@ def test_vmap_quantize_then_dequantize_inside():
 def test_flax_serialization_is_bit_exact(fmt):
   from flax import serialization
 
+  import lpnum.nn  # noqa: F401  (registers QArray with flax.serialization)
+
   q = lpnum.quantize_scaled(_x(seed=1), fmt)
   blob = serialization.to_bytes({"w": q})
   empty = lpnum.quantize_scaled(jnp.zeros_like(_x()), fmt)
@@ -102,5 +104,22 @@ def test_sharding_on_eight_devices():
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith("ok")
+
+
+def test_import_lpnum_loads_no_flax_and_lpnum_nn_registers_serialization():
+  code = textwrap.dedent("""
+      import sys
+      import jax.numpy as jnp, lpnum
+      heavy = sorted({m.split(".")[0] for m in sys.modules} & {"flax", "optax", "orbax", "sklearn", "matplotlib"})
+      assert not heavy, heavy
+      import lpnum.nn
+      from flax import serialization
+      q = lpnum.quantize_scaled(jnp.arange(64.0).reshape(2, 32), lpnum.mx.format("mxfp4_e2m1"))
+      assert set(serialization.to_state_dict(q)) == {"data", "scales"}
+      print("ok")
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith("ok")

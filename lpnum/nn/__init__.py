@@ -7,6 +7,8 @@
 - :mod:`lpnum.nn.linen`, :mod:`lpnum.nn.nnx`: modules for the stock layers' injection hooks.
 - :func:`quantize_model` with :class:`Rule`: quantize an existing model by module paths.
 - :func:`ptq`: post-training quantization of a params tree into packed kernels.
+- :mod:`lpnum.nn.serialization`: importing :mod:`lpnum.nn` registers QArray, PackedWeights and QuantizedKernel with
+  ``flax.serialization`` (the core does not import flax).
 - :mod:`lpnum.nn.attention` (quantized attention, clipped softmax, gated attention, quantized einsum),
   :mod:`lpnum.nn.a2q_layers` (A2QDense), :mod:`lpnum.nn.mixed_precision`, :mod:`lpnum.nn.a2q`,
   :mod:`lpnum.nn.comm`, :mod:`lpnum.nn.zoo`, :mod:`lpnum.nn.train`: import them as modules.
@@ -17,6 +19,7 @@ from lpnum.nn.config import Backward, QuantConfig, TensorQuant
 from lpnum.nn.dot import OperandState, dot_general, make_conv_general_dilated, make_dot_general
 from lpnum.nn.ptq import QuantizedKernel, dequantize_kernel, params_nbytes, ptq
 from lpnum.nn.rules import QuantizedModel, Rule, kernel_views, ptq_nnx, quantize_model
+from lpnum.nn import serialization  # noqa: F401  (registers QArray and packed kernels with flax.serialization)
 
 __all__ = [
     "Backward", "QuantConfig", "TensorQuant", "OperandState", "dot_general", "make_dot_general", "make_conv_general_dilated", "linen", "nnx",

@@ -285,36 +285,3 @@ def fake_quantized_params(params, rules: Sequence, kernel_name: str = "kernel"):
 
   return jax.tree_util.tree_map(convert, ptq(params, rules, kernel_name=kernel_name, layout="qarray"),
                                 is_leaf=lambda x: isinstance(x, QuantizedKernel))
-
-
-
-def _register_flax() -> None:
-  """flax.serialization for packed kernels: a QuantizedKernel saves its value's state; PackedWeights saves its
-  array leaves by position and restores them into the target's structure (static layout from the target)."""
-  from flax import serialization
-
-  def packed_to_state(w: _layout.PackedWeights) -> dict:
-    return {str(i): leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(w))}
-
-  def packed_from_state(w: _layout.PackedWeights, state: dict) -> _layout.PackedWeights:
-    leaves, treedef = jax.tree_util.tree_flatten(w)
-    if set(state) != {str(i) for i in range(len(leaves))}:
-      raise ValueError(f"PackedWeights state has leaves {sorted(state)}, the target {len(leaves)}")
-    restored = [jnp.asarray(state[str(i)]) for i in range(len(leaves))]
-    for new, old in zip(restored, leaves):
-      if new.shape != old.shape or new.dtype != old.dtype:
-        raise ValueError(f"PackedWeights leaf {new.shape} {new.dtype} does not fit the target's {old.shape} "
-                         f"{old.dtype}")
-    return jax.tree_util.tree_unflatten(treedef, restored)
-
-  def kernel_to_state(k: QuantizedKernel) -> dict:
-    return {"value": serialization.to_state_dict(k.value)}
-
-  def kernel_from_state(k: QuantizedKernel, state: dict) -> QuantizedKernel:
-    return QuantizedKernel(serialization.from_state_dict(k.value, state["value"]), k.shape, k.dtype, k.contract)
-
-  serialization.register_serialization_state(_layout.PackedWeights, packed_to_state, packed_from_state)
-  serialization.register_serialization_state(QuantizedKernel, kernel_to_state, kernel_from_state)
-
-
-_register_flax()
