@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 import lpnum
-from lpnum.studies._common import write_csv
+from lpnum.results import write_csv
 
 __all__ = ["QuickDefault", "arg_parser", "figure_values", "format_targets", "lpnum_revision", "machine_info",
            "median_s", "ms", "parse_args", "ratio", "table", "target", "times", "write_json"]
@@ -234,7 +234,7 @@ def lpnum_revision() -> str | None:
 def write_json(name: str, payload: Mapping[str, Any], out_dir: str | Path | None = None) -> Path:
   """Writes ``{"benchmark": name, "machine": machine_info(), "results": payload}`` to ``<out_dir>/<name>.json``,
   and each top-level list of records in ``payload`` as ``<out_dir>/<name>_<key>.csv``
-  (:func:`lpnum.studies._common.write_csv`).
+  (:func:`lpnum.results.write_csv`).
 
   ``out_dir`` defaults to ``benchmarks/results``; it is created if needed. Prints and returns the JSON's path.
   """

@@ -40,7 +40,7 @@ import numpy as np
 
 import lpnum
 from lpnum import kernels
-from lpnum.studies._common import progress
+from lpnum.results import progress
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
                       times, write_json)

@@ -1,6 +1,6 @@
 """Params bytes, inference and training-step time of the zoo models, quantized, against float32.
 
-The zoo's three architectures (:mod:`lpnum.nn.zoo`) at benchmark sizes (the zoo's defaults are sized for the digits
+The zoo's three architectures (:mod:`lpnum.zoo.models`) at benchmark sizes (the zoo's defaults are sized for the digits
 data set and too small to time):
 
 * ``mlp``: ``MLP(features=(1024, 1024))`` on 32x32x1 inputs (1024 features), batch 256;
@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from lpnum import nn as lnn
-from lpnum.nn import zoo
+from lpnum.zoo import models as zoo
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target, times,
                       write_json)

@@ -65,7 +65,7 @@ import ml_dtypes
 import numpy as np
 
 import lpnum
-from lpnum.studies._common import progress
+from lpnum.results import progress
 
 from ._report import (arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)

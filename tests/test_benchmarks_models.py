@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_checks  # noqa: E402
 from benchmarks import models  # noqa: E402
-from lpnum.nn import zoo  # noqa: E402
+from lpnum.zoo import models as zoo  # noqa: E402
 
 
 def test_models_benchmark_tiny(tmp_path, monkeypatch, capsys):

@@ -30,7 +30,7 @@ these kernels differently (per-channel scales per head feature shared across hea
 For ``out`` (``(heads, head_dim, dim)``, contracted over its first two axes), Dense and Conv kernels the two
 views coincide.
 
-Last, the zoo MLP trained on ``lpnum.data.digits`` keeps its float32 test accuracy within one point after int8
+Last, the zoo MLP trained on ``lpnum.zoo.data.digits`` keeps its float32 test accuracy within one point after int8
 per-channel PTQ; the accuracies of other PTQ formats are printed (and only required to beat 80%).
 """
 
@@ -45,9 +45,9 @@ import numpy as np
 import pytest
 
 import lpnum
-from lpnum import data
+from lpnum.zoo import data
 from lpnum import nn as lnn
-from lpnum.nn import train, zoo
+from lpnum.zoo import models as zoo, train
 
 TOL = 1e-5
 BATCH = 4

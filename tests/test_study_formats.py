@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lpnum.nn import zoo
+from lpnum.zoo import models as zoo
 from lpnum.studies import formats as study
 
 

@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 
 from lpnum import mx  # noqa: E402
 from lpnum import nn as lnn  # noqa: E402
-from lpnum.data import digits  # noqa: E402
+from lpnum.zoo.data import digits  # noqa: E402
 from lpnum.nn.ptq import fake_quantized_params  # noqa: E402
-from lpnum.nn.train import accuracy  # noqa: E402
+from lpnum.zoo.train import accuracy  # noqa: E402
 from lpnum.scaled import ScaleRule  # noqa: E402
 from lpnum.studies import scale_rules as study  # noqa: E402
 

@@ -15,8 +15,8 @@ import optax
 import pytest
 from sklearn.datasets import load_digits
 
-from lpnum import data
-from lpnum.nn import train, zoo
+from lpnum.zoo import data
+from lpnum.zoo import models as zoo, train
 
 STOCK_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.BatchNorm, nn.LayerNorm, nn.Embed,
                 nn.MultiHeadDotProductAttention)

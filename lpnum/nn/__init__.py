@@ -11,7 +11,7 @@
   ``flax.serialization`` (the core does not import flax).
 - :mod:`lpnum.nn.attention` (quantized attention, clipped softmax, gated attention, quantized einsum),
   :mod:`lpnum.nn.a2q_layers` (A2QDense), :mod:`lpnum.nn.mixed_precision`, :mod:`lpnum.nn.a2q`,
-  :mod:`lpnum.nn.comm`, :mod:`lpnum.nn.zoo`, :mod:`lpnum.nn.train`: import them as modules.
+  :mod:`lpnum.nn.comm`: import them as modules. The model zoo, data sets and training loop are :mod:`lpnum.zoo`.
 """
 
 from lpnum.nn import linen, nnx

@@ -1,7 +1,7 @@
 """Accumulator study: accuracy of a trained model and overflow rates as the accumulator narrows.
 
 Setup
-  Data: scikit-learn's digits (:func:`lpnum.data.digits`, 8x8 images flattened to 64 pixels in [0, 1]; the
+  Data: scikit-learn's digits (:func:`lpnum.zoo.data.digits`, 8x8 images flattened to 64 pixels in [0, 1]; the
   split and every initialization and shuffle come from ``--seed``). Model: ``zoo.MLP(features=(64,))``, i.e.
   ``Dense(64) -> ReLU -> Dense(10)``, trained in float32 with Adam (:data:`LEARNING_RATE`) for
   :data:`TRAIN_STEPS` steps of :data:`BATCH_SIZE` examples (:data:`QUICK_TRAIN_STEPS` with ``--quick``). Both
@@ -54,11 +54,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lpnum import data
+from lpnum.zoo import data
 from lpnum.kernels import accumulate
 from lpnum.nn import a2q, train, zoo
 from lpnum.nn.a2q_layers import A2QDense
-from lpnum.studies._common import arg_parser, parse_args, progress, save_figure, write_json
+from lpnum.results import progress, save_figure, write_json
+from lpnum.studies._common import arg_parser, parse_args
 
 __all__ = ["NOTES", "A2QMLP", "train_float", "train_a2q", "integer_layers", "integer_forward", "float_forward",
            "main"]

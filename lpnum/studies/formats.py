@@ -171,7 +171,7 @@ def trained_mlp(features: tuple[int, ...], steps: int, seed: int) -> tuple[Any, 
 
   Cached per process, so studies and tests that ask for the same MLP train it once.
   """
-  from lpnum.nn import zoo
+  from lpnum.zoo import models as zoo
 
   return _trained_on_digits(zoo.MLP(features=features), steps, seed, flat=True)
 
@@ -180,8 +180,8 @@ def _trained_on_digits(model: Any, steps: int, seed: int, *, flat: bool) -> tupl
   """``model`` trained in float32 on the digits training split (Adam 3e-3, batches of 128)."""
   import optax
 
-  from lpnum import data
-  from lpnum.nn import train
+  from lpnum.zoo import data
+  from lpnum.zoo import train
 
   variables, losses = train.fit(model, data.digits("train", seed=seed, flat=flat), steps=steps, batch_size=128,
                                 seed=seed, optimizer=optax.adam(3e-3))
@@ -196,7 +196,7 @@ def mlp_tensors(model: Any, variables: dict[str, Any], seed: int) -> dict[str, l
   """
   import flax.linen as nn
 
-  from lpnum import data
+  from lpnum.zoo import data
 
   x_test, _ = data.digits("test", seed=seed, flat=True)
   acts: list[np.ndarray] = []
@@ -218,7 +218,7 @@ def trained_cnn(channels: tuple[int, ...], steps: int, seed: int) -> tuple[Any, 
 
   Cached per process.
   """
-  from lpnum.nn import zoo
+  from lpnum.zoo import models as zoo
 
   return _trained_on_digits(zoo.CNN(channels=channels), steps, seed, flat=False)
 
@@ -451,7 +451,7 @@ def plot(rows: Sequence[Row], path) -> Any:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from lpnum.studies._common import save_figure
+  from lpnum.results import save_figure
 
   summary = _summary(rows)
   fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -474,7 +474,8 @@ def plot(rows: Sequence[Row], path) -> Any:
 def main(argv: Sequence[str] | None = None) -> list[Row]:
   """``lpnum study formats [--quick] [--out DIR] [--seed N]``: prints the table, writes ``formats.json`` and
   ``formats_sqnr_vs_bits.png`` and returns the rows."""
-  from lpnum.studies._common import arg_parser, parse_args, write_json
+  from lpnum.results import write_json
+  from lpnum.studies._common import arg_parser, parse_args
 
   quick_help = (f"2^14 values per distribution instead of 2^20, an MLP{MLP_SETUPS['quick'][0]} trained "
                 f"{MLP_SETUPS['quick'][1]} steps, a CNN{CNN_SETUPS['quick'][0]} trained {CNN_SETUPS['quick'][1]} "

@@ -70,12 +70,13 @@ import numpy as np
 import optax
 
 import lpnum
-import lpnum.data
+import lpnum.zoo.data
 import lpnum.nn
-import lpnum.nn.train
-import lpnum.nn.zoo
+import lpnum.zoo.train
+import lpnum.zoo.models
 from lpnum import mx
-from lpnum.studies._common import arg_parser, parse_args, progress, save_figure, write_json
+from lpnum.results import progress, save_figure, write_json
+from lpnum.studies._common import arg_parser, parse_args
 from lpnum.studies.formats import mlp_tensors, sample, sqnr_db, trained_mlp
 
 __all__ = ["FORMATS", "RULES", "SYNTHETIC", "TENSORS", "HISTORIES", "BLOCK", "NOTES", "Setup", "SETUPS",
@@ -180,7 +181,7 @@ def run_sqnr(tensors: dict[str, np.ndarray], formats: Sequence[str], model: nn.M
   names = list(tensors)
   stacked = jnp.asarray(np.concatenate([tensors[t] for t in names]))
   bounds = np.cumsum([0] + [len(tensors[t]) for t in names])
-  x_test, y_test = lpnum.data.digits("test", seed=seed, flat=True)
+  x_test, y_test = lpnum.zoo.data.digits("test", seed=seed, flat=True)
   predict = jax.jit(model.apply)
   w_at = names.index("mlp_weights")
   sqnr, acc = [], []
@@ -199,18 +200,18 @@ def run_sqnr(tensors: dict[str, np.ndarray], formats: Sequence[str], model: nn.M
 
 def run_training(setup: Setup, seed: int, float_losses: list[float], float_acc: float) -> list[dict]:
   """Float32, FP8 current scaling and FP8 delayed scaling (each history length) on the same MLP and data."""
-  x, y = lpnum.data.digits("train", seed=seed, flat=True)
-  x_test, y_test = lpnum.data.digits("test", seed=seed, flat=True)
-  model = lpnum.nn.zoo.MLP(features=setup.features)
+  x, y = lpnum.zoo.data.digits("train", seed=seed, flat=True)
+  x_test, y_test = lpnum.zoo.data.digits("test", seed=seed, flat=True)
+  model = lpnum.zoo.models.MLP(features=setup.features)
   runs = [{"recipe": "float32", "scaling": None, "history": None, "final_loss": _final(float_losses),
            "accuracy": float_acc, "losses": float_losses}]
   recipes = [("fp8_current", "dynamic", None)] + [(f"fp8_delayed_h{h}", "delayed", h) for h in setup.histories]
   for name, scaling, history in progress(recipes, "FP8 training", total=len(recipes)):
     qmodel = lpnum.nn.quantize_model(model, fp8_config(scaling, history or 1))
     init = jax.jit(qmodel.init)(jax.random.key(seed), jnp.asarray(x[:_BATCH]))
-    variables, losses = lpnum.nn.train.fit(model, (x, y), steps=setup.steps, batch_size=_BATCH, seed=seed,
+    variables, losses = lpnum.zoo.train.fit(model, (x, y), steps=setup.steps, batch_size=_BATCH, seed=seed,
                                            optimizer=optax.adam(_LR), apply_fn=qmodel.apply, variables=init)
-    acc = lpnum.nn.train.accuracy(model, variables, x_test, y_test, apply_fn=qmodel.apply)
+    acc = lpnum.zoo.train.accuracy(model, variables, x_test, y_test, apply_fn=qmodel.apply)
     runs.append({"recipe": name, "scaling": scaling, "history": history, "final_loss": _final(losses),
                  "accuracy": acc, "losses": losses})
   return runs
@@ -292,8 +293,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   setup = SETUPS["quick" if args.quick else "full"]
   start = time.perf_counter()
   model, variables, float_losses = trained_mlp(setup.features, setup.steps, args.seed)
-  x_test, y_test = lpnum.data.digits("test", seed=args.seed, flat=True)
-  float_acc = lpnum.nn.train.accuracy(model, variables, x_test, y_test)
+  x_test, y_test = lpnum.zoo.data.digits("test", seed=args.seed, flat=True)
+  float_acc = lpnum.zoo.train.accuracy(model, variables, x_test, y_test)
   tensors = {t: synthetic(t, setup.n, args.seed).reshape(-1, BLOCK) for t in SYNTHETIC}
   tensors.update(real_tensors(model, variables, args.seed))
   sqnr, ptq_acc = run_sqnr(tensors, setup.formats, model, variables, args.seed)

@@ -1,8 +1,8 @@
 """Training study: the zoo models trained with weights, activations and gradients in each format family.
 
-What is trained: the zoo's MLP and residual CNN (:mod:`lpnum.nn.zoo`) on scikit-learn's 8x8 digits
-(:func:`lpnum.data.digits`: 1438 training and 359 test images, split by the seed), and its 2-layer Transformer on
-the synthetic pointer look-up task (:func:`lpnum.data.sequence_task`: 8192 training and 1024 test sequences of 16
+What is trained: the zoo's MLP and residual CNN (:mod:`lpnum.zoo.models`) on scikit-learn's 8x8 digits
+(:func:`lpnum.zoo.data.digits`: 1438 training and 359 test images, split by the seed), and its 2-layer Transformer on
+the synthetic pointer look-up task (:func:`lpnum.zoo.data.sequence_task`: 8192 training and 1024 test sequences of 16
 tokens over 16 symbols; chance accuracy 1/16).
 
 How: every recipe of :data:`RECIPES` is one :class:`~lpnum.nn.QuantConfig` applied to every quantizable layer
@@ -12,7 +12,7 @@ BatchNorm, softmax and the attention products stay float32). Quantization is sim
 quantize-dequantize, float32 matmuls, which for int8 and FP8 operands give the products the integer/FP8 matmul
 would, up to float32 accumulation) with the straight-through estimator unless the recipe says otherwise; the
 master weights and Adam's state stay float32, as in every mixed-precision recipe. Each run is
-:func:`lpnum.nn.train.fit` (softmax cross-entropy, Adam, batches of :data:`BATCH_SIZE`), then test accuracy with
+:func:`lpnum.zoo.train.fit` (softmax cross-entropy, Adam, batches of :data:`BATCH_SIZE`), then test accuracy with
 the same quantized forward pass.
 
 Steps and seeds (:data:`MODELS`): full mode trains the MLP 600 steps, the CNN 400 and the Transformer 600, with
@@ -23,7 +23,7 @@ and a one-block Transformer of width 32 (smaller programs to compile, which domi
 checks the machinery, and its Transformer cannot learn the task (a look-up takes two blocks).
 
 Compilation: each (model, recipe) is one training step and one evaluation program, compiled once and reused by
-every seed (:func:`lpnum.nn.train.fit` caches them on the model, the quantized ``apply`` and the optimizer, which
+every seed (:func:`lpnum.zoo.train.fit` caches them on the model, the quantized ``apply`` and the optimizer, which
 :func:`run_one` builds once per model and recipe).
 
 Recorded per (model, recipe, seed): the loss curve (the mean training loss over each window of ``curve_every``
@@ -89,8 +89,8 @@ import jax
 import numpy as np
 import optax
 
-from lpnum import data
-from lpnum.nn import train, zoo
+from lpnum.zoo import data
+from lpnum.zoo import models as zoo, train
 from lpnum.nn.config import Backward, QuantConfig, TensorQuant
 from lpnum.nn.rules import Rule, quantize_model
 
@@ -198,7 +198,7 @@ def curve_every(steps: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _adam(learning_rate: float) -> optax.GradientTransformation:
-  """One Adam per learning rate: :func:`lpnum.nn.train.fit` reuses a compiled step for the same optimizer."""
+  """One Adam per learning rate: :func:`lpnum.zoo.train.fit` reuses a compiled step for the same optimizer."""
   return optax.adam(learning_rate)
 
 
@@ -298,7 +298,8 @@ def plot(runs: Sequence[dict[str, Any]]):
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """``lpnum study training [--quick] [--out DIR] [--seed N]``: runs the study, prints its table, writes
   ``training.json`` and ``training.png`` to ``--out``; returns the JSON's ``results``."""
-  from lpnum.studies._common import arg_parser, parse_args, progress, save_figure, write_json
+  from lpnum.results import progress, save_figure, write_json
+  from lpnum.studies._common import arg_parser, parse_args
 
   args = parse_args(arg_parser("training", __doc__, quick=f"recipes {', '.join(QUICK_RECIPES)}, one seed, "
                                "a few dozen steps and smaller CNN/Transformer"), argv)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lpnum.data import batches
+from lpnum.zoo.data import batches
 
 __all__ = ["TrainState", "train_state", "fit", "accuracy", "logits"]
 
@@ -92,8 +92,8 @@ def train_state(model: nn.Module, example_input: Any, optimizer: optax.GradientT
 
   Example:
     >>> import jax.numpy as jnp, optax
-    >>> from lpnum.nn.train import train_state
-    >>> from lpnum.nn.zoo import MLP
+    >>> from lpnum.zoo.train import train_state
+    >>> from lpnum.zoo.models import MLP
     >>> state = train_state(MLP(features=(8,)), jnp.zeros((2, 4)), optax.sgd(0.1), seed=0)
     >>> int(state.step), sorted(state.params), state.model_state
     (0, ['Dense_0', 'Dense_1'], {})
@@ -123,7 +123,7 @@ def fit(model: nn.Module, data: tuple[Any, Any], *, steps: int, batch_size: int 
         variables: Any = None) -> tuple[dict[str, Any], list[float]]:
   """Trains a classifier with softmax cross-entropy on integer labels for ``steps`` mini-batch updates.
 
-  Batches come from :func:`lpnum.data.batches` (shuffled, every batch full, as many epochs as needed), and
+  Batches come from :func:`lpnum.zoo.data.batches` (shuffled, every batch full, as many epochs as needed), and
   ``seed`` seeds both the initialization and the shuffling, so the result is a function of the arguments.
   The jitted step is cached on ``apply_fn`` (or the model) and ``optimizer``: calls that pass the same objects
   and data of the same shapes reuse one compiled step (see the module docs).
@@ -144,8 +144,8 @@ def fit(model: nn.Module, data: tuple[Any, Any], *, steps: int, batch_size: int 
 
   Example:
     >>> import numpy as np, optax
-    >>> from lpnum.nn.train import accuracy, fit
-    >>> from lpnum.nn.zoo import MLP
+    >>> from lpnum.zoo.train import accuracy, fit
+    >>> from lpnum.zoo.models import MLP
     >>> x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
     >>> y = (x[:, 0] > 0).astype(np.int32)
     >>> model = MLP(features=(16,), num_classes=2)
@@ -200,8 +200,8 @@ def logits(model: nn.Module, variables: dict[str, Any], x: Any, *, batch_size: i
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum.nn.train import logits
-    >>> from lpnum.nn.zoo import MLP
+    >>> from lpnum.zoo.train import logits
+    >>> from lpnum.zoo.models import MLP
     >>> model = MLP(features=(8,), num_classes=3)
     >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 4)))
     >>> logits(model, variables, jnp.ones((5, 4)), batch_size=2).shape
@@ -233,8 +233,8 @@ def accuracy(model: nn.Module, variables: dict[str, Any], x: Any, y: Any, *, bat
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum.nn.train import accuracy
-    >>> from lpnum.nn.zoo import MLP
+    >>> from lpnum.zoo.train import accuracy
+    >>> from lpnum.zoo.models import MLP
     >>> model = MLP(features=(), num_classes=2)
     >>> variables = {"params": {"Dense_0": {"kernel": jnp.array([[1.0, -1.0]]), "bias": jnp.zeros(2)}}}
     >>> accuracy(model, variables, jnp.array([[1.0], [-1.0], [2.0], [-3.0]]), jnp.array([0, 1, 1, 1]))

@@ -35,7 +35,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
   try:
     from sklearn.datasets import load_digits
   except ImportError as e:
-    raise ImportError("lpnum.data.digits needs scikit-learn: pip install scikit-learn "
+    raise ImportError("lpnum.zoo.data.digits needs scikit-learn: pip install scikit-learn "
                       "(or install lpnum with the dev extra: pip install 'lpnum[dev]')") from e
   bunch = load_digits()
   x = np.asarray(bunch.images, np.float32) / np.float32(16.0)
@@ -67,7 +67,7 @@ def digits(split: str = "train", *, seed: int = 0, test_fraction: float = 0.2,
     ImportError: scikit-learn is not installed.
 
   Example:
-    >>> from lpnum import data
+    >>> from lpnum.zoo import data
     >>> x, y = data.digits("train")
     >>> x.shape, x.dtype, y.shape, float(x.max())
     ((1438, 8, 8, 1), dtype('float32'), (1438,), 1.0)
@@ -113,7 +113,7 @@ def sequence_task(n: int, *, length: int = 16, vocab: int = 16, seed: int = 0) -
     ``(x, y)``: int32 tokens of shape ``(n, length)`` and int32 labels of shape ``(n,)``.
 
   Example:
-    >>> from lpnum import data
+    >>> from lpnum.zoo import data
     >>> x, y = data.sequence_task(3, length=6, vocab=5)
     >>> x.shape, y.shape
     ((3, 6), (3,))
@@ -153,7 +153,7 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int,
 
   Example:
     >>> import numpy as np
-    >>> from lpnum import data
+    >>> from lpnum.zoo import data
     >>> x = np.arange(10)
     >>> [b[0].tolist() for b in data.batches(x, x, 4, seed=0, epochs=1)]
     [[4, 6, 2, 7], [3, 5, 9, 0]]

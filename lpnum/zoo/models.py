@@ -36,7 +36,7 @@ class MLP(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum.nn.zoo import MLP
+    >>> from lpnum.zoo.models import MLP
     >>> model = MLP(features=(32,))
     >>> x = jnp.zeros((2, 8, 8, 1))
     >>> variables = model.init(jax.random.key(0), x)
@@ -64,7 +64,7 @@ class ResidualBlock(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum.nn.zoo import ResidualBlock
+    >>> from lpnum.zoo.models import ResidualBlock
     >>> block = ResidualBlock(channels=4, strides=2)
     >>> x = jnp.zeros((2, 8, 8, 4))
     >>> variables = block.init(jax.random.key(0), x, train=False)
@@ -101,7 +101,7 @@ class CNN(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum.nn.zoo import CNN
+    >>> from lpnum.zoo.models import CNN
     >>> model = CNN(channels=(4,))
     >>> x = jnp.zeros((2, 8, 8, 1))
     >>> variables = model.init(jax.random.key(0), x, train=False)
@@ -136,7 +136,7 @@ class TransformerBlock(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum.nn.zoo import TransformerBlock
+    >>> from lpnum.zoo.models import TransformerBlock
     >>> block = TransformerBlock(heads=2, mlp_dim=16)
     >>> x = jnp.zeros((2, 5, 8))
     >>> variables = block.init(jax.random.key(0), x)
@@ -171,7 +171,7 @@ class Transformer(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum.nn.zoo import Transformer
+    >>> from lpnum.zoo.models import Transformer
     >>> model = Transformer(vocab=12, length=6, dim=16, heads=2, layers=1, mlp_dim=32)
     >>> tokens = jnp.zeros((3, 6), jnp.int32)
     >>> variables = model.init(jax.random.key(0), tokens)
@@ -207,8 +207,8 @@ class ZooEntry:
   Attributes:
     model: the Flax module.
     example_input: a batch of two inputs (zeros), for ``init`` and shape checks.
-    task: ``"digits"`` (:func:`lpnum.data.digits`, 10 classes) or ``"sequence"``
-      (:func:`lpnum.data.sequence_task` with its default length and vocabulary).
+    task: ``"digits"`` (:func:`lpnum.zoo.data.digits`, 10 classes) or ``"sequence"``
+      (:func:`lpnum.zoo.data.sequence_task` with its default length and vocabulary).
   """
   model: nn.Module
   example_input: np.ndarray
