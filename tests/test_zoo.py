@@ -59,11 +59,22 @@ def test_cnn_updates_batch_stats_in_training_and_requires_train(initialized):
     entry.model.apply(variables, x)
 
 
+def _sub_jaxprs(value):
+  """The jaxprs inside an equation's parameter (pjit, scan, cond... hold them bare, closed or in tuples)."""
+  if isinstance(value, jax.extend.core.ClosedJaxpr):
+    yield value.jaxpr
+  elif isinstance(value, jax.extend.core.Jaxpr):
+    yield value
+  elif isinstance(value, tuple | list):
+    for v in value:
+      yield from _sub_jaxprs(v)
+
+
 def _count(jaxpr, primitive: str) -> int:
   n = 0
   for eqn in jaxpr.eqns:
     n += eqn.primitive.name == primitive
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+    for sub in _sub_jaxprs(tuple(eqn.params.values())):
       n += _count(sub, primitive)
   return n
 
