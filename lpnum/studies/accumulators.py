@@ -54,9 +54,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lpnum.zoo import data
 from lpnum.kernels import accumulate
-from lpnum.nn import a2q, train, zoo
+from lpnum.nn import a2q
+from lpnum.zoo import data, models as zoo, train
 from lpnum.nn.a2q_layers import A2QDense
 from lpnum.results import progress, save_figure, write_json
 from lpnum.studies._common import arg_parser, parse_args
