@@ -181,7 +181,7 @@ def test_asymmetric_uint8_matches_numpy():
 def test_percentile_clipping_matches_numpy():
   x = _data((8, 256), seed=7, kind="t2")
   fmt = lpnum.ScaledFormat("int8", lpnum.per_channel(0), calibration=lpnum.percentile(99.0))
-  clip = np.quantile(np.abs(x), 0.99, axis=1, keepdims=True)  # float64 interpolation
+  clip = np.quantile(np.abs(x).astype(np.float64), 0.99, axis=1, keepdims=True)  # float64 interpolation
   q = lpnum.quantize_scaled(x, fmt)
   scale = np.asarray(q.scales).view(F32)
   # The interpolation is done in float32: within 2 ulps of numpy's float64 one.
