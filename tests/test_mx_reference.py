@@ -61,14 +61,16 @@ drops a private module, never fails these tests.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-import functools
 from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
 import pytest
+
+import lpnum
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mx_reference as ref  # noqa: E402
@@ -114,6 +116,16 @@ def finite_normal_blocks(x: np.ndarray) -> np.ndarray:
   ok = np.all(np.isfinite(x), axis=1)
   ok &= ~np.any((x != 0) & (np.abs(x) < F32_TINY), axis=1)
   return x[ok]
+
+
+def ours_or_known(got, ours, known, what: str) -> None:
+  """A third party's answer where it is known to differ: its known answer, or ours once it changes to it.
+
+  The reference's own answer is asserted separately against a hand derivation; this only checks that the
+  documented difference is still the only one.
+  """
+  same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)  # noqa: E731
+  assert same(got, ours) or same(got, known), (what, got, ours, known)
 
 
 # ---------------------------------------------------------------------------
@@ -271,16 +283,6 @@ def test_gfloat_floor_agrees(name):
       np.testing.assert_array_equal(e[b], g_elems)
       np.testing.assert_array_equal(v[b], g_vals)  # exact, incl. signs of 0
       assert np.array_equal(np.signbit(v[b]), np.signbit(g_vals))
-
-
-def ours_or_known(got, ours, known, what: str) -> None:
-  """A third party's answer where it is known to differ: its known answer, or ours once it changes to it.
-
-  The reference's own answer is asserted separately against a hand derivation; this only checks that the
-  documented difference is still the only one.
-  """
-  same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)  # noqa: E731
-  assert same(got, ours) or same(got, known), (what, got, ours, known)
 
 
 def test_gfloat_mxint8_asymmetric():
@@ -567,7 +569,6 @@ def test_xla_cpu_division_by_a_constant():
   ours_or_known(np.asarray(jax.jit(lambda v: v / f32(6))(x)), ieee, recip, "jit x / 6")
   np.testing.assert_array_equal(
       np.asarray(jnp.asarray(x) / jnp.full(16, 6.0, jnp.float32)), ieee)
-  import lpnum
   q = lpnum.nvfp4.quantize(np.tile(x, (4, 1)), tensor_scale=False)
   np.testing.assert_array_equal(np.asarray(q.scale_codes), 9)
 
