@@ -2,10 +2,10 @@
 
 Everything here is elementwise on 32-bit arrays (a tile inside a kernel, the whole output in XLA) and uses only
 operations that lower to XLA, Mosaic (TPU) and Triton (GPU). Constants are NumPy scalars, which kernels may
-capture. Rounding to a float format is always :meth:`lpnum.FloatFormat._round` (lpnum's one rounding routine),
+capture. Rounding to a float format is always :meth:`lpnum.FloatFormat.round_values` (lpnum's one rounding routine),
 except float32 itself, which has no wider carrier: its nearest-even sums are float32 additions and its stochastic
-ones are decided by :func:`lpnum._rounding.round_shift` on the exact error of the addition; the final rounding of
-the exact accumulator is :func:`lpnum._bits.compose`.
+ones are decided by :func:`lpnum.rounding.round_shift` on the exact error of the addition; the final rounding of
+the exact accumulator is :func:`lpnum.compose`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, _lowbias32, round_shift
+from lpnum.carrier import F32
+from lpnum.exact import compose
+from lpnum.rounding import Overflow, Rounding, hash32, round_shift
 from lpnum.formats import FloatFormat
 
 _INF = np.float32(np.inf)
@@ -74,7 +75,7 @@ def float_add(acc: jax.Array, p: jax.Array, fmt: FloatFormat, mode: Rounding,
 
 def is_float32(fmt: FloatFormat) -> bool:
   """Whether ``fmt`` is float32 itself (23 mantissa bits: its sums are rounded from their two operands)."""
-  return fmt.mantissa_bits == _bits.F32.mantissa_bits
+  return fmt.mantissa_bits == F32.mantissa_bits
 
 
 def pending_sum(acc: jax.Array, p: jax.Array, fmt: FloatFormat) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -114,14 +115,14 @@ def round_to(pending: jax.Array | tuple[jax.Array, jax.Array], fmt: FloatFormat,
   """A :func:`pending_sum` rounded to ``fmt`` (nearest even, or stochastic with ``rand``; inf on overflow)."""
   if is_float32(fmt):
     return sum32(*pending, mode, rand)
-  return fmt._round(pending, _bits.F32, mode, Overflow.NON_SATURATING, rand, None, in_kernel=True)
+  return fmt.round_values(pending, F32, mode, Overflow.NON_SATURATING, rand, None, in_kernel=True)
 
 
 def sum32(a: jax.Array, b: jax.Array, mode: Rounding, rand: jax.Array | None) -> jax.Array:
   """``a + b`` rounded once to float32: nearest even, or stochastic with ``rand``.
 
   The float32 sum ``s`` (nearest even) and its exact error ``e`` (TwoSum) bracket the exact sum between ``s`` and
-  its neighbour ``t`` toward ``e``. :func:`lpnum._rounding.round_shift` decides on the bits of ``e`` against the
+  its neighbour ``t`` toward ``e``. :func:`lpnum.rounding.round_shift` decides on the bits of ``e`` against the
   gap ``|t - s|``: stochastic goes to ``t`` with probability ``|e| / |t - s|`` (a 0.32 fixed-point fraction
   against 32 random bits, exact when ``|e|`` has no bits 32 places below the gap); nearest even never moves,
   ``|e|`` being at most half the gap and ``s`` even at a tie (computing ``e`` also keeps the compiler from
@@ -163,10 +164,10 @@ def float_overflowed(acc: jax.Array, p: jax.Array, out: jax.Array) -> jax.Array:
 
 def random_bits(idx: jax.Array, words: tuple[jax.Array, jax.Array], k) -> jax.Array:
   """32 random bits per output for the addition of product ``k``: lpnum's counter-based hash (as in
-  :func:`lpnum._rounding.random_bits`) of the output index ``idx``, seeded with ``hash(w0 ^ k)`` and
+  :func:`lpnum.rounding.random_bits`) of the output index ``idx``, seeded with ``hash(w0 ^ k)`` and
   ``hash(w1 ^ k)`` from the two key words."""
   k = jnp.asarray(k).astype(jnp.uint32)
-  return _lowbias32(_lowbias32(idx ^ _lowbias32(words[0] ^ k)) + _lowbias32(words[1] ^ k))
+  return hash32(hash32(idx ^ hash32(words[0] ^ k)) + hash32(words[1] ^ k))
 
 
 def key_words(key: jax.Array) -> jax.Array:
@@ -368,4 +369,4 @@ class ExactPlan:
     sticky = (lost1 != 0) | (lost2 != 0) | rest
     window = (t0 << (np.int32(30) - lead)) | w1 | w2 | sticky.astype(jnp.int32)
     exponent = np.int32(self.base) + np.int32(LIMB_BITS) * top + lead - np.int32(1)
-    return _bits.compose(negative, exponent, window.astype(jnp.uint32), 29, _bits.F32)
+    return compose(negative, exponent, window.astype(jnp.uint32), 29, F32)

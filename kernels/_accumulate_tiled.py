@@ -29,7 +29,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
-from lpnum._rounding import Rounding
+from lpnum.rounding import Rounding
 from lpnum.formats import FloatFormat
 
 from lpnum.kernels import _accumulate_ops as ops

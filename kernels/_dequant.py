@@ -76,7 +76,7 @@ def scale_parts(fmt: ScaledFormat, codes: jax.Array) -> ScaleParts:
     m, nb = sf.mantissa_bits, sf.exponent_bits + sf.mantissa_bits
     mag = c & ((1 << nb) - 1)
     e = (mag >> m) - sf.bias
-    is_nan, is_inf = sf._special_codes(jnp.zeros(c.shape, bool), mag, jnp)
+    is_nan, is_inf = sf.special_codes(jnp.zeros(c.shape, bool), mag, jnp)
     return ScaleParts(exponent=e + fmt.element_exponent, nan=is_nan | is_inf)
   if _is_f32_like(sf):
     value = jax.lax.bitcast_convert_type(codes.astype(jnp.uint32), jnp.float32)
@@ -123,7 +123,7 @@ def _float_values(fmt: FloatFormat, c: jax.Array) -> jax.Array:
     sub = m_field.astype(jnp.float32) * np.float32(2.0 ** (1 - fmt.bias - m))
     normal = jnp.where(e_field == 0, sub, normal)
   value = jnp.where(negative, -normal, normal)
-  is_nan, is_inf = fmt._special_codes(negative, mag, jnp)
+  is_nan, is_inf = fmt.special_codes(negative, mag, jnp)
   value = jnp.where(is_inf, jnp.where(negative, -jnp.inf, jnp.inf).astype(jnp.float32), value)
   return jnp.where(is_nan, jnp.float32(np.nan), value)
 

@@ -86,10 +86,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum import _bits
-from lpnum._rounding import Rounding
+from lpnum.carrier import F32
+from lpnum.rounding import Rounding
 from lpnum.formats import FloatFormat, Specials
-from lpnum.formats._table import FLOAT32, as_format
+from lpnum.formats import FLOAT32, as_format
 from lpnum.kernels import _accumulate_ops as ops
 from lpnum.kernels import _accumulate_tiled as tiled
 from lpnum.kernels._accumulate_reference import reference
@@ -175,7 +175,7 @@ class FloatAccumulator:
     if fmt.mantissa_bits > 21 and fmt != FLOAT32:
       raise ValueError(f"format={fmt.name} has {fmt.mantissa_bits} mantissa bits; at most 21 (sums are rounded "
                        "through float32 with two spare bits), or float32 itself")
-    why = fmt._fits(_bits.F32)
+    why = fmt.carrier_problem(F32)
     if why is not None:
       raise ValueError(f"format={fmt.name} cannot be emulated on float32: {why}")
     object.__setattr__(self, "format", fmt)

@@ -1,6 +1,6 @@
 """lpnum: low-precision number formats and kernels for JAX."""
 
-from lpnum._rounding import Overflow, Rounding
+from lpnum.rounding import Overflow, Rounding
 from lpnum.formats import (
     ALL_FORMATS,
     BinaryFormat,

@@ -30,10 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from lpnum.formats._base import Format
-from lpnum.formats._int import IntFormat
-from lpnum.formats._shift import ShiftFormat
-from lpnum.formats._table import as_format
+from lpnum.formats import Format, IntFormat, ShiftFormat, as_format
 from lpnum.quantize import quantize
 from lpnum.scaled import ScaledFormat, clip_range, fake_quantize
 

@@ -26,7 +26,7 @@ import jax
 from jax.typing import ArrayLike
 
 from lpnum import blocks
-from lpnum.formats._table import int_format
+from lpnum.formats import int_format
 from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat, quantize_scaled
 

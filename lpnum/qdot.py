@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from lpnum.formats._base import Format
-from lpnum.formats._table import as_format
+from lpnum.formats import Format, as_format
 from lpnum.quantize import quantize
 from lpnum.scaled import ScaledFormat, fake_quantize
 

@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, random_bits
-from lpnum.formats._base import TABLE_BITS, Format, table_decode
-from lpnum.formats._table import as_format
+from lpnum.carrier import INPUT_CARRIERS, carrier_for
+from lpnum.rounding import Overflow, Rounding, random_bits
+from lpnum.formats import TABLE_BITS, Format, as_format, table_decode
 
 __all__ = ["quantize", "encode", "decode"]
 
@@ -90,7 +89,7 @@ def encode(
   """
   x, fmt, mode, ov, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
   y, carrier = _round_in_carrier(x, key, fmt, mode, ov, stochastic_bits)
-  return fmt._encode_rounded(y, carrier)
+  return fmt.encode_values(y, carrier)
 
 
 def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
@@ -108,31 +107,31 @@ def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp
   if not jnp.issubdtype(bits.dtype, jnp.integer):
     raise TypeError(f"bits must be an integer array of codes, got dtype {bits.dtype}")
   dtype = np.dtype(dtype)
-  if dtype not in _bits.INPUT_CARRIERS:
+  if dtype not in INPUT_CARRIERS:
     raise TypeError(f"dtype={dtype} must be one of float32, bfloat16, float16, float64")
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype=float64 needs jax_enable_x64")
   if fmt.bits <= TABLE_BITS:
     return table_decode(fmt, bits, dtype)
-  carrier = _bits.INPUT_CARRIERS[dtype]
+  carrier = INPUT_CARRIERS[dtype]
   mask = np.uint32((1 << fmt.bits) - 1)
-  return fmt._decode_wide(bits.astype(jnp.uint32) & mask, carrier)
+  return fmt.decode_values(bits.astype(jnp.uint32) & mask, carrier)
 
 
 def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
   fmt = as_format(fmt)
   mode = Rounding.parse(rounding, "rounding")
   ov = Overflow.parse(overflow, "overflow")
-  fmt._check_overflow(ov)
+  fmt.check_overflow(ov)
   if isinstance(x, float | int | list | tuple):
     x = jnp.asarray(x, jnp.float32)
   elif isinstance(x, jax.Array | np.ndarray | np.generic):
     x = jnp.asarray(x)
   else:
     raise TypeError(f"x must be an array, got {type(x).__name__}")
-  if np.dtype(x.dtype) not in _bits.INPUT_CARRIERS:
+  if np.dtype(x.dtype) not in INPUT_CARRIERS:
     raise TypeError(f"x must be float32, bfloat16, float16 or float64, got dtype {x.dtype}")
-  why = fmt._fits(_bits.INPUT_CARRIERS[np.dtype(x.dtype)])
+  why = fmt.carrier_problem(INPUT_CARRIERS[np.dtype(x.dtype)])
   if why is not None:
     raise ValueError(f"fmt={fmt.name} cannot be quantized into x.dtype={x.dtype}: {why}; use a wider x")
   if mode is Rounding.STOCHASTIC:
@@ -148,9 +147,9 @@ def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
 
 def _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits):
   """Rounds ``x`` to ``fmt`` in its carrier float; returns the rounded values and the carrier."""
-  carrier = _bits.carrier_for(x.dtype)
+  carrier = carrier_for(x.dtype)
   rand = random_bits(key, x.shape) if mode is Rounding.STOCHASTIC else None
-  return fmt._round(x.astype(carrier.dtype), carrier, mode, overflow, rand, stochastic_bits), carrier
+  return fmt.round_values(x.astype(carrier.dtype), carrier, mode, overflow, rand, stochastic_bits), carrier
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

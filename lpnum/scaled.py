@@ -47,25 +47,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum import _bits, blocks, packing
-from lpnum._rounding import Overflow, Rounding, _ParsedEnum, random_bits
+from lpnum import blocks, packing
+from lpnum.carrier import F32, INPUT_CARRIERS, Carrier
+from lpnum.exact import (Pow2, abs_max, max_min, multiply, normalize, plain_exact, plain_for_rounding, pow2_factors,
+                         scale_exact, scale_for_rounding)
+from lpnum.rounding import Overflow, Rounding, ParsedEnum, random_bits
 from lpnum.blocks import Granularity
-from lpnum.formats._base import Format
-from lpnum.formats._float import FloatFormat
-from lpnum.formats._int import BinaryFormat, IntFormat
-from lpnum.formats._posit import PositFormat
-from lpnum.formats._shift import ShiftFormat
-from lpnum.formats._table import as_format
+from lpnum.formats import BinaryFormat, FloatFormat, Format, IntFormat, PositFormat, ShiftFormat, as_format
 from lpnum.qarray import QArray
 
 __all__ = ["ScaleRule", "Calibration", "ScaledFormat", "absmax", "percentile", "mse", "quantize_scaled",
            "dequantize", "fake_quantize"]
 
 _MIN_NORMAL = 2.0 ** -126
-_F32 = _bits.F32
+_F32 = F32
 
 
-class ScaleRule(_ParsedEnum):
+class ScaleRule(ParsedEnum):
   """How a block's range becomes a scale (see the module docstring)."""
 
   FLOOR = "floor"
@@ -264,7 +262,7 @@ def _quantize_jit(x, scale, key, fmt, mode, block, padded) -> QArray:
   rand = _rand(key, mode, x.shape, block, padded)
 
   def encode(plain, xb, s):
-    return fmt.element._encode_rounded(_round_elements(xb, s, fmt, mode, rand, plain), _F32)
+    return fmt.element.encode_values(_round_elements(xb, s, fmt, mode, rand, plain), _F32)
 
   codes = blocks.from_blocks(_by_scaling(encode, xb, s, fmt, mode), x.shape)
   data = packing.pack(codes.reshape(codes.shape or (1,)), fmt.element.bits, axis=-1)
@@ -303,7 +301,7 @@ def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
   s = _per_block(lambda c, z, t: _Scales.from_codes(fmt, c, z, t), q.scales.size,
                  expand(q.scales), expand(q.zero_point), q.tensor_scale)
   s = _per_block(lambda v: v.with_factors(fmt), q.scales.size, s)
-  target = _bits.INPUT_CARRIERS[dtype]
+  target = INPUT_CARRIERS[dtype]
 
   def decode(plain, cb, s):
     return _apply_scale(_decode(fmt.element, cb), s, fmt, target, plain)
@@ -338,7 +336,7 @@ def _fake_jit(x, scale, key, fmt, mode, block, padded):
 def _fake_quantize_ste(x, scale, rand, fmt, mode, block, padded):
   xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
   s = _scales(xb, fmt, scale)
-  target = _bits.INPUT_CARRIERS[np.dtype(x.dtype)]
+  target = INPUT_CARRIERS[np.dtype(x.dtype)]
 
   def round_trip(plain, xb, s):
     return _apply_scale(_round_elements(xb, s, fmt, mode, rand, plain), s, fmt, target, plain)
@@ -409,16 +407,16 @@ class _Scales:
   block: jax.Array | None = None
   tm: jax.Array | None = None
   de: jax.Array | None = None
-  down: _bits.Pow2 | None = None  # factors of 2^-(e + element_exponent): scale x to element units
-  up: _bits.Pow2 | None = None  # factors of 2^(de + element_exponent): scale elements back
+  down: Pow2 | None = None  # factors of 2^-(e + element_exponent): scale x to element units
+  up: Pow2 | None = None  # factors of 2^(de + element_exponent): scale elements back
 
   def with_factors(self, fmt: ScaledFormat) -> "_Scales":
     de = self.e if self.de is None else self.de
-    return dataclasses.replace(self, down=_bits.pow2_factors(-(self.e + fmt.element_exponent)),
-                               up=_bits.pow2_factors(de + fmt.element_exponent))
+    return dataclasses.replace(self, down=pow2_factors(-(self.e + fmt.element_exponent)),
+                               up=pow2_factors(de + fmt.element_exponent))
 
   def exact(self) -> "_Scales":
-    """With the factors of the exact paths (``_bits.Pow2.exact``)."""
+    """With the factors of the exact paths (``Pow2.exact``)."""
     return dataclasses.replace(self, down=self.down.exact(), up=self.up.exact())
 
   @staticmethod
@@ -435,7 +433,7 @@ def _general_scales(codes, value, fmt: ScaledFormat, zero, tensor) -> _Scales:
   if tensor is None:
     m, e = _split(value)
     return _Scales(codes, m, e, None, zero, None, value)
-  m, e = _split(_per_block(lambda v, t: _bits.multiply(v, t, _precision(fmt.scale_format)), value.size, value,
+  m, e = _split(_per_block(lambda v, t: multiply(v, t, _precision(fmt.scale_format)), value.size, value,
                            tensor))
   tm, te = _split(tensor)
   return _Scales(codes, m, e, None, zero, tensor, value, tm, te)
@@ -443,7 +441,7 @@ def _general_scales(codes, value, fmt: ScaledFormat, zero, tensor) -> _Scales:
 
 def _split(s: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``s = m * 2^e`` exactly, ``m`` a float32 in [1, 2); NaN stays in ``m``."""
-  _, e, sig, a = _bits.normalize(_F32, s)
+  _, e, sig, a = normalize(_F32, s)
   m = jax.lax.bitcast_convert_type((sig & np.uint32(0x7FFFFF)) | np.uint32(127 << 23), jnp.float32)
   m = jnp.where(a > _F32.inf_bits, jnp.float32(np.nan), m)
   return m, jnp.where(a == 0, 0, e)
@@ -457,7 +455,7 @@ def _precision(fmt: Format) -> int:
 
 def _pow2_exponent(sf: Format, codes):
   value = _decode(sf, codes)
-  _, e, _, a = _bits.normalize(_F32, value)
+  _, e, _, a = normalize(_F32, value)
   return jnp.where(a >= _F32.inf_bits, 0, e), a > _F32.inf_bits
 
 
@@ -494,7 +492,7 @@ def _range(xb: jax.Array, fmt: ScaledFormat, axes) -> jax.Array:
     r = jnp.where(t >= 0.5, hi - (hi - lo) * jnp.float32(1 - t), lo + (hi - lo) * jnp.float32(t))
     r = jnp.where(jnp.isnan(srt[..., -1]), jnp.nan, r)
     return jnp.expand_dims(r.reshape([xb.shape[i] for i in range(0, xb.ndim, 2)]), axes)
-  return _bits.abs_max(xb, axes) if xb.size else jnp.zeros(
+  return abs_max(xb, axes) if xb.size else jnp.zeros(
       [1 if i in axes else d for i, d in enumerate(xb.shape)], jnp.float32)
 
 
@@ -576,7 +574,7 @@ def _scales_from_range(r: jax.Array, fmt: ScaledFormat, xb: jax.Array) -> _Scale
   tensor = None
   ideal = _div(r, jnp.float32(fmt.element_max))
   if fmt.tensor_scale:  # the tensor's abs-max; where r holds the blocks' abs-maxes, theirs (one pass fewer over x)
-    amax = _bits.abs_max(r if _range_is_absmax(fmt.calibration) else xb, None, keepdims=False) if xb.size else (
+    amax = abs_max(r if _range_is_absmax(fmt.calibration) else xb, None, keepdims=False) if xb.size else (
         jnp.float32(0))
     tensor = jnp.maximum(_div(amax, jnp.float32(fmt.element_max * sf.max_finite)), jnp.float32(_MIN_NORMAL))
     tensor = jnp.where(jnp.isnan(amax), jnp.float32(1), tensor)
@@ -597,13 +595,13 @@ def _scales_from_value(ideal: jax.Array, fmt: ScaledFormat, tensor=None) -> _Sca
   clamped = jnp.clip(ideal, jnp.float32(lo), jnp.float32(sf.max_finite))
   clamped = jnp.where(jnp.isnan(ideal), ideal, clamped)
   mode = Rounding.UP if fmt.scale_rule is ScaleRule.RCEIL else Rounding.NEAREST_EVEN
-  rounded = sf._round(clamped, _F32, mode, Overflow.SATURATE, None, None)  # as encode() rounds
+  rounded = sf.round_values(clamped, _F32, mode, Overflow.SATURATE, None, None)  # as encode() rounds
   value = jnp.where(jnp.isnan(rounded), jnp.float32(np.nan), rounded)  # its decoded value: NaN codes decode to +NaN
-  return _general_scales(sf._encode_rounded(rounded, _F32), value, fmt, None, tensor)
+  return _general_scales(sf.encode_values(rounded, _F32), value, fmt, None, tensor)
 
 
 def _pow2_scales(r: jax.Array, fmt: ScaledFormat) -> _Scales:
-  _, e, sig, a = _bits.normalize(_F32, r)
+  _, e, sig, a = normalize(_F32, r)
   frac = sig & np.uint32(0x7FFFFF)
   rule = fmt.scale_rule
   if rule is ScaleRule.CEIL:
@@ -616,7 +614,7 @@ def _pow2_scales(r: jax.Array, fmt: ScaledFormat) -> _Scales:
     # exceeds 2^-127 matters (lower exponents clamp): it does iff r > max * (2^-127 + 2^-150), the quotient then
     # rounding above 2^-127 on the subnormal grid (a tie goes to the even 2^-127).
     d = _div(r, jnp.float32(fmt.element_max))
-    _, e, sig, a_d = _bits.normalize(_F32, d)
+    _, e, sig, a_d = normalize(_F32, d)
     e = e + ((sig & np.uint32(0x7FFFFF)) != 0).astype(jnp.int32)
     over = a >= _f32_above(Fraction(fmt.element_max) * (Fraction(2) ** -127 + Fraction(2) ** -150))
     e = jnp.where(a_d < np.uint32(1 << 23), jnp.where(over, -126, -(1 << 20)), e)
@@ -657,11 +655,11 @@ def _pow2_from_exponent(e: jax.Array, a: jax.Array, fmt: ScaledFormat) -> _Scale
 def _asymmetric_scales(xb, fmt, axes) -> _Scales:
   el = fmt.element
   qmin, qmax = el.min_value, el.max_finite
-  hi, lo = _bits.max_min(xb, axes)
+  hi, lo = max_min(xb, axes)
   hi, lo = jnp.maximum(hi, 0), jnp.minimum(lo, 0)
   s = _scales_from_value(_div(hi - lo, jnp.float32(qmax - qmin)), fmt)
   value = _decode(fmt.scale_format, s.codes)
-  z = _INT_GRID._round(jnp.float32(qmin) - _div(lo, value), _F32, Rounding.NEAREST_EVEN, Overflow.SATURATE,
+  z = _INT_GRID.round_values(jnp.float32(qmin) - _div(lo, value), _F32, Rounding.NEAREST_EVEN, Overflow.SATURATE,
                        None, None)
   z = jnp.clip(z, qmin, qmax)
   return dataclasses.replace(s, zero=z)
@@ -698,18 +696,18 @@ def _by_scaling(compute, xb: jax.Array, s: _Scales, fmt: ScaledFormat, mode: Rou
   ``plain`` scales by one float multiplication with the scale's power of two each way (``_round_elements``,
   ``_apply_scale``) instead of the exact paths for subnormal inputs and results, which cost the elementwise pass
   about as much as the rounding itself. Where the two agree bit for bit in every block (the usual case: no scale
-  near the ends of float32's range; see ``_bits.plain_for_rounding`` and ``_bits.plain_exact``), a conditional
+  near the ends of float32's range; see ``plain_for_rounding`` and ``plain_exact``), a conditional
   runs the plain pass, else the exact one. Elements are rounded only to nearest even, and only float and integer
   elements (whose rounding takes values below 2^-102 to zero). The conditional's pass runs over rows of 32 to 64
   elements where the blocks allow it (``_row_view``).
   """
   if xb.size == 0:
     return compute(False, xb, s)
-  ok = _bits.plain_exact(s.up, _smallest_product(fmt))
+  ok = plain_exact(s.up, _smallest_product(fmt))
   if mode is not None:
     if mode is not Rounding.NEAREST_EVEN or not isinstance(fmt.element, FloatFormat | IntFormat):
       return compute(False, xb, _per_block(lambda v: v.exact(), xb.size, s))  # factors once per block
-    ok = ok & _bits.plain_for_rounding(s.down)
+    ok = ok & plain_for_rounding(s.down)
   # Inside the conditional the exact branch derives its factors per element: computing them per block there made
   # the plain branch slower (NVFP4 quantize 17 -> 25 ms), and the exact branch is the rare one.
   view = _row_view(xb, s)
@@ -786,19 +784,19 @@ def _round_elements(xb, s: _Scales, fmt: ScaledFormat, mode: Rounding, rand, pla
   """The elements: ``x / S`` rounded to the element format, as float32 values in element units (``plain``: see
   ``_by_scaling``)."""
   el = fmt.element
-  xn = xb * s.down.p if plain else _bits.scale_for_rounding(xb, s.down)
+  xn = xb * s.down.p if plain else scale_for_rounding(xb, s.down)
   q = xn if s.m is None else _div(xn, s.m)
   if fmt.asymmetric:
-    r = _INT_GRID._round(q, _F32, mode, Overflow.SATURATE, rand, None) + s.zero
+    r = _INT_GRID.round_values(q, _F32, mode, Overflow.SATURATE, rand, None) + s.zero
     return jnp.clip(r, el.min_value, el.max_finite)
-  return el._round(q, _F32, mode, Overflow.SATURATE, rand, None)
+  return el.round_values(q, _F32, mode, Overflow.SATURATE, rand, None)
 
 
 #: The integer grid asymmetric elements are rounded on before the zero point is added.
 _INT_GRID = IntFormat(bits=16)
 
 
-def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carrier,
+def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: Carrier,
                  plain: bool = False) -> jax.Array:
   """``v * S`` rounded once into ``target`` (``v`` in element units); NaN scales give NaN (``plain``: see
   ``_by_scaling``)."""
@@ -806,7 +804,7 @@ def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carr
     v = v - s.zero.astype(jnp.float32)
 
   def scale(w):
-    return _bits.scale_exact(w, s.up, target) if not plain else (w * s.up.p).astype(target.dtype)
+    return scale_exact(w, s.up, target) if not plain else (w * s.up.p).astype(target.dtype)
 
   if s.m is None:
     out = scale(v)
@@ -820,7 +818,7 @@ def _apply_scale(v: jax.Array, s: _Scales, fmt: ScaledFormat, target: _bits.Carr
     return v * s.block  # integer elements: the IEEE product, never below 2^-126
   p = _element_precision(fmt.element)
   if target is not _F32 and p <= 8:
-    return _bits.multiply(v, s.block, p, target)
+    return multiply(v, s.block, p, target)
   # fl(v * m) * 2^e: one rounding wherever the result is a normal float (below, a second one; documented).
   return scale(v * s.m)
 

@@ -8,7 +8,7 @@ import pytest
 import lpnum
 
 ALL = lpnum.ALL_FORMATS
-F32_OK = [f for f in ALL if f._fits(lpnum._bits.F32) is None]
+F32_OK = [f for f in ALL if f.carrier_problem(lpnum.carrier.F32) is None]
 TRANSFORMS = {"eager": lambda f: f, "jit": jax.jit}
 
 

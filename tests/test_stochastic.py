@@ -75,7 +75,7 @@ def test_k_random_bits_bias_is_as_documented():
 
 
 def test_random_bits_are_uniform_and_uncorrelated():
-  bits = np.asarray(lpnum._rounding.random_bits(jax.random.key(0), (N,)))
+  bits = np.asarray(lpnum.rounding.random_bits(jax.random.key(0), (N,)))
   u = bits / 2.0**32
   assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / N)
   hist, _ = np.histogram(u, bins=16, range=(0, 1))

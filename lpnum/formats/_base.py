@@ -9,11 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding
+from lpnum.carrier import Carrier
+from lpnum.rounding import Overflow, Rounding
 
 #: Formats up to this width decode through a table of all their values.
 TABLE_BITS = 16
+
+#: The native dtype of each format that has one; filled by the preset table (``_table``), where names live.
+NATIVE_DTYPES: dict["Format", np.dtype] = {}
 
 
 def code_dtype(bits: int) -> np.dtype:
@@ -27,10 +30,21 @@ def code_dtype(bits: int) -> np.dtype:
 class Format(abc.ABC):
   """Base of all lpnum formats. Concrete formats are frozen, hashable dataclasses.
 
-  Subclasses define ``bits``, ``signed``, the special-value facts and four hooks: ``_decode_np`` (exact values of
-  codes, numpy float64; the source of every derived fact and of the decode table), ``_round`` (values to values),
-  ``_encode_rounded`` (representable values to codes) and, for formats wider than :data:`TABLE_BITS`,
-  ``_decode_wide``.
+  The format protocol. Besides its facts (``bits``, ``signed``, ``has_inf``...), a format implements the methods
+  below, which :func:`lpnum.quantize`, :func:`lpnum.encode`, :func:`lpnum.decode`, the scaled formats and the
+  kernels call. They compute in a *carrier* (:mod:`lpnum.carrier`: float32, or float64 for float64 inputs)
+  and are traceable by jit, vmap and Pallas kernels:
+
+  * :meth:`decode_exact`: exact values of codes (numpy float64), the source of every derived fact and of the
+    decode table;
+  * :meth:`round_values`: carrier values to the nearest values of the format under a rounding and an overflow
+    mode, as carrier values;
+  * :meth:`encode_values`: values of the format (the output of :meth:`round_values`) to their codes;
+  * :meth:`decode_values`: codes to carrier values with integer arithmetic (formats wider than
+    :data:`TABLE_BITS`, which do not decode through a table);
+  * :meth:`check_overflow` and :meth:`carrier_problem`: what a caller must check before rounding.
+
+  A new family subclasses :class:`Format`, implements these, and every public function takes it.
   """
 
   name: str
@@ -88,7 +102,7 @@ class Format(abc.ABC):
   @property
   def dtype(self) -> np.dtype | None:
     """The native (numpy / ml_dtypes / jnp) dtype with exactly these values and codes, if there is one."""
-    return None
+    return NATIVE_DTYPES.get(self)
 
   @property
   def code_dtype(self) -> np.dtype:
@@ -106,28 +120,41 @@ class Format(abc.ABC):
       raise ValueError(f"{self.name} has {self.bits} bits; values() lists formats of at most {TABLE_BITS} bits")
     return _value_table(self)
 
-  # ---- hooks ---------------------------------------------------------------------------------------------
+  # ---- the format protocol ------------------------------------------------------------------------------
   @abc.abstractmethod
-  def _decode_np(self, codes: np.ndarray) -> np.ndarray:
+  def decode_exact(self, codes: np.ndarray) -> np.ndarray:
     """Exact values (float64) of integer codes; NaN for NaN codes."""
 
   @abc.abstractmethod
-  def _round(self, x: jax.Array, carrier: _bits.Carrier, mode: Rounding, overflow: Overflow,
-             rand: jax.Array | None, stochastic_bits: int | None) -> jax.Array:
-    """Rounds carrier floats to values of the format (as carrier floats)."""
+  def round_values(self, x: jax.Array, carrier: Carrier, mode: Rounding, overflow: Overflow,
+                   rand: jax.Array | None, stochastic_bits: int | None, *, in_kernel: bool = False) -> jax.Array:
+    """Rounds ``x`` (an array of ``carrier.dtype``) to values of the format, as carrier values.
+
+    Args:
+      x: the values; ``carrier.dtype`` is their dtype.
+      carrier: :data:`lpnum.carrier.F32` or :data:`~lpnum.carrier.F64`.
+      mode, overflow: parsed :class:`~lpnum.Rounding` and :class:`~lpnum.Overflow` (overflow already checked
+        with :meth:`check_overflow`).
+      rand: uint32 random bits of ``x``'s shape for ``Rounding.STOCHASTIC``, else None.
+      stochastic_bits: how many of those bits to use (None: all 32).
+      in_kernel: use only operations every Pallas lowering has (no round-to-integral, which Triton lacks);
+        the results are the same.
+    """
 
   @abc.abstractmethod
-  def _encode_rounded(self, y: jax.Array, carrier: _bits.Carrier) -> jax.Array:
-    """Codes of carrier floats that are values of the format (the output of :meth:`_round`)."""
+  def encode_values(self, y: jax.Array, carrier: Carrier) -> jax.Array:
+    """Codes (:attr:`code_dtype`) of carrier values that are values of the format (from :meth:`round_values`)."""
 
-  def _decode_wide(self, codes: jax.Array, carrier: _bits.Carrier) -> jax.Array:
+  def decode_values(self, codes: jax.Array, carrier: Carrier) -> jax.Array:
+    """Carrier values of codes, by integer arithmetic (formats wider than :data:`TABLE_BITS`)."""
     raise NotImplementedError(f"{self.name}: no arithmetic decoder")
 
-  def _check_overflow(self, overflow: Overflow) -> None:
+  def check_overflow(self, overflow: Overflow) -> None:
+    """Raises ValueError if the format does not support the overflow mode."""
     if overflow is Overflow.WRAP:
       raise ValueError(f"overflow='wrap' is for integer formats; {self.name} takes 'saturate' or 'non_saturating'")
 
-  def _fits(self, carrier: _bits.Carrier) -> str | None:
+  def carrier_problem(self, carrier: Carrier) -> str | None:
     """Why the format's results may not be representable in ``carrier``'s dtype, or None."""
     return None
 
@@ -137,7 +164,7 @@ class Format(abc.ABC):
 
 @functools.lru_cache(maxsize=None)
 def _value_table(fmt: Format) -> np.ndarray:
-  table = fmt._decode_np(np.arange(1 << fmt.bits, dtype=np.int64))
+  table = fmt.decode_exact(np.arange(1 << fmt.bits, dtype=np.int64))
   table.setflags(write=False)
   return table
 
@@ -149,3 +176,18 @@ def table_decode(fmt: Format, codes: jax.Array, dtype: np.dtype) -> jax.Array:
   mask = (1 << fmt.bits) - 1
   idx = (codes.astype(jnp.uint32) & np.uint32(mask)).astype(jnp.int32)
   return jnp.asarray(table)[idx]
+
+
+def facts_problem(fmt: Format, carrier: Carrier, precision_bits: int | None = None) -> str | None:
+  """Why values of ``fmt`` may not be representable in ``carrier``'s dtype, or None: its extreme values must be
+  carrier values and its precision (``precision_bits``, if given) at most the carrier's. The families'
+  :meth:`Format.carrier_problem` call it."""
+  if precision_bits is not None and precision_bits > carrier.mantissa_bits:
+    return f"it carries {precision_bits} mantissa bits and {carrier.dtype} only {carrier.mantissa_bits}"
+  for fact in ("max_finite", "min_positive", "min_value"):
+    value = getattr(fmt, fact)
+    with np.errstate(over="ignore", under="ignore"):
+      held = float(np.array(value, np.float64).astype(carrier.dtype))
+    if held != value:
+      return f"its {fact}={value!r} is not a {carrier.dtype} value"
+  return None

@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, away_from_zero, round_below_unit, round_integral, round_shift
-from lpnum.formats._base import Format
+from lpnum.carrier import Carrier
+from lpnum.exact import compose
+from lpnum.formats._base import Format, facts_problem
+from lpnum.rounding import finish_round, round_magnitude
 
 
 class Specials(enum.Enum):
@@ -132,7 +133,7 @@ class FloatFormat(Format):
 
   @property
   def max_finite(self) -> float:
-    return float(self._decode_np(np.array([self._max_code]))[0])
+    return float(self.decode_exact(np.array([self._max_code]))[0])
 
   @property
   def min_normal(self) -> float:
@@ -153,14 +154,8 @@ class FloatFormat(Format):
     positive = self._max_code + (0 if self.has_zero else 1)  # codes 1.._max_code (+ code 0 if not zero)
     return (2 * positive if self.signed else positive) + int(self.has_zero)
 
-  @property
-  def dtype(self) -> np.dtype | None:
-    from lpnum.formats import _table  # the preset table maps names to native dtypes
-
-    return _table.native_dtype(self)
-
   # ---- exact decode (numpy, the table and the facts) -----------------------------------------------------
-  def _decode_np(self, codes: np.ndarray) -> np.ndarray:
+  def decode_exact(self, codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes, np.int64)
     m, nb = self.mantissa_bits, self.exponent_bits + self.mantissa_bits
     sign = (codes >> nb) & 1 if self.signed else np.zeros_like(codes)
@@ -171,11 +166,11 @@ class FloatFormat(Format):
     exp = np.where(normal, e_field, 1) - self.bias - m
     value = np.ldexp(frac, exp.astype(np.int32))
     value = np.where(sign == 1, -value, value)
-    is_nan, is_inf = self._special_codes(sign == 1, mag, np)
+    is_nan, is_inf = self.special_codes(sign == 1, mag, np)
     inf = np.where(sign == 1, -np.inf, np.inf)
     return np.where(is_nan, np.nan, np.where(is_inf, inf, value))
 
-  def _special_codes(self, negative, mag, xp):
+  def special_codes(self, negative, mag, xp):
     """``(is_nan, is_inf)`` of codes given their sign and the bits below it; ``xp`` is numpy or jax.numpy."""
     m, nb = self.mantissa_bits, self.exponent_bits + self.mantissa_bits
     top = (1 << nb) - 1
@@ -196,12 +191,10 @@ class FloatFormat(Format):
     return none, none
 
   # ---- rounding ------------------------------------------------------------------------------------------
-  def _fits(self, carrier: _bits.Carrier) -> str | None:
-    return _float_fits(self, carrier, self.mantissa_bits)
+  def carrier_problem(self, carrier: Carrier) -> str | None:
+    return facts_problem(self, carrier, self.mantissa_bits)
 
-  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
-    """Rounds ``x`` (carrier values) to this format; ``in_kernel``: only with operations every Pallas lowering
-    has (see :func:`round_magnitude`)."""
+  def round_values(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
     c = carrier
     negative, a, biased = c.split(x)
     is_nan = a > c.inf_bits
@@ -211,7 +204,7 @@ class FloatFormat(Format):
                         mode, negative, rand, stochastic_bits, code_bias=self.bias, in_kernel=in_kernel)
     return finish_round(self, x, c, a, r, negative, is_nan, is_inf, mode, overflow)
 
-  def _encode_rounded(self, y, carrier):
+  def encode_values(self, y, carrier):
     c = carrier
     negative, r, biased = c.split(y)
     m = self.mantissa_bits
@@ -251,7 +244,7 @@ class FloatFormat(Format):
       out = jnp.where(r > c.inf_bits, nan_out, out)
     return out.astype(self.code_dtype)
 
-  def _decode_wide(self, codes, carrier):
+  def decode_values(self, codes, carrier):
     c = carrier
     m, nb = self.mantissa_bits, self.exponent_bits + self.mantissa_bits
     codes = codes.astype(jnp.uint32)
@@ -265,158 +258,8 @@ class FloatFormat(Format):
     lead = 31 - jax.lax.clz(sig).astype(jnp.int32)
     e = jnp.where(normal, e_field - self.bias, lead - m + 1 - self.bias)
     sig = jnp.where(normal, sig, sig << jnp.clip(m - lead, 0, 31).astype(jnp.uint32))
-    y = _bits.compose(negative, e, sig, m, c)
+    y = compose(negative, e, sig, m, c)
     y = jnp.where(negative & (mag == 0) & ~jnp.asarray(self.has_negative_zero), jnp.zeros_like(y), y)
-    is_nan, is_inf = self._special_codes(negative, mag, jnp)
+    is_nan, is_inf = self.special_codes(negative, mag, jnp)
     inf = jnp.where(negative, -jnp.inf, jnp.inf).astype(c.dtype)
     return jnp.where(is_nan, jnp.asarray(np.nan, c.dtype), jnp.where(is_inf, inf, y))
-
-
-def _float_fits(fmt: Format, carrier: _bits.Carrier, precision_bits: int | None = None) -> str | None:
-  """Why values of ``fmt`` may not be representable in ``carrier``'s dtype, or None (see lpnum.quantize)."""
-  if precision_bits is not None and precision_bits > carrier.mantissa_bits:
-    return f"it carries {precision_bits} mantissa bits and {carrier.dtype} only {carrier.mantissa_bits}"
-  for fact in ("max_finite", "min_positive", "min_value"):
-    value = getattr(fmt, fact)
-    with np.errstate(over="ignore", under="ignore"):
-      held = float(np.array(value, np.float64).astype(carrier.dtype))
-    if held != value:
-      return f"its {fact}={value!r} is not a {carrier.dtype} value"
-  return None
-
-
-def round_magnitude(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, mode: Rounding,
-                    negative, rand, stochastic_bits, code_bias: int = 0, in_kernel: bool = False) -> jax.Array:
-  """Rounds magnitudes (carrier bits ``a``) to the grid of a float with m mantissa bits, unbounded above.
-
-  The grid step at a value with exponent e is ``2^(e - m)`` for ``e >= emin`` and ``2^tsub`` below. The bits of a
-  float are linear in its value within a binade and across a carry, so dropping low bits of ``a`` rounds; only
-  values below one grid step (``drop > mantissa_bits`` of the carrier) go through the significand instead.
-  Ties go to the even code: for ``m = 0`` the code is the exponent plus ``code_bias``, whose parity may differ
-  from the carrier's biased exponent. Nearest even with subnormals has a faster path that uses the float unit's
-  round-to-integral, which Pallas's GPU (Triton) lowering lacks: ``in_kernel=True`` (code inside Pallas kernels)
-  skips it for the bit-level path, which gives the same results.
-  """
-  M = c.mantissa_bits
-  if (mode is Rounding.NEAREST_EVEN and not in_kernel and 1 <= m < M and tsub == emin - m
-      and tsub >= 2 - c.bias):
-    return _round_magnitude_nearest(a, c, m, emin)
-  if emin < -c.bias or mode is Rounding.STOCHASTIC:
-    return _round_magnitude_general(a, biased, c, m, emin, tsub, mode, negative, rand, stochastic_bits,
-                                    code_bias)
-  # The format's normal range starts at most one binade below the carrier's, so the exponent can be read from
-  # the biased field without counting leading zeros: a carrier subnormal, read as exponent -bias, then gets the
-  # grid step it would get with its true exponent. Every value of at least one grid step (2^tsub) drops between
-  # M - m (one less in the binade below the carrier's normals) and M bits of its pattern.
-  e = biased - c.bias
-  t = jnp.where(e >= emin, e - m, tsub)
-  drop = jnp.clip(t - (jnp.maximum(biased, 1) - c.bias - M), 0, M)
-  reaches_normal = emin <= c.bias
-  lo_drop = max(M - m - (emin == -c.bias), 0) if reaches_normal else 0
-  if m == 0:
-    flip = _parity_flip(e, biased, drop, c, m, emin, code_bias)
-  else:  # only the lowest subnormal binade drops M bits (values below it are handled as tiny)
-    flip = (drop == M) & ((biased & 1) == 0)
-  q = round_shift(a, drop, mode, negative=negative, parity_flip=flip,
-                  drop_range=(lo_drop, M))
-  kept = q << drop.astype(c.utype)
-  unit = _carrier_bits(2.0 ** tsub, c)
-  if tsub - 1 >= 1 - c.bias - M:
-    below = round_below_unit(a, _carrier_bits(2.0 ** (tsub - 1), c), mode, negative)
-  else:  # 2^tsub is the carrier's smallest subnormal: nothing nonzero lies below it
-    below = False
-  return jnp.where(a < unit, jnp.where(below, unit, c.u(0)), kept)
-
-
-def _round_magnitude_nearest(a, c: _bits.Carrier, m: int, emin: int) -> jax.Array:
-  """round_magnitude to nearest even for a format with subnormals, ``1 <= m < mantissa_bits`` and its smallest
-  step ``2^(emin - m)`` at least ``2^(2 - bias)`` of the carrier.
-
-  From ``2^emin`` up, every value drops the same ``mantissa_bits - m`` bits of its pattern (the kept low bit is
-  the code's). Below, the grid is uniform: ``|x| / step`` rounded to an integer by the float unit (exact, see
-  round_integral) and scaled back, both exact powers of two. Carrier subnormals there (which XLA may flush) lie
-  below half a step and round to 0 either way.
-  """
-  drop = c.mantissa_bits - m
-  normal = round_shift(a, drop, Rounding.NEAREST_EVEN, drop_range=(drop, drop)) << c.u(drop)
-  step = emin - m
-  v = jax.lax.bitcast_convert_type(jnp.minimum(a, _carrier_bits(2.0 ** emin, c)), c.dtype)
-  units = round_integral(v * np.array(2.0 ** -step, c.dtype), Rounding.NEAREST_EVEN)
-  small = jax.lax.bitcast_convert_type(units * np.array(2.0 ** step, c.dtype), c.utype)
-  return jnp.where(a < _carrier_bits(2.0 ** emin, c), small, normal)
-
-
-def _parity_flip(e, biased, drop, c: _bits.Carrier, m: int, emin: int, code_bias: int):
-  """Where the code of ``a >> drop`` has the opposite parity to that pattern's low bit.
-
-  Ties-to-even and to-odd read the parity of ``a >> drop``. For ``m = 0`` (normal range) the code is the
-  exponent plus ``code_bias``, while the kept bits count carrier exponents (or, for carrier subnormals, are the
-  single unit 1). Below the format's normal range, where exactly the carrier's mantissa bits drop, the kept bit
-  is the carrier's exponent bit but the kept value is one grid step: an odd code.
-  """
-  if m == 0:
-    normal_flip = (((e + code_bias) ^ jnp.where(biased > 0, e + c.bias, 1)) & 1) == 1
-  else:
-    normal_flip = False
-  sub_flip = (drop == c.mantissa_bits) & (biased > 0) & (((e + c.bias) & 1) == 0)
-  return jnp.where(e >= emin, normal_flip, sub_flip)
-
-
-def _round_magnitude_general(a, biased, c: _bits.Carrier, m: int, emin: int, tsub: int, mode: Rounding,
-                             negative, rand, stochastic_bits, code_bias: int) -> jax.Array:
-  """round_magnitude for any format and mode: exponents by counting leading zeros, tiny values rounded from
-  their significand (needed for stochastic rounding and for formats reaching below the carrier's normals)."""
-  e = c.exponent(a, biased)
-  t = jnp.where(e >= emin, e - m, tsub)
-  lsb = jnp.maximum(biased, 1) - c.bias - c.mantissa_bits
-  drop = t - lsb
-  tiny = drop > c.mantissa_bits
-  sig = (a & c.u(c.mant_mask)) | jnp.where(biased > 0, c.u(1 << c.mantissa_bits), c.u(0))
-  flip = ~tiny & _parity_flip(e, biased, drop, c, m, emin, code_bias)
-  q = round_shift(jnp.where(tiny, sig, a), jnp.maximum(drop, 0), mode, negative=negative, rand=rand,
-                  stochastic_bits=stochastic_bits, parity_flip=flip)
-  kept = q << jnp.clip(drop, 0, c.mantissa_bits).astype(c.utype)
-  return jnp.where(tiny, jnp.where(q != 0, c.pow2_bits(jnp.clip(t, -c.bias, c.bias)), c.u(0)), kept)
-
-
-def finish_round(fmt: Format, x, c: _bits.Carrier, a, r, negative, is_nan, is_inf, mode: Rounding,
-                 overflow: Overflow) -> jax.Array:
-  """Applies a format's range, zero and special-value rules to rounded magnitudes ``r`` (carrier bits)."""
-  max_bits = _carrier_bits(fmt.max_finite, c)
-  min_bits = _carrier_bits(fmt.min_positive, c)
-  if fmt.has_inf:
-    special = c.inf_bits
-  elif fmt.has_nan:
-    special = c.nan_bits
-  else:
-    special = max_bits
-  over = r > max_bits
-  if overflow is Overflow.SATURATE:  # infinities and NaNs round to patterns above max_bits
-    r = jnp.minimum(r, max_bits)
-  else:
-    away = away_from_zero(mode, negative)
-    r = jnp.where(over & away, special, jnp.where(over, max_bits, r))
-    r = jnp.where(is_inf, special, r)
-  # For unsigned formats: a negative that does not round to 0 (in a format without zero, none does).
-  negative_bad = negative & ((r != 0) | is_inf | ((a != 0) & (not fmt.has_zero)))
-  if not fmt.has_zero:
-    exact_zero = min_bits if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
-    r = jnp.where(r == 0, jnp.where(a != 0, min_bits, exact_zero), r)
-  if not fmt.signed:
-    smallest = c.u(0) if fmt.has_zero else min_bits
-    repl = smallest if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
-    r = jnp.where(negative_bad, repl, r)
-    negative = jnp.zeros_like(negative)
-  if fmt.has_nan:
-    r = jnp.where(is_nan, c.nan_bits, r)
-  else:
-    # ml_dtypes' convention for formats without NaN: NaN becomes the zero of the opposite sign.
-    r = jnp.where(is_nan, c.u(0) if fmt.has_zero else min_bits, r)
-    negative = jnp.where(is_nan, ~negative, negative)
-  if not fmt.has_negative_zero:
-    negative = negative & (r != 0)
-  return c.join(negative, r)
-
-
-def _carrier_bits(value: float, c: _bits.Carrier) -> np.generic:
-  return np.array(value, c.dtype).view(c.utype)[()]

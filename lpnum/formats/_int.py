@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import _bits
-from lpnum._rounding import Overflow, Rounding, round_integral
-from lpnum.formats._base import Format
-from lpnum.formats._float import _float_fits, round_magnitude
+from lpnum.carrier import Carrier
+from lpnum.rounding import Overflow, Rounding, round_integral
+from lpnum.formats._base import Format, facts_problem
+from lpnum.rounding import round_magnitude
 
 _NEVER = 1 << 20  # an exponent no carrier reaches: integers have a fixed grid step of 1
 
@@ -74,22 +74,16 @@ class IntFormat(Format):
   def num_finite(self) -> int:
     return int(self.max_finite - self.min_value) + 1
 
-  @property
-  def dtype(self) -> np.dtype | None:
-    from lpnum.formats import _table
-
-    return _table.native_dtype(self)
-
-  def _check_overflow(self, overflow: Overflow) -> None:
+  def check_overflow(self, overflow: Overflow) -> None:
     if overflow is Overflow.NON_SATURATING:
       raise ValueError(f"overflow='non_saturating' needs inf or NaN; {self.name} has neither: use 'saturate' or 'wrap'")
     if overflow is Overflow.WRAP and self.narrow:
       raise ValueError(f"overflow='wrap' is two's complement; {self.name} is narrow (symmetric): use 'saturate'")
 
-  def _fits(self, carrier: _bits.Carrier) -> str | None:
-    return _float_fits(self, carrier)
+  def carrier_problem(self, carrier: Carrier) -> str | None:
+    return facts_problem(self, carrier)
 
-  def _decode_np(self, codes: np.ndarray) -> np.ndarray:
+  def decode_exact(self, codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes, np.int64) & ((1 << self.bits) - 1)
     if self.signed:
       codes = np.where(codes >= 1 << (self.bits - 1), codes - (1 << self.bits), codes)
@@ -98,7 +92,7 @@ class IntFormat(Format):
       values = np.maximum(values, self.min_value)
     return values
 
-  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits):
+  def round_values(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
     c = carrier
     if overflow is not Overflow.WRAP:
       r = round_integral(x, mode)
@@ -107,7 +101,7 @@ class IntFormat(Format):
         return jnp.where(jnp.isnan(r) | (r == 0), jnp.zeros_like(r), r)  # x used once: XLA fuses a divide
     negative, a, biased = c.split(x)
     is_nan = a > c.inf_bits
-    r = round_magnitude(a, biased, c, 0, _NEVER, 0, mode, negative, rand, stochastic_bits)
+    r = round_magnitude(a, biased, c, 0, _NEVER, 0, mode, negative, rand, stochastic_bits, in_kernel=in_kernel)
     if overflow is Overflow.WRAP:
       value = _wrap(r, negative, c, self)
     else:
@@ -120,12 +114,12 @@ class IntFormat(Format):
     # Integers have one zero: -0.0 is not a value of theirs.
     return jnp.where(is_nan | (value == 0), jnp.zeros_like(value), value)
 
-  def _encode_rounded(self, y, carrier):
+  def encode_values(self, y, carrier):
     mask = (1 << self.bits) - 1
     return (y.astype(jnp.int32) & mask).astype(self.code_dtype)
 
 
-def _wrap(r, negative, c: _bits.Carrier, fmt: IntFormat) -> jax.Array:
+def _wrap(r, negative, c: Carrier, fmt: IntFormat) -> jax.Array:
   """The integer magnitude ``r`` (carrier bits) with the sign, reduced modulo 2^bits into the format's range."""
   mask = (1 << fmt.bits) - 1
   _, _, biased = c.split(jax.lax.bitcast_convert_type(r, c.dtype))
@@ -163,10 +157,10 @@ class BinaryFormat(Format):
   epsilon = property(lambda self: 2.0, doc="The gap between its two values.")
   num_finite = property(lambda self: 2, doc="Two values.")
 
-  def _decode_np(self, codes: np.ndarray) -> np.ndarray:
+  def decode_exact(self, codes: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(codes) & 1, -1.0, 1.0)
 
-  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits):
+  def round_values(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
     c = carrier
     negative, a, _ = c.split(x)
     xf = x.astype(c.dtype)
@@ -189,5 +183,5 @@ class BinaryFormat(Format):
     minus = jnp.where(a > c.inf_bits, False, minus)
     return jnp.where(minus, -1.0, 1.0).astype(c.dtype)
 
-  def _encode_rounded(self, y, carrier):
+  def encode_values(self, y, carrier):
     return (y < 0).astype(self.code_dtype)

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import _bits
-from lpnum._rounding import Rounding, round_shift
-from lpnum.formats._base import Format
-from lpnum.formats._float import _float_fits
+from lpnum.carrier import Carrier
+from lpnum.exact import compose
+from lpnum.rounding import Rounding, round_shift
+from lpnum.formats._base import Format, facts_problem
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,17 +74,17 @@ class PositFormat(Format):
   @property
   def epsilon(self) -> float:
     one = 1 << (self.n - 2)
-    return float(self._decode_np(np.array([one + 1]))[0]) - 1.0
+    return float(self.decode_exact(np.array([one + 1]))[0]) - 1.0
 
   @property
   def num_finite(self) -> int:
     return (1 << self.n) - 1
 
-  def _fits(self, carrier: _bits.Carrier) -> str | None:
-    return _float_fits(self, carrier)
+  def carrier_problem(self, carrier: Carrier) -> str | None:
+    return facts_problem(self, carrier)
 
   # ---- exact decode (numpy) ------------------------------------------------------------------------------
-  def _decode_np(self, codes: np.ndarray) -> np.ndarray:
+  def decode_exact(self, codes: np.ndarray) -> np.ndarray:
     n, es = self.n, self.es
     codes = np.asarray(codes, np.int64) & ((1 << n) - 1)
     negative = codes >> (n - 1) == 1
@@ -112,14 +112,14 @@ class PositFormat(Format):
     return np.where(codes == 1 << (n - 1), np.nan, value)
 
   # ---- rounding ------------------------------------------------------------------------------------------
-  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits):
-    return self._decode_wide(self._codes(x, carrier, mode, rand, stochastic_bits), carrier)
+  def round_values(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
+    return self.decode_values(self._codes(x, carrier, mode, rand, stochastic_bits), carrier)
 
-  def _encode_rounded(self, y, carrier):
+  def encode_values(self, y, carrier):
     # y holds posit values; rounding them again is exact and gives their codes.
     return self._codes(y, carrier, Rounding.TOWARD_ZERO, None, None).astype(self.code_dtype)
 
-  def _codes(self, x, c: _bits.Carrier, mode, rand, stochastic_bits) -> jax.Array:
+  def _codes(self, x, c: Carrier, mode, rand, stochastic_bits) -> jax.Array:
     """Posit codes (uint32) of carrier floats, rounded on the bit string."""
     n, es = self.n, self.es
     w = c.width
@@ -151,7 +151,7 @@ class PositFormat(Format):
     code = jnp.where(a == 0, np.uint32(0), code)
     return jnp.where(a >= c.inf_bits, np.uint32(1 << (n - 1)), code)
 
-  def _decode_wide(self, codes, carrier):
+  def decode_values(self, codes, carrier):
     n, es = self.n, self.es
     c = carrier
     codes = codes.astype(jnp.uint32) & np.uint32((1 << n) - 1)
@@ -170,6 +170,6 @@ class PositFormat(Format):
       ex, frac = 0, rest
     e = k * (1 << es) + ex
     sig = np.uint32(1 << 29) | (frac >> np.uint32(3))  # at most 29 fraction bits (n = 32, es = 0)
-    y = _bits.compose(negative, e, sig, 29, c)
+    y = compose(negative, e, sig, 29, c)
     y = jnp.where(codes == 0, jnp.zeros_like(y), y)
     return jnp.where(codes == np.uint32(1 << (n - 1)), jnp.asarray(np.nan, c.dtype), y)

@@ -8,9 +8,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import _bits
-from lpnum.formats._base import Format
-from lpnum.formats._float import _float_fits, finish_round, round_magnitude
+from lpnum.carrier import Carrier
+from lpnum.formats._base import Format, facts_problem
+from lpnum.rounding import finish_round, round_magnitude
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,10 +83,10 @@ class ShiftFormat(Format):
   def num_finite(self) -> int:
     return 2 * (self.emax - self.emin + 1) + int(self.has_zero)
 
-  def _fits(self, carrier: _bits.Carrier) -> str | None:
-    return _float_fits(self, carrier)
+  def carrier_problem(self, carrier: Carrier) -> str | None:
+    return facts_problem(self, carrier)
 
-  def _decode_np(self, codes: np.ndarray) -> np.ndarray:
+  def decode_exact(self, codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes, np.int64)
     fb = self._field_bits
     negative = (codes >> fb) & 1 == 1
@@ -98,14 +98,14 @@ class ShiftFormat(Format):
     value = np.where(negative, -value, value)
     return np.where(k >= self._levels, np.nan, value)
 
-  def _round(self, x, carrier, mode, overflow, rand, stochastic_bits):
+  def round_values(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
     c = carrier
     negative, a, biased = c.split(x)
     r = round_magnitude(a, biased, c, 0, self.emin, self.emin, mode, negative, rand, stochastic_bits,
-                        code_bias=int(self.has_zero) - self.emin)
+                        code_bias=int(self.has_zero) - self.emin, in_kernel=in_kernel)
     return finish_round(self, x, c, a, r, negative, a > c.inf_bits, a == c.inf_bits, mode, overflow)
 
-  def _encode_rounded(self, y, carrier):
+  def encode_values(self, y, carrier):
     c = carrier
     negative, r, biased = c.split(y)
     k = jnp.where(r == 0, 0, biased - c.bias - self.emin + int(self.has_zero))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from lpnum.formats._base import Format
+from lpnum.formats._base import NATIVE_DTYPES, Format
 from lpnum.formats._float import FloatFormat, Specials
 from lpnum.formats._int import BinaryFormat, IntFormat
 from lpnum.formats._posit import PositFormat
@@ -89,9 +89,7 @@ _NATIVE = {
 }
 
 
-def native_dtype(fmt: Format) -> np.dtype | None:
-  dt = _NATIVE.get(fmt)
-  return None if dt is None else np.dtype(dt)
+NATIVE_DTYPES.update({fmt: np.dtype(native) for fmt, native in _NATIVE.items()})
 
 
 _NAMED: tuple[Format, ...] = (

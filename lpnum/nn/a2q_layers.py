@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lpnum.formats._int import IntFormat
+from lpnum.formats import IntFormat
 from lpnum.nn import a2q as _a2q
 from lpnum.nn import dot as _dot
 from lpnum.nn.config import QuantConfig, TensorQuant

@@ -69,10 +69,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lpnum import _bits
-from lpnum._rounding import Rounding
-from lpnum.formats._base import Format
-from lpnum.formats._table import as_format
+from lpnum.exact import abs_max
+from lpnum.rounding import Rounding
+from lpnum.formats import Format, as_format
 from lpnum.hadamard import fwht
 from lpnum.quantize import decode, encode
 from lpnum.scaled import _div
@@ -341,7 +340,7 @@ def _float_array(x, name: str = "x") -> jax.Array:
 def _quantize(v: jax.Array, element: str, mode: Rounding, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   """Blocks ``v (..., block)`` as int8 bytes of element codes and float32 scales ``(...)``, as they travel."""
   top = jnp.float32(as_format(element).max_finite)
-  scale = jnp.maximum(_div(_bits.abs_max(v, (-1,)), top), jnp.float32(_MIN_SCALE))
+  scale = jnp.maximum(_div(abs_max(v, (-1,)), top), jnp.float32(_MIN_SCALE))
   codes = encode(_div(v, scale), element, rounding=mode, key=key)
   return jax.lax.bitcast_convert_type(codes, jnp.int8), scale[..., 0]
 

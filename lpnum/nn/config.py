@@ -18,10 +18,7 @@ import functools
 
 from lpnum import blocks, mx, nvfp4
 from lpnum import estimators as _estimators
-from lpnum.formats._base import Format
-from lpnum.formats._float import FloatFormat
-from lpnum.formats._int import IntFormat
-from lpnum.formats._table import as_format
+from lpnum.formats import FloatFormat, Format, IntFormat, as_format
 from lpnum.scaled import ScaledFormat
 
 __all__ = ["TensorQuant", "Backward", "QuantConfig", "SCALINGS", "ESTIMATORS", "BACKENDS"]

@@ -26,7 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from lpnum import estimators
-from lpnum.formats._int import IntFormat
+from lpnum.formats import IntFormat
 from lpnum.kernels import accumulate as _acc
 from lpnum.nn.config import LEARNED, QuantConfig, TensorQuant
 from lpnum.quantize import decode, quantize

@@ -73,10 +73,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import _bits
+from lpnum.carrier import F32
 from lpnum.formats import ALL_FORMATS, BinaryFormat, Format, PositFormat
-from lpnum.formats._int import IntFormat
-from lpnum.formats._shift import ShiftFormat
+from lpnum.formats import IntFormat, ShiftFormat
 from lpnum.quantize import quantize
 
 __all__ = ["DISTRIBUTIONS", "REAL", "TENSORS", "SCALED", "PRESETS", "NOTES", "Row", "sample", "sqnr_db",
@@ -312,7 +311,7 @@ def run(formats: Sequence[Format] = ALL_FORMATS, n: int = 1 << 16, seed: int = 0
   parts = [p for t in names for p in data[t]]
   rows = []
   for fmt in formats:
-    if fmt._fits(_bits.F32) is not None:
+    if fmt.carrier_problem(F32) is not None:
       continue
     scales = [_scale(fmt, p) for p in parts]
     flat = np.concatenate([(p / s).ravel() for p, s in zip(parts, scales)])

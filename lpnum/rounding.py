@@ -3,7 +3,10 @@
 Every format reduces its rounding problem to the same question: an unsigned integer ``v`` (a bit pattern,
 a significand or a posit bit string, always monotone in the magnitude it encodes) must lose its ``drop`` low
 bits. :func:`round_shift` answers it for every mode and returns ``v >> drop`` rounded. Floats, integers,
-posits and power-of-two formats all call it; no family owns a round-to-nearest-even.
+posits and power-of-two formats all call it; no family owns a round-to-nearest-even. On top of it,
+:func:`round_magnitude` rounds carrier magnitudes to the grid of a float with ``m`` mantissa bits (floats,
+integers and power-of-two formats are such grids) and :func:`finish_round` applies a format's range, zero and
+special-value rules.
 
 Rounding modes act on the magnitude, with the sign of the value passed in ``negative`` (so ``up`` rounds the
 magnitude up only for positive values). Overflow modes are decided by each family after rounding.
@@ -17,15 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Rounding", "Overflow", "round_shift", "round_integral", "round_below_unit", "random_bits",
-           "away_from_zero"]
+from lpnum.carrier import Carrier, pattern
+
+__all__ = ["ParsedEnum", "Rounding", "Overflow", "round_shift", "round_integral", "round_below_unit", "random_bits",
+           "hash32", "away_from_zero", "round_magnitude", "finish_round"]
 
 
-class _ParsedEnum(enum.Enum):
+class ParsedEnum(enum.Enum):
   """An enum whose public spelling is its value string, parsed once at the API edge."""
 
   @classmethod
-  def parse(cls, value: "str | _ParsedEnum", argname: str | None = None) -> "_ParsedEnum":
+  def parse(cls, value: "str | ParsedEnum", argname: str | None = None) -> "ParsedEnum":
     if isinstance(value, cls):
       return value
     names = [m.value for m in cls]
@@ -37,7 +42,7 @@ class _ParsedEnum(enum.Enum):
     raise ValueError(f"{arg}={value!r}; expected one of {names}")
 
 
-class Rounding(_ParsedEnum):
+class Rounding(ParsedEnum):
   """Rounding modes.
 
   * ``nearest_even``: to nearest, ties to the even code (IEEE 754 roundTiesToEven).
@@ -59,7 +64,7 @@ class Rounding(_ParsedEnum):
   STOCHASTIC = "stochastic"
 
 
-class Overflow(_ParsedEnum):
+class Overflow(ParsedEnum):
   """What happens to values beyond a format's largest finite value, decided after rounding.
 
   * ``saturate``: to +-max finite (integers: to the ends of their range); infinities too.
@@ -242,13 +247,152 @@ def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   for axis in reversed(range(len(shape))):
     idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride & 0xFFFFFFFF)
     stride *= shape[axis]
-  h = _lowbias32(idx ^ seed[0])
-  return _lowbias32(h + seed[1])
+  h = hash32(idx ^ seed[0])
+  return hash32(h + seed[1])
 
 
-def _lowbias32(x: jax.Array) -> jax.Array:
+def hash32(x: jax.Array) -> jax.Array:
+  """The "lowbias32" integer hash of uint32 ``x`` (Chris Wellons' finalizer): a bijection that mixes every bit."""
   x = x ^ (x >> 16)
   x = x * np.uint32(0x7FEB352D)
   x = x ^ (x >> 15)
   x = x * np.uint32(0x846CA68B)
   return x ^ (x >> 16)
+
+
+# ---- float grids: the rounding every format family reduces to --------------------------------------------
+def round_magnitude(a, biased, c: Carrier, m: int, emin: int, tsub: int, mode: Rounding,
+                    negative, rand, stochastic_bits, code_bias: int = 0, in_kernel: bool = False) -> jax.Array:
+  """Rounds magnitudes (carrier bits ``a``) to the grid of a float with m mantissa bits, unbounded above.
+
+  The grid step at a value with exponent e is ``2^(e - m)`` for ``e >= emin`` and ``2^tsub`` below. The bits of a
+  float are linear in its value within a binade and across a carry, so dropping low bits of ``a`` rounds; only
+  values below one grid step (``drop > mantissa_bits`` of the carrier) go through the significand instead.
+  Ties go to the even code: for ``m = 0`` the code is the exponent plus ``code_bias``, whose parity may differ
+  from the carrier's biased exponent. Nearest even with subnormals has a faster path that uses the float unit's
+  round-to-integral, which Pallas's GPU (Triton) lowering lacks: ``in_kernel=True`` (code inside Pallas kernels)
+  skips it for the bit-level path, which gives the same results.
+  """
+  M = c.mantissa_bits
+  if (mode is Rounding.NEAREST_EVEN and not in_kernel and 1 <= m < M and tsub == emin - m
+      and tsub >= 2 - c.bias):
+    return _round_magnitude_nearest(a, c, m, emin)
+  if emin < -c.bias or mode is Rounding.STOCHASTIC:
+    return _round_magnitude_general(a, biased, c, m, emin, tsub, mode, negative, rand, stochastic_bits,
+                                    code_bias)
+  # The format's normal range starts at most one binade below the carrier's, so the exponent can be read from
+  # the biased field without counting leading zeros: a carrier subnormal, read as exponent -bias, then gets the
+  # grid step it would get with its true exponent. Every value of at least one grid step (2^tsub) drops between
+  # M - m (one less in the binade below the carrier's normals) and M bits of its pattern.
+  e = biased - c.bias
+  t = jnp.where(e >= emin, e - m, tsub)
+  drop = jnp.clip(t - (jnp.maximum(biased, 1) - c.bias - M), 0, M)
+  reaches_normal = emin <= c.bias
+  lo_drop = max(M - m - (emin == -c.bias), 0) if reaches_normal else 0
+  if m == 0:
+    flip = _parity_flip(e, biased, drop, c, m, emin, code_bias)
+  else:  # only the lowest subnormal binade drops M bits (values below it are handled as tiny)
+    flip = (drop == M) & ((biased & 1) == 0)
+  q = round_shift(a, drop, mode, negative=negative, parity_flip=flip,
+                  drop_range=(lo_drop, M))
+  kept = q << drop.astype(c.utype)
+  unit = pattern(2.0 ** tsub, c)
+  if tsub - 1 >= 1 - c.bias - M:
+    below = round_below_unit(a, pattern(2.0 ** (tsub - 1), c), mode, negative)
+  else:  # 2^tsub is the carrier's smallest subnormal: nothing nonzero lies below it
+    below = False
+  return jnp.where(a < unit, jnp.where(below, unit, c.u(0)), kept)
+
+
+def _round_magnitude_nearest(a, c: Carrier, m: int, emin: int) -> jax.Array:
+  """round_magnitude to nearest even for a format with subnormals, ``1 <= m < mantissa_bits`` and its smallest
+  step ``2^(emin - m)`` at least ``2^(2 - bias)`` of the carrier.
+
+  From ``2^emin`` up, every value drops the same ``mantissa_bits - m`` bits of its pattern (the kept low bit is
+  the code's). Below, the grid is uniform: ``|x| / step`` rounded to an integer by the float unit (exact, see
+  round_integral) and scaled back, both exact powers of two. Carrier subnormals there (which XLA may flush) lie
+  below half a step and round to 0 either way.
+  """
+  drop = c.mantissa_bits - m
+  normal = round_shift(a, drop, Rounding.NEAREST_EVEN, drop_range=(drop, drop)) << c.u(drop)
+  step = emin - m
+  v = jax.lax.bitcast_convert_type(jnp.minimum(a, pattern(2.0 ** emin, c)), c.dtype)
+  units = round_integral(v * np.array(2.0 ** -step, c.dtype), Rounding.NEAREST_EVEN)
+  small = jax.lax.bitcast_convert_type(units * np.array(2.0 ** step, c.dtype), c.utype)
+  return jnp.where(a < pattern(2.0 ** emin, c), small, normal)
+
+
+def _parity_flip(e, biased, drop, c: Carrier, m: int, emin: int, code_bias: int):
+  """Where the code of ``a >> drop`` has the opposite parity to that pattern's low bit.
+
+  Ties-to-even and to-odd read the parity of ``a >> drop``. For ``m = 0`` (normal range) the code is the
+  exponent plus ``code_bias``, while the kept bits count carrier exponents (or, for carrier subnormals, are the
+  single unit 1). Below the format's normal range, where exactly the carrier's mantissa bits drop, the kept bit
+  is the carrier's exponent bit but the kept value is one grid step: an odd code.
+  """
+  if m == 0:
+    normal_flip = (((e + code_bias) ^ jnp.where(biased > 0, e + c.bias, 1)) & 1) == 1
+  else:
+    normal_flip = False
+  sub_flip = (drop == c.mantissa_bits) & (biased > 0) & (((e + c.bias) & 1) == 0)
+  return jnp.where(e >= emin, normal_flip, sub_flip)
+
+
+def _round_magnitude_general(a, biased, c: Carrier, m: int, emin: int, tsub: int, mode: Rounding,
+                             negative, rand, stochastic_bits, code_bias: int) -> jax.Array:
+  """round_magnitude for any format and mode: exponents by counting leading zeros, tiny values rounded from
+  their significand (needed for stochastic rounding and for formats reaching below the carrier's normals)."""
+  e = c.exponent(a, biased)
+  t = jnp.where(e >= emin, e - m, tsub)
+  lsb = jnp.maximum(biased, 1) - c.bias - c.mantissa_bits
+  drop = t - lsb
+  tiny = drop > c.mantissa_bits
+  sig = (a & c.u(c.mant_mask)) | jnp.where(biased > 0, c.u(1 << c.mantissa_bits), c.u(0))
+  flip = ~tiny & _parity_flip(e, biased, drop, c, m, emin, code_bias)
+  q = round_shift(jnp.where(tiny, sig, a), jnp.maximum(drop, 0), mode, negative=negative, rand=rand,
+                  stochastic_bits=stochastic_bits, parity_flip=flip)
+  kept = q << jnp.clip(drop, 0, c.mantissa_bits).astype(c.utype)
+  return jnp.where(tiny, jnp.where(q != 0, c.pow2_bits(jnp.clip(t, -c.bias, c.bias)), c.u(0)), kept)
+
+
+def finish_round(fmt, x, c: Carrier, a, r, negative, is_nan, is_inf, mode: Rounding,
+                 overflow: Overflow) -> jax.Array:
+  """Applies a format's range, zero and special-value rules to rounded magnitudes ``r`` (carrier bits).
+
+  ``fmt`` is any :class:`lpnum.Format`; only its facts are read (``max_finite``, ``min_positive``, ``has_inf``,
+  ``has_nan``, ``has_zero``, ``has_negative_zero``, ``signed``).
+  """
+  max_bits = pattern(fmt.max_finite, c)
+  min_bits = pattern(fmt.min_positive, c)
+  if fmt.has_inf:
+    special = c.inf_bits
+  elif fmt.has_nan:
+    special = c.nan_bits
+  else:
+    special = max_bits
+  over = r > max_bits
+  if overflow is Overflow.SATURATE:  # infinities and NaNs round to patterns above max_bits
+    r = jnp.minimum(r, max_bits)
+  else:
+    away = away_from_zero(mode, negative)
+    r = jnp.where(over & away, special, jnp.where(over, max_bits, r))
+    r = jnp.where(is_inf, special, r)
+  # For unsigned formats: a negative that does not round to 0 (in a format without zero, none does).
+  negative_bad = negative & ((r != 0) | is_inf | ((a != 0) & (not fmt.has_zero)))
+  if not fmt.has_zero:
+    exact_zero = min_bits if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
+    r = jnp.where(r == 0, jnp.where(a != 0, min_bits, exact_zero), r)
+  if not fmt.signed:
+    smallest = c.u(0) if fmt.has_zero else min_bits
+    repl = smallest if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
+    r = jnp.where(negative_bad, repl, r)
+    negative = jnp.zeros_like(negative)
+  if fmt.has_nan:
+    r = jnp.where(is_nan, c.nan_bits, r)
+  else:
+    # ml_dtypes' convention for formats without NaN: NaN becomes the zero of the opposite sign.
+    r = jnp.where(is_nan, c.u(0) if fmt.has_zero else min_bits, r)
+    negative = jnp.where(is_nan, ~negative, negative)
+  if not fmt.has_negative_zero:
+    negative = negative & (r != 0)
+  return c.join(negative, r)

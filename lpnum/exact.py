@@ -1,97 +1,23 @@
-"""Bit-level views of the IEEE carrier floats (float32, float64) that lpnum computes in.
+"""Exact float arithmetic from integer operations on carrier bit patterns.
 
-XLA on the CPU flushes subnormal operands of float arithmetic to zero, so lpnum never does float arithmetic
-on values that may be subnormal: it reads and writes fields of the bit pattern with integer operations.
+XLA on the CPU flushes subnormal operands and results of float arithmetic to zero. The functions here round
+once, subnormals included: composing a float from a sign, an exponent and a significand, ``ldexp``, products
+of low-precision values, and scaling by powers of two.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lpnum.carrier import F32, Carrier
+from lpnum.rounding import Rounding, round_shift
 
-@dataclasses.dataclass(frozen=True)
-class Carrier:
-  """An IEEE binary float used as the working type, described by its fields."""
-
-  dtype: np.dtype
-  utype: np.dtype
-  mantissa_bits: int
-  exponent_bits: int
-
-  @property
-  def width(self) -> int:
-    return 1 + self.exponent_bits + self.mantissa_bits
-
-  @property
-  def bias(self) -> int:
-    return (1 << (self.exponent_bits - 1)) - 1
-
-  @property
-  def exp_all_ones(self) -> int:
-    return (1 << self.exponent_bits) - 1
-
-  @property
-  def abs_mask(self) -> int:
-    return (1 << (self.width - 1)) - 1
-
-  @property
-  def mant_mask(self) -> int:
-    return (1 << self.mantissa_bits) - 1
-
-  def u(self, value: int) -> np.generic:
-    """A constant of the carrier's unsigned type."""
-    return self.utype.type(value)
-
-  def pow2_bits(self, e: jax.Array | int) -> jax.Array:
-    """Bit pattern of 2^e, for ``1 - bias - mantissa_bits <= e <= bias`` (subnormal or normal)."""
-    e = jnp.asarray(e, jnp.int32)
-    normal = ((e + self.bias).astype(self.utype)) << self.u(self.mantissa_bits)
-    sub_shift = jnp.clip(e + self.bias - 1 + self.mantissa_bits, 0, self.width - 1)
-    sub = self.u(1) << sub_shift.astype(self.utype)
-    return jnp.where(e >= 1 - self.bias, normal, sub)
-
-  def split(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns ``(negative, abs_bits, biased_exponent)`` of a carrier float array."""
-    bits = jax.lax.bitcast_convert_type(x, self.utype)
-    negative = (bits >> self.u(self.width - 1)) != 0
-    a = bits & self.u(self.abs_mask)
-    return negative, a, (a >> self.u(self.mantissa_bits)).astype(jnp.int32)
-
-  def exponent(self, a: jax.Array, biased: jax.Array) -> jax.Array:
-    """floor(log2(value)) from the bits (exact for subnormals; very negative for zero)."""
-    msb = (self.width - 1) - jax.lax.clz(a).astype(jnp.int32)
-    sub_e = msb - (self.bias - 1 + self.mantissa_bits)
-    return jnp.where(biased > 0, biased - self.bias, sub_e)
-
-  def join(self, negative: jax.Array, a: jax.Array) -> jax.Array:
-    sign = jnp.where(negative, self.u(1 << (self.width - 1)), self.u(0))
-    return jax.lax.bitcast_convert_type(a | sign, self.dtype)
-
-  @property
-  def nan_bits(self) -> np.generic:
-    return self.u((self.exp_all_ones << self.mantissa_bits) | (1 << (self.mantissa_bits - 1)))
-
-  @property
-  def inf_bits(self) -> np.generic:
-    return self.u(self.exp_all_ones << self.mantissa_bits)
-
-
-F32 = Carrier(np.dtype(np.float32), np.dtype(np.uint32), 23, 8)
-F64 = Carrier(np.dtype(np.float64), np.dtype(np.uint64), 52, 11)
-F16 = Carrier(np.dtype(np.float16), np.dtype(np.uint16), 10, 5)
-BF16 = Carrier(np.dtype(jnp.bfloat16), np.dtype(np.uint16), 7, 8)
-
-INPUT_CARRIERS = {F32.dtype: F32, F64.dtype: F64, F16.dtype: F16, BF16.dtype: BF16}
-
-
-def carrier_for(dtype: np.dtype) -> Carrier:
-  """The carrier lpnum rounds in for an input dtype: float64 for float64, float32 otherwise (exact upcast)."""
-  return F64 if np.dtype(dtype) == F64.dtype else F32
+__all__ = ["compose", "normalize", "ldexp", "multiply", "Pow2", "pow2_factors", "plain_for_rounding", "plain_exact",
+           "scale_for_rounding", "scale_exact", "abs_max", "max_min"]
 
 
 def compose(
@@ -106,8 +32,6 @@ def compose(
   ``significand`` is an unsigned array with its leading one at bit ``sig_bits`` (or zero). The result handles
   subnormals, overflow to inf and underflow to zero of the target, with integer operations only.
   """
-  from lpnum import _rounding  # local import: _rounding does not depend on this module
-
   wide = np.promote_types(significand.dtype, target.utype)
   sig = significand.astype(wide)
   e = exponent.astype(jnp.int32)
@@ -115,7 +39,7 @@ def compose(
   # Quantum of the result: 2^(max(e, min_e) - M). The significand's unit is 2^(e - sig_bits).
   drop = jnp.maximum(e, min_e) - target.mantissa_bits - (e - sig_bits)
   left = jnp.clip(-drop, 0, wide.itemsize * 8 - 1).astype(wide)
-  r = _rounding.round_shift(sig << left, jnp.maximum(drop, 0), _rounding.Rounding.NEAREST_EVEN)
+  r = round_shift(sig << left, jnp.maximum(drop, 0), Rounding.NEAREST_EVEN)
   # Normals: r = 2^M + mantissa (2^(M+1) after a carry), so adding (biased exponent - 1) << M gives the bits
   # and carries into the exponent by themselves. Subnormals: the field is 0 and r is the mantissa.
   field = jnp.where(e >= min_e, e + target.bias - 1, 0)
