@@ -66,6 +66,8 @@ import numpy as np
 
 import lpnum
 from lpnum.results import progress
+from lpnum.carrier import F32
+from lpnum.scaled import xla_cpu
 
 from ._report import (arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
@@ -509,6 +511,35 @@ def bench_case(case: Case, x: jax.Array, libs: Libraries, *, repeats: int) -> di
   return record
 
 
+def xla_cpu_workarounds(x: jax.Array, *, repeats: int) -> dict[str, Any]:
+  """Times the two scheduling workarounds of :mod:`lpnum.scaled.xla_cpu` against what they replace, on ``x``.
+
+  * abs-max along a non-minor axis in groups of 32 (one scale per column block): the slices pass
+    (``xla_cpu.abs_max``) against XLA's ``max(|x|)`` reduction;
+  * the element pass (NVFP4's E2M1 rounding of ``x``) over rows of 16, 32, 64 and 128 elements: the row view
+    runs blocks of 8 or 16 as rows of 32 and splits longer blocks into rows of 64.
+  """
+  n, m = x.shape
+  grouped = x.reshape(n // 32, 32, m)
+  e2m1 = lpnum.get_format("float4_e2m1fn")
+  nearest, saturate = lpnum.Rounding.NEAREST_EVEN, lpnum.Overflow.SATURATE
+
+  def element_pass(row: int) -> Callable[[jax.Array], jax.Array]:
+    return jax.jit(lambda v: e2m1.round_values(v.reshape(-1, row) * np.float32(3), F32, nearest, saturate, None,
+                                               None).reshape(v.shape))
+
+  runs = {"abs_max_slices": (jax.jit(lambda v: xla_cpu.abs_max(v, 1)), (grouped,)),
+          "abs_max_xla_reduce": (jax.jit(lambda v: jnp.max(jnp.abs(v), axis=1, keepdims=True)), (grouped,)),
+          **{f"element_pass_rows_{row}": (element_pass(row), (x,)) for row in (16, 32, 64, 128)}}
+  measured = time_fns(runs, repeats=repeats)
+  rows32 = median_s(measured["element_pass_rows_32"])
+  return {"candidates": measured, "figures": {
+      "abs_max_reduce_over_slices": ratio(median_s(measured["abs_max_xla_reduce"]),
+                                          median_s(measured["abs_max_slices"])),
+      **{f"rows_{row}_over_rows_32": ratio(median_s(measured[f"element_pass_rows_{row}"]), rows32)
+         for row in (16, 64, 128)}}}
+
+
 # ---- figures and targets ----------------------------------------------------------------------------------------
 def figures(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Ratios of one case's medians (None where a side was not measured)."""
@@ -598,12 +629,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
   x = jax.block_until_ready(jax.random.normal(jax.random.key(0), shape, jnp.float32))
   records = [bench_case(case, x, libs, repeats=args.repeats) for case in progress(cases, "formats")]
   targets = evaluate_targets(records)
+  workarounds = xla_cpu_workarounds(x, repeats=args.repeats)
 
   print(f"Block-scaled fake quantization of a {shape[0]}x{shape[1]} float32 standard-normal array on "
         f"{jax.devices()[0]}; jitted unless eager (gfloat_block, torchao); median of {args.repeats} interleaved "
         "calls per candidate, compile excluded. Per-channel: one scale per row (lpnum.per_channel(0), reducing over "
         "the last axis); per-column: lpnum.per_channel(-1), reducing over axis 0; the same for every library.")
   print(format_tables(records))
+  print("\nXLA-CPU workarounds (lpnum.scaled.xla_cpu) against what they replace (ratio > 1: the workaround pays):")
+  print(table(("measure", "ratio"), [(k, times(v)) for k, v in workarounds["figures"].items()]))
+  print(table(("pass", "ms"), [(k, ms(v)) for k, v in workarounds["candidates"].items()]))
   print("\nTargets (ratios of medians from the same run):")
   print(format_targets(targets))
 
@@ -618,6 +653,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
       "candidates": CANDIDATE_DOCS,
       "formats": records,
       "targets": targets,
+      "xla_cpu": workarounds,
   }
   return write_json("scaled", payload, args.out)
 

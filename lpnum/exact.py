@@ -17,7 +17,7 @@ from lpnum.carrier import F32, Carrier
 from lpnum.rounding import Rounding, round_shift
 
 __all__ = ["compose", "normalize", "ldexp", "multiply", "Pow2", "pow2_factors", "plain_for_rounding", "plain_exact",
-           "scale_for_rounding", "scale_exact", "abs_max", "max_min"]
+           "scale_for_rounding", "scale_exact"]
 
 
 def compose(
@@ -176,99 +176,3 @@ def scale_exact(v: jax.Array, f: Pow2, target: Carrier = F32) -> jax.Array:
   sub = jax.lax.bitcast_convert_type(units.astype(jnp.uint32) | sign, jnp.float32)
   y = jnp.where((jnp.abs(y) < np.float32(2.0 ** -126)) & (v != 0), sub, y)
   return y if target is F32 else y.astype(target.dtype)
-
-
-#: Groups along a non-minor axis take their abs-max as elementwise maxima over at most this many slices at a time.
-_MAX_UNROLLED = 32
-
-
-def _chunks(n: int) -> list[int]:
-  """Slice counts whose product is ``n``, each at most ``_MAX_UNROLLED`` (the first at least 16, so that only
-  the first pass reads the whole input); empty if there are none."""
-  if n <= _MAX_UNROLLED:
-    return [n]
-  k = max(d for d in range(1, _MAX_UNROLLED + 1) if n % d == 0)
-  rest = _chunks(n // k) if k >= 16 else []
-  return [k] + rest if rest else []
-
-
-def _abs_max_over_slices(v: jax.Array, axis: int) -> jax.Array:
-  """``max |v|`` over ``axis`` (removed) as elementwise maxima of slices, NaN wherever a slice holds NaN; exact
-  where the maximum is at least 2^-126. (Each slice is read by its own operations: XLA would not fuse an
-  elementwise producer shared by all slices into their pass.)"""
-  n = v.shape[axis]
-  k = _chunks(n)[0]
-  if k < n:  # the innermost k slices first, then the n / k partial maxima
-    v = v.reshape(v.shape[:axis] + (n // k, k) + v.shape[axis + 1:])
-    return _abs_max_over_slices(_abs_max_over_slices(v, axis + 1), axis)
-  parts = [jax.lax.index_in_dim(v, i, axis, keepdims=False) for i in range(n)]
-  out, nan = jnp.abs(parts[0]), jnp.isnan(parts[0])
-  for part in parts[1:]:
-    out, nan = jnp.maximum(out, jnp.abs(part)), nan | jnp.isnan(part)
-  return jnp.where(nan, np.float32(np.nan), out)
-
-
-def abs_max(x: jax.Array, axis, keepdims: bool = True) -> jax.Array:
-  """``max |x|`` over ``axis`` of float32 ``x``, exact for subnormals, NaN if any element is NaN.
-
-  XLA on the CPU treats subnormal operands of float comparisons as zero and its float max reduction drops NaN, so
-  one pass reduces ``(|x|, isnan(x))`` together (a variadic reduction, which XLA also runs faster than a plain
-  max), exact wherever the maximum is at least 2^-126. Only if some group's is not (all-zero or all-subnormal
-  groups) does a conditional take the maximum again over the bit patterns, which order like the magnitudes.
-  Along non-minor axes (e.g. one scale per column) the maximum and the NaN test are computed otherwise (see
-  below).
-  """
-  axes = tuple(range(x.ndim)) if axis is None else ((axis,) if isinstance(axis, int) else tuple(axis))
-  axes = tuple(a % x.ndim for a in axes)
-  out_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else tuple(
-      d for i, d in enumerate(x.shape) if i not in axes)
-  # Size-1 axes slow XLA's reductions down (and may make it copy x); a reduction to one value runs faster flat.
-  kept = [i for i, d in enumerate(x.shape) if d != 1]
-  axes = tuple(sorted(kept.index(a) for a in axes if a in kept))
-  x = x.reshape([x.shape[i] for i in kept])
-  if len(axes) == x.ndim > 1:
-    x, axes = x.reshape(-1), (0,)
-  elif len(axes) > 1 and axes == tuple(range(axes[0], axes[-1] + 1)):  # adjacent axes reduce as one
-    x = x.reshape(x.shape[:axes[0]] + (-1,) + x.shape[axes[-1] + 1:])
-    axes = (axes[0],)
-  unsure = np.False_
-  if x.ndim == 0 or x.ndim - 1 in axes:
-    amax, nan = _reduce_max_flag(jnp.abs(x), jnp.isnan(x), np.float32(0), axes)
-  elif len(axes) == 1 and _chunks(x.shape[axes[0]]):
-    # Along a non-minor axis XLA's reductions are slow (its variadic one, and the plain max, which XLA hands to
-    # YNNPACK: 19 ms over 4096x4096 in groups of 32), but an elementwise max over slices is one fast pass (3.5 ms).
-    amax = _abs_max_over_slices(x, axes[0])
-    nan = jnp.isnan(amax)
-  else:
-    # Other non-minor groups (a length without small factors, or axes apart): a plain max, and for the NaN test
-    # (a reduction of booleans is slow) a sum of ``x * 0``, NaN exactly where some element is NaN or infinite.
-    # YNNPACK's max may drop a NaN, and an inf with it, so a group whose maximum is infinite is left unsure: it
-    # takes the exact path below.
-    amax, inexact = jnp.max(jnp.abs(x), axis=axes), jnp.isnan(jnp.sum(x * np.float32(0), axis=axes))
-    nan, unsure = inexact & (amax != np.float32(np.inf)), jnp.any(inexact & (amax == np.float32(np.inf)))
-  amax = jnp.where(nan, np.float32(np.nan), amax)
-
-  def exact(_):
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32) & np.uint32(0x7FFFFFFF)
-    m, _ = _reduce_max_flag(bits, jnp.zeros(x.shape, bool), np.uint32(0), axes)
-    return jax.lax.bitcast_convert_type(m, jnp.float32)
-
-  amax = jax.lax.cond(jnp.any(amax < np.float32(2.0 ** -126)) | unsure, exact, lambda a: a, amax)
-  return amax.reshape(out_shape)
-
-
-def _reduce_max_flag(v, flag, init, axes):
-  return jax.lax.reduce((v, flag), (init, np.False_), lambda p, q: (jnp.maximum(p[0], q[0]), p[1] | q[1]), axes)
-
-
-def _ordered(x: jax.Array) -> jax.Array:
-  """int32 keys ordered as the float32 values (NaN aside; -0 just below +0)."""
-  i = jax.lax.bitcast_convert_type(x, jnp.int32)
-  return jnp.where(i < 0, i ^ np.int32(0x7FFFFFFF), i)
-
-
-def max_min(x: jax.Array, axis) -> tuple[jax.Array, jax.Array]:
-  """``(max x, min x)`` over ``axis`` (keepdims) of float32 ``x``, compared as bit patterns."""
-  k = _ordered(x)
-  back = lambda v: jax.lax.bitcast_convert_type(jnp.where(v < 0, v ^ np.int32(0x7FFFFFFF), v), jnp.float32)
-  return back(jnp.max(k, axis=axis, keepdims=True)), back(jnp.min(k, axis=axis, keepdims=True))

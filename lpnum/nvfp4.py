@@ -1,9 +1,7 @@
 """NVFP4: FP4 E2M1 elements in blocks of 16, an FP8 E4M3 scale per block and a float32 per-tensor scale.
 
-Recipe (as NVIDIA's and torchao's): the per-tensor scale is ``T = amax / (448 * 6)`` (at least 2^-126); each
-block's scale is ``(block amax / 6) / T`` rounded to nearest even into E4M3 and clamped to
-``[2^-9, 448]``; elements are ``x / (s_block * T)`` rounded to nearest even into E2M1, saturated to +-6; values
-are ``element * (s_block * T)``. Divisions are IEEE float32 divisions; products are rounded once.
+The preset is data in :mod:`lpnum.scaled.presets` (the recipe is described there); this module names it for the
+NVFP4 user.
 """
 
 from __future__ import annotations
@@ -11,18 +9,16 @@ from __future__ import annotations
 import jax
 from jax.typing import ArrayLike
 
-from lpnum import blocks
 from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat, quantize_scaled
+from lpnum.scaled.presets import preset
 
 __all__ = ["format", "quantize"]
 
 
 def format(*, axis: int = -1, tensor_scale: bool = True, tile: bool = False) -> ScaledFormat:  # noqa: A001
   """The NVFP4 ScaledFormat: blocks of 16 along ``axis`` (or 16x16 tiles over the last two axes)."""
-  granularity = blocks.per_tile((16, 16)) if tile else blocks.per_block(16, axis)
-  return ScaledFormat("float4_e2m1fn", granularity, "float8_e4m3fn", "nearest", tensor_scale=tensor_scale,
-                      name="nvfp4" + ("_tile" if tile else "") + ("" if tensor_scale else "_no_tensor_scale"))
+  return preset("nvfp4", axis=axis, tensor_scale=tensor_scale, tile=tile)
 
 
 def quantize(x: ArrayLike, axis: int = -1, *, tensor_scale: bool = True, rounding: str = "nearest_even",

@@ -16,13 +16,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lpnum import packing
 
 if TYPE_CHECKING:
-  from lpnum.scaled import ScaledFormat
+  from lpnum.scaled.format import ScaledFormat
 
 __all__ = ["QArray"]
 

@@ -69,12 +69,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lpnum.exact import abs_max
 from lpnum.rounding import Rounding
 from lpnum.formats import Format, as_format
 from lpnum.hadamard import fwht
 from lpnum.quantize import decode, encode
-from lpnum.scaled import _div
+from lpnum.scaled.xla_cpu import abs_max, div
 
 __all__ = ["FORMATS", "compressed_psum", "compressed_mean_grads", "data_parallel_step"]
 
@@ -340,8 +339,8 @@ def _float_array(x, name: str = "x") -> jax.Array:
 def _quantize(v: jax.Array, element: str, mode: Rounding, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   """Blocks ``v (..., block)`` as int8 bytes of element codes and float32 scales ``(...)``, as they travel."""
   top = jnp.float32(as_format(element).max_finite)
-  scale = jnp.maximum(_div(abs_max(v, (-1,)), top), jnp.float32(_MIN_SCALE))
-  codes = encode(_div(v, scale), element, rounding=mode, key=key)
+  scale = jnp.maximum(div(abs_max(v, (-1,)), top), jnp.float32(_MIN_SCALE))
+  codes = encode(div(v, scale), element, rounding=mode, key=key)
   return jax.lax.bitcast_convert_type(codes, jnp.int8), scale[..., 0]
 
 

@@ -19,7 +19,7 @@ import functools
 from lpnum import blocks, mx, nvfp4
 from lpnum import estimators as _estimators
 from lpnum.formats import FloatFormat, Format, IntFormat, as_format
-from lpnum.scaled import ScaledFormat
+from lpnum.scaled import ScaledFormat, presets
 
 __all__ = ["TensorQuant", "Backward", "QuantConfig", "SCALINGS", "ESTIMATORS", "BACKENDS"]
 
@@ -30,7 +30,7 @@ ESTIMATORS = tuple(_estimators.ESTIMATORS)
 LEARNED = {"lsq": "step", "pact": "alpha"}
 _SCALED_ESTIMATORS = ("ste", "clipped_ste", "hadamard_ste", "lsq")
 BACKENDS = ("fake", "int", "kernel")
-_PRESETS = tuple(mx._ELEMENTS) + ("nvfp4",)
+_PRESETS = tuple(presets.PRESETS)
 
 
 @dataclasses.dataclass(frozen=True)

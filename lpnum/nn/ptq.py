@@ -26,7 +26,8 @@ from flax.core import meta
 from lpnum.kernels import layout as _layout
 from lpnum.kernels import matmul as _kernel_matmul
 from lpnum.qarray import QArray
-from lpnum.scaled import ScaledFormat, _per_block, dequantize, quantize_scaled
+from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
+from lpnum.scaled.xla_cpu import per_block
 
 __all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_nbytes"]
 
@@ -107,7 +108,7 @@ def dequantize_kernel(x) -> jax.Array:
   value, shape = (x.value, x.shape) if isinstance(x, PackedKernel) else (x, None)
   # Computed in a conditional of two equal branches, so that it is materialized once: XLA CPU would otherwise fuse
   # the dequantization into a convolution and redo it for every output position.
-  w = _per_block(_dequantize_value, jax.tree_util.tree_leaves(value)[0].size, value)
+  w = per_block(_dequantize_value, jax.tree_util.tree_leaves(value)[0].size, value)
   return w if shape is None else w.reshape(shape)
 
 

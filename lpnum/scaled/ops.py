@@ -1,0 +1,198 @@
+"""The public operations on scaled formats: :func:`quantize_scaled`, :func:`dequantize`, :func:`fake_quantize`,
+:func:`clip_range`."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from lpnum import blocks, packing
+from lpnum.carrier import F32, INPUT_CARRIERS
+from lpnum.qarray import QArray
+from lpnum.rounding import Rounding, random_bits
+from lpnum.scaled import presets
+from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
+from lpnum.scaled.format import ScaledFormat
+from lpnum.scaled.scales import decode_f32, scales_from_codes, scales_of
+from lpnum.scaled.xla_cpu import per_block
+
+__all__ = ["quantize_scaled", "dequantize", "fake_quantize", "clip_range"]
+
+
+def quantize_scaled(
+    x: ArrayLike,
+    fmt: ScaledFormat,
+    *,
+    scale: ArrayLike | None = None,
+    rounding: str | Rounding = "nearest_even",
+    key: jax.Array | None = None,
+    pad: bool = False,
+) -> QArray:
+  """Quantizes ``x`` to a block-scaled format; returns a :class:`~lpnum.qarray.QArray` (packed codes + scales).
+
+  Args:
+    x: float32, bfloat16 or float16 array (computed in float32).
+    fmt: the :class:`ScaledFormat` (or a preset name: ``mxfp8_e4m3``... ``nvfp4``, see :mod:`lpnum.mx`).
+    scale: a given (static) scale instead of calibration: an array broadcastable to the scale shape
+      (``x.shape`` divided by the block shape), rounded into the scale format.
+    rounding: the element rounding mode (``nearest_even``, ``stochastic``...). Scales always follow the rule.
+    key: for stochastic rounding.
+    pad: pad a ragged last block with zeros instead of raising.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> q = lpnum.quantize_scaled(jnp.arange(32.0), lpnum.mx.format("mxfp8_e4m3"))
+    >>> int(q.scale_codes[0]), lpnum.dequantize(q)[31].item()  # 2^(4 - 8); 31 * 2^4 saturates at 448
+    (123, 28.0)
+  """
+  x, fmt, mode, block, padded = _prepare(x, fmt, rounding, key, pad)
+  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  return _quantize_jit(x, scale, key, fmt, mode, block, padded)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _quantize_jit(x, scale, key, fmt, mode, block, padded) -> QArray:
+  xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
+  s = scales_of(xb, fmt, scale)
+  rand = _rand(key, mode, x.shape, block, padded)
+
+  def encode(plain, xb, s):
+    return fmt.element.encode_values(round_elements(xb, s, fmt, mode, rand, plain), F32)
+
+  codes = blocks.from_blocks(by_scaling(encode, xb, s, fmt, mode), x.shape)
+  data = packing.pack(codes.reshape(codes.shape or (1,)), fmt.element.bits, axis=-1)
+  compact = [xb.shape[i] for i in range(0, 2 * x.ndim, 2)]
+  return QArray(
+      data=data,
+      scales=s.codes.reshape(compact),
+      zero_point=None if s.zero is None else s.zero.reshape(compact).astype(jnp.int32),
+      tensor_scale=s.tensor,
+      fmt=fmt, shape=tuple(x.shape), dtype=np.dtype(x.dtype), block=block)
+
+
+def dequantize(q: QArray, dtype: jax.typing.DTypeLike | None = None) -> jax.Array:
+  """The values of a quantized array, ``element * scale`` rounded once into ``dtype`` (default: the original).
+
+  NaN scale codes (MX blocks that held NaN or inf) give NaN for the whole block.
+  """
+  if not isinstance(q, QArray):
+    raise TypeError(f"q must be a QArray from lpnum.quantize_scaled, got {type(q).__name__}")
+  q.check()
+  dtype = np.dtype(q.dtype if dtype is None else dtype)
+  if dtype not in (np.float32, jnp.bfloat16, np.float16):
+    raise TypeError(f"dtype={dtype} must be float32, bfloat16 or float16")
+  return _dequantize_jit(q, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
+  fmt = q.fmt
+  codes = q.element_codes
+  padded = blocks.check_fit(q.shape, q.block, True)
+  if padded != q.shape:
+    codes = jnp.pad(codes, [(0, p - d) for d, p in zip(q.shape, padded)])
+  cb = blocks.to_blocks(codes, q.block, padded)
+  expand = lambda a: None if a is None else jnp.expand_dims(a, blocks.block_axes(len(q.shape)))
+  s = per_block(lambda c, z, t: scales_from_codes(fmt, c, z, t), q.scales.size,
+                 expand(q.scales), expand(q.zero_point), q.tensor_scale)
+  s = per_block(lambda v: v.with_factors(fmt), q.scales.size, s)
+  target = INPUT_CARRIERS[dtype]
+
+  def decode(plain, cb, s):
+    return apply_scale(decode_f32(fmt.element, cb), s, fmt, target, plain)
+
+  return blocks.from_blocks(by_scaling(decode, cb, s, fmt, None), q.shape)
+
+
+def fake_quantize(
+    x: ArrayLike,
+    fmt: ScaledFormat,
+    *,
+    scale: ArrayLike | None = None,
+    rounding: str | Rounding = "nearest_even",
+    key: jax.Array | None = None,
+    pad: bool = False,
+) -> jax.Array:
+  """``dequantize(quantize_scaled(x, fmt, ...))`` in one fused pass, with a straight-through gradient.
+
+  The result has ``x``'s shape and dtype and equals the two-step round trip bit for bit.
+  """
+  x, fmt, mode, block, padded = _prepare(x, fmt, rounding, key, pad)
+  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  return _fake_jit(x, scale, key, fmt, mode, block, padded)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _fake_jit(x, scale, key, fmt, mode, block, padded):
+  return _fake_quantize_ste(x, scale, _rand(key, mode, x.shape, block, padded), fmt, mode, block, padded)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _fake_quantize_ste(x, scale, rand, fmt, mode, block, padded):
+  xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
+  s = scales_of(xb, fmt, scale)
+  target = INPUT_CARRIERS[np.dtype(x.dtype)]
+
+  def round_trip(plain, xb, s):
+    return apply_scale(round_elements(xb, s, fmt, mode, rand, plain), s, fmt, target, plain)
+
+  return blocks.from_blocks(by_scaling(round_trip, xb, s, fmt, mode), x.shape)
+
+
+def _fake_fwd(x, scale, rand, fmt, mode, block, padded):
+  return _fake_quantize_ste(x, scale, rand, fmt, mode, block, padded), (scale, rand)
+
+
+def _fake_bwd(fmt, mode, block, padded, res, g):
+  scale, rand = res
+  return (g, None if scale is None else jnp.zeros_like(scale), None if rand is None else
+          np.zeros(rand.shape, jax.dtypes.float0))
+
+
+_fake_quantize_ste.defvjp(_fake_fwd, _fake_bwd)
+
+
+def _rand(key, mode, shape, block, padded):
+  if mode is not Rounding.STOCHASTIC:
+    return None
+  return blocks.to_blocks(random_bits(key, shape), block, padded)
+
+
+def _prepare(x, fmt, rounding, key, pad):
+  if isinstance(fmt, str):
+    fmt = presets.preset(fmt)
+  if not isinstance(fmt, ScaledFormat):
+    raise TypeError(f"fmt must be a ScaledFormat or a preset name, got {type(fmt).__name__}")
+  if isinstance(x, float | int | list | tuple):
+    x = jnp.asarray(x, jnp.float32)
+  elif isinstance(x, jax.Array | np.ndarray | np.generic):
+    x = jnp.asarray(x)
+  else:
+    raise TypeError(f"x must be an array, got {type(x).__name__}")
+  if np.dtype(x.dtype) not in (np.float32, jnp.bfloat16, np.float16):
+    raise TypeError(f"x must be float32, bfloat16 or float16, got dtype {x.dtype}")
+  mode = Rounding.parse(rounding, "rounding")
+  if mode is Rounding.STOCHASTIC and key is None:
+    raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
+  block = fmt.granularity.block_shape(x.shape)
+  padded = blocks.check_fit(x.shape, block, pad)
+  return x, fmt, mode, block, padded
+
+
+def clip_range(x: ArrayLike, fmt: ScaledFormat, *, scale: ArrayLike | None = None,
+               pad: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Per element of ``x``, the lowest and highest values its block can represent (the clipping range that
+  :func:`quantize_scaled` would use), each with ``x``'s shape, float32.
+  """
+  x, fmt, _, block, padded = _prepare(x, fmt, "nearest_even", None, pad)
+  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
+  s = scales_of(xb, fmt, scale)
+  el = fmt.element
+  hi = apply_scale(jnp.full(xb.shape, el.max_finite, jnp.float32), s, fmt, F32)
+  lo = apply_scale(jnp.full(xb.shape, el.min_value, jnp.float32), s, fmt, F32)
+  return blocks.from_blocks(lo, x.shape), blocks.from_blocks(hi, x.shape)
