@@ -31,11 +31,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lpnum.formats import Format, IntFormat, ShiftFormat, as_format
+from lpnum.hadamard import fwht
 from lpnum.quantize import quantize
 from lpnum.scaled import ScaledFormat, clip_range, fake_quantize
 
 __all__ = ["ste", "clipped_ste", "lsq", "pact", "dorefa_weight", "dorefa_activation", "sign_ste", "xnor", "reste",
-           "biper", "bitnet_ternary", "denseshift", "hadamard_ste", "ESTIMATORS", "estimate"]
+           "biper", "bitnet_ternary", "denseshift", "hadamard_ste", "with_grad_mask", "ESTIMATORS", "estimate"]
 
 
 def _float(x: ArrayLike, name: str = "x") -> jax.Array:
@@ -71,12 +72,13 @@ def _bits(bits, lo: int = 1, hi: int = 16) -> int:
 
 
 @jax.custom_vjp
-def _with_grad_mask(y, x, mask):
-  """``y`` forward; the cotangent reaches ``x`` where ``mask`` holds."""
+def with_grad_mask(y: jax.Array, x: jax.Array, mask: jax.Array) -> jax.Array:
+  """``y`` forward; the cotangent of the result reaches ``x`` where ``mask`` holds (and nowhere else, ``y``
+  included): the gradient of clipped straight-through estimators."""
   return y
 
 
-_with_grad_mask.defvjp(lambda y, x, mask: (y, mask),
+with_grad_mask.defvjp(lambda y, x, mask: (y, mask),
                        lambda mask, g: (jnp.zeros_like(g), jnp.where(mask, g, jnp.zeros_like(g)), None))
 
 
@@ -108,7 +110,7 @@ def clipped_ste(x: ArrayLike, fmt: Format | ScaledFormat | str, **kwargs) -> jax
     lo, hi = clip_range(jax.lax.stop_gradient(x), fmt, scale=kwargs.get("scale"), pad=kwargs.get("pad", False))
   else:
     lo, hi = fmt.min_value, fmt.max_finite
-  return _with_grad_mask(y, x, (x >= lo) & (x <= hi))
+  return with_grad_mask(y, x, (x >= lo) & (x <= hi))
 
 
 # ---- learned step size and clipping ----------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def dorefa_activation(x: ArrayLike, bits: int) -> jax.Array:
   """DoReFa-Net activations: ``quantize_k(clip(x, 0, 1))``; gradient 1 inside [0, 1], 0 outside."""
   x = _float(x)
   y = _quantize_k(jnp.clip(x, 0, 1), _bits(bits, 1, 32))
-  return _with_grad_mask(y, x, (x >= 0) & (x <= 1))
+  return with_grad_mask(y, x, (x >= 0) & (x <= 1))
 
 
 # ---- binary ---------------------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ def _sign(x: jax.Array) -> jax.Array:
 def sign_ste(x: ArrayLike) -> jax.Array:
   """Binary sign (``+1`` for ``x >= 0``) with BinaryNet's gradient: 1 for ``|x| <= 1``, else 0."""
   x = _float(x)
-  return _with_grad_mask(_sign(x), x, jnp.abs(x) <= 1)
+  return with_grad_mask(_sign(x), x, jnp.abs(x) <= 1)
 
 
 def xnor(w: ArrayLike, axis: int | tuple[int, ...] = -1) -> jax.Array:
@@ -367,8 +369,6 @@ def hadamard_ste(x: ArrayLike, fmt: Format | ScaledFormat | str, axis: int = -1,
     >>> lpnum.estimators.hadamard_ste(x, "int4").tolist()
     [5.0, 1.0, 1.0, 1.0]
   """
-  from lpnum.hadamard import fwht
-
   x = _float(x)
   return fwht(ste(fwht(x, axis, block=block), fmt, **kwargs), axis, block=block)
 

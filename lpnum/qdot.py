@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lpnum.formats import Format, as_format
+from lpnum.hadamard import fwht
 from lpnum.quantize import quantize
 from lpnum.scaled import ScaledFormat, fake_quantize
 
@@ -136,8 +137,6 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, config: DotCo
     raise ValueError(f"dimension_numbers={dimension_numbers!r} must be ((lhs_contract, rhs_contract), "
                      "(lhs_batch, rhs_batch))") from None
   if config.rotate is not None:
-    from lpnum.hadamard import fwht
-
     if len(dn[0][0]) != 1:
       raise ValueError(f"config.rotate needs a single contracting axis, got dimension_numbers={dimension_numbers!r}")
     lhs = fwht(lhs, dn[0][0][0], block=config.rotate)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum.estimators import _with_grad_mask
+from lpnum.estimators import with_grad_mask
 from lpnum.kernels.accumulate import a2q_bound
 
 __all__ = ["a2q_limit", "a2q_init", "a2q_quantize", "a2q_integer_weights"]
@@ -133,10 +133,10 @@ def _codes(v, g, scale, qn, qp, limit) -> jax.Array:
   ratio = g / scale
   # Inside test on g itself, so that g = limit * scale (a2q_init's value on the limit) keeps its gradient.
   inside = jax.lax.stop_gradient(jnp.abs(g) <= limit * scale)
-  c = _with_grad_mask(jnp.clip(jax.lax.stop_gradient(ratio), -limit, limit), ratio, inside)
+  c = with_grad_mask(jnp.clip(jax.lax.stop_gradient(ratio), -limit, limit), ratio, inside)
   x = c * (v / norm)
   t = jax.lax.stop_gradient(jnp.trunc(x))
-  return _with_grad_mask(jnp.clip(t, qn, qp), x, (t >= qn) & (t <= qp))
+  return with_grad_mask(jnp.clip(t, qn, qp), x, (t >= qn) & (t <= qp))
 
 
 def a2q_quantize(v: ArrayLike, g: ArrayLike, scale: ArrayLike, *, weight_bits: int, input_bits: int,
