@@ -13,8 +13,8 @@ Quantization configs, applied to every Dense/DenseGeneral/Conv layer by one :cla
   output channel, ``int4_g128`` (groups of 128 along K), ``mxfp4_e2m1``, ``nvfp4``, ``fp8_e4m3`` per channel);
   the packed params are timed in jitted inference (:class:`lpnum.nn.QuantizedModel.apply`, Dense layers through
   :func:`lpnum.kernels.matmul`);
-* ``qat/<fmt>``: the float params trained through fake quantization (``lpnum.nn.QuantConfig.weight_only``,
-  straight-through estimator) and the FP8 recipe (``QuantConfig.fp8()``); the training step is
+* ``qat/<fmt>``: the float params trained through fake quantization (``lpnum.DotConfig.weight_only``,
+  straight-through estimator) and the FP8 recipe (``DotConfig.fp8()``); the training step is
   ``jax.value_and_grad`` of softmax cross-entropy plus an ``optax.adam`` update, jitted.
 
 Reported: params bytes (and the ratio to the ideal packed size: elements at their bit width plus float32 scales,
@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import lpnum
 from lpnum import nn as lnn
 from lpnum.zoo import models as zoo
 
@@ -72,34 +73,29 @@ QUICK_MODELS = {
                              (8, 32), np.int32, 64),
 }
 
-#: name -> (weight TensorQuant, bits per element for the ideal size, scales per output channel per K rows or None)
+#: name -> (weight OperandQuant, bits per element for the ideal size, scales per output channel per K rows or None)
 PTQ_FORMATS = {
-    "int8": (lnn.TensorQuant("int8", granularity="channel"), 8),
-    "int4": (lnn.TensorQuant("int4", granularity="channel"), 4),
-    "int4_g128": (lnn.TensorQuant("int4", granularity=128), 4),
-    "mxfp4_e2m1": (lnn.TensorQuant("mxfp4_e2m1"), 4),
-    "nvfp4": (lnn.TensorQuant("nvfp4"), 4),
-    "fp8_e4m3": (lnn.TensorQuant("float8_e4m3fn", granularity="channel"), 8),
+    "int8": (lpnum.OperandQuant("int8", granularity=lpnum.per_channel()), 8),
+    "int4": (lpnum.OperandQuant("int4", granularity=lpnum.per_channel()), 4),
+    "int4_g128": (lpnum.OperandQuant("int4", granularity=lpnum.per_block(128)), 4),
+    "mxfp4_e2m1": (lpnum.OperandQuant("mxfp4_e2m1"), 4),
+    "nvfp4": (lpnum.OperandQuant("nvfp4"), 4),
+    "fp8_e4m3": (lpnum.OperandQuant("float8_e4m3fn", granularity=lpnum.per_channel()), 8),
 }
 QAT_CONFIGS = {
-    "ste/int8": lnn.QuantConfig.weight_only("int8"),
-    "ste/int4": lnn.QuantConfig.weight_only("int4"),
-    "fp8_recipe": lnn.QuantConfig.fp8(),
+    "ste/int8": lpnum.DotConfig.weight_only("int8"),
+    "ste/int4": lpnum.DotConfig.weight_only("int4"),
+    "fp8_recipe": lpnum.DotConfig.fp8(),
 }
 TARGET_INFERENCE = ("int8", "int4")
 TARGET_QAT = ("ste/int8", "ste/int4")
 
 
-def _scale_bytes(tq: lnn.TensorQuant, k: int, n: int) -> float:
+def _scale_bytes(tq: lpnum.OperandQuant, k: int, n: int) -> float:
   """Bytes of the scales of a (K, N) kernel quantized with ``tq``."""
-  fmt = tq.scaled_format("rhs")
+  fmt = tq.rhs_format
   per_scale = fmt.scale_format.bits / 8
-  if tq.granularity == "channel":
-    count = n
-  elif tq.granularity == "tensor":
-    count = 1
-  else:
-    count = math.ceil(k / tq.granularity) * n
+  count = math.prod(math.ceil(d / b) for d, b in zip((k, n), fmt.granularity.block_shape((k, n))))
   return count * per_scale + (4 if fmt.tensor_scale else 0)
 
 
@@ -176,7 +172,7 @@ def run_model(name: str, spec: ModelSpec, repeats: int) -> dict[str, Any]:
   infer = {"float32": (_infer_fn(model.apply, model), (variables, x))}
   sizes = {"float32": {"bytes": float_bytes, "ideal": float(float_bytes)}}
   for fmt, (tq, _) in PTQ_FORMATS.items():
-    rules = [lnn.Rule(".*", lnn.QuantConfig(rhs=tq))]
+    rules = [lnn.Rule(".*", lpnum.DotConfig(rhs=tq))]
     qparams = lnn.ptq(params, rules, views=views)
     sizes[f"ptq/{fmt}"] = {"bytes": lnn.params_nbytes(qparams), "ideal": ideal_nbytes(params, fmt, views)}
     infer[f"ptq/{fmt}"] = (_infer_fn(_apply_fns(model, rules), model), ({"params": qparams, **state}, x))

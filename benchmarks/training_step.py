@@ -27,13 +27,14 @@ quantize the linear layers. Kernels start LeCun-normal (``N(0, 1 / fan_in)``). T
   constant ``1 / sqrt(fan_in)`` (the initial weights' scale) to keep activations in range;
 * ``pact/4bit``: float32 kernels, and ``lpnum.estimators.pact(h, alpha, 4)`` in place of the ReLU on the MLP
   hidden activations (its clip at 0 is the ReLU), with a trainable scalar ``alpha`` per model (initialised to 4);
-* ``qdot/...``: every kernel matmul is ``lpnum.qdot.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), cfg)``:
-  ``fp8`` is ``DotConfig(lhs="float8_e4m3fn", rhs="float8_e4m3fn", grad="float8_e5m2")`` (the FP8 training
-  recipe); ``fp8_stochastic`` the same with ``grad_rounding="stochastic"``: the step splits its key argument once
+* ``qdot/...``: every kernel matmul is ``lpnum.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), cfg)``:
+  ``fp8`` rounds both operands to ``float8_e4m3fn`` and the output gradient of both backward matmuls to
+  ``float8_e5m2``, with no scales (``OperandQuant(fmt, scaling="none")``; the FP8 training recipe);
+  ``fp8_stochastic`` the same with the gradient rounded stochastically: the step splits its key argument once
   (``key, sub = jax.random.split(key)``, returning the new ``key``) and ``sub`` is split into one key per kernel;
-  ``mxfp8`` has ``lhs=lpnum.mx.format("mxfp8_e4m3", axis=-1)``, ``rhs=lpnum.mx.format("mxfp8_e4m3", axis=0)``
-  (blocks along the contracting axis of both operands) and ``grad="float8_e5m2"``; the backward matmuls reuse
-  the forward formats (DotConfig's default ``lhs_bwd``/``rhs_bwd``).
+  ``mxfp8`` has the operands in ``lpnum.mx.format("mxfp8_e4m3", axis=-1)`` and ``lpnum.mx.format("mxfp8_e4m3",
+  axis=0)`` (blocks along the contracting axis of both) and the gradient in ``float8_e5m2``; the backward matmuls reuse
+  the forward-quantized operands (``BackwardQuant``'s default ``operand=SAME``).
 
 The variants of a model are compiled and then timed side by side (interleaved rounds, medians; compile excluded),
 each call being one step from the same initial state. After timing, each variant trains from that state for as
@@ -123,7 +124,7 @@ class Layers:
     w = self.params[name]
     v = self.variant
     if v.dot is not None:
-      return lpnum.qdot.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), v.dot, key=self.keys.get(name))
+      return lpnum.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), v.dot, key=self.keys.get(name))
     if v.weight is not None:
       w = v.weight(w, self.params["lsq_step"][name] if v.lsq else None)
     return x @ w
@@ -237,12 +238,12 @@ class Variant:
   weight: Callable[[jax.Array, jax.Array | None], jax.Array] | None = None
   lsq: bool = False
   pact: bool = False
-  dot: lpnum.qdot.DotConfig | None = None
+  dot: lpnum.DotConfig | None = None
 
   @property
   def stochastic(self) -> bool:
     """Whether the variant needs a key (stochastic gradient rounding)."""
-    return self.dot is not None and self.dot.grad_rounding == "stochastic"
+    return self.dot is not None and self.dot.needs_key
 
 
 def _unit(w: jax.Array) -> float:
@@ -259,7 +260,23 @@ INT8_PC = lpnum.ScaledFormat("int8", lpnum.per_channel(-1))
 INT4_PC = lpnum.ScaledFormat("int4", lpnum.per_channel(-1))
 MXFP8_W = lpnum.mx.format("mxfp8_e4m3", axis=0)
 MXFP4_W = lpnum.mx.format("mxfp4_e2m1", axis=0)
-FP8 = lpnum.qdot.DotConfig(lhs="float8_e4m3fn", rhs="float8_e4m3fn", grad="float8_e5m2")
+
+
+def _raw(fmt, rounding: str = "nearest_even") -> lpnum.OperandQuant:
+  """Round to ``fmt`` as it is: a plain format without a scale, or a ScaledFormat with its own blocks."""
+  if isinstance(fmt, lpnum.ScaledFormat):
+    return lpnum.OperandQuant(fmt, rounding=rounding)
+  return lpnum.OperandQuant(fmt, scaling="none", rounding=rounding)
+
+
+def _qdot(lhs, rhs, grad, rounding: str = "nearest_even") -> lpnum.DotConfig:
+  """Forward operands rounded to ``lhs``/``rhs``, the output gradient to ``grad`` for both backward matmuls
+  (which reuse the forward-quantized operands)."""
+  g = lpnum.BackwardQuant(grad=_raw(grad, rounding))
+  return lpnum.DotConfig(lhs=_raw(lhs), rhs=_raw(rhs), dlhs=g, drhs=g)
+
+
+FP8 = _qdot("float8_e4m3fn", "float8_e4m3fn", "float8_e5m2")
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("float32", "baseline", "x @ w, no quantization"),
@@ -283,13 +300,13 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("biper", "estimator", "biper(w, pi) / sqrt(fan_in)", lambda w, _: E.biper(w, math.pi) * _unit(w)),
     Variant("bitnet_ternary", "estimator", "bitnet_ternary(w) (absmean)", lambda w, _: E.bitnet_ternary(w)),
     Variant("denseshift/4bit", "estimator", "denseshift(w, 4)", lambda w, _: E.denseshift(w, 4)),
-    Variant("qdot/fp8", "qdot", "qdot.dot_general(x, w, ..., DotConfig(lhs='float8_e4m3fn', rhs='float8_e4m3fn', "
-            "grad='float8_e5m2'))", dot=FP8),
-    Variant("qdot/fp8_stochastic", "qdot", "the same with grad_rounding='stochastic', one key per kernel split "
-            "from the step's key", dot=dataclasses.replace(FP8, grad_rounding="stochastic")),
-    Variant("qdot/mxfp8", "qdot", "qdot.dot_general with DotConfig(lhs=mx.format('mxfp8_e4m3', axis=-1), "
-            "rhs=mx.format('mxfp8_e4m3', axis=0), grad='float8_e5m2')",
-            dot=lpnum.qdot.DotConfig(lhs=lpnum.mx.format("mxfp8_e4m3", axis=-1), rhs=MXFP8_W, grad="float8_e5m2")),
+    Variant("qdot/fp8", "qdot", "dot_general(x, w, ..., cfg): operands in float8_e4m3fn and gradients in float8_e5m2, "
+            "no scales", dot=FP8),
+    Variant("qdot/fp8_stochastic", "qdot", "the same with the gradient rounded stochastically, one key per kernel split "
+            "from the step's key", dot=_qdot("float8_e4m3fn", "float8_e4m3fn", "float8_e5m2", "stochastic")),
+    Variant("qdot/mxfp8", "qdot", "dot_general with operands in mx.format('mxfp8_e4m3', axis=-1) and "
+            "mx.format('mxfp8_e4m3', axis=0), gradients in float8_e5m2",
+            dot=_qdot(lpnum.mx.format("mxfp8_e4m3", axis=-1), MXFP8_W, "float8_e5m2")),
 )
 
 

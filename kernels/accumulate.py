@@ -78,6 +78,7 @@ Backends
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import functools
 import math
 
@@ -97,7 +98,7 @@ from lpnum.kernels._accumulate_reference import reference
 __all__ = ["IntAccumulator", "FloatAccumulator", "AlignedAccumulator", "ExactAccumulator", "AccumulatorStats",
            "matmul", "reference_matmul", "a2q_bound"]
 
-_BACKENDS = ("auto", "pallas", "pallas_tpu", "pallas_gpu", "xla", "reference")
+_IMPLEMENTATIONS = ("auto", "pallas", "pallas_tpu", "pallas_gpu", "xla", "reference")
 #: Input dtypes the kernels read directly; other (narrow) dtypes are widened exactly first.
 _KERNEL_DTYPES = tuple(np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
                                              np.float32, jnp.bfloat16, np.float16, jnp.float8_e4m3fn,
@@ -109,8 +110,20 @@ def _check_int(name: str, value, lo: int, hi: int) -> None:
     raise ValueError(f"{name}={value!r} must be an integer in [{lo}, {hi}]")
 
 
+class _Accumulates:
+  """What every accumulator shares: it can sum a matmul itself (the :class:`lpnum.qdot.Accumulator` protocol, through
+  which :func:`lpnum.dot_general` emulates a layer's accumulator)."""
+
+  #: Whether the accumulator adds integer products.
+  integer: ClassVar[bool] = False
+
+  def accumulate(self, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` summed in this accumulator (:func:`matmul`)."""
+    return matmul(a, b, self)
+
+
 @dataclasses.dataclass(frozen=True)
-class IntAccumulator:
+class IntAccumulator(_Accumulates):
   """A ``bits``-bit two's complement accumulator that wraps around or saturates after every addition.
 
   Attributes:
@@ -127,6 +140,7 @@ class IntAccumulator:
 
   bits: int
   overflow: str = "wrap"
+  integer: ClassVar[bool] = True
 
   def __post_init__(self) -> None:
     _check_int("bits", self.bits, 2, 32)
@@ -135,7 +149,7 @@ class IntAccumulator:
 
 
 @dataclasses.dataclass(frozen=True)
-class FloatAccumulator:
+class FloatAccumulator(_Accumulates):
   """A floating-point accumulator rounding every addition to ``format``.
 
   Attributes:
@@ -196,7 +210,7 @@ class FloatAccumulator:
 
 
 @dataclasses.dataclass(frozen=True)
-class AlignedAccumulator:
+class AlignedAccumulator(_Accumulates):
   """FP8-tensor-core accumulation: per chunk, products aligned to the largest exponent and truncated to
   ``product_bits`` bits below it, summed exactly, then added to a float32 accumulator (see the module docs).
 
@@ -225,7 +239,7 @@ class AlignedAccumulator:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExactAccumulator:
+class ExactAccumulator(_Accumulates):
   """The exact sum of the exact products, rounded once to float32 (nearest even) at the end.
 
   Example:
@@ -282,7 +296,7 @@ def a2q_bound(input_bits: int, accumulator_bits: int, *, signed_input: bool = Tr
 
 def matmul(a: ArrayLike, b: ArrayLike, accumulator: Accumulator, *, chunk: int | None = None,
            order: str = "sequential", key: jax.Array | None = None, return_stats: bool = False,
-           backend: str = "auto", block_sizes: tuple[int, int] | None = None,
+           implementation: str = "auto", block_sizes: tuple[int, int] | None = None,
            interpret: bool = False) -> jax.Array | tuple[jax.Array, AccumulatorStats]:
   """``a @ b`` with an emulated accumulator (semantics in the module docs; every backend is bit-exact).
 
@@ -297,7 +311,7 @@ def matmul(a: ArrayLike, b: ArrayLike, accumulator: Accumulator, *, chunk: int |
     order: ``"sequential"`` or (integer accumulators, no chunks) ``"pairwise"``.
     key: ``jax.random.key`` for stochastic rounding (required then, unused otherwise).
     return_stats: also return an :class:`AccumulatorStats`.
-    backend: ``"auto"``, ``"pallas"``, ``"pallas_tpu"``, ``"pallas_gpu"``, ``"xla"`` or ``"reference"``.
+    implementation: ``"auto"``, ``"pallas"``, ``"pallas_tpu"``, ``"pallas_gpu"``, ``"xla"`` or ``"reference"``.
     block_sizes: (bm, bn) output tile of the Pallas kernels; TPU: multiples of 128 (default (128, 128)), GPU:
       powers of 2 (default (32, 32)).
     interpret: run the Pallas kernel in interpret mode (any host).
@@ -307,7 +321,7 @@ def matmul(a: ArrayLike, b: ArrayLike, accumulator: Accumulator, *, chunk: int |
 
   Raises:
     TypeError: an unsupported accumulator or input dtype.
-    ValueError: bad shapes, chunk, order, backend, block sizes or a missing key.
+    ValueError: bad shapes, chunk, order, implementation, block sizes or a missing key.
 
   Example:
     >>> import jax.numpy as jnp
@@ -319,17 +333,17 @@ def matmul(a: ArrayLike, b: ArrayLike, accumulator: Accumulator, *, chunk: int |
     ([[27]], [[True]])
   """
   a, b, plan = _prepare(a, b, accumulator, chunk, order, key, return_stats)
-  if backend not in _BACKENDS:
-    raise ValueError(f"backend={backend!r}; expected one of {list(_BACKENDS)}")
+  if implementation not in _IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r}; expected one of {list(_IMPLEMENTATIONS)}")
   if not isinstance(interpret, bool):
     raise TypeError(f"interpret={interpret!r} must be a bool")
-  if interpret and backend not in ("pallas", "pallas_tpu", "pallas_gpu"):
-    raise ValueError(f"interpret=True is for the Pallas backends, not backend={backend!r}")
-  if backend == "auto":
-    backend = "xla" if jax.default_backend() == "cpu" else "pallas"
+  if interpret and implementation not in ("pallas", "pallas_tpu", "pallas_gpu"):
+    raise ValueError(f"interpret=True is for the Pallas backends, not implementation={implementation!r}")
+  if implementation == "auto":
+    implementation = "xla" if jax.default_backend() == "cpu" else "pallas"
   if block_sizes is not None:
-    _check_blocks(block_sizes, backend)
-  return _finish(a, b, plan, key, return_stats, backend, block_sizes, interpret)
+    _check_blocks(block_sizes, implementation)
+  return _finish(a, b, plan, key, return_stats, implementation, block_sizes, interpret)
 
 
 def reference_matmul(a: ArrayLike, b: ArrayLike, accumulator: Accumulator, *, chunk: int | None = None,
@@ -430,19 +444,19 @@ def _widen(x: jax.Array) -> jax.Array:
   return x.astype(jnp.int8 if jnp.issubdtype(x.dtype, jnp.integer) else jnp.bfloat16)
 
 
-def _check_blocks(block_sizes, backend: str) -> None:
+def _check_blocks(block_sizes, implementation: str) -> None:
   if not (isinstance(block_sizes, tuple | list) and len(block_sizes) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in block_sizes)):
     raise ValueError(f"block_sizes={block_sizes!r} must be two positive ints (bm, bn)")
-  if backend == "pallas_tpu" and any(v % 128 for v in block_sizes):
-    raise ValueError(f"block_sizes={tuple(block_sizes)} must be multiples of 128 for backend='pallas_tpu'")
-  if backend == "pallas_gpu" and any(v & (v - 1) for v in block_sizes):
-    raise ValueError(f"block_sizes={tuple(block_sizes)} must be powers of 2 for backend='pallas_gpu'")
-  if backend not in ("pallas_tpu", "pallas_gpu"):
-    raise ValueError(f"block_sizes is for backend='pallas_tpu' or 'pallas_gpu', not {backend!r}")
+  if implementation == "pallas_tpu" and any(v % 128 for v in block_sizes):
+    raise ValueError(f"block_sizes={tuple(block_sizes)} must be multiples of 128 for implementation='pallas_tpu'")
+  if implementation == "pallas_gpu" and any(v & (v - 1) for v in block_sizes):
+    raise ValueError(f"block_sizes={tuple(block_sizes)} must be powers of 2 for implementation='pallas_gpu'")
+  if implementation not in ("pallas_tpu", "pallas_gpu"):
+    raise ValueError(f"block_sizes is for implementation='pallas_tpu' or 'pallas_gpu', not {implementation!r}")
 
 
-def _finish(a, b, plan, key, return_stats, backend, block_sizes, interpret):
+def _finish(a, b, plan, key, return_stats, implementation, block_sizes, interpret):
   batch, m, n = a.shape[:-2], a.shape[-2], b.shape[1]
   words = ops.key_words(key) if plan.stochastic else None
   if plan.k == 0 or a.size == 0 or n == 0:
@@ -450,20 +464,20 @@ def _finish(a, b, plan, key, return_stats, backend, block_sizes, interpret):
     out, flags = jnp.zeros((*batch, m, n), zero), jnp.zeros((*batch, m, n), bool)
   else:
     blocks = None if block_sizes is None else tuple(block_sizes)
-    out, flags = _run(a.reshape(-1, a.shape[-1]), b, words, plan, backend, blocks, interpret)
+    out, flags = _run(a.reshape(-1, a.shape[-1]), b, words, plan, implementation, blocks, interpret)
     out, flags = out.reshape(*batch, m, n), flags.reshape(*batch, m, n)
   return (out, AccumulatorStats(flags)) if return_stats else out
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _run(a, b, words, plan, backend, block_sizes, interpret):
-  if backend == "reference":
+def _run(a, b, words, plan, implementation, block_sizes, interpret):
+  if implementation == "reference":
     ca, cb = tiled.compute_dtype(plan, a.dtype), tiled.compute_dtype(plan, b.dtype)
     return reference(plan, a.astype(ca), b.astype(cb), words)
-  if backend == "xla":
+  if implementation == "xla":
     return tiled.xla(plan, a, b, words)
-  if backend in ("pallas_tpu", "pallas_gpu") or interpret:
-    target = "gpu" if backend == "pallas_gpu" else "tpu"
+  if implementation in ("pallas_tpu", "pallas_gpu") or interpret:
+    target = "gpu" if implementation == "pallas_gpu" else "tpu"
     return tiled.pallas(plan, a, b, words, target=target, block=block_sizes, interpret=interpret)
   kernel = {t: functools.partial(tiled.pallas, plan, target=t, block=None, interpret=False) for t in ("tpu", "gpu")}
   return jax.lax.platform_dependent(a, b, words, tpu=kernel["tpu"], cuda=kernel["gpu"], rocm=kernel["gpu"],

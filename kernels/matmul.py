@@ -15,7 +15,7 @@ Semantics (what every face computes):
 Faces: :func:`reference_matmul` (the obvious jnp version on the QArray), the XLA path (dequantize once, one
 ``jnp.dot``; what runs on the CPU) and the Pallas kernels (TPU through Mosaic, GPU through Triton), which read
 the packed weight tiles and dequantize them tile by tile in VMEM/registers. :func:`matmul` dispatches: Pallas on
-GPU and TPU, XLA elsewhere; ``backend=`` forces one, ``interpret=True`` runs the Pallas kernel on the CPU.
+GPU and TPU, XLA elsewhere; ``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the CPU.
 
 The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets no gradient). ``grad_format``
 rounds the cotangent ``g`` first (:func:`lpnum.qdot.quantize_grad`).
@@ -32,16 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from lpnum import qdot
+from lpnum.qdot import quantize_grad
 from lpnum.formats import FloatFormat, IntFormat
 from lpnum.kernels import _dequant, layout
 from lpnum.kernels.layout import PackedWeights, pack_weights
 from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 
-__all__ = ["BlockSizes", "matmul", "reference_matmul", "BACKENDS"]
+__all__ = ["BlockSizes", "matmul", "reference_matmul", "IMPLEMENTATIONS"]
 
-BACKENDS = ("auto", "pallas", "xla")
+IMPLEMENTATIONS = ("auto", "pallas", "xla")
 _HIGHEST = jax.lax.Precision.HIGHEST
 _X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 
@@ -62,7 +62,7 @@ class BlockSizes:
 
 
 # ---- public API -------------------------------------------------------------------------------------------------
-def matmul(x, w, *, x_format: ScaledFormat | None = None, backend: str = "auto", platform: str | None = None,
+def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = "auto", platform: str | None = None,
            block_sizes: BlockSizes | None = None, interpret: bool = False, grad_format=None) -> jax.Array:
   """``x @ W`` with quantized weights, dequantized inside the kernel tile by tile.
 
@@ -71,7 +71,7 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, backend: str = "auto",
     w: PackedWeights (:func:`lpnum.kernels.pack_weights`), or a 2-D QArray ``(K, N)`` (packed on the fly).
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
-    backend: ``"auto"`` (Pallas on GPU/TPU, XLA otherwise), ``"pallas"`` or ``"xla"``.
+    implementation: ``"auto"`` (Pallas on GPU/TPU, XLA otherwise), ``"pallas"`` or ``"xla"``.
     platform: the Pallas flavour, ``"tpu"`` or ``"gpu"``/``"cuda"`` (default: the default backend's; on the CPU
       only with ``interpret=True``, where either flavour runs).
     block_sizes: BlockSizes overriding the backend's tile sizes.
@@ -88,19 +88,19 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, backend: str = "auto",
     >>> kernels.matmul(jnp.arange(4.0)[None], kernels.pack_weights(wq)).tolist()
     [[0.0, 1.0, 2.0, 3.0]]
   """
-  if backend not in BACKENDS:
-    raise ValueError(f"backend={backend!r} must be one of {BACKENDS}")
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} must be one of {IMPLEMENTATIONS}")
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise TypeError(f"block_sizes={block_sizes!r} must be a BlockSizes")
   w = _as_packed(w)
   x_float, xq = _check_x(x, x_format, w)
-  if backend == "auto":
-    backend = "pallas" if jax.default_backend() in ("gpu", "tpu") and not interpret else "xla"
+  if implementation == "auto":
+    implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") and not interpret else "xla"
   if interpret:
-    backend = "pallas"
-  if backend == "pallas":
+    implementation = "pallas"
+  if implementation == "pallas":
     platform = _platform(platform, interpret)
-  cfg = _Config(backend, platform, block_sizes or BlockSizes(), interpret, x_format)
+  cfg = _Config(implementation, platform, block_sizes or BlockSizes(), interpret, x_format)
   return _matmul_jit(x_float if xq is None else xq, w, cfg, grad_format)
 
 
@@ -110,7 +110,7 @@ def _matmul_jit(x, w: PackedWeights, cfg: "_Config", grad_format) -> jax.Array:
     return _forward(x, w, cfg)
   y = _matmul_vjp(x, w, cfg)
   if grad_format is not None:
-    y = qdot.quantize_grad(y, grad_format)
+    y = quantize_grad(y, grad_format)
   return y
 
 
@@ -155,7 +155,7 @@ def _unit_scale(q: QArray) -> QArray:
 # ---- configuration and checks ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Config:
-  backend: str
+  implementation: str
   platform: str | None
   blocks: BlockSizes
   interpret: bool
@@ -193,7 +193,7 @@ def _platform(platform, interpret: bool) -> str:
     platform = jax.default_backend()
     if platform not in ("tpu", "gpu"):
       if not interpret:
-        raise ValueError(f"backend='pallas' needs a GPU or TPU (default backend: {platform}); use interpret=True "
+        raise ValueError(f"implementation='pallas' needs a GPU or TPU (default implementation: {platform}); use interpret=True "
                          "or platform='tpu'/'gpu' with interpret=True")
       platform = "tpu"
   if platform == "cuda":
@@ -244,7 +244,7 @@ def _forward(x, w: PackedWeights, cfg: _Config) -> jax.Array:
     xf, out_dtype = x, x.dtype
   lead, k = xf.shape[:-1], xf.shape[-1]
   x2 = xf.reshape(-1, k)
-  if cfg.backend == "xla":
+  if cfg.implementation == "xla":
     y = _xla_matmul(x2.astype(jnp.float32), w)
   else:
     y = _pallas_matmul(x2, w, cfg, integer=False)
@@ -286,7 +286,7 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: _Config) -> jax.Array:
   k, n = w.shape
   lead = xq.shape[:-1]
   vx = _int8_values(xq.fmt.element, xq.data, lambda: xq.element_codes).reshape(-1, k)
-  if cfg.backend == "xla":
+  if cfg.implementation == "xla":
     vw = _int8_values(w.fmt.element, w.planes[0], lambda: layout.unpack_codes(w))[:k]
     acc = jnp.dot(vx, vw, preferred_element_type=jnp.int32)
   else:

@@ -22,6 +22,7 @@ from lpnum.blocks import Granularity, per_block, per_channel, per_tensor, per_ti
 from lpnum.qarray import QArray
 from lpnum.scaled import (Calibration, ScaledFormat, ScaleRule, absmax, dequantize, fake_quantize, mse, percentile,
                           quantize_scaled)
+from lpnum.qdot import BackwardQuant, DotConfig, Engine, OperandQuant, Scaling, dot_general, quantize_grad
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,6 @@ __all__ = [
     "ShiftFormat", "Specials", "decode", "encode", "format_of", "get_format", "int_format", "p3109", "posit",
     "quantize", "estimators", "qdot", "mx", "nvfp4", "packing", "Granularity", "per_block", "per_channel", "per_tensor", "per_tile",
     "QArray", "Calibration", "ScaledFormat", "ScaleRule", "absmax", "dequantize", "fake_quantize", "mse",
-    "percentile", "quantize_scaled",
+    "percentile", "quantize_scaled", "BackwardQuant", "DotConfig", "Engine", "OperandQuant", "Scaling", "dot_general",
+    "quantize_grad",
 ]

@@ -38,10 +38,20 @@ class Granularity:
   axes: tuple[int, ...] = ()
   sizes: tuple[int, ...] = ()
 
+  @property
+  def axes_given(self) -> bool:
+    """Whether the axes were given (``per_channel()`` and ``per_block(size)`` leave them to the context: the last
+    axis of a tensor, or the free axis and K of a matmul operand, see :class:`lpnum.qdot.OperandQuant`)."""
+    return self.kind in ("tensor", "tile") or bool(self.axes)
+
+  def with_axes(self, axes: tuple[int, ...]) -> "Granularity":
+    """This granularity along ``axes`` where it was built without them, else itself."""
+    return self if self.axes_given else dataclasses.replace(self, axes=tuple(axes))
+
   def block_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
     """The block length along every axis of ``shape`` (sizes larger than an axis are not clipped)."""
     ndim = len(shape)
-    axes = tuple(_axis(a, ndim, "axis") for a in self.axes)
+    axes = tuple(_axis(a, ndim, "axis") for a in (self.axes if self.axes_given else (-1,)))
     if len(set(axes)) != len(axes):
       raise ValueError(f"axes={self.axes} name the same axis twice for a {ndim}-d array")
     if self.kind == "tensor":
@@ -54,9 +64,10 @@ class Granularity:
   def __str__(self) -> str:
     if self.kind == "tensor":
       return "per_tensor"
+    axes = self.axes if self.axes_given else (-1,)
     if self.kind == "channel":
-      return f"per_channel{self.axes}"
-    return f"per_{self.kind}({self.sizes}, axes={self.axes})"
+      return f"per_channel{axes}"
+    return f"per_{self.kind}({self.sizes}, axes={axes})"
 
 
 def per_tensor() -> Granularity:
@@ -64,20 +75,29 @@ def per_tensor() -> Granularity:
   return Granularity("tensor")
 
 
-def per_channel(axis: int | Sequence[int] = -1) -> Granularity:
+def per_channel(axis: int | Sequence[int] | None = None) -> Granularity:
   """One scale per index along ``axis`` (or each combination of indices along several axes).
 
-  For a Dense kernel of shape ``(in, out)``, ``per_channel(-1)`` gives one scale per output channel.
+  For a Dense kernel of shape ``(in, out)``, ``per_channel(-1)`` gives one scale per output channel. Without
+  ``axis``: the last axis of a tensor; in a matmul operand's config, its free axis (per token for activations, per
+  output channel for weights).
   """
+  if axis is None:
+    return Granularity("channel")
   axes = tuple(axis) if isinstance(axis, Sequence) else (axis,)
   _check_ints(axes, "axis")
   return Granularity("channel", axes)
 
 
-def per_block(size: int, axis: int = -1) -> Granularity:
-  """Blocks of ``size`` consecutive elements along ``axis``, one scale each (per-group / microscaling)."""
-  _check_ints((axis,), "axis")
+def per_block(size: int, axis: int | None = None) -> Granularity:
+  """Blocks of ``size`` consecutive elements along ``axis``, one scale each (per-group / microscaling).
+
+  Without ``axis``: the last axis of a tensor; in a matmul operand's config, the contracting axis K.
+  """
   _check_sizes((size,), "size")
+  if axis is None:
+    return Granularity("block", (), (size,))
+  _check_ints((axis,), "axis")
   return Granularity("block", (axis,), (size,))
 
 

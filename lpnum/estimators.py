@@ -24,7 +24,9 @@ over the elements that share them, as broadcasting does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +38,9 @@ from lpnum.quantize import quantize
 from lpnum.scaled import ScaledFormat, clip_range, fake_quantize
 
 __all__ = ["ste", "clipped_ste", "lsq", "pact", "dorefa_weight", "dorefa_activation", "sign_ste", "xnor", "reste",
-           "biper", "bitnet_ternary", "denseshift", "hadamard_ste", "with_grad_mask", "ESTIMATORS", "estimate"]
+           "biper", "bitnet_ternary", "denseshift", "hadamard_ste", "with_grad_mask", "Estimator", "STE", "ClippedSTE",
+           "HadamardSTE", "LSQ", "PACT", "DoReFaWeight", "DoReFaActivation", "SignSTE", "XNOR", "ReSTE", "BiPer",
+           "BitNetTernary", "DenseShift", "ESTIMATORS"]
 
 
 def _float(x: ArrayLike, name: str = "x") -> jax.Array:
@@ -373,45 +377,185 @@ def hadamard_ste(x: ArrayLike, fmt: Format | ScaledFormat | str, axis: int = -1,
   return fwht(ste(fwht(x, axis, block=block), fmt, **kwargs), axis, block=block)
 
 
-# ---- by name ----------------------------------------------------------------------------------------------------------
-#: Estimators by name, with the element formats each accepts (None: the estimator fixes its own levels).
-_BINARY = ("sign_ste", "xnor", "reste", "biper")
-ESTIMATORS: dict[str, object] = {
-    "ste": ste, "clipped_ste": clipped_ste, "lsq": lsq, "pact": pact, "dorefa_weight": dorefa_weight,
-    "dorefa_activation": dorefa_activation, "sign_ste": sign_ste, "xnor": xnor, "reste": reste, "biper": biper,
-    "bitnet_ternary": bitnet_ternary, "denseshift": denseshift, "hadamard_ste": hadamard_ste,
-}
+# ---- estimators as values ----------------------------------------------------------------------------------------
+class Estimator:
+  """An estimator as a value (a frozen dataclass), the form quantization configs take.
 
+  ``estimator(x, fmt, param=..., axis=..., rounding=..., key=..., scale=..., pad=...)`` quantizes ``x`` with the
+  published backward formula. Subclasses state what they take:
 
-def estimate(x: ArrayLike, estimator: str, fmt: Format | ScaledFormat | str | None = None, **params) -> jax.Array:
-  """Quantizes ``x`` with the estimator called ``estimator``; ``params`` are its own arguments.
-
-  ``fmt`` is checked against what the estimator means: ``ste``/``clipped_ste`` take any format; ``lsq`` an integer
-  format; the binary estimators (sign_ste, xnor, reste, biper) only a 1-bit format (``binary``) or none;
-  ``bitnet_ternary`` only ``ternary`` or none; ``pact``, ``dorefa_*`` and ``denseshift`` take their bit widths
-  as ``bits=`` and no format.
-
-  Example:
-    >>> import jax.numpy as jnp, lpnum
-    >>> lpnum.estimators.estimate(jnp.array([-0.2, 0.7]), "sign_ste").tolist()
-    [-1.0, 1.0]
+  * ``takes_format``: whether the estimator rounds to a given format (else it sets its own levels; ``fmt`` must be
+    None or, for the binary and ternary ones, that very format);
+  * ``scaled``: whether that format may be a :class:`~lpnum.ScaledFormat` (per-channel or block scales);
+  * ``learned``: the name of the parameter it learns (LSQ's ``step``, PACT's ``alpha``), passed as ``param``.
   """
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"estimator={estimator!r}; expected one of {sorted(ESTIMATORS)}")
-  f = ESTIMATORS[estimator]
-  if estimator in ("ste", "clipped_ste", "hadamard_ste"):
+
+  takes_format: ClassVar[bool] = True
+  scaled: ClassVar[bool] = False
+  learned: ClassVar[str | None] = None
+
+  def check_format(self, fmt: Format | ScaledFormat | None) -> None:
+    """Raises ValueError if the estimator cannot quantize to ``fmt``."""
+    name = type(self).__name__
+    if self.takes_format and fmt is None:
+      raise ValueError(f"{name} quantizes to a format: fmt must not be None")
+    if isinstance(fmt, ScaledFormat) and not self.scaled:
+      raise ValueError(f"{name} rounds to an element format, not the scaled format {fmt.name}")
+
+  def init_param(self, x: jax.Array, fmt: Format | None) -> jax.Array:
+    """The initial value of the learned parameter, from the first operand seen."""
+    raise TypeError(f"{type(self).__name__} learns no parameter")
+
+  def __call__(self, x: ArrayLike, fmt: Format | ScaledFormat | None = None, *, param: jax.Array | None = None,
+               axis: int = -1, rounding: str = "nearest_even", key: jax.Array | None = None,
+               scale: ArrayLike | None = None, pad: bool = False) -> jax.Array:
+    raise NotImplementedError
+
+
+def _rounding_kwargs(fmt, rounding, key, scale, pad) -> dict:
+  kwargs = dict(rounding=rounding, key=key)
+  if isinstance(fmt, ScaledFormat):
+    kwargs.update(scale=scale, pad=pad)
+  return kwargs
+
+
+def _nearest_only(est: Estimator, rounding: str) -> None:
+  if rounding != "nearest_even":
+    raise ValueError(f"{type(est).__name__} rounds to nearest: rounding={rounding!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class STE(Estimator):
+  """:func:`ste` as a value: any format, scaled or not."""
+
+  scaled: ClassVar[bool] = True
+
+  def __call__(self, x, fmt=None, *, param=None, axis=-1, rounding="nearest_even", key=None, scale=None, pad=False):
+    return ste(x, fmt, **_rounding_kwargs(fmt, rounding, key, scale, pad))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClippedSTE(Estimator):
+  """:func:`clipped_ste` as a value: any format, scaled or not."""
+
+  scaled: ClassVar[bool] = True
+
+  def __call__(self, x, fmt=None, *, param=None, axis=-1, rounding="nearest_even", key=None, scale=None, pad=False):
+    return clipped_ste(x, fmt, **_rounding_kwargs(fmt, rounding, key, scale, pad))
+
+
+@dataclasses.dataclass(frozen=True)
+class HadamardSTE(Estimator):
+  """:func:`hadamard_ste` as a value: rotate along ``axis`` (a matmul's K), quantize, rotate back."""
+
+  block: int | str | None = "auto"
+  scaled: ClassVar[bool] = True
+
+  def __call__(self, x, fmt=None, *, param=None, axis=-1, rounding="nearest_even", key=None, scale=None, pad=False):
+    _nearest_only(self, rounding)
+    return hadamard_ste(x, fmt, axis=axis, block=self.block)
+
+
+@dataclasses.dataclass(frozen=True)
+class LSQ(Estimator):
+  """:func:`lsq` as a value: a learned per-tensor step for an integer format.
+
+  The step starts at ``2 mean|x| / sqrt(Q_P)`` of the first operand seen (Esser et al.).
+  """
+
+  grad_scale: float | None = None
+  learned: ClassVar[str | None] = "step"
+
+  def check_format(self, fmt):
+    super().check_format(fmt)
+    _int_format(fmt)
+
+  def init_param(self, x, fmt):
+    return 2.0 * jnp.mean(jnp.abs(x)).astype(jnp.float32) / math.sqrt(fmt.max_finite) + 1e-8
+
+  def __call__(self, x, fmt=None, *, param=None, axis=-1, rounding="nearest_even", key=None, scale=None, pad=False):
+    _nearest_only(self, rounding)
+    if param is None:
+      raise ValueError("LSQ learns its step: pass param=")
+    return lsq(x, param, fmt, grad_scale=self.grad_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Levels(Estimator):
+  """Estimators that set their own levels: ``fmt`` must be None (or, where ``allowed`` names one, that format)."""
+
+  takes_format: ClassVar[bool] = False
+  allowed: ClassVar[str | None] = None
+
+  def check_format(self, fmt):
     if fmt is None:
-      raise ValueError(f"estimator={estimator!r} needs fmt")
-    return f(x, fmt, **params)
-  if estimator == "lsq":
-    return f(x, params.pop("step"), "int8" if fmt is None else fmt, **params)
-  if fmt is not None:
-    name = fmt.name if isinstance(fmt, Format | ScaledFormat) else str(fmt)
-    bits = fmt.element.bits if isinstance(fmt, ScaledFormat) else as_format(fmt).bits
-    if estimator in _BINARY and bits != 1:
-      raise ValueError(f"estimator={estimator!r} is a binary estimator; fmt={name} has {bits} bits")
-    if estimator == "bitnet_ternary" and as_format(fmt).name != "int2_narrow":
-      raise ValueError(f"estimator='bitnet_ternary' quantizes to ternary; fmt={name} is not")
-    if estimator not in _BINARY and estimator != "bitnet_ternary":
-      raise ValueError(f"estimator={estimator!r} sets its levels with bits=; drop fmt={name}")
-  return f(x, **params)
+      return
+    name = type(self).__name__
+    el = fmt.element if isinstance(fmt, ScaledFormat) else as_format(fmt)
+    if self.allowed is None:
+      raise ValueError(f"{name} sets its own levels; drop fmt={el.name}")
+    if isinstance(fmt, ScaledFormat) or el != as_format(self.allowed):
+      raise ValueError(f"{name} quantizes to {self.allowed}; fmt={fmt.name} is not")
+
+
+@dataclasses.dataclass(frozen=True)
+class PACT(_Levels):
+  """:func:`pact` as a value: ``bits``-bit activations under a learned clip starting at ``alpha`` (Choi et al.
+  start at 10)."""
+
+  bits: int = 4
+  alpha: float = 10.0
+  learned: ClassVar[str | None] = "alpha"
+
+  def __post_init__(self):
+    _bits(self.bits)
+
+  def init_param(self, x, fmt):
+    return jnp.asarray(self.alpha, jnp.float32)
+
+  def __call__(self, x, fmt=None, *, param=None, axis=-1, rounding="nearest_even", key=None, scale=None, pad=False):
+    _nearest_only(self, rounding)
+    if param is None:
+      raise ValueError("PACT learns its clip: pass param=")
+    return pact(x, param, self.bits)
+
+
+def _levels_estimator(name: str, fn, doc: str, allowed: str | None = None, **fields):
+  """A _Levels dataclass named ``name`` whose call is ``fn(x, **fields)``."""
+  def call(self, x, fmt=None, *, param=None, axis=-1, rounding="nearest_even", key=None, scale=None, pad=False):
+    _nearest_only(self, rounding)
+    return fn(x, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+  def post_init(self):
+    if "bits" in fields:
+      _bits(self.bits)
+
+  ns = {"__call__": call, "__post_init__": post_init, "__doc__": doc, "allowed": allowed,
+        "__annotations__": {k: type(v) for k, v in fields.items()}, **fields}
+  cls = type(name, (_Levels,), ns)
+  cls.__annotations__["allowed"] = ClassVar[str | None]
+  return dataclasses.dataclass(frozen=True)(cls)
+
+
+DoReFaWeight = _levels_estimator("DoReFaWeight", dorefa_weight, ":func:`dorefa_weight` as a value.", bits=4)
+DoReFaActivation = _levels_estimator("DoReFaActivation", dorefa_activation, ":func:`dorefa_activation` as a value.",
+                                     bits=4)
+SignSTE = _levels_estimator("SignSTE", sign_ste, ":func:`sign_ste` as a value (``fmt``: None or ``binary``).",
+                            allowed="binary")
+XNOR = _levels_estimator("XNOR", xnor, ":func:`xnor` as a value (``fmt``: None or ``binary``).", allowed="binary",
+                         axis=-1)
+ReSTE = _levels_estimator("ReSTE", reste, ":func:`reste` as a value (``fmt``: None or ``binary``).", allowed="binary",
+                          o=3.0, cap=10.0)
+BiPer = _levels_estimator("BiPer", biper, ":func:`biper` as a value (``fmt``: None or ``binary``).", allowed="binary",
+                          omega=math.pi)
+BitNetTernary = _levels_estimator("BitNetTernary", bitnet_ternary,
+                                  ":func:`bitnet_ternary` as a value (``fmt``: None or ``ternary``).",
+                                  allowed="ternary", variant="absmean", eps=1e-5)
+DenseShift = _levels_estimator("DenseShift", denseshift, ":func:`denseshift` as a value.", bits=4)
+
+#: Every estimator class by its name in papers and tables (the string edge: studies, the CLI).
+ESTIMATORS: dict[str, type[Estimator]] = {
+    "ste": STE, "clipped_ste": ClippedSTE, "hadamard_ste": HadamardSTE, "lsq": LSQ, "pact": PACT,
+    "dorefa_weight": DoReFaWeight, "dorefa_activation": DoReFaActivation, "sign_ste": SignSTE, "xnor": XNOR,
+    "reste": ReSTE, "biper": BiPer, "bitnet_ternary": BitNetTernary, "denseshift": DenseShift,
+}

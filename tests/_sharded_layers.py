@@ -16,12 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import lpnum
 from lpnum import nn as lnn
 
 CONFIGS = {
-    "w8a8": lnn.QuantConfig.w8a8(),
-    "fp8_delayed": lnn.QuantConfig.fp8(scaling="delayed"),
-    "mxfp4_weights": lnn.QuantConfig.weight_only("mxfp4_e2m1"),
+    "w8a8": lpnum.DotConfig.w8a8(),
+    "fp8_delayed": lpnum.DotConfig.fp8(scaling="delayed"),
+    "mxfp4_weights": lpnum.DotConfig.weight_only("mxfp4_e2m1"),
 }
 
 

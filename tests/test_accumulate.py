@@ -35,7 +35,7 @@ import lpnum
 from lpnum.kernels.accumulate import (AccumulatorStats, AlignedAccumulator, ExactAccumulator, FloatAccumulator,
                                       IntAccumulator, a2q_bound, matmul, reference_matmul)
 
-BACKENDS = ["reference", "xla", "pallas_tpu", "pallas_gpu"]
+IMPLEMENTATIONS = ["reference", "xla", "pallas_tpu", "pallas_gpu"]
 FAST = ["reference", "xla"]
 
 
@@ -220,11 +220,11 @@ def run(a, b, acc, backend, **kw):
   if backend == "reference":
     out, stats = reference_matmul(a, b, acc, return_stats=True, **kw)
   else:
-    out, stats = matmul(a, b, acc, backend=backend, return_stats=True, **kw)
+    out, stats = matmul(a, b, acc, implementation=backend, return_stats=True, **kw)
   return np.asarray(out), np.asarray(stats.overflowed)
 
 
-def check_all(a, b, acc, want, want_over=None, backends=BACKENDS, **kw):
+def check_all(a, b, acc, want, want_over=None, backends=IMPLEMENTATIONS, **kw):
   for backend in backends:
     out, over = run(a, b, acc, backend, **kw)
     assert_same(out, want, backend)
@@ -255,7 +255,7 @@ def test_python_rounding_matches_ml_dtypes():
 
 # ---- integer accumulators ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("bits, overflow, chunk, order, backends", [
-    (12, "saturate", None, "sequential", BACKENDS),
+    (12, "saturate", None, "sequential", IMPLEMENTATIONS),
     (13, "saturate", 5, "sequential", FAST),
     (12, "saturate", None, "pairwise", ["reference", "xla", "pallas_gpu"]),
     (12, "wrap", None, "sequential", FAST),
@@ -303,7 +303,7 @@ def test_int_wrap_fast_path_matches_the_loop():
   a, b = ints((6, 300)), ints((300, 5))
   acc = IntAccumulator(9, "wrap")
   want, _ = py_int(a, b, 9, "wrap")
-  assert_same(matmul(a, b, acc, backend="xla"), want)  # int32 dot, then wrapped
+  assert_same(matmul(a, b, acc, implementation="xla"), want)  # int32 dot, then wrapped
   assert_same(run(a, b, acc, "xla")[0], want)  # the loop (stats force it)
 
 
@@ -382,7 +382,7 @@ def test_stochastic_same_key_same_result_on_every_backend_and_keys_differ():
   acc = FloatAccumulator("bfloat16", "stochastic")
   key = jax.random.key(7)
   first = run(a, b, acc, "reference", key=key)[0]
-  for backend in BACKENDS:
+  for backend in IMPLEMENTATIONS:
     assert_same(run(a, b, acc, backend, key=key)[0], first, backend)
   assert (np.asarray(matmul(a, b, acc, key=jax.random.key(8))) != first).any()
   assert_same(matmul(a, b, acc, key=jax.random.PRNGKey(7)), matmul(a, b, acc, key=jax.random.key(7)))
@@ -470,7 +470,7 @@ def test_float32_accumulator_rounds_each_addition_and_agrees_on_every_backend():
   acc = FloatAccumulator("float32", "stochastic")
   key = jax.random.key(5)
   first = run(a, b, acc, "reference", key=key)[0]
-  for backend in BACKENDS:
+  for backend in IMPLEMENTATIONS:
     assert_same(run(a, b, acc, backend, key=key)[0], first, backend)
   assert_same(run(a, b, acc, "xla", key=key, chunk=8)[0], run(a, b, acc, "pallas_tpu", key=key, chunk=8)[0])
   # Each of the 37 additions moves by less than an ulp of its partial sum, whose magnitude is at most sum |a b|.
@@ -489,7 +489,7 @@ def test_stochastic_needs_a_key():
 
 # ---- aligned and exact accumulators ------------------------------------------------------------------------
 @pytest.mark.parametrize("product_bits, chunk, dtype, backends", [
-    (6, 8, ml_dtypes.bfloat16, BACKENDS),
+    (6, 8, ml_dtypes.bfloat16, IMPLEMENTATIONS),
     (14, 5, ml_dtypes.float8_e4m3fn, ["xla"]),
     (3, 32, ml_dtypes.float8_e5m2, ["xla"]),
 ])
@@ -510,7 +510,7 @@ def test_aligned_specials_and_overflow():
 
 
 @pytest.mark.parametrize("da, db, scale, backends", [
-    (np.int8, np.int8, 50.0, BACKENDS),
+    (np.int8, np.int8, 50.0, IMPLEMENTATIONS),
     (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fn, 30.0, ["xla"]),
     (ml_dtypes.float8_e5m2, ml_dtypes.bfloat16, 1e3, ["xla"]),
     (np.float16, np.float16, 1e4, ["xla"]),
@@ -597,7 +597,7 @@ def test_jit_and_vmap():
   assert_same(jax.vmap(lambda x: matmul(x, b, acc))(a), want)
   ai, bi = ints((4, 3, 17)), ints((17, 5))
   sat = IntAccumulator(12, "saturate")
-  assert_same(jax.vmap(lambda x: matmul(x, bi, sat, backend="pallas_gpu", interpret=True))(ai), matmul(ai, bi, sat))
+  assert_same(jax.vmap(lambda x: matmul(x, bi, sat, implementation="pallas_gpu", interpret=True))(ai), matmul(ai, bi, sat))
 
 
 # ---- A2Q ---------------------------------------------------------------------------------------------------
@@ -716,13 +716,13 @@ def test_bad_accumulators(make, exc, match):
     (lambda: matmul(F, G, FloatAccumulator("float16"), order="pairwise"), ValueError, "order='pairwise'"),
     (lambda: matmul(F, G, AlignedAccumulator(14, 32), chunk=16), ValueError, "chunk=16"),
     (lambda: matmul(F, G, ExactAccumulator(), chunk=4), ValueError, "chunk=4"),
-    (lambda: matmul(F, G, ExactAccumulator(), backend="gpu"), ValueError, "backend='gpu'"),
+    (lambda: matmul(F, G, ExactAccumulator(), implementation="gpu"), ValueError, "implementation='gpu'"),
     (lambda: matmul(F, G, ExactAccumulator(), interpret=True), ValueError, "interpret=True"),
-    (lambda: matmul(F, G, ExactAccumulator(), backend="pallas_gpu", block_sizes=(48, 32)), ValueError,
+    (lambda: matmul(F, G, ExactAccumulator(), implementation="pallas_gpu", block_sizes=(48, 32)), ValueError,
      "powers of 2"),
-    (lambda: matmul(F, G, ExactAccumulator(), backend="pallas_tpu", block_sizes=(64, 128)), ValueError,
+    (lambda: matmul(F, G, ExactAccumulator(), implementation="pallas_tpu", block_sizes=(64, 128)), ValueError,
      "multiples of 128"),
-    (lambda: matmul(F, G, ExactAccumulator(), backend="xla", block_sizes=(128, 128)), ValueError, "block_sizes"),
+    (lambda: matmul(F, G, ExactAccumulator(), implementation="xla", block_sizes=(128, 128)), ValueError, "block_sizes"),
     (lambda: matmul(F, G, ExactAccumulator(), return_stats=1), TypeError, "return_stats=1"),
     (lambda: matmul(F, G, FloatAccumulator("float16", "stochastic"), key=jnp.ones(2, jnp.int32)), TypeError,
      "key must be"),
@@ -764,7 +764,7 @@ def test_lowers_for_hardware(platform, name, acc, da, db, kw):
   stochastic = "key" in kw
 
   def f(a, b, *key):
-    out, stats = matmul(a, b, acc, backend="pallas", return_stats=True, **dict(kw, **({"key": key[0]} if key else {})))
+    out, stats = matmul(a, b, acc, implementation="pallas", return_stats=True, **dict(kw, **({"key": key[0]} if key else {})))
     return out, stats.overflowed
 
   args = [jax.ShapeDtypeStruct((m, k), da), jax.ShapeDtypeStruct((k, n), db)]

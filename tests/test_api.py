@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import lpnum
+import lpnum.nn
 
 ALL = lpnum.ALL_FORMATS
 F32_OK = [f for f in ALL if f.carrier_problem(lpnum.carrier.F32) is None]
@@ -20,7 +21,12 @@ def test_public_surface():
       # scaled and block formats
       "mx", "nvfp4", "packing", "estimators", "qdot", "Granularity", "per_block", "per_channel", "per_tensor", "per_tile", "QArray",
       "Calibration", "ScaledFormat", "ScaleRule", "absmax", "dequantize", "fake_quantize", "mse", "percentile",
-      "quantize_scaled"])
+      "quantize_scaled",
+      # the quantized matmul
+      "BackwardQuant", "DotConfig", "Engine", "OperandQuant", "Scaling", "dot_general", "quantize_grad"])
+  assert sorted(lpnum.nn.__all__) == sorted([
+      "make_dot_general", "make_conv_general_dilated", "linen", "nnx", "QuantizedKernel", "dequantize_kernel",
+      "params_nbytes", "ptq", "QuantizedModel", "Rule", "kernel_views", "ptq_nnx", "quantize_model"])
   for name in lpnum.__all__:
     assert getattr(lpnum, name) is not None
 

@@ -18,6 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
+import lpnum
 from lpnum import nn as lnn
 from lpnum.kernels import accumulate
 from lpnum.nn import attention as att
@@ -57,7 +58,8 @@ def _quant(x, spec, role):
 def _tq(spec):
   if spec is None:
     return None
-  return lnn.TensorQuant("int8" if spec[0] == "int8" else "float8_e4m3fn", granularity=spec[1])
+  granularity = {"tensor": lpnum.per_tensor(), "channel": lpnum.per_channel()}[spec[1]]
+  return lpnum.OperandQuant("int8" if spec[0] == "int8" else "float8_e4m3fn", granularity=granularity)
 
 
 def _ref_attention(q, k, v, bias, mask, qk_specs, av_specs, softmax="standard", gamma=-0.03, zeta=1.0):
@@ -112,7 +114,7 @@ def test_quantized_attention_matches_numpy(case):
   q, k, v, bias, mask = _qkv(0)
 
   def cfg(lhs, rhs):
-    return None if lhs is None and rhs is None else lnn.QuantConfig(lhs=_tq(lhs), rhs=_tq(rhs), backend=backend)
+    return None if lhs is None and rhs is None else lpnum.DotConfig(lhs=_tq(lhs), rhs=_tq(rhs), engine=backend)
 
   fn = att.attention_fn(cfg(ql, kr), cfg(pl, vr), softmax=softmax, gamma=-0.05, zeta=1.02)
   y = fn(q, k, v, bias, mask)
@@ -123,7 +125,7 @@ def test_quantized_attention_matches_numpy(case):
 def test_scales_are_per_batch_element_and_head():
   """Scaling one head's keys by 1000 changes no other head's output (per-(batch, head) scales)."""
   q, k, v, bias, mask = _qkv(1)
-  cfg = lnn.QuantConfig(lhs="int8", rhs="int8")
+  cfg = lpnum.DotConfig(lhs="int8", rhs="int8")
   fn = att.attention_fn(cfg, cfg)
   k2 = k.copy()
   k2[1, :, 2, :] *= 1000.0
@@ -183,7 +185,7 @@ def test_clipped_softmax_rejects(kwargs, match):
 
 # ---- masks, flax modules ---------------------------------------------------------------------------------------------
 def test_masked_probabilities_are_exact_zeros_under_quantization():
-  cfg = lnn.QuantConfig(lhs="int8", rhs="int8")
+  cfg = lpnum.DotConfig(lhs="int8", rhs="int8")
   layer = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, attention_fn=att.attention_fn(cfg, cfg))
   x = _data((1, 5, 8), 12)
   causal = nn.make_causal_mask(np.ones((1, 5)))
@@ -196,9 +198,9 @@ def test_masked_probabilities_are_exact_zeros_under_quantization():
 
 
 def test_linen_multihead_attention_jit_and_grad():
-  qk = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", granularity="channel"), rhs="int8",
-                       dlhs=lnn.Backward(grad="float8_e5m2"), drhs=lnn.Backward(grad="float8_e5m2"))
-  av = lnn.QuantConfig.fp8()
+  qk = lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", granularity=lpnum.per_channel()), rhs="int8",
+                       dlhs=lpnum.BackwardQuant(grad="float8_e5m2"), drhs=lpnum.BackwardQuant(grad="float8_e5m2"))
+  av = lpnum.DotConfig.fp8()
   layer = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, dropout_rate=0.1,
                                           attention_fn=att.attention_fn(qk, av, softmax="clipped"))
   x = _data((2, 4, 8), 13)
@@ -213,7 +215,7 @@ def test_linen_multihead_attention_jit_and_grad():
 
 
 def test_nnx_multihead_attention_jit_and_grad():
-  cfg = lnn.QuantConfig(lhs="int8", rhs="int8")
+  cfg = lpnum.DotConfig(lhs="int8", rhs="int8")
   layer = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False,
                                  attention_fn=att.attention_fn(cfg, cfg), rngs=nnx.Rngs(0))
   x = _data((2, 4, 8), 14)
@@ -223,10 +225,10 @@ def test_nnx_multihead_attention_jit_and_grad():
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(qk=lnn.QuantConfig(lhs=lnn.TensorQuant("int8", scaling="delayed"))), ValueError, "qk.lhs needs layer"),
-    (dict(av=lnn.QuantConfig(rhs=lnn.TensorQuant("int4", estimator="lsq"))), ValueError, "av.rhs needs layer"),
-    (dict(qk=lnn.QuantConfig(lhs=lnn.TensorQuant("int8", rounding="stochastic"))), ValueError, "qk rounds"),
-    (dict(av=lnn.QuantConfig(rhs="int8", backend="kernel")), ValueError, "av.backend"),
+    (dict(qk=lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", scaling="delayed"))), ValueError, "qk.lhs needs layer"),
+    (dict(av=lpnum.DotConfig(rhs=lpnum.OperandQuant("int4", estimator=lpnum.estimators.LSQ()))), ValueError, "av.rhs needs layer"),
+    (dict(qk=lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", rounding="stochastic"))), ValueError, "qk rounds"),
+    (dict(av=lpnum.DotConfig(rhs="int8", engine="kernel")), ValueError, "av.engine"),
     (dict(qk="int8"), TypeError, "qk must be"),
     (dict(softmax="sparsemax"), ValueError, "softmax="),
     (dict(softmax="clipped", gamma=0.5), ValueError, "gamma="),
@@ -296,9 +298,9 @@ def test_gated_self_attention_matches_numpy_and_gates_per_head():
 
 
 def test_quantized_self_attention_linen_equals_nnx():
-  chan = lnn.TensorQuant("int8", granularity="channel")
-  kw = dict(qkv_features=8, config=lnn.QuantConfig(lhs=chan, rhs=chan), qk=lnn.QuantConfig(lhs="int8", rhs="int8"),
-            av=lnn.QuantConfig(lhs="int8", rhs="int8"), softmax="clipped", gated=True)
+  chan = lpnum.OperandQuant("int8", granularity=lpnum.per_channel())
+  kw = dict(qkv_features=8, config=lpnum.DotConfig(lhs=chan, rhs=chan), qk=lpnum.DotConfig(lhs="int8", rhs="int8"),
+            av=lpnum.DotConfig(lhs="int8", rhs="int8"), softmax="clipped", gated=True)
   layer = att.QuantSelfAttention(num_heads=2, **kw)
   x = _data((2, 4, 6), 16)
   mask = nn.make_causal_mask(np.ones((2, 4)))
@@ -326,7 +328,7 @@ def test_self_attention_dropout_and_rejects():
   with pytest.raises(TypeError, match="config must be"):
     att.QuantSelfAttention(num_heads=2, config="int8")
   with pytest.raises(ValueError, match="qk.lhs needs layer"):
-    att.NnxQuantSelfAttention(4, 2, qk=lnn.QuantConfig(lhs=lnn.TensorQuant("int8", scaling="static")),
+    att.NnxQuantSelfAttention(4, 2, qk=lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", scaling="static")),
                               rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="in_features="):
     att.NnxQuantSelfAttention(0, 2, rngs=nnx.Rngs(0))
@@ -357,8 +359,8 @@ EINSUMS = {"bd,df->bf": ((4, 8), (8, 5)), "btd,dhk->bthk": ((2, 3, 8), (8, 2, 4)
 def test_einsum_matches_numpy_on_quantized_operands(einsum_str):
   xs, ws = EINSUMS[einsum_str]
   x, w = _data(xs, 18), _data(ws, 19)
-  chan = lnn.TensorQuant("int8", granularity="channel")
-  cfg = lnn.QuantConfig(lhs=chan, rhs=chan)
+  chan = lpnum.OperandQuant("int8", granularity=lpnum.per_channel())
+  cfg = lpnum.DotConfig(lhs=chan, rhs=chan)
   expect = _einsum_reference(einsum_str, x, w)
   np.testing.assert_allclose(np.asarray(att.einsum(einsum_str, x, w, cfg)), expect, rtol=2e-6, atol=2e-6)
   layer = att.QuantEinsum(ws, einsum_str, cfg)
@@ -377,7 +379,7 @@ def test_quant_einsum_float_equals_flax_einsum_with_bias_and_keeps_state():
   variables = layer.init(jax.random.key(0), x)
   ref = nn.Einsum((4, 2, 3), "btd,dhk->bthk", use_bias=True).apply(variables, x)
   np.testing.assert_allclose(np.asarray(layer.apply(variables, x)), np.asarray(ref), rtol=1e-6, atol=1e-6)
-  cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("float8_e4m3fn", scaling="delayed", history=2), rhs="int8")
+  cfg = lpnum.DotConfig(lhs=lpnum.OperandQuant("float8_e4m3fn", scaling="delayed", history=2), rhs="int8")
   layer = att.QuantEinsum((4, 5), "btd,df->btf", cfg)
   variables = layer.init(jax.random.key(0), x)
   _, stats = layer.apply(variables, x, mutable=["quant_stats"])
@@ -406,7 +408,7 @@ def test_einsum_rejects_shapes_and_types():
   with pytest.raises(TypeError, match="einsum_str="):
     att.einsum(3, np.ones((2, 4), F32), np.ones((4, 5), F32), None)
   with pytest.raises(ValueError, match="out_sharding="):
-    att.QuantEinsumOp(lnn.QuantConfig(lhs="int8"))("bd,df->bf", np.ones((2, 4), F32), np.ones((4, 5), F32),
+    att.QuantEinsumOp(lpnum.DotConfig(lhs="int8"))("bd,df->bf", np.ones((2, 4), F32), np.ones((4, 5), F32),
                                                    out_sharding="x")
 
 

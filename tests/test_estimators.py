@@ -13,7 +13,6 @@ from jax.test_util import check_grads
 
 import lpnum
 from lpnum import estimators as E
-from lpnum import qdot
 
 X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32) * 1.5)
 
@@ -179,24 +178,24 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="unknown format name"):
     E.ste(X, "int99x")
   with pytest.raises(ValueError, match="needs key"):
-    qdot.quantize_grad(X, "int8", rounding="stochastic")
-  with pytest.raises(ValueError, match="grad_rounding='up'"):
-    qdot.DotConfig(grad_rounding="up")
+    lpnum.quantize_grad(X, "int8", rounding="stochastic")
+  with pytest.raises(ValueError, match="rounding='up'"):
+    lpnum.OperandQuant("int8", rounding="up")
   with pytest.raises(ValueError, match="dimension_numbers="):
-    qdot.dot_general(X, X, ((1, 0)), qdot.DotConfig())
+    lpnum.dot_general(X, X, ((1, 0)), lpnum.DotConfig())
 
 
 # ---- quantized backward passes -----------------------------------------------------------------------------------
 def test_quantize_grad_rounds_the_cotangent():
   x = X
   w = _weights(x) * 0.37
-  g = jax.grad(lambda v: jnp.sum(qdot.quantize_grad(v, "float8_e5m2") * w))(x)
+  g = jax.grad(lambda v: jnp.sum(lpnum.quantize_grad(v, "float8_e5m2") * w))(x)
   np.testing.assert_array_equal(g, lpnum.quantize(w, "float8_e5m2"))
   mx = lpnum.mx.format("mxfp6_e3m2")
-  g = jax.grad(lambda v: jnp.sum(qdot.quantize_grad(v, mx) * w))(x)
+  g = jax.grad(lambda v: jnp.sum(lpnum.quantize_grad(v, mx) * w))(x)
   np.testing.assert_array_equal(g, lpnum.fake_quantize(w, mx))
   k = jax.random.key(3)
-  f = lambda v, key: jnp.sum(qdot.quantize_grad(v, "int4", rounding="stochastic", key=key) * w)
+  f = lambda v, key: jnp.sum(lpnum.quantize_grad(v, "int4", rounding="stochastic", key=key) * w)
   a, b, c = (jax.grad(f)(x, key) for key in (k, k, jax.random.key(4)))
   np.testing.assert_array_equal(a, b)
   assert np.any(np.asarray(a) != np.asarray(c))
@@ -208,19 +207,25 @@ def test_quantized_dot_general_forward_and_backward():
   a = jnp.asarray(rng.standard_normal((8, 64)).astype(np.float32))
   b = jnp.asarray(rng.standard_normal((64, 16)).astype(np.float32))
   dn = (((1,), (0,)), ((), ()))
-  cfg = qdot.DotConfig(lhs=lpnum.mx.format("mxfp8_e4m3", axis=1), rhs=lpnum.mx.format("mxfp8_e4m3", axis=0),
-                       grad="float8_e5m2", rhs_bwd="bfloat16")
-  qa = lpnum.fake_quantize(a, cfg.lhs)
-  qb = lpnum.fake_quantize(b, cfg.rhs)
-  np.testing.assert_allclose(qdot.dot_general(a, b, dn, cfg), qa @ qb, rtol=1e-6)
+  lhs, rhs = lpnum.mx.format("mxfp8_e4m3", axis=1), lpnum.mx.format("mxfp8_e4m3", axis=0)
+  e5m2 = lpnum.OperandQuant("float8_e5m2", scaling="none")
+  cfg = lpnum.DotConfig(lhs=lpnum.OperandQuant(lhs), rhs=lpnum.OperandQuant(rhs),
+                        dlhs=lpnum.BackwardQuant(grad=e5m2, operand=lpnum.OperandQuant("bfloat16", scaling="none")),
+                        drhs=lpnum.BackwardQuant(grad=e5m2))
+  assert cfg.lhs.lhs_format is lhs and cfg.rhs.rhs_format is rhs  # a ScaledFormat with its own blocks, as it is
+  qa = lpnum.fake_quantize(a, lhs)
+  qb = lpnum.fake_quantize(b, rhs)
+  np.testing.assert_allclose(lpnum.dot_general(a, b, dn, cfg), qa @ qb, rtol=1e-6)
   gw = jnp.asarray(rng.standard_normal((8, 16)).astype(np.float32))
-  da, db = jax.grad(lambda x, y: jnp.sum(qdot.dot_general(x, y, dn, cfg) * gw), argnums=(0, 1))(a, b)
+  da, db = jax.grad(lambda x, y: jnp.sum(lpnum.dot_general(x, y, dn, cfg) * gw), argnums=(0, 1))(a, b)
   gq = lpnum.quantize(gw, "float8_e5m2")
   np.testing.assert_allclose(da, gq @ lpnum.quantize(b, "bfloat16").T, rtol=1e-6)
   np.testing.assert_allclose(db, qa.T @ gq, rtol=1e-6)
   # Stochastic gradient rounding with an explicit key.
-  scfg = qdot.DotConfig(lhs="int8", grad="int4", grad_rounding="stochastic")
-  f = lambda x, k: jnp.sum(qdot.dot_general(x, b, dn, scfg, key=k) * gw)
+  int4 = lpnum.OperandQuant("int4", scaling="none", rounding="stochastic")
+  scfg = lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", scaling="none"), dlhs=lpnum.BackwardQuant(grad=int4),
+                         drhs=lpnum.BackwardQuant(grad=int4))
+  f = lambda x, k: jnp.sum(lpnum.dot_general(x, b, dn, scfg, key=k) * gw)
   np.testing.assert_array_equal(jax.grad(f)(a, jax.random.key(1)), jax.grad(f)(a, jax.random.key(1)))
 
 
@@ -300,23 +305,34 @@ def test_mlp_trains_with_learned_scales_and_activation_quantizers(kind):
   assert last < 0.35 * first, (kind, first, last)
 
 
-def test_estimate_by_name_and_bad_combinations():
+def test_estimator_values_and_bad_combinations():
   x = X
-  np.testing.assert_array_equal(E.estimate(x, "biper", omega=2.0), E.biper(x, 2.0))
-  np.testing.assert_array_equal(E.estimate(x, "sign_ste", "binary"), E.sign_ste(x))
-  np.testing.assert_array_equal(E.estimate(x, "lsq", "int4", step=0.3), E.lsq(x, 0.3, "int4"))
-  np.testing.assert_array_equal(E.estimate(x, "bitnet_ternary", "ternary"), E.bitnet_ternary(x))
-  np.testing.assert_array_equal(E.estimate(x, "ste", "int4"), E.ste(x, "int4"))
-  with pytest.raises(ValueError, match="estimator='bogus'"):
-    E.estimate(x, "bogus")
-  with pytest.raises(ValueError, match="binary estimator; fmt=int8 has 8 bits"):
-    E.estimate(x, "biper", "int8")
-  with pytest.raises(ValueError, match="fmt=int4 is not"):
-    E.estimate(x, "bitnet_ternary", "int4")
-  with pytest.raises(ValueError, match="needs fmt"):
-    E.estimate(x, "ste")
-  with pytest.raises(ValueError, match="drop fmt"):
-    E.estimate(x, "pact", "int4", alpha=1.0)
+  int4, binary = lpnum.get_format("int4"), lpnum.get_format("binary")
+  np.testing.assert_array_equal(E.BiPer(omega=2.0)(x), E.biper(x, 2.0))
+  np.testing.assert_array_equal(E.SignSTE()(x, binary), E.sign_ste(x))
+  np.testing.assert_array_equal(E.LSQ()(x, int4, param=jnp.float32(0.3)), E.lsq(x, 0.3, "int4"))
+  np.testing.assert_array_equal(E.BitNetTernary()(x, lpnum.get_format("ternary")), E.bitnet_ternary(x))
+  np.testing.assert_array_equal(E.STE()(x, int4), E.ste(x, "int4"))
+  np.testing.assert_array_equal(E.XNOR(axis=0)(x), E.xnor(x, axis=0))
+  np.testing.assert_array_equal(E.PACT(bits=3)(x, param=jnp.float32(1.5)), E.pact(x, 1.5, 3))
+  assert E.ESTIMATORS["lsq"] is E.LSQ and E.LSQ(grad_scale=0.5) == E.LSQ(grad_scale=0.5)
+  assert hash(E.ReSTE(o=2.0)) == hash(E.ReSTE(o=2.0)) and E.ReSTE(o=2.0) != E.ReSTE()
+  with pytest.raises(ValueError, match="quantizes to binary; fmt=int8 is not"):
+    E.BiPer().check_format(lpnum.get_format("int8"))
+  with pytest.raises(ValueError, match="quantizes to ternary; fmt=int4 is not"):
+    E.BitNetTernary().check_format(int4)
+  with pytest.raises(ValueError, match="fmt must not be None"):
+    E.STE().check_format(None)
+  with pytest.raises(ValueError, match="drop fmt=int4"):
+    E.PACT().check_format(int4)
+  with pytest.raises(ValueError, match="must be an integer format"):
+    E.LSQ().check_format(lpnum.get_format("float8_e4m3fn"))
+  with pytest.raises(ValueError, match="bits=40"):
+    E.DoReFaWeight(bits=40)
+  with pytest.raises(ValueError, match="learns its step"):
+    E.LSQ()(x, int4)
+  with pytest.raises(ValueError, match="rounds to nearest"):
+    E.SignSTE()(x, rounding="stochastic")
 
 
 def test_hadamard_rotated_quantization():
@@ -337,8 +353,9 @@ def test_hadamard_rotated_quantization():
   # In a dot_general the rotation cancels between the operands.
   w = rng.standard_normal((96, 16)).astype(np.float32)
   dn = (((1,), (0,)), ((), ()))
-  cfg = qdot.DotConfig(lhs="int8", rhs="int8", rotate="auto")
+  int8 = lpnum.OperandQuant("int8", scaling="none")
+  cfg = lpnum.DotConfig(lhs=int8, rhs=int8, rotate="auto")
   xr, wr = fwht(x, 1, block=32), fwht(w, 0, block=32)
-  np.testing.assert_allclose(qdot.dot_general(x, w, dn, cfg), lpnum.quantize(xr, "int8") @ lpnum.quantize(wr, "int8"),
+  np.testing.assert_allclose(lpnum.dot_general(x, w, dn, cfg), lpnum.quantize(xr, "int8") @ lpnum.quantize(wr, "int8"),
                              rtol=1e-5, atol=1e-4)
-  np.testing.assert_allclose(qdot.dot_general(x, w, dn, qdot.DotConfig(rotate="auto")), x @ w, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(lpnum.dot_general(x, w, dn, lpnum.DotConfig(rotate="auto")), x @ w, rtol=1e-4, atol=1e-3)

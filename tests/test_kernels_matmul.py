@@ -53,8 +53,8 @@ def _dequantized(fmt, k=200, n=136):
 
 def _run(x, w, backend, platform, **kw):
   if backend == "xla":
-    return kernels.matmul(x, w, backend="xla", **kw)
-  return kernels.matmul(x, w, backend="pallas", platform=platform, interpret=True, **kw)
+    return kernels.matmul(x, w, implementation="xla", **kw)
+  return kernels.matmul(x, w, implementation="pallas", platform=platform, interpret=True, **kw)
 
 
 def _check_close(y, xf, wf, out_eps=2.0 ** -24):
@@ -162,7 +162,7 @@ def test_bfloat16_activations(name, backend, platform):
   x = jnp.asarray(np.random.default_rng(2).normal(size=(5, q.shape[0])), jnp.bfloat16)
   y = _run(x, q, backend, platform)
   assert y.dtype == jnp.bfloat16
-  y32 = kernels.matmul(x, q, backend="xla").astype(jnp.float32)
+  y32 = kernels.matmul(x, q, implementation="xla").astype(jnp.float32)
   _check_close(y.astype(jnp.float32), x.astype(jnp.float32), lpnum.dequantize(q), out_eps=2.0 ** -8)
   np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y32), rtol=2 ** -7)
 
@@ -222,7 +222,7 @@ def test_empty_batch():
 def test_vmap_matches_batched_call():
   q = kernels.pack_weights(_weights(WEIGHT_FORMATS["mxfp4_e2m1"], k=128, n=128))
   x = np.random.default_rng(5).normal(size=(3, 4, 128)).astype(np.float32)
-  f = lambda x: kernels.matmul(x, q, backend="pallas", platform="tpu", interpret=True)
+  f = lambda x: kernels.matmul(x, q, implementation="pallas", platform="tpu", interpret=True)
   np.testing.assert_allclose(np.asarray(jax.vmap(f)(x)), np.asarray(f(x)), rtol=1e-6, atol=1e-6)
 
 
@@ -260,7 +260,7 @@ def test_weights_get_no_gradient_and_jit_matches_eager():
 def _export(fmt, platform, x_dtype=jnp.bfloat16, x_format=None, k=4096, n=4096, m=256):
   w = jax.eval_shape(lambda: kernels.pack_weights(lpnum.quantize_scaled(jnp.zeros((k, n)), fmt)))
   x = jax.ShapeDtypeStruct((m, k), x_dtype)
-  fn = jax.jit(lambda x, w: kernels.matmul(x, w, backend="pallas", platform=platform, x_format=x_format))
+  fn = jax.jit(lambda x, w: kernels.matmul(x, w, implementation="pallas", platform=platform, x_format=x_format))
   checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
   return export.export(fn, platforms=[platform], disabled_checks=checks)(x, w).mlir_module()
 
@@ -285,7 +285,7 @@ def test_tpu_rejects_layouts_with_too_few_scale_rows_per_tile():
   q = _weights(lpnum.ScaledFormat("int4", lpnum.per_block(128, 0)), k=2048, n=128)
   w = kernels.pack_weights(q, tile_k=512)
   with pytest.raises(ValueError, match="tile_k=1024"):
-    kernels.matmul(np.ones((1, 2048), np.float32), w, backend="pallas", platform="tpu", interpret=True)
+    kernels.matmul(np.ones((1, 2048), np.float32), w, implementation="pallas", platform="tpu", interpret=True)
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------------
@@ -300,12 +300,12 @@ def test_bad_inputs_raise_clear_errors():
     kernels.matmul(np.ones((2, 63), np.float32), q)
   with pytest.raises(ValueError, match="K=64"):
     kernels.matmul(np.float32(1), q)
-  with pytest.raises(ValueError, match="backend="):
-    kernels.matmul(x, q, backend="cuda")
+  with pytest.raises(ValueError, match="implementation="):
+    kernels.matmul(x, q, implementation="cuda")
   with pytest.raises(ValueError, match="platform="):
-    kernels.matmul(x, q, backend="pallas", platform="rocm", interpret=True)
+    kernels.matmul(x, q, implementation="pallas", platform="rocm", interpret=True)
   with pytest.raises(ValueError, match="needs a GPU or TPU"):
-    kernels.matmul(x, q, backend="pallas")
+    kernels.matmul(x, q, implementation="pallas")
   with pytest.raises(TypeError, match="x_format"):
     kernels.matmul(x, q, x_format="int8")
   with pytest.raises(ValueError, match="x_format is for float x"):
@@ -342,7 +342,7 @@ def test_block_sizes_override_and_fp8_by_fp8():
   x_format = lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_tensor())
   xf = lpnum.dequantize(lpnum.quantize_scaled(x, x_format))
   for platform in ("tpu", "gpu"):
-    y = kernels.matmul(x, q, x_format=x_format, backend="pallas", platform=platform, interpret=True,
+    y = kernels.matmul(x, q, x_format=x_format, implementation="pallas", platform=platform, interpret=True,
                        block_sizes=kernels.BlockSizes(block_m=16, block_n=128))
     _check_close(y, xf, _dequantized(WEIGHT_FORMATS["fp8_e4m3"]))
 

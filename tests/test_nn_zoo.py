@@ -4,9 +4,9 @@ Compared: for every zoo model at its default size (random init, seed 0, with the
 BatchNorm statistics perturbed by a seeded generator so that every parameter matters) on a batch of 4 inputs (the
 first digits test images; ``sequence_task`` tokens) and every weight format of ``FORMATS``,
 
-* ``quantize_model(model, [Rule(".*", QuantConfig.weight_only(...))]).apply`` (fake quantization inside each
+* ``quantize_model(model, [Rule(".*", DotConfig.weight_only(...))]).apply`` (fake quantization inside each
   matmul) against the reference model with every kernel quantized in its matmul's 2-D view ``(K, N)``
-  (:func:`matmul_view`, as :mod:`lpnum.nn.dot` flattens the rhs): K the contracted axes (a Dense's input, a Conv's
+  (:func:`matmul_view`, as :func:`lpnum.dot_general` flattens the rhs): K the contracted axes (a Dense's input, a Conv's
   window and input features, the heads and head features of attention's ``out``), N the free ones;
 * ``quantize_model(...).apply`` on ``ptq(params, rules, views=kernel_views(model, x))`` (packed kernels, each
   quantized in the 2-D view its layer multiplies by) against the same reference: PTQ and fake quantization agree.
@@ -52,7 +52,7 @@ from lpnum.zoo import models as zoo, train
 TOL = 1e-5
 BATCH = 4
 
-#: name -> (element format or MX/NVFP4 preset, granularity) of QuantConfig.weight_only.
+#: name -> (element format or MX/NVFP4 preset, granularity) of DotConfig.weight_only.
 FORMATS = {
     "int8_channel": ("int8", "channel"),
     "int4_channel": ("int4", "channel"),
@@ -217,8 +217,15 @@ def setup(name: str):
   return entry.model, kwargs, variables, x
 
 
+def _granularity(granularity):
+  """lpnum's granularity for this file's notation ("tensor", "channel", a block size along K, None: the preset's)."""
+  if granularity is None:
+    return None
+  return {"tensor": lpnum.per_tensor(), "channel": lpnum.per_channel()}.get(granularity) or lpnum.per_block(granularity)
+
+
 def _rules(fmt, granularity):
-  return [lnn.Rule(".*", lnn.QuantConfig.weight_only(fmt, granularity))]
+  return [lnn.Rule(".*", lpnum.DotConfig.weight_only(fmt, _granularity(granularity)))]
 
 
 def _reference(name, view, fmt, granularity):

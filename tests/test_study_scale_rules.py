@@ -69,14 +69,14 @@ def test_sqnr_matches_numpy_reference(quick):
 
 
 def test_ptq_accuracy_is_lpnum_nn_ptq(quick):
-  """The study's PTQ'd weights are those lpnum.nn.ptq makes for a TensorQuant holding an MX template."""
+  """The study's PTQ'd weights are those lpnum.nn.ptq makes for an OperandQuant holding an MX template."""
   _, results = quick
   setup = study.SETUPS["quick"]
   model, variables, _ = study.trained_mlp(setup.features, setup.steps, 0)
   x_test, y_test = digits("test", flat=True)
-  tq = lnn.TensorQuant(mx.format("mxfp4_e2m1", scale_rule="even"), granularity=32)
-  assert tq.scaled_format("rhs").scale_rule is ScaleRule.EVEN
-  params = fake_quantized_params(variables["params"], [lnn.Rule(".*", lnn.QuantConfig(rhs=tq))])
+  tq = lpnum.OperandQuant(mx.format("mxfp4_e2m1", scale_rule="even"), granularity=lpnum.per_block(32))
+  assert tq.rhs_format.scale_rule is ScaleRule.EVEN
+  params = fake_quantized_params(variables["params"], [lnn.Rule(".*", lpnum.DotConfig(rhs=tq))])
   got = {(r["format"], r["rule"]): r["accuracy"] for r in results["ptq_accuracy"]}
   assert got[("mxfp4_e2m1", "even")] == accuracy(model, {"params": params}, x_test, y_test)
 

@@ -1,10 +1,11 @@
 """Flax layers, quantization recipes and model integration.
 
-- :mod:`lpnum.nn.config`: :class:`TensorQuant`, :class:`Backward`, :class:`QuantConfig` (one frozen config per
-  layer).
-- :func:`dot_general`: the quantized dot_general every layer uses; :func:`make_dot_general` for the plain
-  ``dot_general=`` hook.
-- :mod:`lpnum.nn.linen`, :mod:`lpnum.nn.nnx`: modules for the stock layers' injection hooks.
+The quantized matmul and its config are the core's (:class:`lpnum.DotConfig`, :func:`lpnum.dot_general`); this
+package plugs them into Flax:
+
+- :func:`make_dot_general`, :func:`make_conv_general_dilated`: the plain ``dot_general=`` hooks (stateless configs).
+- :mod:`lpnum.nn.linen`, :mod:`lpnum.nn.nnx`: modules for the stock layers' injection hooks, with state (delayed
+  and static scales, learned LSQ steps and PACT clips).
 - :func:`quantize_model` with :class:`Rule`: quantize an existing model by module paths.
 - :func:`ptq`: post-training quantization of a params tree into packed kernels.
 - :mod:`lpnum.nn.serialization`: importing :mod:`lpnum.nn` registers QArray, PackedWeights and QuantizedKernel with
@@ -15,14 +16,13 @@
 """
 
 from lpnum.nn import linen, nnx
-from lpnum.nn.config import Backward, QuantConfig, TensorQuant
-from lpnum.nn.dot import OperandState, dot_general, make_conv_general_dilated, make_dot_general
+from lpnum.nn.hooks import make_conv_general_dilated, make_dot_general
 from lpnum.nn.ptq import QuantizedKernel, dequantize_kernel, params_nbytes, ptq
-from lpnum.nn.rules import QuantizedModel, Rule, kernel_views, ptq_nnx, quantize_model
+from lpnum.nn.rule import Rule
+from lpnum.nn.rules import QuantizedModel, kernel_views, ptq_nnx, quantize_model
 from lpnum.nn import serialization  # noqa: F401  (registers QArray and packed kernels with flax.serialization)
 
 __all__ = [
-    "Backward", "QuantConfig", "TensorQuant", "OperandState", "dot_general", "make_dot_general", "make_conv_general_dilated", "linen", "nnx",
-    "QuantizedKernel", "dequantize_kernel", "params_nbytes", "ptq", "QuantizedModel", "Rule", "kernel_views", "ptq_nnx",
-    "quantize_model",
+    "make_dot_general", "make_conv_general_dilated", "linen", "nnx", "QuantizedKernel", "dequantize_kernel",
+    "params_nbytes", "ptq", "QuantizedModel", "Rule", "kernel_views", "ptq_nnx", "quantize_model",
 ]

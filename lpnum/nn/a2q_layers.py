@@ -21,8 +21,7 @@ import jax.numpy as jnp
 
 from lpnum.formats import IntFormat
 from lpnum.nn import a2q as _a2q
-from lpnum.nn import dot as _dot
-from lpnum.nn.config import QuantConfig, TensorQuant
+from lpnum.qdot import DotConfig, OperandQuant, dot_general
 
 __all__ = ["A2QDense"]
 
@@ -36,7 +35,7 @@ class A2QDense(nn.Module):
   so that it stays positive and gradient steps change it relatively (a raw step of about 1e-3 would be driven
   negative by a few optimizer steps of ordinary size). The inputs are rounded to ``input_bits``-bit integers (signed, or
   unsigned for non-negative inputs such as ReLU outputs: negative values clip to 0) with a per-tensor dynamic
-  scale, through :func:`lpnum.nn.dot_general`. :meth:`integer_weights` gives the integer weights
+  scale, through :func:`lpnum.dot_general`. :meth:`integer_weights` gives the integer weights
   (``w_q = scale * q``).
 
   Attributes:
@@ -99,8 +98,8 @@ class A2QDense(nn.Module):
     g = self.param("g", lambda _: _a2q.a2q_init(v, **self._kwargs())[1])
     log2_scale = self.param("log2_scale", lambda _: jnp.log2(_a2q.a2q_init(v, **self._kwargs())[2]))
     kernel = _a2q.a2q_quantize(v, g, jnp.exp2(log2_scale), **self._kwargs())
-    cfg = QuantConfig(lhs=TensorQuant(IntFormat(bits=self.input_bits, signed=self.signed_input)))
-    y = _dot.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), cfg)
+    cfg = DotConfig(lhs=OperandQuant(IntFormat(bits=self.input_bits, signed=self.signed_input)))
+    y = dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), cfg)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
     return y

@@ -1,15 +1,15 @@
-"""Quantized attention and einsum: Q.K^T and attention.V through :func:`lpnum.nn.dot_general`, clipped softmax,
+"""Quantized attention and einsum: Q.K^T and attention.V through :func:`lpnum.dot_general`, clipped softmax,
 gated attention, and two-operand einsums for flax layers.
 
 Attention (Vaswani et al., "Attention Is All You Need", NeurIPS 2017) computes, per batch element and head,
 ``softmax(q k^T / sqrt(d) + bias) v``. :func:`dot_product_attention` runs both products through
-:func:`lpnum.nn.dot_general` with the batch and head axes as batch axes, so every (batch element, head) pair gets
-its own scales. Granularities read as in :mod:`lpnum.nn.config` with these matmuls:
+:func:`lpnum.dot_general` with the batch and head axes as batch axes, so every (batch element, head) pair gets
+its own scales. Granularities read as in :mod:`lpnum.qdot.config` with these matmuls:
 
 - ``qk``: lhs = the (scaled) queries ``(q_length, depth)``, rhs = the keys transposed ``(depth, kv_length)``:
-  ``"channel"`` means a scale per query token (lhs) and per key token (rhs).
+  ``per_channel()`` means a scale per query token (lhs) and per key token (rhs).
 - ``av``: lhs = the probabilities ``(q_length, kv_length)``, rhs = the values ``(kv_length, v_depth)``:
-  ``"channel"`` means a scale per query row (lhs) and per value feature (rhs).
+  ``per_channel()`` means a scale per query row (lhs) and per value feature (rhs).
 
 The products have no layer to hold quantizer state, so ``qk`` and ``av`` must be stateless: dynamic (or no)
 scaling, no LSQ steps, nearest rounding. :func:`attention_fn` plugs the function into
@@ -44,10 +44,9 @@ import numpy as np
 from flax import nnx as _fnnx
 from jax.typing import ArrayLike
 
-from lpnum.nn import dot as _dot
 from lpnum.nn import linen as _linen
 from lpnum.nn import nnx as _nnx
-from lpnum.nn.config import QuantConfig
+from lpnum.qdot import DotConfig, Engine, OperandState, dot_general
 
 __all__ = ["SOFTMAXES", "clipped_softmax", "dot_product_attention", "attention_fn", "einsum", "QuantEinsum",
            "QuantEinsumOp", "QuantSelfAttention", "NnxQuantSelfAttention"]
@@ -103,18 +102,18 @@ def clipped_softmax(x: ArrayLike, *, gamma: float = _GAMMA, zeta: float = _ZETA,
 def _check_config(cfg, name: str) -> None:
   if cfg is None:
     return
-  if not isinstance(cfg, QuantConfig):
-    raise TypeError(f"{name} must be a QuantConfig or None, got {type(cfg).__name__}")
+  if not isinstance(cfg, DotConfig):
+    raise TypeError(f"{name} must be a DotConfig or None, got {type(cfg).__name__}")
   for role in ("lhs", "rhs"):
-    tq = getattr(cfg, role)
-    if tq is not None and (tq.scaling in ("delayed", "static") or tq.estimator == "lsq"):
-      raise ValueError(f"{name}.{role} needs layer state (scaling={tq.scaling!r}, estimator={tq.estimator!r}): "
+    oq = getattr(cfg, role)
+    if oq is not None and oq.needs_state:
+      raise ValueError(f"{name}.{role} needs layer state (scaling={oq.scaling.value!r}, estimator={oq.estimator!r}): "
                        "attention products quantize activations with no state; use scaling='dynamic' or 'none'")
-  if _dot._needs_key(cfg):
+  if cfg.needs_key:
     raise ValueError(f"{name} rounds stochastically and needs keys, which attention products do not get: use "
                      "rounding='nearest_even'")
-  if cfg.backend == "kernel":
-    raise ValueError(f"{name}.backend='kernel' multiplies by packed weights; attention has none")
+  if cfg.engine is Engine.KERNEL:
+    raise ValueError(f"{name}.engine='kernel' multiplies by packed weights; attention has none")
 
 
 def _check_options(softmax, gamma, zeta) -> None:
@@ -123,10 +122,10 @@ def _check_options(softmax, gamma, zeta) -> None:
   _check_stretch(gamma, zeta)
 
 
-def _product(a, b, dn, cfg: QuantConfig | None, precision):
+def _product(a, b, dn, cfg: DotConfig | None, precision):
   if cfg is None:
     return jax.lax.dot_general(a, b, dn, precision=precision)
-  return _dot.dot_general(a, b, dn, cfg)
+  return dot_general(a, b, dn, cfg)
 
 
 def _check_shapes(query, key, value) -> None:
@@ -150,7 +149,7 @@ def dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, bi
                           deterministic: bool = False, dtype=None, precision=None, module=None,
                           force_fp32_for_softmax: bool = False, einsum_dot_general=None,
                           qk_attn_weights_einsum=None, attn_weights_value_einsum=None, is_causal: bool = False,
-                          *, qk: QuantConfig | None = None, av: QuantConfig | None = None,
+                          *, qk: DotConfig | None = None, av: DotConfig | None = None,
                           softmax: str = "standard", gamma: float = _GAMMA, zeta: float = _ZETA) -> jax.Array:
   """``flax.linen.dot_product_attention`` with both products quantized and an optional clipped softmax.
 
@@ -174,16 +173,16 @@ def dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, bi
     ``[batch..., q_length, heads, v_depth]`` in the computation dtype.
 
   Raises:
-    TypeError: a non-QuantConfig ``qk``/``av``, non-float inputs or an einsum override.
+    TypeError: a non-DotConfig ``qk``/``av``, non-float inputs or an einsum override.
     ValueError: stateful or stochastic configs, shapes that do not fit, bad softmax options or dropout settings.
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from lpnum import nn as lnn
+    >>> import lpnum
     >>> from lpnum.nn.attention import dot_product_attention
     >>> q = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]).reshape(1, 3, 1, 2)  # [batch, length, heads, depth]
     >>> v = jnp.array([[1.0, 0.0], [0.0, 1.0], [3.0, -1.0]]).reshape(1, 3, 1, 2)
-    >>> cfg = lnn.QuantConfig(lhs="int4", rhs="int4")
+    >>> cfg = lpnum.DotConfig(lhs="int4", rhs="int4")
     >>> out = dot_product_attention(q, q, v, qk=cfg, av=cfg)
     >>> out.shape, [round(float(x), 3) for x in out[0, :, 0, 0]]
     ((1, 3, 1, 2), [1.665, 1.48, 1.695])
@@ -194,7 +193,7 @@ def dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, bi
                          ("qk_attn_weights_einsum", qk_attn_weights_einsum),
                          ("attn_weights_value_einsum", attn_weights_value_einsum)):
     if override is not None:
-      raise TypeError(f"{name}={override!r}: lpnum attention computes its products with lpnum.nn.dot_general; "
+      raise TypeError(f"{name}={override!r}: lpnum attention computes its products with lpnum.dot_general; "
                       "pass qk=/av= configs instead")
   _check_config(qk, "qk")
   _check_config(av, "av")
@@ -240,7 +239,7 @@ def dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, bi
   return jnp.moveaxis(out, -3, -2)
 
 
-def attention_fn(qk: QuantConfig | None, av: QuantConfig | None, *, softmax: str = "standard",
+def attention_fn(qk: DotConfig | None, av: DotConfig | None, *, softmax: str = "standard",
                  gamma: float = _GAMMA, zeta: float = _ZETA) -> Callable[..., jax.Array]:
   """A quantized attention function for ``nn.MultiHeadDotProductAttention(attention_fn=...)`` (linen) and
   ``nnx.MultiHeadAttention(attention_fn=...)``: :func:`dot_product_attention` with these options bound.
@@ -253,15 +252,15 @@ def attention_fn(qk: QuantConfig | None, av: QuantConfig | None, *, softmax: str
     zeta: the clipped softmax's upper stretch, >= 1 (default 1).
 
   Raises:
-    TypeError: a ``qk`` or ``av`` that is not a QuantConfig or None.
-    ValueError: stateful, stochastic or ``backend='kernel'`` configs, or bad softmax options (here rather than
+    TypeError: a ``qk`` or ``av`` that is not a DotConfig or None.
+    ValueError: stateful, stochastic or ``engine='kernel'`` configs, or bad softmax options (here rather than
       at the first call).
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn
-    >>> from lpnum import nn as lnn
+    >>> import lpnum
     >>> from lpnum.nn.attention import attention_fn
-    >>> fn = attention_fn(lnn.QuantConfig(lhs="int8", rhs="int8"), lnn.QuantConfig(lhs="int8", rhs="int8"),
+    >>> fn = attention_fn(lpnum.DotConfig(lhs="int8", rhs="int8"), lpnum.DotConfig(lhs="int8", rhs="int8"),
     ...                   softmax="clipped")
     >>> layer = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=4, attention_fn=fn)
     >>> x = jnp.ones((1, 3, 4))
@@ -333,20 +332,20 @@ def _check_einsum_str(einsum_str) -> None:
   _subscripts(einsum_str)
 
 
-def einsum(einsum_str: str, lhs: ArrayLike, rhs: ArrayLike, config: QuantConfig | None, *,
-           state: _dot.OperandState | None = None, key: jax.Array | None = None,
+def einsum(einsum_str: str, lhs: ArrayLike, rhs: ArrayLike, config: DotConfig | None, *,
+           state: OperandState | None = None, key: jax.Array | None = None,
            preferred_element_type=None) -> jax.Array:
-  """``jnp.einsum(einsum_str, lhs, rhs)`` for two operands, through :func:`lpnum.nn.dot_general` with ``config``.
+  """``jnp.einsum(einsum_str, lhs, rhs)`` for two operands, through :func:`lpnum.dot_general` with ``config``.
 
   The contraction is a ``dot_general`` (batch axes: indices in both operands and the output; K: indices in both
   operands only; M, N: indices in one operand) followed by a transpose into the output order; granularities and
-  scales follow :func:`lpnum.nn.dot_general` (per batch element). Implicit output (no ``->``) is supported.
+  scales follow :func:`lpnum.dot_general` (per batch element). Implicit output (no ``->``) is supported.
 
   Args:
     einsum_str: e.g. ``"btd,dhk->bthk"``.
     lhs, rhs: float operands.
-    config: a :class:`~lpnum.nn.QuantConfig` (None: a float ``dot_general``).
-    state, key, preferred_element_type: as :func:`lpnum.nn.dot_general`.
+    config: a :class:`~lpnum.DotConfig` (None: a float ``dot_general``).
+    state, key, preferred_element_type: as :func:`lpnum.dot_general`.
 
   Raises:
     TypeError: a non-string ``einsum_str``.
@@ -355,11 +354,11 @@ def einsum(einsum_str: str, lhs: ArrayLike, rhs: ArrayLike, config: QuantConfig 
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from lpnum import nn as lnn
+    >>> import lpnum
     >>> from lpnum.nn.attention import einsum
     >>> x = jnp.array([[[1.0, 2.0, 3.0]], [[0.5, -1.0, 2.0]]])  # (b, t, d) = (2, 1, 3)
     >>> w = jnp.array([[0.5, -1.0], [1.0, 0.25], [0.3, 0.6]])
-    >>> y = einsum("btd,df->tbf", x, w, lnn.QuantConfig(lhs="int4", rhs="int4"))
+    >>> y = einsum("btd,df->tbf", x, w, lpnum.DotConfig(lhs="int4", rhs="int4"))
     >>> y.shape, [[round(float(v), 3) for v in row] for row in y[0]]
     ((1, 2, 2), [[3.367, 1.469], [-0.061, 0.551]])
     >>> [[round(float(v), 3) for v in row] for row in jnp.einsum("btd,df->tbf", x, w)[0]]
@@ -371,7 +370,7 @@ def einsum(einsum_str: str, lhs: ArrayLike, rhs: ArrayLike, config: QuantConfig 
   if config is None:
     y = jax.lax.dot_general(lhs, rhs, dn, preferred_element_type=preferred_element_type)
   else:
-    y = _dot.dot_general(lhs, rhs, dn, config, state=state, key=key, preferred_element_type=preferred_element_type)
+    y = dot_general(lhs, rhs, dn, config, state=state, key=key, preferred_element_type=preferred_element_type)
   return y if perm == tuple(range(y.ndim)) else jnp.transpose(y, perm)
 
 
@@ -383,7 +382,7 @@ def _bias_shape(einsum_str: str, kernel_shape) -> tuple[tuple[int, ...], str]:
 
 
 class QuantEinsum(nn.Module):
-  """A linen einsum layer (``nn.Einsum``'s attributes) quantized by a :class:`~lpnum.nn.QuantConfig`.
+  """A linen einsum layer (``nn.Einsum``'s attributes) quantized by a :class:`~lpnum.DotConfig`.
 
   ``y = einsum(einsum_str, inputs, kernel) (+ bias)`` with ``kernel`` of shape ``shape``; the product runs through
   :class:`lpnum.nn.linen.QuantDotGeneral` (a submodule ``QuantDotGeneral_0``), so delayed/static scaling, LSQ and
@@ -399,9 +398,9 @@ class QuantEinsum(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum import nn as lnn
+    >>> import lpnum
     >>> from lpnum.nn.attention import QuantEinsum
-    >>> layer = QuantEinsum((4, 2, 3), "btd,dhk->bthk", lnn.QuantConfig(lhs="int8", rhs="int8"), use_bias=True)
+    >>> layer = QuantEinsum((4, 2, 3), "btd,dhk->bthk", lpnum.DotConfig(lhs="int8", rhs="int8"), use_bias=True)
     >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 5, 4)))
     >>> variables["params"]["bias"].shape, layer.apply(variables, jnp.ones((1, 5, 4))).shape
     ((2, 3), (1, 5, 2, 3))
@@ -409,15 +408,15 @@ class QuantEinsum(nn.Module):
 
   shape: tuple[int, ...]
   einsum_str: str
-  config: QuantConfig | None = None
+  config: DotConfig | None = None
   use_bias: bool = False
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
 
   def __post_init__(self) -> None:
     _check_einsum_str(self.einsum_str)
-    if self.config is not None and not isinstance(self.config, QuantConfig):
-      raise TypeError(f"config must be a QuantConfig or None, got {type(self.config).__name__}")
+    if self.config is not None and not isinstance(self.config, DotConfig):
+      raise TypeError(f"config must be a DotConfig or None, got {type(self.config).__name__}")
     super().__post_init__()
 
   @nn.compact
@@ -445,9 +444,9 @@ class QuantEinsumOp(_nnx.QuantDotGeneral):
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from lpnum import nn as lnn
+    >>> import lpnum
     >>> from lpnum.nn.attention import QuantEinsumOp
-    >>> cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", scaling="static"), rhs="int8")
+    >>> cfg = lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", scaling="static"), rhs="int8")
     >>> layer = nnx.Einsum("btd,dhk->bthk", (4, 2, 3), einsum_op=QuantEinsumOp(cfg), rngs=nnx.Rngs(0))
     >>> layer(jnp.full((1, 5, 4), 2.0)).shape, layer.einsum_op.lhs_amax[...].item()
     ((1, 5, 2, 3), 2.0)
@@ -475,8 +474,8 @@ def _check_heads(num_heads, qkv: int, features: int, gated: bool) -> int:
 
 
 def _check_module(config, qk, av, softmax, gamma, zeta, gated, gate_bias_init, dropout_rate) -> None:
-  if config is not None and not isinstance(config, QuantConfig):
-    raise TypeError(f"config must be a QuantConfig or None, got {type(config).__name__}")
+  if config is not None and not isinstance(config, DotConfig):
+    raise TypeError(f"config must be a DotConfig or None, got {type(config).__name__}")
   _check_config(qk, "qk")
   _check_config(av, "av")
   _check_options(softmax, gamma, zeta)
@@ -523,9 +522,9 @@ class QuantSelfAttention(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from lpnum import nn as lnn
+    >>> import lpnum
     >>> from lpnum.nn.attention import QuantSelfAttention
-    >>> layer = QuantSelfAttention(2, config=lnn.QuantConfig.w8a8(), qk=lnn.QuantConfig(lhs="int8", rhs="int8"),
+    >>> layer = QuantSelfAttention(2, config=lpnum.DotConfig.w8a8(), qk=lpnum.DotConfig(lhs="int8", rhs="int8"),
     ...                            softmax="clipped", gated=True)
     >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 3, 4)))
     >>> variables["params"]["gate"]["kernel"].shape, layer.apply(variables, jnp.ones((1, 3, 4))).shape
@@ -535,9 +534,9 @@ class QuantSelfAttention(nn.Module):
   num_heads: int
   qkv_features: int | None = None
   out_features: int | None = None
-  config: QuantConfig | None = None
-  qk: QuantConfig | None = None
-  av: QuantConfig | None = None
+  config: DotConfig | None = None
+  qk: DotConfig | None = None
+  av: DotConfig | None = None
   softmax: str = "standard"
   gamma: float = _GAMMA
   zeta: float = _ZETA
@@ -596,16 +595,16 @@ class NnxQuantSelfAttention(_fnnx.Module):
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from lpnum import nn as lnn
+    >>> import lpnum
     >>> from lpnum.nn.attention import NnxQuantSelfAttention
-    >>> layer = NnxQuantSelfAttention(4, 2, config=lnn.QuantConfig.w8a8(), gated=True, rngs=nnx.Rngs(0))
+    >>> layer = NnxQuantSelfAttention(4, 2, config=lpnum.DotConfig.w8a8(), gated=True, rngs=nnx.Rngs(0))
     >>> layer(jnp.ones((1, 3, 4))).shape, layer.gate.bias[...].tolist()
     ((1, 3, 4), [0.0, 0.0])
   """
 
   def __init__(self, in_features: int, num_heads: int, *, qkv_features: int | None = None,
-               out_features: int | None = None, config: QuantConfig | None = None, qk: QuantConfig | None = None,
-               av: QuantConfig | None = None, softmax: str = "standard", gamma: float = _GAMMA,
+               out_features: int | None = None, config: DotConfig | None = None, qk: DotConfig | None = None,
+               av: DotConfig | None = None, softmax: str = "standard", gamma: float = _GAMMA,
                zeta: float = _ZETA, gated: bool = False, gate_bias_init: float = 0.0, dropout_rate: float = 0.0,
                deterministic: bool = False, use_bias: bool = True,
                kernel_init: Callable = nn.initializers.lecun_normal(), rngs: _fnnx.Rngs) -> None:
@@ -616,7 +615,7 @@ class NnxQuantSelfAttention(_fnnx.Module):
     self.num_heads, self.qk, self.av = num_heads, qk, av
     self.softmax, self.gamma, self.zeta = softmax, gamma, zeta
     self.dropout_rate, self.deterministic = dropout_rate, deterministic
-    quant_rngs = rngs if config is not None and _dot._needs_key(config) else None
+    quant_rngs = rngs if config is not None and config.needs_key else None
 
     def dot_general():
       return jax.lax.dot_general if config is None else _nnx.QuantDotGeneral(config, rngs=quant_rngs)

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lpnum.nn import dot as _dot
-from lpnum.nn.config import LEARNED, QuantConfig
-from lpnum.nn.linen import conv_call, learned_init
+from lpnum.nn.conv import conv_call
 from lpnum.nn.ptq import is_packed
+from lpnum.qdot import DotConfig, OperandState, Scaling, amax, dot_general, scale_from_amax
 
 __all__ = ["QuantStat", "QuantDotGeneral", "QuantConv", "set_update_stats"]
 
@@ -28,59 +27,59 @@ class QuantStat(nnx.Variable):
 
 
 class _Quantizer(nnx.Module):
-  def __init__(self, config: QuantConfig, *, rngs: nnx.Rngs | None = None) -> None:
-    if not isinstance(config, QuantConfig):
-      raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
-    if _dot._needs_key(config) and rngs is None:
+  def __init__(self, config: DotConfig, *, rngs: nnx.Rngs | None = None) -> None:
+    if not isinstance(config, DotConfig):
+      raise TypeError(f"config must be a DotConfig, got {type(config).__name__}")
+    if config.needs_key and rngs is None:
       raise ValueError("config rounds stochastically: pass rngs=nnx.Rngs(quant=...)")
     self.config = config
     self.update_stats = True
     self.rngs = rngs
     for role, tq in (("lhs", config.lhs), ("rhs", config.rhs)):
-      if tq is not None and tq.scaling == "delayed":
+      if tq is not None and tq.scaling is Scaling.DELAYED:
         setattr(self, f"{role}_amax_history", QuantStat(jnp.zeros((tq.history,), jnp.float32)))
-      if tq is not None and tq.scaling == "static":
+      if tq is not None and tq.scaling is Scaling.STATIC:
         setattr(self, f"{role}_amax", QuantStat(jnp.zeros((), jnp.float32)))
-      if tq is not None and tq.estimator in LEARNED:
-        setattr(self, f"{role}_{LEARNED[tq.estimator]}", None)
+      if tq is not None and tq.estimator.learned is not None:
+        setattr(self, f"{role}_{tq.estimator.learned}", None)
 
-  def _state(self, lhs, rhs) -> _dot.OperandState:
+  def _state(self, lhs, rhs) -> OperandState:
     out = {}
     for role, tq, x in (("lhs", self.config.lhs, lhs), ("rhs", self.config.rhs, rhs)):
       if tq is None or is_packed(x):
         continue
-      current = jax.lax.stop_gradient(_dot.amax(x))
-      if tq.scaling == "delayed":
+      current = jax.lax.stop_gradient(amax(x))
+      if tq.scaling is Scaling.DELAYED:
         hist = getattr(self, f"{role}_amax_history")
         past = jnp.max(hist[...])
-        out[f"{role}_scale"] = _dot.scale_from_amax(jnp.where(past > 0, past, current), tq)
+        out[f"{role}_scale"] = scale_from_amax(jnp.where(past > 0, past, current), tq)
         if self.update_stats:
           hist[...] = jnp.roll(hist[...], 1).at[0].set(current)
-      elif tq.scaling == "static":
+      elif tq.scaling is Scaling.STATIC:
         stat = getattr(self, f"{role}_amax")
         if self.update_stats:
           stat[...] = jnp.maximum(stat[...], current)
         value = stat[...]
-        out[f"{role}_scale"] = _dot.scale_from_amax(jnp.where(value > 0, value, current), tq)
-      if tq.estimator in LEARNED:
-        name = f"{role}_{LEARNED[tq.estimator]}"
+        out[f"{role}_scale"] = scale_from_amax(jnp.where(value > 0, value, current), tq)
+      if tq.estimator.learned is not None:
+        name = f"{role}_{tq.estimator.learned}"
         if getattr(self, name) is None:
-          setattr(self, name, nnx.Param(learned_init(x, tq)))
+          setattr(self, name, nnx.Param(tq.estimator.init_param(x, tq.element)))
         out[f"{role}_param"] = getattr(self, name)[...]
-    return _dot.OperandState(**out)
+    return OperandState(**out)
 
   def _key(self):
-    return self.rngs.quant() if _dot._needs_key(self.config) else None
+    return self.rngs.quant() if self.config.needs_key else None
 
 
 class QuantDotGeneral(_Quantizer):
   """A quantized ``dot_general`` for ``nnx.Linear(..., dot_general=...)`` and ``nnx.LinearGeneral``.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax.numpy as jnp, lpnum
     >>> from flax import nnx
     >>> from lpnum import nn as lnn
-    >>> cfg = lnn.QuantConfig(lhs=lnn.TensorQuant("int8", scaling="static"), rhs="int8")
+    >>> cfg = lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", scaling="static"), rhs="int8")
     >>> layer = nnx.Linear(4, 3, dot_general=lnn.nnx.QuantDotGeneral(cfg), rngs=nnx.Rngs(0))
     >>> _ = layer(jnp.full((2, 4), 3.0))
     >>> layer.dot_general.lhs_amax[...].item()
@@ -88,7 +87,7 @@ class QuantDotGeneral(_Quantizer):
   """
 
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
-    return _dot.dot_general(lhs, rhs, dimension_numbers, self.config, state=self._state(lhs, rhs),
+    return dot_general(lhs, rhs, dimension_numbers, self.config, state=self._state(lhs, rhs),
                             key=self._key(), preferred_element_type=preferred_element_type)
 
 

@@ -23,9 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
+from lpnum.estimators import STE
 from lpnum.kernels import layout as _layout
 from lpnum.kernels import matmul as _kernel_matmul
+from lpnum.nn.rule import as_rules, match
 from lpnum.qarray import QArray
+from lpnum.qdot import (DotConfig, Engine, OperandState, Scaling, dot_general, normalize_dimension_numbers,
+                        quantize_operand)
+from lpnum.rounding import Rounding
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 from lpnum.scaled.xla_cpu import per_block
 
@@ -34,7 +39,8 @@ __all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_n
 
 class PackedKernel:
   """What a layer sees when it reads a :class:`QuantizedKernel`: the packed value with the float kernel's shape
-  and dtype (so Flax's shape checks pass), consumed by lpnum's dot_general and conv."""
+  and dtype (so Flax's shape checks pass), consumed by lpnum's dot_general (it multiplies itself:
+  :meth:`packed_dot`) and conv."""
 
   def __init__(self, value: QArray | _layout.PackedWeights, shape: tuple[int, ...], dtype, contract: int) -> None:
     self.value, self.shape, self.dtype, self.contract = value, tuple(shape), np.dtype(dtype), contract
@@ -47,6 +53,49 @@ class PackedKernel:
   def matrix_shape(self) -> tuple[int, int]:
     """The 2-D view the kernel was quantized in: ``(K, N)``, K the product of the ``contract`` leading axes."""
     return math.prod(self.shape[:self.contract]), math.prod(self.shape[self.contract:])
+
+  def packed_dot(self, lhs: jax.Array, dimension_numbers, config: DotConfig, state: OperandState,
+                 preferred_element_type) -> jax.Array:
+    """``lhs @ W`` for this packed ``W`` (the :class:`lpnum.qdot.PackedOperand` protocol): Dense-shaped
+    contractions (lhs's trailing axes with W's leading ones, no batch axes) run :func:`lpnum.kernels.matmul` on the
+    packed 2-D view; others multiply the dequantized kernel."""
+    shape, c = self.shape, self.contract
+    lc, rc, lb, rb = normalize_dimension_numbers(dimension_numbers, lhs.ndim, len(shape))
+    if rc != tuple(range(c)):
+      raise ValueError(f"the layer contracts kernel axes {rc}, but the kernel of shape {shape} was quantized by ptq "
+                       f"with its first {c} axes as K: pass ptq(..., views=lpnum.nn.kernel_views(model, x))")
+    dense = lc == tuple(range(lhs.ndim - c, lhs.ndim)) and not lb
+    out_dtype = preferred_element_type or lhs.dtype
+    if not dense:
+      if config.engine is Engine.KERNEL:
+        raise ValueError(f"engine='kernel' runs Dense-shaped contractions; got dimension_numbers="
+                         f"{dimension_numbers!r}")
+      w = dequantize_kernel(self)
+      return dot_general(lhs, w, dimension_numbers, dataclasses.replace(config, rhs=None, engine=Engine.FAKE,
+                                                                        dlhs=None, drhs=None, accumulator=None),
+                         state=state, preferred_element_type=out_dtype)
+    value = self.value
+    k, lead = self.matrix_shape[0], lhs.shape[:lhs.ndim - c]
+    lhs32 = lhs.astype(jnp.float32).reshape(-1, k)
+    x_format = None
+    oq = config.lhs
+    if oq is not None:
+      if (oq.scaling is Scaling.DYNAMIC and isinstance(oq.estimator, STE)
+          and oq.rounding is Rounding.NEAREST_EVEN and isinstance(oq.lhs_format, ScaledFormat)):
+        x_format = oq.lhs_format
+      else:
+        lhs32 = quantize_operand(lhs32, oq, "lhs", scale=state.lhs_scale, param=state.lhs_param)
+    grad = None
+    if config.dlhs is not None and config.dlhs.grad is not None:
+      grad = config.dlhs.grad.lhs_format
+    if isinstance(value, QArray) and x_format is None and grad is None and config.engine is not Engine.KERNEL:
+      # Small layers (kept as QArrays because the kernel layout's padding would cost more than 1%): dequantize once
+      # and let XLA multiply, rather than re-laying out the weights on every call.
+      y = jnp.dot(lhs32, dequantize_kernel(value), preferred_element_type=jnp.float32)
+    else:
+      y = _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad)
+    return y.reshape(*lead, *shape[c:]).astype(out_dtype)
+
 
 
 @jax.tree_util.register_pytree_node_class
@@ -119,52 +168,6 @@ def _dequantize_value(value) -> jax.Array:
   return dequantize(value, jnp.float32)
 
 
-def packed_matmul(lhs: jax.Array, rhs, dimension_numbers, config, state, preferred_element_type):
-  """``lhs @ W`` for a packed ``W``: Dense-shaped contractions (lhs's trailing axes with W's leading ones, no batch
-  axes) run :func:`lpnum.kernels.matmul` on the packed 2-D view; others multiply the dequantized kernel."""
-  from lpnum.nn.dot import _normalize_dn, dot_general, quantize_operand
-
-  if not isinstance(rhs, PackedKernel):
-    raise TypeError(f"rhs is a {type(rhs).__name__}: pass packed kernels as lpnum.nn.ptq makes them")
-  shape, c = rhs.shape, rhs.contract
-  lc, rc, lb, rb = _normalize_dn(dimension_numbers, lhs.ndim, len(shape))
-  if rc != tuple(range(c)):
-    raise ValueError(f"the layer contracts kernel axes {rc}, but the kernel of shape {shape} was quantized by ptq "
-                     f"with its first {c} axes as K: pass ptq(..., views=lpnum.nn.kernel_views(model, x))")
-  dense = lc == tuple(range(lhs.ndim - c, lhs.ndim)) and not lb
-  out_dtype = preferred_element_type or lhs.dtype
-  if not dense:
-    if config.backend == "kernel":
-      raise ValueError(f"backend='kernel' runs Dense-shaped contractions; got dimension_numbers="
-                       f"{dimension_numbers!r}")
-    w = dequantize_kernel(rhs)
-    return dot_general(lhs, w, dimension_numbers, dataclasses.replace(config, rhs=None, backend="fake",
-                                                                      dlhs=None, drhs=None, accumulator=None),
-                       state=state, preferred_element_type=out_dtype)
-  value = rhs.value
-  k, lead = rhs.matrix_shape[0], lhs.shape[:lhs.ndim - c]
-  lhs32 = lhs.astype(jnp.float32).reshape(-1, k)
-  x_format = None
-  tq = config.lhs
-  if tq is not None:
-    if tq.scaling == "dynamic" and tq.estimator == "ste" and tq.rounding == "nearest_even":
-      x_format = tq.scaled_format("lhs")
-      if not isinstance(x_format, ScaledFormat):
-        lhs32, x_format = quantize_operand(lhs32, tq, "lhs"), None
-    else:
-      lhs32 = quantize_operand(lhs32, tq, "lhs", scale=state.lhs_scale, param=state.lhs_param)
-  grad = None
-  if config.dlhs is not None and config.dlhs.grad is not None:
-    grad = config.dlhs.grad.scaled_format("lhs")
-  if isinstance(value, QArray) and x_format is None and grad is None and config.backend != "kernel":
-    # Small layers (kept as QArrays because the kernel layout's padding would cost more than 1%): dequantize once
-    # and let XLA multiply, rather than re-laying out the weights on every call.
-    y = jnp.dot(lhs32, dequantize_kernel(value), preferred_element_type=jnp.float32)
-  else:
-    y = _kernel_matmul(lhs32, value, x_format=x_format, grad_format=grad)
-  return y.reshape(*lead, *shape[c:]).astype(out_dtype)
-
-
 def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
@@ -183,7 +186,7 @@ def _kernel_layout_if_cheap(q: QArray) -> _layout.PackedWeights | None:
 
 def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kernel_name: str = "kernel",
         layout: str = "auto", donate: bool = False, on_leaf: Callable[[str], None] | None = None):
-  """Quantizes the kernels of a params tree by the rules' weight formats (their ``config.rhs``).
+  """Quantizes the kernels of a params tree by the rules' weight formats (their ``config.rhs.rhs_format``).
 
   A kernel at ``a/b/kernel`` belongs to the module path ``a/b``; the first rule whose pattern matches the path
   decides (a rule with ``config=None`` leaves it float). A kernel is quantized in the 2-D view its layer
@@ -212,15 +215,13 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
       (the message names the path).
 
   Example:
-    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, lpnum
     >>> from lpnum import nn as lnn
     >>> params = nn.Dense(256).init(jax.random.key(0), jnp.ones((1, 512)))["params"]
-    >>> q = lnn.ptq(params, [lnn.Rule(".*", lnn.QuantConfig.weight_only("int4"))])
+    >>> q = lnn.ptq(params, [lnn.Rule(".*", lpnum.DotConfig.weight_only("int4"))])
     >>> q["kernel"], lnn.params_nbytes(q) / lnn.params_nbytes(params)
     (QuantizedKernel(int4/per_channel(1,)/float32, shape=(512, 256), PackedWeights), 0.1286549707602339)
   """
-  from lpnum.nn.rules import as_rules, match
-
   if layout not in ("auto", "kernel", "qarray"):
     raise ValueError(f"layout={layout!r}; expected 'auto', 'kernel' or 'qarray'")
   rules = as_rules(rules)
@@ -244,7 +245,7 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     if isinstance(contract, bool) or not isinstance(contract, int) or not 1 <= contract < w.ndim:
       raise ValueError(f"views[{where!r}]={contract!r} must be an int in [1, {w.ndim}) for a kernel of shape "
                        f"{w.shape}")
-    fmt = rule.config.rhs.scaled_format("rhs")
+    fmt = rule.config.rhs.rhs_format
     if not isinstance(fmt, ScaledFormat):
       fmt = ScaledFormat(fmt, scale_format="float32", name=fmt.name)
     try:

@@ -1,7 +1,7 @@
 """Quantize a whole existing model by module-path rules, without editing its source.
 
 A :class:`Rule` pairs a regular expression over module paths (``"Dense_0"``, ``"block1/Conv_1"``,
-``"MultiHeadDotProductAttention_0/query"``) with a :class:`~lpnum.nn.QuantConfig`; the first rule that matches a
+``"MultiHeadDotProductAttention_0/query"``) with a :class:`~lpnum.DotConfig`; the first rule that matches a
 layer's path (``re.fullmatch``) decides, and ``config=None`` keeps a layer float. Quantizable layers: linen
 ``Dense``, ``DenseGeneral`` and ``Conv``; nnx ``Linear``, ``LinearGeneral`` and ``Conv``.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,8 +28,8 @@ from flax.linen import dtypes as linen_dtypes
 
 from lpnum.nn import linen as _linen
 from lpnum.nn import nnx as _nnx
-from lpnum.nn.config import QuantConfig
-from lpnum.nn.ptq import PackedKernel, QuantizedKernel
+from lpnum.nn.ptq import PackedKernel, QuantizedKernel, ptq
+from lpnum.nn.rule import Rule, as_rules, match
 
 __all__ = ["Rule", "QuantizedModel", "quantize_model", "promote_dtype", "kernel_views", "ptq_nnx"]
 
@@ -38,54 +37,6 @@ _LINEN_DOT = (nn.Dense, nn.DenseGeneral)
 _LINEN_CONV = (nn.Conv,)
 _NNX_DOT = (nnx.Linear, nnx.LinearGeneral)
 _NNX_CONV = (nnx.Conv,)
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """Quantize the layers whose path fully matches ``pattern`` with ``config`` (None: keep them float).
-
-  Example:
-    >>> from lpnum import nn as lnn
-    >>> rule = lnn.Rule(r"Dense_[0-2]", lnn.QuantConfig.weight_only("int8"))
-    >>> rule.matches("Dense_1"), rule.matches("Dense_3")
-    (True, False)
-  """
-
-  pattern: str
-  config: QuantConfig | None
-
-  def __post_init__(self) -> None:
-    if not isinstance(self.pattern, str):
-      raise TypeError(f"pattern={self.pattern!r} must be a str (a regular expression over module paths)")
-    try:
-      re.compile(self.pattern)
-    except re.error as e:
-      raise ValueError(f"pattern={self.pattern!r} is not a regular expression: {e}") from None
-    if self.config is not None and not isinstance(self.config, QuantConfig):
-      raise TypeError(f"config={self.config!r} must be a QuantConfig or None")
-
-  def matches(self, path: str) -> bool:
-    """Whether the rule applies to the module at ``path`` (``/``-separated)."""
-    return re.fullmatch(self.pattern, path) is not None
-
-
-def as_rules(rules) -> tuple[Rule, ...]:
-  """Rules from Rule values, ``(pattern, config)`` pairs or a single QuantConfig (every layer)."""
-  if isinstance(rules, QuantConfig):
-    return (Rule(".*", rules),)
-  if isinstance(rules, Rule):
-    return (rules,)
-  if isinstance(rules, str) or not isinstance(rules, Iterable):
-    raise TypeError(f"rules={rules!r} must be a sequence of Rule (or (pattern, config) pairs) or a QuantConfig")
-  out = tuple(r if isinstance(r, Rule) else Rule(*r) for r in rules)
-  if not out:
-    raise ValueError("rules is empty")
-  return out
-
-
-def match(rules: Sequence[Rule], path: str) -> Rule | None:
-  """The first rule matching ``path``, or None."""
-  return next((r for r in rules if r.matches(path)), None)
 
 
 def promote_dtype(*args, dtype=None, inexact: bool = True) -> list[Any]:
@@ -179,16 +130,17 @@ def quantize_model(model, rules):
   Args:
     model: a ``flax.linen.Module`` (returns a :class:`QuantizedModel`) or a ``flax.nnx.Module`` (modified in
       place and returned).
-    rules: :class:`Rule` values, ``(pattern, config)`` pairs, or one QuantConfig for every layer.
+    rules: :class:`Rule` values, ``(pattern, config)`` pairs, or one DotConfig for every layer.
 
   Raises:
     ValueError: a rule that matches no quantizable layer (for linen, on the first ``init``/``apply``).
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> import lpnum
     >>> from lpnum import nn as lnn
     >>> mlp = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
-    >>> qmodel = lnn.quantize_model(mlp, [lnn.Rule("layers_2", None), lnn.Rule(".*", lnn.QuantConfig.fp8())])
+    >>> qmodel = lnn.quantize_model(mlp, [lnn.Rule("layers_2", None), lnn.Rule(".*", lpnum.DotConfig.fp8())])
     >>> variables = qmodel.init(jax.random.key(0), jnp.ones((1, 4)))
     >>> qmodel.apply(variables, jnp.ones((1, 4))).shape
     (1, 2)
@@ -268,8 +220,6 @@ def ptq_nnx(model: nnx.Module, rules, **kwargs) -> nnx.Module:
 
   ``kwargs`` go to :func:`lpnum.nn.ptq`. Returns the model.
   """
-  from lpnum.nn.ptq import ptq
-
   rules = as_rules(rules)
   layers = {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
             if isinstance(node, _NNX_DOT + _NNX_CONV)}

@@ -7,11 +7,11 @@ rule of :mod:`lpnum.scaled`: ``floor`` (OCP MX v1.0), ``rceil`` (cuBLAS, Transfo
 and the real weights (blocks along K, the input features) and activations (the inputs of each Dense layer, blocks
 along K) of an MLP trained on digits. The study reports the SQNR of each (format, rule, tensor), and the test
 accuracy of that MLP with its weights post-training quantized in each (format, rule): the weights are quantized
-exactly as ``lpnum.nn.ptq`` quantizes a kernel for ``TensorQuant(lpnum.mx.format(name, scale_rule=rule),
-granularity=32)`` (its tests check the two agree), from the one quantization pass that also gives the SQNR.
+exactly as ``lpnum.nn.ptq`` quantizes a kernel for ``OperandQuant(lpnum.mx.format(name, scale_rule=rule),
+granularity=lpnum.per_block(32))`` (its tests check the two agree), from the one quantization pass that also gives the SQNR.
 
 Part 2 (FP8 training recipes). The same MLP trained from scratch with the FP8 recipe of
-:meth:`lpnum.nn.QuantConfig.fp8` (E4M3 forward operands, E5M2 gradients, per-tensor scales): current
+:meth:`lpnum.DotConfig.fp8` (E4M3 forward operands, E5M2 gradients, per-tensor scales): current
 (``dynamic``) scaling, which takes each call's amax, against ``delayed`` scaling, which scales with the largest amax
 of the last 1, 4 or 16 steps (``--quick``: 1 and 16; the amax history lives in the ``quant_stats``
 collection, mutable while training).
@@ -158,13 +158,13 @@ def _weights_from_rows(params: dict[str, Any], rows: np.ndarray) -> dict[str, An
   return out
 
 
-def fp8_config(scaling: str, history: int = 16) -> lpnum.nn.QuantConfig:
+def fp8_config(scaling: str, history: int = 16) -> lpnum.DotConfig:
   """The FP8 training recipe (E4M3 forward, E5M2 gradients, per-tensor) with ``dynamic`` or ``delayed`` scaling."""
   if scaling not in ("dynamic", "delayed"):
     raise ValueError(f"scaling={scaling!r}; expected 'dynamic' or 'delayed'")
-  e4m3 = lpnum.nn.TensorQuant("float8_e4m3fn", scaling=scaling, history=history)
-  e5m2 = lpnum.nn.Backward(grad=lpnum.nn.TensorQuant("float8_e5m2"))
-  return lpnum.nn.QuantConfig(lhs=e4m3, rhs=e4m3, dlhs=e5m2, drhs=e5m2)
+  e4m3 = lpnum.OperandQuant("float8_e4m3fn", scaling=scaling, history=history)
+  e5m2 = lpnum.BackwardQuant(grad=lpnum.OperandQuant("float8_e5m2"))
+  return lpnum.DotConfig(lhs=e4m3, rhs=e4m3, dlhs=e5m2, drhs=e5m2)
 
 
 def _final(losses: Sequence[float]) -> float:

@@ -5,10 +5,10 @@ What is trained: the zoo's MLP and residual CNN (:mod:`lpnum.zoo.models`) on sci
 the synthetic pointer look-up task (:func:`lpnum.zoo.data.sequence_task`: 8192 training and 1024 test sequences of 16
 tokens over 16 symbols; chance accuracy 1/16).
 
-How: every recipe of :data:`RECIPES` is one :class:`~lpnum.nn.QuantConfig` applied to every quantizable layer
+How: every recipe of :data:`RECIPES` is one :class:`~lpnum.DotConfig` applied to every quantizable layer
 (``quantize_model(model, [Rule(".*", config)])``: each ``Dense``, ``Conv`` and attention projection, the first
 and last layers included, so that each recipe is tested at its harshest; token/position embeddings, LayerNorm,
-BatchNorm, softmax and the attention products stay float32). Quantization is simulated (``backend="fake"``:
+BatchNorm, softmax and the attention products stay float32). Quantization is simulated (``engine="fake"``:
 quantize-dequantize, float32 matmuls, which for int8 and FP8 operands give the products the integer/FP8 matmul
 would, up to float32 accumulation) with the straight-through estimator unless the recipe says otherwise; the
 master weights and Adam's state stay float32, as in every mixed-precision recipe. Each run is
@@ -40,7 +40,7 @@ Reproduction notes (also :data:`NOTES`, stored in the JSON):
   (nearest even), float32 master weights, no loss scaling; the papers' claim is that its gap to float32 is noise.
 * FP8 Formats for Deep Learning (Micikevicius et al.): E4M3 forward operands and E5M2 gradients with per-tensor
   scales reached 16-bit quality on CNNs, RNNs and transformers up to 175B parameters with unchanged
-  hyper-parameters. Here: ``fp8`` (``QuantConfig.fp8()``) with dynamic per-tensor scales (the paper's software
+  hyper-parameters. Here: ``fp8`` (``DotConfig.fp8()``) with dynamic per-tensor scales (the paper's software
   recipe uses delayed scaling from an amax history; dynamic scaling is its ideal) and without keeping any layer
   in higher precision.
 * Microscaling Data Formats for Deep Learning (Rouhani et al.): MXFP8 is a drop-in for float32, and MX formats
@@ -51,7 +51,7 @@ Reproduction notes (also :data:`NOTES`, stored in the JSON):
   fine-grained scaling) is ``nvfp4``, weights only.
 * BitNet b1.58 Reloaded: ternary absmean weights and 8-bit per-token activations are state of the art for small
   (100K-48M parameter) language and vision models, when trained long enough (and, for the smallest, wide enough).
-  Here: ``ternary`` (``estimator="bitnet_ternary"``, int8 per-token activations), a few hundred steps; BitNet
+  Here: ``ternary`` (``estimator=lpnum.estimators.BitNetTernary()``, int8 per-token activations), a few hundred steps; BitNet
   also keeps the embeddings and the head in higher precision, here only the embeddings are.
 * Quantizing deep convolutional networks for efficient inference (Krishnamoorthi): 8-bit per-channel weights
   and per-layer activations lose under 2% post-training, under 1% with quantization-aware training; 4-bit
@@ -91,7 +91,8 @@ import optax
 
 from lpnum.zoo import data
 from lpnum.zoo import models as zoo, train
-from lpnum.nn.config import Backward, QuantConfig, TensorQuant
+import lpnum
+from lpnum import BackwardQuant, DotConfig, OperandQuant
 from lpnum.nn.rules import Rule, quantize_model
 
 __all__ = ["Recipe", "ModelSpec", "RECIPES", "QUICK_RECIPES", "MODELS", "NOTES", "BATCH_SIZE", "CURVE_POINTS",
@@ -107,7 +108,7 @@ class Recipe:
     config: the config of every ``Dense``/``Conv`` layer, or None for the float32 baseline.
   """
   description: str
-  config: QuantConfig | None
+  config: DotConfig | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,32 +131,32 @@ class ModelSpec:
   learning_rate: float
 
 
-_INT8 = TensorQuant("int8", granularity="channel")
-_BF16 = TensorQuant("bfloat16", scaling="none")
+_INT8 = OperandQuant("int8", granularity=lpnum.per_channel())
+_BF16 = OperandQuant("bfloat16", scaling="none")
 
 #: Recipe name -> :class:`Recipe`; ``float32`` is the baseline every gap is measured against.
 RECIPES: dict[str, Recipe] = {
     "float32": Recipe("float32 everywhere (baseline)", None),
     "bfloat16": Recipe("forward operands and output gradients rounded to bfloat16, no scales",
-                       QuantConfig(lhs=_BF16, rhs=_BF16, dlhs=Backward(grad=_BF16), drhs=Backward(grad=_BF16))),
+                       DotConfig(lhs=_BF16, rhs=_BF16, dlhs=BackwardQuant(grad=_BF16), drhs=BackwardQuant(grad=_BF16))),
     "int8": Recipe("int8 W8A8: per-channel weights, per-token activations, per-channel int8 output gradients",
-                   QuantConfig(lhs=_INT8, rhs=_INT8, dlhs=Backward(grad=_INT8), drhs=Backward(grad=_INT8))),
+                   DotConfig(lhs=_INT8, rhs=_INT8, dlhs=BackwardQuant(grad=_INT8), drhs=BackwardQuant(grad=_INT8))),
     "int4_weights": Recipe("int4 per-channel weights (QAT, STE); activations and gradients float32",
-                           QuantConfig.weight_only("int4", "channel")),
+                           DotConfig.weight_only("int4", lpnum.per_channel())),
     "fp8": Recipe("FP8: E4M3 weights and activations, E5M2 output gradients, dynamic per-tensor scales",
-                  QuantConfig.fp8()),
+                  DotConfig.fp8()),
     "mxfp8": Recipe("MXFP8: E4M3 weights and activations, E5M2 output gradients, blocks of 32 along K",
-                    QuantConfig(lhs=TensorQuant("mxfp8_e4m3"), rhs=TensorQuant("mxfp8_e4m3"),
-                                dlhs=Backward(grad=TensorQuant("mxfp8_e5m2")),
-                                drhs=Backward(grad=TensorQuant("mxfp8_e5m2")))),
+                    DotConfig(lhs=OperandQuant("mxfp8_e4m3"), rhs=OperandQuant("mxfp8_e4m3"),
+                                dlhs=BackwardQuant(grad=OperandQuant("mxfp8_e5m2")),
+                                drhs=BackwardQuant(grad=OperandQuant("mxfp8_e5m2")))),
     "mxfp4": Recipe("MXFP4 E2M1 weights, MXFP8 E4M3 activations (blocks of 32 along K), float32 gradients",
-                    QuantConfig(lhs=TensorQuant("mxfp8_e4m3"), rhs=TensorQuant("mxfp4_e2m1"))),
+                    DotConfig(lhs=OperandQuant("mxfp8_e4m3"), rhs=OperandQuant("mxfp4_e2m1"))),
     "nvfp4": Recipe("NVFP4 weights (E2M1, blocks of 16 with E4M3 scales); activations and gradients float32",
-                    QuantConfig.weight_only("nvfp4")),
+                    DotConfig.weight_only("nvfp4")),
     "ternary": Recipe("BitNet b1.58: absmean ternary weights, int8 per-token activations",
-                      QuantConfig(lhs=_INT8, rhs=TensorQuant(None, estimator="bitnet_ternary"))),
+                      DotConfig(lhs=_INT8, rhs=OperandQuant(None, estimator=lpnum.estimators.BitNetTernary()))),
     "posit8": Recipe("posit(8, 2) weights and activations, no scales; gradients float32",
-                     QuantConfig(lhs=TensorQuant("posit8", scaling="none"), rhs=TensorQuant("posit8", scaling="none"))),
+                     DotConfig(lhs=OperandQuant("posit8", scaling="none"), rhs=OperandQuant("posit8", scaling="none"))),
 }
 
 #: The recipes of ``--quick`` runs.
