@@ -47,7 +47,9 @@ __all__ = ["a2q_limit", "a2q_init", "a2q_quantize", "a2q_integer_weights"]
 _EPS32 = 2.0**-24
 
 
-def _check_bits(name: str, value, lo: int, hi: int) -> int:
+def check_bits(name: str, value, lo: int, hi: int) -> int:
+  """``value`` as an int, or ValueError naming ``name`` unless it is an integer in ``[lo, hi]`` (bit widths, fan-in;
+  the A2Q layer validates its attributes with it)."""
   if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
     raise ValueError(f"{name}={value!r} must be an integer in [{lo}, {hi}]")
   return int(value)
@@ -71,7 +73,7 @@ def a2q_limit(fan_in: int, *, input_bits: int, accumulator_bits: int, signed_inp
     >>> a2q_limit(64, input_bits=8, accumulator_bits=16), a2q_limit(2**16, input_bits=4, accumulator_bits=32)
     (255.0, 266338048.0)
   """
-  _check_bits("fan_in", fan_in, 1, 2**40)
+  check_bits("fan_in", fan_in, 1, 2**40)
   bound = a2q_bound(input_bits, accumulator_bits, signed_input=signed_input)
   t = math.floor(bound)
   # The computed ||v||_1 is at least (1 - 2 (K - 1) eps) times the exact one (any summation order), and the
@@ -117,7 +119,7 @@ def _prepare(v, g, scale, weight_bits, input_bits, accumulator_bits, signed_inpu
   v = _kernel(v)
   out = v.shape[-1]
   g, scale = _channel(g, "g", out), _channel(scale, "scale", out)
-  m = _check_bits("weight_bits", weight_bits, 2, 16)
+  m = check_bits("weight_bits", weight_bits, 2, 16)
   limit = a2q_limit(max(v.size // max(out, 1), 1), input_bits=input_bits, accumulator_bits=accumulator_bits,
                     signed_input=signed_input)
   dtype = jnp.result_type(v.dtype, g.dtype, scale.dtype, jnp.float32)
@@ -221,7 +223,7 @@ def a2q_init(w: ArrayLike, *, weight_bits: int, input_bits: int, accumulator_bit
     ([5.0, 15.0], [0.5, 1.0])
   """
   w = _kernel(w, "w")
-  m = _check_bits("weight_bits", weight_bits, 2, 16)
+  m = check_bits("weight_bits", weight_bits, 2, 16)
   fan_in = max(w.size // max(w.shape[-1], 1), 1)
   limit = a2q_limit(fan_in, input_bits=input_bits, accumulator_bits=accumulator_bits, signed_input=signed_input)
   w = w.astype(jnp.result_type(w.dtype, jnp.float32))

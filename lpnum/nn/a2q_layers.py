@@ -78,7 +78,7 @@ class A2QDense(nn.Module):
     lo = 2 if self.signed_input else 1
     if isinstance(self.input_bits, bool) or not isinstance(self.input_bits, int) or not lo <= self.input_bits <= 16:
       raise ValueError(f"input_bits={self.input_bits!r} must be an integer in [{lo}, 16]")
-    _a2q._check_bits("weight_bits", self.weight_bits, 2, 16)
+    _a2q.check_bits("weight_bits", self.weight_bits, 2, 16)
     _a2q.a2q_limit(1, input_bits=self.input_bits, accumulator_bits=self.accumulator_bits,
                    signed_input=self.signed_input)
     super().__post_init__()
