@@ -1,12 +1,13 @@
-"""Pallas kernels for packed low-bit matmul, installed as ``lpnum.kernels``.
+"""Pallas kernels, installed as ``lpnum.kernels``; one folder per op, each with its faces (reference, XLA, Pallas)
+and a public API.
 
-- :func:`pack_weights` rearranges a quantized ``(K, N)`` QArray into the kernel layout (:mod:`.layout`).
-- :func:`matmul` multiplies with packed weights: Pallas on GPU/TPU, XLA on the CPU (:mod:`.matmul`).
+- :mod:`.packed_matmul`: ``x @ W`` with packed low-bit weights, dequantized inside the kernel tile by tile;
+  :func:`pack_weights` rearranges a quantized ``(K, N)`` QArray into the kernel layout, :func:`matmul` multiplies
+  (Pallas on GPU/TPU, XLA on the CPU).
 - :mod:`.accumulate`: matmuls with emulated low-bit accumulators (integer, float, aligned, exact) and A2Q's bound.
 """
 
-from lpnum.kernels import accumulate
-from lpnum.kernels.layout import PackedWeights, pack_weights
-from lpnum.kernels.matmul import BlockSizes, matmul, reference_matmul
+from lpnum.kernels import accumulate, packed_matmul
+from lpnum.kernels.packed_matmul import BlockSizes, PackedWeights, matmul, pack_weights, reference_matmul
 
-__all__ = ["accumulate", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]
+__all__ = ["accumulate", "packed_matmul", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]

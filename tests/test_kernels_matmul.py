@@ -8,7 +8,6 @@ and exact NumPy int64 dots for the integer path.
 from __future__ import annotations
 
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,8 @@ from jax import export
 
 import lpnum
 from lpnum import kernels
-from lpnum.kernels import _dequant, layout
+from lpnum.kernels.packed_matmul import dequant as _dequant
+from lpnum.kernels.packed_matmul import layout
 
 WEIGHT_FORMATS = {
     "int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
@@ -147,10 +147,10 @@ def test_weight_only_matmul_matches_the_dequantized_product(name, backend, platf
 @pytest.mark.parametrize("name", ["int4_g32", "uint4_zp", "mxfp4_e2m1"])
 def test_xla_path_for_many_rows_dequantizes_whole(name):
   """From WHOLE_DEQUANTIZE_ROWS rows on, the XLA path takes its one-dot branch; same result."""
-  from lpnum.kernels import matmul as kmatmul
+  from lpnum.kernels.packed_matmul.xla import WHOLE_DEQUANTIZE_ROWS
 
   q = _weights(WEIGHT_FORMATS[name])
-  m = sys.modules[kmatmul.__module__].WHOLE_DEQUANTIZE_ROWS
+  m = WHOLE_DEQUANTIZE_ROWS
   x = np.random.default_rng(2).normal(size=(m + 3, q.shape[0])).astype(np.float32)
   _check_close(_run(x, kernels.pack_weights(q), "xla", None), x, _dequantized(WEIGHT_FORMATS[name]))
 
@@ -347,7 +347,7 @@ def test_block_sizes_override_and_fp8_by_fp8():
     _check_close(y, xf, _dequantized(WEIGHT_FORMATS["fp8_e4m3"]))
 
 
-@pytest.mark.parametrize("module", ["lpnum.kernels.matmul", "lpnum.kernels.layout"])
+@pytest.mark.parametrize("module", ["lpnum.kernels.packed_matmul.api", "lpnum.kernels.packed_matmul.layout"])
 def test_docstring_examples(module):
   import doctest
   import importlib

@@ -24,7 +24,7 @@ import numpy as np
 from flax.core import meta
 
 from lpnum.estimators import STE
-from lpnum.kernels import layout as _layout
+from lpnum.kernels.packed_matmul import layout as _layout
 from lpnum.kernels import matmul as _kernel_matmul
 from lpnum.nn.rule import as_rules, match
 from lpnum.qarray import QArray

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from lpnum.kernels.layout import PackedWeights
+from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.nn.ptq import QuantizedKernel
 from lpnum.qarray import QArray
 

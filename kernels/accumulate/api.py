@@ -1,79 +1,6 @@
-"""Matmuls ``a @ b`` whose accumulator is emulated bit-exactly: P-bit integers, narrow floats, FP8-tensor-core-style
-aligned fixed point, and an exact (Kulisch) accumulator.
-
-``a`` is (..., M, K) (leading batch dims allowed), ``b`` is (K, N); the result is (..., M, N), int32 for integer
-accumulators and float32 otherwise (holding values of the accumulator's format).
-
-Products
-  Integer accumulators take integer inputs and form exact int32 products (dtypes whose products could leave int32
-  are rejected). Float and aligned accumulators form float32 products ``fl32(a * b)``: exact when each operand has
-  at most 12 significant bits (bfloat16, float16, float8, float6, float4, integers below 2^12); float32 (and int16)
-  inputs give products rounded once to float32, nearest even. The exact accumulator uses the exact products.
-
-Order of the additions
-  ``order="sequential"`` (default): the accumulator starts at 0 (+0) and adds the products for k = 0, 1, ..., K-1,
-  rounding (or wrapping/saturating) after every addition. ``chunk=c`` splits K into consecutive chunks of c
-  products (the last one has ``K - (ceil(K/c) - 1) c``), each summed in the accumulator from 0 in order; integer
-  accumulators then add the chunk results in order, in the same P-bit accumulator starting from 0; float
-  accumulators add them in order to a float32 accumulator (nearest even) starting from +0, as tensor cores
-  promote partial sums. ``order="pairwise"`` (integer accumulators): every product first enters the accumulator
-  as ``0 + p`` (so an out-of-range product already overflows), then adjacent nodes (0, 1), (2, 3), ... are added
-  level by level, an odd last node moving up unchanged; e.g. K = 5 gives ((p0 + p1) + (p2 + p3)) + p4. Wrap-around
-  is arithmetic modulo 2^P, so it gives the same result in every order; saturation does not.
-
-Float accumulators
-  Every addition is rounded once, correctly, to the format: the float32 sum and its exact error (TwoSum) give the
-  sum rounded to odd at 24 bits, which rounds to the format's (at most 22) bits exactly as the exact sum would.
-  A float32 accumulator (``"float32"``, ``(8, 23)``) rounds from the float32 sum and its error directly: nearest
-  even is the float32 sum, stochastic steps it one ulp toward the error with probability |error| / ulp.
-  IEEE rules: subnormals, overflow to inf (NaN for formats without inf), ``x + (-x) = +0``, ``(-0) + (-0) = -0``,
-  a nonzero sum that rounds to zero keeps its sign.
-  Stochastic rounding rounds that round-to-odd sum up with probability equal to its distance from the lower
-  neighbour over the gap (within 2^-(23 - m) of a gap of the exact sum's probability; float32: the exact sum's
-  probability, resolved with 32 random bits). The addition of product k
-  draws 32 bits per output from lpnum's counter-based hash (``lowbias32``) of the output index ``row * N + col``
-  (rows counted over the flattened batch), seeded with ``h(w0 ^ k)`` and ``h(w1 ^ k)`` where
-  ``(w0, w1) = jax.random.bits(key, (2,))``. Same key, same result, on every backend.
-
-Aligned accumulator (FP8 tensor cores)
-  Per chunk of ``chunk`` products: ``emax`` is the largest product exponent (floor(log2|p|)) in the chunk; each
-  product is truncated toward zero to a multiple of ``2^(emax - product_bits)``; the truncated products are summed
-  exactly (int32); the chunk sum, converted to float32 (nearest even; exact while it has at most 24 bits), is added
-  to a float32 accumulator (nearest even, from +0). The running float32 accumulator does not take part in the
-  alignment: the model is one tensor-core MMA block whose fixed-point partial sum is promoted to an FP32 register
-  accumulator every ``chunk`` products (as in DeepSeek-V3's FP8 GEMMs, which promote every 128 products because
-  H800 tensor cores keep about 14 bits); aligning the accumulator too would model a tensor core that never
-  promotes, where the precision of the result, not only of the products, is limited.
-
-Exact accumulator
-  A Kulisch accumulator: int32 limbs of 24 bits covering every product of the two input dtypes (and K of them
-  summed) without loss, rounded once to float32 (nearest even, subnormals included, inf beyond float32's range) at
-  the end. Inputs: integers of at most 16 bits and floats of at most 32 bits (float32 included).
-
-Special values and subnormals
-  NaN and inf inputs give NaN/inf products (``inf * 0 = NaN``), which propagate by IEEE addition: the float
-  accumulator adds them like any product; the aligned chunk and the exact accumulator return the IEEE float32 sum
-  of the non-finite products where there is one. Float32 arithmetic on products and sums below 2^-126
-  (float32 subnormals) follows the platform: XLA on the CPU and TPUs flush them to zero (other platforms may keep
-  them). Formats whose smallest value is well above that (float16, E5M6, E4M7...) never meet them; a bfloat16
-  accumulator's subnormals lie below 2^-126, so sums that small become zeros there. The exact accumulator reads
-  the inputs' bits and needs no float arithmetic: it is exact everywhere.
-
-Overflow statistics (``return_stats=True``)
-  ``overflowed`` marks outputs whose accumulator overflowed at least once: an integer addition that wrapped
-  (``wrap``) or was clamped (``saturate``); a float addition of finite operands that gave inf or NaN (the
-  low-precision accumulator, or the float32 sum of chunks); an aligned float32 accumulator that became infinite
-  from finite products; an exact sum beyond float32's range. Infinite products (including float32 products of
-  finite inputs beyond float32's range) are inputs to the accumulator, not overflows of it.
-
-Backends
-  ``"reference"`` is the definition above (slow loops). ``"xla"`` runs a loop over K with rank-1 updates of the
-  whole output (one fused step per product). ``"pallas_tpu"`` (Mosaic) and ``"pallas_gpu"`` (Triton) are tiled
-  kernels with a grid over output tiles and K looped inside; ``"pallas"`` picks the kernel of the platform it is
-  lowered for (``jax.export`` to "tpu" or "cuda" works from any host); ``interpret=True`` runs them in Pallas
-  interpret mode (``"pallas"`` then interprets the TPU kernel). ``"auto"`` is XLA on the CPU and ``"pallas"``
-  elsewhere. All backends give bit-identical results.
-"""
+"""The public face of the emulated accumulators: the accumulator values, :func:`matmul` (which picks the
+reference, XLA or Pallas face) and :func:`reference_matmul`. The arithmetic they define is in the README
+("Emulated accumulators: the arithmetic")."""
 
 from __future__ import annotations
 
@@ -91,9 +18,10 @@ from lpnum.carrier import F32
 from lpnum.rounding import Rounding
 from lpnum.formats import FloatFormat, Specials
 from lpnum.formats import FLOAT32, as_format
-from lpnum.kernels import _accumulate_ops as ops
-from lpnum.kernels import _accumulate_tiled as tiled
-from lpnum.kernels._accumulate_reference import reference
+from lpnum.kernels.accumulate import ops, tiled
+from lpnum.kernels.accumulate.pallas import pallas
+from lpnum.kernels.accumulate.reference import reference
+from lpnum.kernels.accumulate.xla import xla
 
 __all__ = ["IntAccumulator", "FloatAccumulator", "AlignedAccumulator", "ExactAccumulator", "AccumulatorStats",
            "matmul", "reference_matmul", "a2q_bound"]
@@ -475,10 +403,10 @@ def _run(a, b, words, plan, implementation, block_sizes, interpret):
     ca, cb = tiled.compute_dtype(plan, a.dtype), tiled.compute_dtype(plan, b.dtype)
     return reference(plan, a.astype(ca), b.astype(cb), words)
   if implementation == "xla":
-    return tiled.xla(plan, a, b, words)
+    return xla(plan, a, b, words)
   if implementation in ("pallas_tpu", "pallas_gpu") or interpret:
     target = "gpu" if implementation == "pallas_gpu" else "tpu"
-    return tiled.pallas(plan, a, b, words, target=target, block=block_sizes, interpret=interpret)
-  kernel = {t: functools.partial(tiled.pallas, plan, target=t, block=None, interpret=False) for t in ("tpu", "gpu")}
+    return pallas(plan, a, b, words, target=target, block=block_sizes, interpret=interpret)
+  kernel = {t: functools.partial(pallas, plan, target=t, block=None, interpret=False) for t in ("tpu", "gpu")}
   return jax.lax.platform_dependent(a, b, words, tpu=kernel["tpu"], cuda=kernel["gpu"], rocm=kernel["gpu"],
                                     default=kernel["tpu"])

@@ -1,4 +1,5 @@
-"""The tiled accumulation algorithm, run on (bm, bn) tiles by the Pallas kernels and on the whole output by XLA.
+"""The tiled accumulation algorithm, run on (bm, bn) tiles by the Pallas kernels (:mod:`.pallas`) and on the whole
+output by XLA (:mod:`.xla`).
 
 One algorithm per accumulator kind, written against ``fetch(pos)``: the ``g`` pairs ``(column of a, row of b)``
 at padded positions ``pos .. pos + g - 1`` of the K axis, as (rows, 1) and (1, cols) arrays of the compute dtype.
@@ -25,19 +26,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as pltriton
 
 from lpnum.rounding import Rounding
 from lpnum.formats import FloatFormat
 
-from lpnum.kernels import _accumulate_ops as ops
+from lpnum.kernels.accumulate import ops
 
 #: Default (bm, bn) output tiles per kernel.
 TPU_BLOCK = (128, 128)
 GPU_BLOCK = (32, 32)
-_TPU_SCOPED_VMEM = 16 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,128 +299,3 @@ def compute_dtype(plan: Plan, dtype: np.dtype) -> np.dtype:
   return np.dtype(np.float32)
 
 
-def xla(plan: Plan, a: jax.Array, b: jax.Array, words: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-  """The tiled algorithm on the whole (R, N) output: a loop over K with rank-1 updates, one fused step each."""
-  (r, k), n = a.shape, b.shape[1]
-  if plan.kind == "int" and not plan.saturate and not plan.stats and _dot_is_exact(a.dtype, b.dtype, k):
-    # Wrap-around is arithmetic modulo 2^bits: any order gives the wrapped exact sum, which fits int32 here.
-    s = jnp.dot(a.astype(jnp.int32), b.astype(jnp.int32), preferred_element_type=jnp.int32)
-    return ops.wrap(s, plan.bits), jnp.zeros((r, n), bool)
-  if plan.pairwise:
-    return _xla_pairwise(plan, a.T.astype(jnp.int32), b.astype(jnp.int32))
-  lay = Layout.of(plan, 1)
-  at = lay.apply(a, 1).T.astype(compute_dtype(plan, a.dtype))
-  bt = lay.apply(b, 0).astype(compute_dtype(plan, b.dtype))
-
-  def fetch(pos):
-    ra = jax.lax.dynamic_slice_in_dim(at, pos, lay.g, 0)
-    rb = jax.lax.dynamic_slice_in_dim(bt, pos, lay.g, 0)
-    return [(ra[t][:, None], rb[t][None, :]) for t in range(lay.g)]
-
-  idx = ops.output_index(jax.lax.broadcasted_iota(jnp.int32, (r, n), 0),
-                         jax.lax.broadcasted_iota(jnp.int32, (r, n), 1), plan.n)
-  return run_tile(plan, lay, fetch, None if words is None else (words[0], words[1]), idx, (r, n))
-
-
-def _xla_pairwise(plan: Plan, at: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The pairwise tree for XLA: each product is pushed onto a stack of subtrees (a binary counter over K) and
-  every merge is its own loop iteration. (XLA's loop fusion recomputes a value once per use, so a tree of
-  saturating additions inside one fusion would cost exponentially many operations in its depth.)"""
-  k, shape = at.shape[0], (at.shape[1], b.shape[1])
-  levels = max(k.bit_length(), 1)
-
-  def add(acc, x, flags):
-    out, over = ops.int_add(acc, x, plan.bits, plan.saturate)
-    return out, (flags | over) if plan.stats else flags
-
-  def push(i, carry):
-    stack, flags = carry
-    x, flags = add(jnp.zeros(shape, jnp.int32), at[i][:, None] * b[i][None, :], flags)
-    merges = jax.lax.population_count(i ^ (i + 1)) - 1  # trailing ones of i: the subtrees x completes
-    x, flags = jax.lax.fori_loop(0, merges, lambda j, c: add(stack[j], *c), (x, flags))
-    return stack.at[merges].set(x), flags
-
-  stack, flags = jax.lax.fori_loop(0, k, push, (jnp.zeros((levels, *shape), jnp.int32), jnp.zeros(shape, bool)))
-  out = None
-  for j in range(levels):  # fold the remaining subtrees, smallest (rightmost) first
-    if (k >> j) & 1:
-      if out is None:
-        out = stack[j]
-      else:
-        out, flags = add(stack[j], out, flags)
-  return out, flags
-
-
-def _dot_is_exact(a_dtype, b_dtype, k: int) -> bool:
-  a, b = jnp.iinfo(a_dtype), jnp.iinfo(b_dtype)
-  largest = max(abs(int(x) * int(y)) for x in (a.min, a.max) for y in (b.min, b.max))
-  return k * largest < 2**31
-
-
-def tpu_group(a_dtype, b_dtype) -> int:
-  """K rows loaded at once by the TPU kernel: one (8, 128) tile of 32-bit values (16 / 32 rows when packed)."""
-  return max(32 // np.dtype(a_dtype).itemsize, 32 // np.dtype(b_dtype).itemsize)
-
-
-def pallas(plan: Plan, a: jax.Array, b: jax.Array, words: jax.Array | None, *, target: str,
-           block: tuple[int, int] | None, interpret: bool) -> tuple[jax.Array, jax.Array]:
-  """The tiled algorithm as a Pallas kernel for ``target`` "tpu" (Mosaic) or "gpu" (Triton)."""
-  r, n = a.shape[0], b.shape[1]
-  tpu = target == "tpu"
-  lay = Layout.of(plan, tpu_group(a.dtype, b.dtype) if tpu else 8)
-  bm, bn = block or (TPU_BLOCK if tpu else GPU_BLOCK)
-  mp, np_ = -(-r // bm) * bm, -(-n // bn) * bn
-  a_l = jnp.pad(lay.apply(a, 1), ((0, mp - r), (0, 0)))
-  b_l = jnp.pad(lay.apply(b, 0), ((0, 0), (0, np_ - n)))
-  ca, cb = compute_dtype(plan, a.dtype), compute_dtype(plan, b.dtype)
-  out_dtype = jnp.int32 if plan.kind == "int" else jnp.float32
-
-  def kernel(*refs):
-    refs = list(refs)
-    words_ref = refs.pop(0) if plan.stochastic else None
-    a_ref, b_ref, out_ref = refs[:3]
-    i, j = pl.program_id(0), pl.program_id(1)
-    if tpu:
-      def fetch(pos):
-        pos = pl.multiple_of(pos, lay.g)
-        cols = a_ref[pl.ds(pos, lay.g), :].astype(ca).T  # (bm, g)
-        rows = b_ref[pl.ds(pos, lay.g), :].astype(cb)  # (g, bn)
-        return [(cols[:, t:t + 1], rows[t:t + 1, :]) for t in range(lay.g)]
-    else:
-      def fetch(pos):
-        return [(a_ref[:, pl.ds(pos + t, 1)].astype(ca), b_ref[pl.ds(pos + t, 1), :].astype(cb))
-                for t in range(lay.g)]
-    idx = None
-    if plan.stochastic:
-      rows = i * bm + jax.lax.broadcasted_iota(jnp.int32, (bm, bn), 0)
-      cols = j * bn + jax.lax.broadcasted_iota(jnp.int32, (bm, bn), 1)
-      idx = ops.output_index(rows, cols, plan.n)
-    words = (words_ref[0], words_ref[1]) if plan.stochastic else None
-    out, flags = run_tile(plan, lay, fetch, words, idx, (bm, bn))
-    out_ref[...] = out
-    if plan.stats:
-      refs[3][...] = flags.astype(jnp.int32)
-
-  tile = pl.BlockSpec((bm, bn), lambda i, j: (i, j))
-  if tpu:
-    operands = [a_l.T, b_l]
-    in_specs = [pl.BlockSpec((lay.size, bm), lambda i, j: (0, i)), pl.BlockSpec((lay.size, bn), lambda i, j: (0, j))]
-    words_spec = pl.BlockSpec(memory_space=pltpu.SMEM)
-    need = 2 * lay.size * (bm * a.dtype.itemsize + bn * b.dtype.itemsize) + 4 * bm * bn * 4
-    params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"),
-                                  vmem_limit_bytes=None if need < _TPU_SCOPED_VMEM else 2 * need)
-  else:
-    operands = [a_l, b_l]
-    in_specs = [pl.BlockSpec((bm, lay.size), lambda i, j: (i, 0)), pl.BlockSpec((lay.size, bn), lambda i, j: (0, j))]
-    words_spec = pl.BlockSpec((2,), lambda i, j: (0,))
-    params = pltriton.CompilerParams(num_warps=4, num_stages=1)
-  if plan.stochastic:
-    operands.insert(0, words)
-    in_specs.insert(0, words_spec)
-  out_shape = [jax.ShapeDtypeStruct((mp, np_), out_dtype)]
-  if plan.stats:
-    out_shape.append(jax.ShapeDtypeStruct((mp, np_), jnp.int32))
-  outs = pl.pallas_call(kernel, grid=(mp // bm, np_ // bn), in_specs=in_specs, out_specs=[tile] * len(out_shape),
-                        out_shape=out_shape, compiler_params=params, interpret=interpret)(*operands)
-  flags = outs[1][:r, :n] != 0 if plan.stats else jnp.zeros((r, n), bool)
-  return outs[0][:r, :n], flags

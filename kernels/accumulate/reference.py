@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum.kernels import _accumulate_ops as ops
-from lpnum.kernels._accumulate_tiled import Plan
+from lpnum.kernels.accumulate import ops
+from lpnum.kernels.accumulate.tiled import Plan
 
 
 def reference(plan: Plan, a: jax.Array, b: jax.Array, words: jax.Array | None) -> tuple[jax.Array, jax.Array]:

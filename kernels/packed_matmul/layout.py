@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum.kernels import _dequant
+from lpnum.kernels.packed_matmul import dequant
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat
@@ -115,7 +115,7 @@ def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
 
   Example:
     >>> import jax.numpy as jnp, lpnum
-    >>> from lpnum.kernels import layout
+    >>> from lpnum.kernels.packed_matmul import layout
     >>> q = lpnum.quantize_scaled(jnp.ones((64, 32)), lpnum.mx.format("mxfp4_e2m1", axis=0))
     >>> w = layout.pack_weights(q)
     >>> w.planes[0].shape, w.scales.shape
@@ -126,8 +126,8 @@ def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
   if q.ndim != 2:
     raise ValueError(f"q must hold 2-D weights (K, N), got shape {q.shape}")
   fmt = q.fmt
-  _dequant.check_element(fmt.element)
-  _dequant.check_scale(fmt)
+  dequant.check_element(fmt.element)
+  dequant.check_scale(fmt)
   k, n = q.shape
   bk, bn = q.block
   grouped = bk < k
@@ -196,10 +196,10 @@ def unpack_codes(w: PackedWeights) -> jax.Array:
 def dequantize(w: PackedWeights) -> jax.Array:
   """The float32 weights ``(K_pad, N_pad)`` of a PackedWeights, computed as the kernels compute them."""
   k_pad, _ = w.padded_shape
-  v = _dequant.element_values(w.fmt.element, unpack_codes(w))
+  v = dequant.element_values(w.fmt.element, unpack_codes(w))
   def rows(a):  # one scale row per K group -> one per row of K
     if a is None or a.shape[0] == 1:
       return a
     return jnp.broadcast_to(a[:, None, :], (a.shape[0], w.group, a.shape[1])).reshape(k_pad, a.shape[1])
-  s = _dequant.scale_parts(w.fmt, rows(w.scales))
-  return _dequant.apply_scale(v, w.fmt, s, rows(w.zero_point), w.tensor_scale)
+  s = dequant.scale_parts(w.fmt, rows(w.scales))
+  return dequant.apply_scale(v, w.fmt, s, rows(w.zero_point), w.tensor_scale)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum.formats import BinaryFormat, FloatFormat, Format, IntFormat
+from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat
 
 _F32_BIAS = 127
@@ -147,3 +148,16 @@ def _is_bf16_like(fmt: FloatFormat) -> bool:
 
 def _pow2_only(fmt: FloatFormat) -> bool:
   return fmt.mantissa_bits == 0 and not fmt.has_subnormals
+
+
+def int8_values(el, data: jax.Array, codes) -> jax.Array:
+  """int8 values of integer elements: 8-bit codes are their own values (reinterpreted, no unpacking pass)."""
+  if el.bits == 8 and el.signed and not el.narrow:
+    return jax.lax.bitcast_convert_type(data, jnp.int8)
+  return element_values(el, codes().astype(jnp.int32)).astype(jnp.int8)
+
+
+def row_scales(xq: QArray) -> jax.Array:
+  """One float32 scale per row of x (per-tensor scales broadcast)."""
+  s = apply_scale(jnp.float32(1), xq.fmt, scale_parts(xq.fmt, xq.scales), None, xq.tensor_scale)
+  return jnp.broadcast_to(s[..., :1], (*xq.shape[:-1], 1))

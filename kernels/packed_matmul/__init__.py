@@ -1,0 +1,32 @@
+"""Packed low-bit matmul: ``x @ W`` with W quantized (int8/int4/int2/ternary, FP8, FP6, FP4, MX, NVFP4).
+
+Semantics (what every face computes):
+
+- **Weight-only** (x in float32/bfloat16/float16): ``y = x @ dequantize(W)`` with float32 products and float32
+  accumulation, where ``dequantize`` is :func:`lpnum.dequantize` (weights that are normal float32 numbers are
+  bit-identical; see :mod:`lpnum.kernels.packed_matmul.dequant`). Only the order of the float32 additions differs between the
+  faces, so results agree to float32 summation error.
+- **Quantized x** (``x`` a QArray, or ``x_format`` given): ``y = dequantize(x) @ dequantize(W)`` as above (FP8 x
+  FP8, MX x MX...), except for the integer path: integer x with one scale per row (or per tensor) and integer W
+  with one scale per column (or per tensor) multiply their integer values with exact int32 accumulation, then
+  ``y = (float32(acc) * sx) * sw`` (W8A8). The integer path is bit-exact across faces.
+- The output has x's float dtype (float32 accumulation, rounded once).
+
+Faces: :func:`~lpnum.kernels.packed_matmul.reference.reference_matmul` (the obvious jnp version on the QArray), the XLA path (dequantize once, one
+``jnp.dot``; what runs on the CPU) and the Pallas kernels (TPU through Mosaic, GPU through Triton), which read
+the packed weight tiles and dequantize them tile by tile in VMEM/registers. :func:`matmul` dispatches: Pallas on
+GPU and TPU, XLA elsewhere; ``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the CPU.
+
+The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets no gradient). ``grad_format``
+rounds the cotangent ``g`` first (:func:`lpnum.qdot.quantize_grad`).
+
+Faces, one module each: :mod:`.reference`, :mod:`.xla`, :mod:`.pallas`, and :mod:`.api` (the dispatcher and the
+VJP); :mod:`.layout` is the packed weight layout and :mod:`.dequant` the in-kernel decoding they share.
+"""
+
+from lpnum.kernels.packed_matmul.api import IMPLEMENTATIONS, matmul
+from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
+from lpnum.kernels.packed_matmul.pallas import BlockSizes
+from lpnum.kernels.packed_matmul.reference import reference_matmul
+
+__all__ = ["IMPLEMENTATIONS", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]

@@ -1,0 +1,187 @@
+"""The public face of the packed matmul: :func:`matmul` picks a face (Pallas on GPU and TPU, XLA elsewhere) and
+defines the VJP. The semantics are in :mod:`lpnum.kernels.packed_matmul`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lpnum.kernels.packed_matmul import dequant, layout
+from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
+from lpnum.kernels.packed_matmul.pallas import BlockSizes, pallas_matmul
+from lpnum.kernels.packed_matmul.reference import HIGHEST, integer_path
+from lpnum.kernels.packed_matmul.xla import xla_matmul
+from lpnum.qarray import QArray
+from lpnum.qdot import quantize_grad
+from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
+
+__all__ = ["matmul", "IMPLEMENTATIONS"]
+
+IMPLEMENTATIONS = ("auto", "pallas", "xla")
+
+
+X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
+
+
+def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = "auto", platform: str | None = None,
+           block_sizes: BlockSizes | None = None, interpret: bool = False, grad_format=None) -> jax.Array:
+  """``x @ W`` with quantized weights, dequantized inside the kernel tile by tile.
+
+  Args:
+    x: ``(..., K)`` float32/bfloat16/float16 activations, or a QArray of them (quantized along K).
+    w: PackedWeights (:func:`lpnum.kernels.pack_weights`), or a 2-D QArray ``(K, N)`` (packed on the fly).
+    x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
+      ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
+    implementation: ``"auto"`` (Pallas on GPU/TPU, XLA otherwise), ``"pallas"`` or ``"xla"``.
+    platform: the Pallas flavour, ``"tpu"`` or ``"gpu"``/``"cuda"`` (default: the default backend's; on the CPU
+      only with ``interpret=True``, where either flavour runs).
+    block_sizes: BlockSizes overriding the backend's tile sizes.
+    interpret: run the Pallas kernel in interpret mode (tests on the CPU).
+    grad_format: round the output cotangent to this format (a Format or ScaledFormat) in the backward pass.
+
+  Returns:
+    ``(..., N)`` in x's float dtype.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, lpnum
+    >>> from lpnum import kernels
+    >>> wq = lpnum.quantize_scaled(jnp.eye(4), lpnum.ScaledFormat("int4", lpnum.per_channel(1)))
+    >>> kernels.matmul(jnp.arange(4.0)[None], kernels.pack_weights(wq)).tolist()
+    [[0.0, 1.0, 2.0, 3.0]]
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} must be one of {IMPLEMENTATIONS}")
+  if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+    raise TypeError(f"block_sizes={block_sizes!r} must be a BlockSizes")
+  w = _as_packed(w)
+  x_float, xq = _check_x(x, x_format, w)
+  if implementation == "auto":
+    implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") and not interpret else "xla"
+  if interpret:
+    implementation = "pallas"
+  if implementation == "pallas":
+    platform = _platform(platform, interpret)
+  cfg = Config(implementation, platform, block_sizes or BlockSizes(), interpret, x_format)
+  return _matmul_jit(x_float if xq is None else xq, w, cfg, grad_format)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _matmul_jit(x, w: PackedWeights, cfg: "Config", grad_format) -> jax.Array:
+  if isinstance(x, QArray):
+    return _forward(x, w, cfg)
+  y = _matmul_vjp(x, w, cfg)
+  if grad_format is not None:
+    y = quantize_grad(y, grad_format)
+  return y
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  implementation: str
+  platform: str | None
+  blocks: BlockSizes
+  interpret: bool
+  x_format: ScaledFormat | None
+
+
+def _as_packed(w) -> PackedWeights:
+  if isinstance(w, PackedWeights):
+    return w
+  if isinstance(w, QArray):
+    return pack_weights(w)
+  raise TypeError(f"w must be PackedWeights (lpnum.kernels.pack_weights) or a QArray, got {type(w).__name__}")
+
+
+def _check_x(x, x_format, w: PackedWeights):
+  k = w.shape[0]
+  if isinstance(x, QArray):
+    if x_format is not None:
+      raise ValueError("x_format is for float x; x is already a QArray")
+    shape = x.shape
+  else:
+    x = jnp.asarray(x)
+    if x.dtype not in X_DTYPES:
+      raise TypeError(f"x must be float32, bfloat16 or float16 (or a QArray), got dtype {x.dtype}")
+    if x_format is not None and not isinstance(x_format, ScaledFormat):
+      raise TypeError(f"x_format={x_format!r} must be a ScaledFormat")
+    shape = x.shape
+  if len(shape) < 1 or shape[-1] != k:
+    raise ValueError(f"x has shape {shape}; its last axis must be K={k}, the weights' first axis")
+  return (None, x) if isinstance(x, QArray) else (x, None)
+
+
+def _platform(platform, interpret: bool) -> str:
+  if platform is None:
+    platform = jax.default_backend()
+    if platform not in ("tpu", "gpu"):
+      if not interpret:
+        raise ValueError(f"implementation='pallas' needs a GPU or TPU (default backend: {platform}); use interpret=True "
+                         "or platform='tpu'/'gpu' with interpret=True")
+      platform = "tpu"
+  if platform == "cuda":
+    platform = "gpu"
+  if platform not in ("tpu", "gpu"):
+    raise ValueError(f"platform={platform!r} must be 'tpu', 'gpu' or 'cuda'")
+  return platform
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_vjp(x, w, cfg):
+  return _forward(x, w, cfg)
+
+
+def _fwd(x, w, cfg):
+  return _forward(x, w, cfg), w
+
+
+def _bwd(cfg, w, g):
+  k, _ = w.shape
+  wf = layout.dequantize(w)[:k, :g.shape[-1]]
+  dx = jnp.einsum("...n,kn->...k", g.astype(jnp.float32), wf, precision=HIGHEST).astype(g.dtype)
+  dw = jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0) if not jnp.issubdtype(a.dtype, jnp.floating)
+                    else jnp.zeros_like(a), w)
+  return dx, dw
+
+
+_matmul_vjp.defvjp(_fwd, _bwd)
+
+
+def _forward(x, w: PackedWeights, cfg: Config) -> jax.Array:
+  if isinstance(x, QArray) or cfg.x_format is not None:
+    xq = x if isinstance(x, QArray) else quantize_scaled(x, cfg.x_format)
+    out_dtype = xq.dtype
+    if integer_path(xq, w.fmt, w.group == w.padded_shape[0]):
+      return _int_matmul(xq, w, cfg).astype(out_dtype)
+    xf = dequantize(xq, jnp.float32)
+  else:
+    xf, out_dtype = x, x.dtype
+  lead, k = xf.shape[:-1], xf.shape[-1]
+  x2 = xf.reshape(-1, k)
+  if cfg.implementation == "xla":
+    y = xla_matmul(x2.astype(jnp.float32), w)
+  else:
+    y = pallas_matmul(x2, w, platform=cfg.platform, blocks=cfg.blocks, interpret=cfg.interpret,
+                      integer=False)
+  return y[:x2.shape[0], :w.shape[1]].reshape(*lead, w.shape[1]).astype(out_dtype)
+
+
+def _int_matmul(xq: QArray, w: PackedWeights, cfg: Config) -> jax.Array:
+  """The W8A8 path: exact int32 accumulation of integer values, then ``(acc * sx) * sw``."""
+  k, n = w.shape
+  lead = xq.shape[:-1]
+  vx = dequant.int8_values(xq.fmt.element, xq.data, lambda: xq.element_codes).reshape(-1, k)
+  if cfg.implementation == "xla":
+    vw = dequant.int8_values(w.fmt.element, w.planes[0], lambda: layout.unpack_codes(w))[:k]
+    acc = jnp.dot(vx, vw, preferred_element_type=jnp.int32)
+  else:
+    acc = pallas_matmul(vx, w, platform=cfg.platform, blocks=cfg.blocks, interpret=cfg.interpret,
+                        integer=True)
+  sx = dequant.row_scales(xq).reshape(-1, 1)
+  sw = dequant.apply_scale(jnp.float32(1), w.fmt, dequant.scale_parts(w.fmt, w.scales[:1]), None,
+                            w.tensor_scale)
+  y = (acc[:vx.shape[0]].astype(jnp.float32) * sx) * sw
+  return y[:, :n].reshape(*lead, n)
