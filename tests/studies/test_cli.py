@@ -8,14 +8,14 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import ml_dtypes
+import numpy as np
+import pytest
 
-import lpnum  # noqa: E402
-from lpnum import cli  # noqa: E402
-from lpnum.studies import formats as study  # noqa: E402
+import lpnum
+from lpnum import cli
+from lpnum.studies import formats as study
 
 
 def test_formats_table_lists_every_named_format(capsys):
@@ -26,6 +26,7 @@ def test_formats_table_lists_every_named_format(capsys):
   assert "448" in out and "57344" in out
 
 
+@pytest.mark.slow  # the whole study in quick mode (.ci/run also runs it from the shell)
 def test_study_formats_quick_writes_json(tmp_path, capsys):
   assert cli.main(["study", "formats", "--quick", "--out", str(tmp_path)]) == 0
   doc = json.loads((tmp_path / "formats.json").read_text())

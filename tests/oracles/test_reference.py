@@ -1,4 +1,4 @@
-"""Validate tests/reference.py against third-party oracles.
+"""Validate tests/support/reference.py against third-party oracles.
 
 Oracles:
   * ml_dtypes: decode of every code, and float32 -> format round-to-nearest-even
@@ -16,17 +16,14 @@ Nothing here imports lpnum.
 from __future__ import annotations
 
 import math
-import os
 import random
-import sys
 import zlib
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as ref  # noqa: E402
+import reference as ref
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
@@ -430,8 +427,8 @@ def test_self_consistency(name):
 # ---------------------------------------------------------------------------
 
 gfloat = pytest.importorskip("gfloat")
-from gfloat import RoundMode, decode_float, round_float as g_round_float  # noqa: E402
-from gfloat.formats import (  # noqa: E402
+from gfloat import RoundMode, decode_float, round_float as g_round_float
+from gfloat.formats import (
     format_info_ocp_e2m1,
     format_info_ocp_e2m3,
     format_info_ocp_e3m2,
@@ -440,7 +437,7 @@ from gfloat.formats import (  # noqa: E402
     format_info_p3109,
     p3109_binary8_formats,
 )
-from gfloat.types import Domain, Signedness  # noqa: E402
+from gfloat.types import Domain, Signedness
 
 
 def _p3109_list():

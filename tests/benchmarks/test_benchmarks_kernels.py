@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
-import sys
 
 import matplotlib.image
+import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark_checks  # noqa: E402
-from benchmarks import kernels  # noqa: E402
+import benchmark_checks
+from lpnum.benchmarks import kernels
+
+# Each runs a benchmark end to end (tiny sizes): the slow set, which .ci/run runs after the default tests.
+pytestmark = pytest.mark.slow
 
 
 def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):

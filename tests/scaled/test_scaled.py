@@ -16,43 +16,9 @@ import pytest
 
 import lpnum
 
+from scaled_reference import TINY, amax_of_blocks, blocks_of, ref_fp8, ref_int
+
 F32 = np.float32
-TINY = F32(2.0 ** -126)
-
-
-def _blocks(x: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
-  shape = []
-  for d, b in zip(x.shape, block):
-    shape += [d // b, b]
-  return x.reshape(shape)
-
-
-def _unblocks(xb: np.ndarray, shape) -> np.ndarray:
-  return xb.reshape(shape)
-
-
-def _amax(xb: np.ndarray) -> np.ndarray:
-  axes = tuple(range(1, xb.ndim, 2))
-  return np.max(np.abs(xb), axis=axes, keepdims=True)
-
-
-def ref_int(x: np.ndarray, bits: int, block: tuple[int, ...], narrow: bool = False):
-  """Symmetric integer fake quantization with a float32 scale per block."""
-  qmax = 2 ** (bits - 1) - 1
-  qmin = -qmax if narrow else -qmax - 1
-  xb = _blocks(x, block)
-  scale = np.clip(_amax(xb) / F32(qmax), TINY, np.finfo(F32).max).astype(F32)
-  q = np.clip(np.round(xb / scale), qmin, qmax).astype(F32) + F32(0)  # integers have no -0
-  return _unblocks(q * scale, x.shape), q, scale
-
-
-def ref_fp8(x: np.ndarray, dtype, block: tuple[int, ...]):
-  """Float-element fake quantization with a float32 scale: amax maps to the element's max."""
-  top = F32(float(ml_dtypes.finfo(dtype).max))
-  xb = _blocks(x, block)
-  scale = np.clip(_amax(xb) / top, TINY, np.finfo(F32).max).astype(F32)
-  q = np.clip(xb / scale, -top, top).astype(dtype).astype(F32)
-  return _unblocks(q * scale, x.shape)
 
 
 def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
@@ -101,7 +67,7 @@ def test_int_matches_numpy(name, bits, narrow, gran, block, kind):
   _same(lpnum.dequantize(q), want)
   codes = np.asarray(q.element_codes).astype(np.int64)
   codes = np.where(codes >= 2 ** (bits - 1), codes - 2 ** bits, codes)
-  np.testing.assert_array_equal(codes, _unblocks(q_ref, x.shape).astype(np.int64))
+  np.testing.assert_array_equal(codes, q_ref.reshape(x.shape).astype(np.int64))
   np.testing.assert_array_equal(np.asarray(q.scales).view(F32), scale_ref.reshape(q.scales.shape))
   assert abs(sqnr_db(x, np.asarray(got)) - sqnr_db(x, want)) < 0.1
 
@@ -196,10 +162,10 @@ def test_mse_search_picks_the_best_ratio():
   x = _data((8, 64), seed=8, kind="t2")
   ratios = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
   fmt = lpnum.ScaledFormat("int4", lpnum.per_block(32), calibration=lpnum.mse(ratios))
-  xb = _blocks(x, (1, 32))
+  xb = blocks_of(x, (1, 32))
   best, best_err = None, None
   for r in ratios:
-    scale = np.clip(_amax(xb) * F32(r) / F32(7), TINY, None).astype(F32)
+    scale = np.clip(amax_of_blocks(xb) * F32(r) / F32(7), TINY, None).astype(F32)
     y = (np.clip(np.round(xb / scale), -8, 7).astype(F32) + F32(0)) * scale
     err = np.sum((y - xb) ** 2, axis=(1, 3), keepdims=True)
     if best is None:

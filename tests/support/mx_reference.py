@@ -6,7 +6,7 @@ float64 / integer arithmetic for everything that the recipes define as exact, an
 numpy float32 arithmetic exactly where a recipe says "float32 division/product"
 (numpy float32 operations are correctly rounded IEEE operations and keep
 subnormals).  It is checked against gfloat and jax.nn in
-``tests/test_mx_reference.py``; later tests compare the fast JAX implementation
+``tests/oracles/test_mx_reference.py``; later tests compare the fast JAX implementation
 with it byte for byte.
 
 MX semantics (``mx_quantize``)
@@ -109,7 +109,7 @@ subnormals anyway).
 jax.nn's nvfp4 quantizer differs in its float32 arithmetic: it computes
 ``x * (1/T)`` first and XLA:CPU evaluates its divisions by broadcast values as
 multiplications by float32 reciprocals, so codes can differ at rounding ties
-(see ``tests/test_mx_reference.py``).
+(see ``tests/oracles/test_mx_reference.py``).
 """
 
 from __future__ import annotations

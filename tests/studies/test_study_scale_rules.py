@@ -2,26 +2,24 @@
 
 import json
 import math
-import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-from lpnum import mx  # noqa: E402
-from lpnum import nn as lnn  # noqa: E402
-from lpnum.zoo.data import digits  # noqa: E402
-from lpnum.nn.ptq import fake_quantized_params  # noqa: E402
-from lpnum.zoo.train import accuracy  # noqa: E402
-from lpnum.scaled import ScaleRule  # noqa: E402
-from lpnum.studies import scale_rules as study  # noqa: E402
+import lpnum
+from lpnum import mx
+from lpnum import nn as lnn
+from lpnum.zoo.data import digits
+from lpnum.nn.ptq import fake_quantized_params
+from lpnum.zoo.train import accuracy
+from lpnum.scaled import ScaleRule
+from lpnum.studies import scale_rules as study
 
-sys.path.insert(0, os.path.dirname(__file__))
-import mx_reference  # noqa: E402
+import mx_reference
 
 #: A quick study run takes half a minute to a minute: under -m slow, which .ci/run runs after the suite.
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Checks the MX / NVFP4 reference (tests/mx_reference.py) itself.
+"""Checks the MX / NVFP4 reference (tests/support/mx_reference.py) itself.
 
 Oracles and what they cover.  Where a third party is known to differ, the
 reference's answer is asserted on its own (a hand derivation or exact
@@ -62,8 +62,6 @@ drops a private module, never fails these tests.
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from fractions import Fraction
 
 import ml_dtypes
@@ -72,8 +70,7 @@ import pytest
 
 import lpnum
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mx_reference as ref  # noqa: E402
+import mx_reference as ref
 
 f32 = np.float32
 FLOAT_NAMES = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3",
@@ -236,7 +233,7 @@ def test_elements_match_ml_dtypes_at_the_reference_scale(name, rule):
 # ---------------------------------------------------------------------------
 
 gfloat = pytest.importorskip("gfloat")
-from gfloat import formats as gf_formats  # noqa: E402
+from gfloat import formats as gf_formats
 
 GF_FORMATS = {
     "mxfp8_e4m3": gf_formats.format_info_mxfp8_e4m3,
@@ -398,10 +395,10 @@ def test_even_rule_differs_from_torchao_bits_pinned():
 # ---------------------------------------------------------------------------
 
 jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
+import jax.numpy as jnp
 
 try:  # jax.nn's block-scaled quantizer is private: a jax without it skips these checks
-  from jax._src.cudnn import scaled_matmul_stablehlo as jsm  # noqa: E402
+  from jax._src.cudnn import scaled_matmul_stablehlo as jsm
 except ImportError:
   jsm = None
 

@@ -3,7 +3,7 @@
 This module is deliberately independent of ``lpnum``: it never imports it and
 implements every format from its written definition using only Python integers,
 :class:`fractions.Fraction` and :mod:`math`.  It is validated against third-party
-oracles (ml_dtypes, softposit, gfloat) in ``tests/test_reference.py``.
+oracles (ml_dtypes, softposit, gfloat) in ``tests/oracles/test_reference.py``.
 
 Value convention (used by every function here)
 ------------------------------------------------

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark_checks  # noqa: E402
-from benchmarks import training_step  # noqa: E402
+import pytest
+
+import benchmark_checks
+from lpnum.benchmarks import training_step
+
+# Each runs a benchmark end to end (tiny sizes): the slow set, which .ci/run runs after the default tests.
+pytestmark = pytest.mark.slow
 
 REPEATS = 2
 

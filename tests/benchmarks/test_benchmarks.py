@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark_checks  # noqa: E402
+import benchmark_checks
 pytest.importorskip("gfloat")
-from benchmarks import formats  # noqa: E402
+from lpnum.benchmarks import formats
+
+# Each runs a benchmark end to end (tiny sizes): the slow set, which .ci/run runs after the default tests.
+pytestmark = pytest.mark.slow
 
 REPEATS = 1
 

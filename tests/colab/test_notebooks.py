@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_cli
               pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_core.*"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning:zmq.*")]
 
-COLAB = Path(__file__).resolve().parent.parent / "colab"
+COLAB = Path(__file__).resolve().parents[2] / "colab"
 NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
 FAST = ("tour_of_formats", "quantize_flax_model")
 

@@ -1,7 +1,7 @@
-"""Every family and every deterministic rounding mode against the exact Fraction reference (tests/reference.py).
+"""Every family and every deterministic rounding mode against the exact Fraction reference (tests/support/reference.py).
 
 The reference is written apart from lpnum, in integers and fractions, and is itself checked against ml_dtypes,
-gfloat and softposit (tests/test_reference.py).
+gfloat and softposit (tests/oracles/test_reference.py).
 """
 
 import math
@@ -82,38 +82,51 @@ def _float_values(fmt):
   return fmt.decode_exact(codes)
 
 
-@pytest.mark.parametrize("overflow", OVERFLOWS)
-@pytest.mark.parametrize("mode", MODES)
+def _every_mode(fmt, overflows, x, codes: bool = True):
+  """``quantize`` (and ``encode``) of ``x`` in every (mode, overflow), compiled as one program per format."""
+  combos = [(m, o) for m in MODES for o in overflows]
+
+  def run(v):
+    return {(m, o): (lpnum.quantize(v, fmt, rounding=m, overflow=o),
+                     lpnum.encode(v, fmt, rounding=m, overflow=o) if codes else None) for m, o in combos}
+
+  return jax.jit(run)(x)
+
+
 @pytest.mark.parametrize("fmt", FLOATS + SHIFTS, ids=lambda f: f.name)
-def test_float_and_shift_formats(fmt, mode, overflow):
+def test_float_and_shift_formats(fmt):
+  """Every deterministic mode and both overflow modes, values and codes, against the Fraction reference."""
   spec = _spec(fmt)
   x = _inputs(_float_values(fmt), 500, seed=hash(fmt.name) % 1000)
-  got = jax.jit(lambda v: lpnum.quantize(v, fmt, rounding=mode, overflow=overflow))(x)
-  want = [_as_float(ref.round_float(float(v), spec, mode, overflow)) for v in x]
-  _assert_same(x, got, want, (fmt.name, mode, overflow))
-  if isinstance(fmt, lpnum.FloatFormat) and fmt.bits <= 16:
-    codes = np.asarray(jax.jit(lambda v: lpnum.encode(v, fmt, rounding=mode, overflow=overflow))(x))
-    want_codes = np.array([ref.round_float_code(float(v), spec, mode, overflow) for v in x])
-    bad = codes != want_codes
-    assert not bad.any(), (x[bad][:6], codes[bad][:6], want_codes[bad][:6])
+  with_codes = isinstance(fmt, lpnum.FloatFormat) and fmt.bits <= 16
+  for (mode, overflow), (got, codes) in _every_mode(fmt, OVERFLOWS, x, with_codes).items():
+    want = [_as_float(ref.round_float(float(v), spec, mode, overflow)) for v in x]
+    _assert_same(x, got, want, (fmt.name, mode, overflow))
+    if with_codes:
+      codes = np.asarray(codes)
+      want_codes = np.array([ref.round_float_code(float(v), spec, mode, overflow) for v in x])
+      bad = codes != want_codes
+      assert not bad.any(), (fmt.name, mode, overflow, x[bad][:6], codes[bad][:6], want_codes[bad][:6])
 
 
-@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fmt", INTS, ids=lambda f: f.name)
-def test_integer_formats(fmt, mode, overflow):
-  if overflow == "wrap" and fmt.narrow:
-    pytest.skip("wrap is rejected for narrow formats")
+def test_integer_formats(fmt):
+  """Every deterministic mode, saturating and (but for narrow formats) wrapping, against the reference."""
   rng = np.random.default_rng(0)
   span = fmt.max_finite * 3
   x = np.concatenate([np.arange(-span, span, 0.25, dtype=np.float32)[:: max(1, int(span) // 300)],
                       rng.uniform(-span, span, 2000).astype(np.float32),
                       np.array([0.5, -0.5, 1.5, -2.5, 1e-30, 1e30, -1e30, np.inf, -np.inf, np.nan], np.float32)])
-  got = jax.jit(lambda v: lpnum.quantize(v, fmt, rounding=mode, overflow=overflow))(x)
-  want = [float(ref.int_round(float(v), fmt.bits, fmt.signed, fmt.narrow, mode, overflow)) for v in x]
-  _assert_same(x, got, want, (fmt.name, mode, overflow))
-  codes = np.asarray(lpnum.encode(x, fmt, rounding=mode, overflow=overflow)).astype(np.int64)
-  np.testing.assert_array_equal(codes, np.array(want, np.int64) & ((1 << fmt.bits) - 1))
+  overflows = ("saturate",) if fmt.narrow else ("saturate", "wrap")
+  for (mode, overflow), (got, codes) in _every_mode(fmt, overflows, x).items():
+    want = [float(ref.int_round(float(v), fmt.bits, fmt.signed, fmt.narrow, mode, overflow)) for v in x]
+    _assert_same(x, got, want, (fmt.name, mode, overflow))
+    np.testing.assert_array_equal(np.asarray(codes).astype(np.int64), np.array(want, np.int64) & ((1 << fmt.bits) - 1))
+
+
+def test_wrap_is_rejected_for_narrow_formats():
+  with pytest.raises(ValueError, match="overflow='wrap'"):
+    lpnum.quantize(np.ones(2, np.float32), "int4_narrow", overflow="wrap")
 
 
 POSITS = [(8, 0), (8, 1), (8, 2), (8, 3), (6, 1), (10, 4), (12, 2), (16, 1), (16, 2), (2, 0), (3, 1), (32, 2)]
@@ -132,9 +145,9 @@ def test_posit_decode_every_code(n, es):
     _assert_same(codes, got, want.astype(np.float32), "arithmetic")
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("n, es", POSITS, ids=str)
-def test_posit_rounding(n, es, mode):
+def test_posit_rounding(n, es):
+  """Every deterministic mode, codes and values, against the reference's rounding of the bit string."""
   fmt = lpnum.posit(n, es)
   if fmt.carrier_problem(lpnum.carrier.F32) is not None:
     pytest.skip("range beyond float32")
@@ -143,12 +156,12 @@ def test_posit_rounding(n, es, mode):
   vals = lpnum.posit(n, es).decode_exact(codes)
   longer = lpnum.posit(min(n + 1, 32), es).decode_exact(2 * codes + 1) if n < 32 else vals
   x = _inputs(np.concatenate([vals, longer]), 300, seed=n * 10 + es)
-  got = np.asarray(jax.jit(lambda v: lpnum.encode(v, fmt, rounding=mode))(x)).astype(np.int64)
-  want = np.array([ref.round_posit_code(float(v), n, es, mode) for v in x])
-  bad = got != want
-  assert not bad.any(), (x[bad][:6], got[bad][:6], want[bad][:6])
-  values = np.asarray(jax.jit(lambda v: lpnum.quantize(v, fmt, rounding=mode))(x), np.float64)
-  _assert_same(x, values, fmt.decode_exact(want), "values")
+  for (mode, _), (values, got) in _every_mode(fmt, ("saturate",), x).items():
+    got = np.asarray(got).astype(np.int64)
+    want = np.array([ref.round_posit_code(float(v), n, es, mode) for v in x])
+    bad = got != want
+    assert not bad.any(), (mode, x[bad][:6], got[bad][:6], want[bad][:6])
+    _assert_same(x, np.asarray(values, np.float64), fmt.decode_exact(want), ("values", mode))
 
 
 @pytest.mark.slow

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
+import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark_checks  # noqa: E402
-from benchmarks import models  # noqa: E402
-from lpnum.zoo import models as zoo  # noqa: E402
+import benchmark_checks
+from lpnum.benchmarks import models
+from lpnum.zoo import models as zoo
+
+# Each runs a benchmark end to end (tiny sizes): the slow set, which .ci/run runs after the default tests.
+pytestmark = pytest.mark.slow
 
 
 def test_models_benchmark_tiny(tmp_path, monkeypatch, capsys):

@@ -6,36 +6,21 @@ integer weights are checked against the A2Q bound and an emulated narrow accumul
 from __future__ import annotations
 
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 import lpnum
-from lpnum import nn as lnn
-from lpnum.kernels import accumulate
 from lpnum.nn import attention as att
-from lpnum.nn.a2q_layers import A2QDense
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_scaled import ref_fp8, ref_int  # noqa: E402
+from scaled_reference import ref_fp8, ref_int
+from testing import F32, data, matmul64
 
-F32 = np.float32
-
-
-def _data(shape, seed):
-  return np.random.default_rng(seed).standard_normal(shape).astype(F32)
-
-
-def _matmul64(a, b):
-  return a.astype(np.float64) @ b.astype(np.float64)
 
 
 def _softmax64(x):
@@ -70,14 +55,14 @@ def _ref_attention(q, k, v, bias, mask, qk_specs, av_specs, softmax="standard", 
   for b in range(b_):
     for h in range(h_):
       qs = (q[b, :, h, :] / np.sqrt(F32(d))).astype(F32)
-      logits = _matmul64(_quant(qs, qk_specs[0], "lhs"), _quant(k[b, :, h, :].T.copy(), qk_specs[1], "rhs"))
+      logits = matmul64(_quant(qs, qk_specs[0], "lhs"), _quant(k[b, :, h, :].T.copy(), qk_specs[1], "rhs"))
       logits = logits.astype(F32) + bias[b, h]
       logits = np.where(mask[b, h], logits, np.finfo(F32).min)
       p = _softmax64(logits)
       if softmax == "clipped":
         p = np.clip((zeta - gamma) * p + gamma, 0, 1)
       p = p.astype(F32)
-      out[b, :, h, :] = _matmul64(_quant(p, av_specs[0], "lhs"), _quant(v[b, :, h, :], av_specs[1], "rhs"))
+      out[b, :, h, :] = matmul64(_quant(p, av_specs[0], "lhs"), _quant(v[b, :, h, :], av_specs[1], "rhs"))
   return out
 
 
@@ -89,8 +74,8 @@ def _random_params(layer, *args, seed=0, **kwargs):
 
 
 def _qkv(seed, b=2, tq=5, tk=6, h=3, d=8):
-  q, k, v = _data((b, tq, h, d), seed), _data((b, tk, h, d), seed + 1), _data((b, tk, h, d), seed + 2)
-  bias = 0.5 * _data((b, h, tq, tk), seed + 3)
+  q, k, v = data((b, tq, h, d), seed), data((b, tk, h, d), seed + 1), data((b, tk, h, d), seed + 2)
+  bias = 0.5 * data((b, h, tq, tk), seed + 3)
   mask = np.random.default_rng(seed + 4).random((b, 1, tq, tk)) < 0.7
   mask[..., 0] = True  # every query sees a key
   return q, k, v, bias, np.broadcast_to(mask, (b, h, tq, tk))
@@ -138,8 +123,8 @@ def test_scales_are_per_batch_element_and_head():
 @pytest.mark.parametrize("broadcast_dropout", [True, False])
 def test_float_attention_equals_flax(broadcast_dropout):
   """qk = av = None is flax's attention: several batch axes, bias, mask, dropout with the same rng."""
-  q, k, v = _data((2, 2, 4, 2, 8), 2), _data((2, 2, 3, 2, 8), 3), _data((2, 2, 3, 2, 5), 4)
-  bias = _data((2, 2, 2, 4, 3), 5)
+  q, k, v = data((2, 2, 4, 2, 8), 2), data((2, 2, 3, 2, 8), 3), data((2, 2, 3, 2, 5), 4)
+  bias = data((2, 2, 2, 4, 3), 5)
   mask = np.random.default_rng(6).random((2, 1, 1, 4, 3)) < 0.6
   kw = dict(bias=bias, mask=mask, dropout_rng=jax.random.key(7), dropout_rate=0.3, deterministic=False,
             broadcast_dropout=broadcast_dropout)
@@ -149,7 +134,7 @@ def test_float_attention_equals_flax(broadcast_dropout):
 
 
 def test_causal_and_grouped_query_attention_equal_nnx():
-  q, k, v = _data((2, 5, 4, 8), 8), _data((2, 5, 2, 8), 9), _data((2, 5, 2, 8), 10)
+  q, k, v = data((2, 5, 4, 8), 8), data((2, 5, 2, 8), 9), data((2, 5, 2, 8), 10)
   y = att.dot_product_attention(q, k, v, is_causal=True)
   np.testing.assert_allclose(np.asarray(y), np.asarray(nnx.dot_product_attention(q, k, v, is_causal=True)),
                              rtol=1e-5, atol=1e-6)
@@ -159,7 +144,7 @@ def test_causal_and_grouped_query_attention_equal_nnx():
 
 # ---- clipped softmax ---------------------------------------------------------------------------------------------
 def test_clipped_softmax_formula_zeros_ones_and_gradient():
-  x = _data((4, 7), 11) * 3
+  x = data((4, 7), 11) * 3
   for gamma, zeta in ((-0.03, 1.0), (-0.2, 1.1), (0.0, 1.0)):
     got = np.asarray(att.clipped_softmax(x, gamma=gamma, zeta=zeta))
     expect = np.clip((zeta - gamma) * _softmax64(x) + gamma, 0, 1)
@@ -187,7 +172,7 @@ def test_clipped_softmax_rejects(kwargs, match):
 def test_masked_probabilities_are_exact_zeros_under_quantization():
   cfg = lpnum.DotConfig(lhs="int8", rhs="int8")
   layer = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, attention_fn=att.attention_fn(cfg, cfg))
-  x = _data((1, 5, 8), 12)
+  x = data((1, 5, 8), 12)
   causal = nn.make_causal_mask(np.ones((1, 5)))
   variables = layer.init(jax.random.key(0), x)
   _, inter = layer.apply(variables, x, mask=causal, sow_weights=True, mutable=["intermediates"])
@@ -203,7 +188,7 @@ def test_linen_multihead_attention_jit_and_grad():
   av = lpnum.DotConfig.fp8()
   layer = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, dropout_rate=0.1,
                                           attention_fn=att.attention_fn(qk, av, softmax="clipped"))
-  x = _data((2, 4, 8), 13)
+  x = data((2, 4, 8), 13)
   params = _random_params(layer, x, deterministic=True)
 
   loss = jax.jit(jax.value_and_grad(
@@ -218,7 +203,7 @@ def test_nnx_multihead_attention_jit_and_grad():
   cfg = lpnum.DotConfig(lhs="int8", rhs="int8")
   layer = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False,
                                  attention_fn=att.attention_fn(cfg, cfg), rngs=nnx.Rngs(0))
-  x = _data((2, 4, 8), 14)
+  x = data((2, 4, 8), 14)
   grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(layer)
   leaves = jax.tree_util.tree_leaves(nnx.state(grads, nnx.Param))
   assert leaves and all(np.all(np.isfinite(g)) and np.any(g != 0) for g in leaves)
@@ -279,7 +264,7 @@ def _ref_self_attention(p, x, num_heads, gated):
 
 def test_gated_self_attention_matches_numpy_and_gates_per_head():
   layer = att.QuantSelfAttention(num_heads=2, qkv_features=6, gated=True, gate_bias_init=-1.0)
-  x = _data((2, 3, 4), 15)
+  x = data((2, 3, 4), 15)
   params = jax.jit(layer.init)(jax.random.key(0), x)["params"]
   assert params["gate"]["kernel"].shape == (2, 2) and params["gate"]["bias"].tolist() == [-1.0, -1.0]
   run = jax.jit(jax.value_and_grad(lambda q: (jnp.sum(layer.apply({"params": q}, x) ** 2),
@@ -302,7 +287,7 @@ def test_quantized_self_attention_linen_equals_nnx():
   kw = dict(qkv_features=8, config=lpnum.DotConfig(lhs=chan, rhs=chan), qk=lpnum.DotConfig(lhs="int8", rhs="int8"),
             av=lpnum.DotConfig(lhs="int8", rhs="int8"), softmax="clipped", gated=True)
   layer = att.QuantSelfAttention(num_heads=2, **kw)
-  x = _data((2, 4, 6), 16)
+  x = data((2, 4, 6), 16)
   mask = nn.make_causal_mask(np.ones((2, 4)))
   params = _random_params(layer, x)
   y = layer.apply({"params": params}, x, mask)  # eager: nnx below reuses the compiled products
@@ -315,7 +300,7 @@ def test_quantized_self_attention_linen_equals_nnx():
 
 def test_self_attention_dropout_and_rejects():
   layer = att.QuantSelfAttention(num_heads=2, dropout_rate=0.5)
-  x = _data((1, 4, 4), 17)
+  x = data((1, 4, 4), 17)
   v = jax.jit(functools.partial(layer.init, deterministic=True))(jax.random.key(0), x)
   run = jax.jit(lambda key: layer.apply(v, x, deterministic=False, rngs={"dropout": key}))
   assert not np.array_equal(run(jax.random.key(1)), run(jax.random.key(2)))
@@ -339,15 +324,15 @@ def _einsum_reference(einsum_str, x, w):
   """jnp.einsum semantics on operands quantized by ref_int: per row of the (M, K) lhs and per column of the
   (K, N) rhs, the matmul shapes written out by hand for each string."""
   if einsum_str == "bd,df->bf":
-    return _matmul64(ref_int(x, 8, (1, 8))[0], ref_int(w, 8, (8, 1))[0])
+    return matmul64(ref_int(x, 8, (1, 8))[0], ref_int(w, 8, (8, 1))[0])
   if einsum_str == "btd,dhk->bthk":
-    y = _matmul64(ref_int(x.reshape(6, 8), 8, (1, 8))[0], ref_int(w.reshape(8, 8), 8, (8, 1))[0])
+    y = matmul64(ref_int(x.reshape(6, 8), 8, (1, 8))[0], ref_int(w.reshape(8, 8), 8, (8, 1))[0])
     return y.reshape(2, 3, 2, 4)
   if einsum_str == "bthk,hkd->btd":
-    y = _matmul64(ref_int(x.reshape(6, 8), 8, (1, 8))[0], ref_int(w.reshape(8, 5), 8, (8, 1))[0])
+    y = matmul64(ref_int(x.reshape(6, 8), 8, (1, 8))[0], ref_int(w.reshape(8, 5), 8, (8, 1))[0])
     return y.reshape(2, 3, 5)
   # "nhd,hd->hn": h is a batch axis: per-head matmuls (n, d) @ (d, 1), output transposed to (h, n).
-  return np.stack([_matmul64(ref_int(x[:, h], 8, (1, 4))[0], ref_int(w[h][:, None], 8, (4, 1))[0])[:, 0]
+  return np.stack([matmul64(ref_int(x[:, h], 8, (1, 4))[0], ref_int(w[h][:, None], 8, (4, 1))[0])[:, 0]
                    for h in range(3)])
 
 
@@ -358,7 +343,7 @@ EINSUMS = {"bd,df->bf": ((4, 8), (8, 5)), "btd,dhk->bthk": ((2, 3, 8), (8, 2, 4)
 @pytest.mark.parametrize("einsum_str", EINSUMS)
 def test_einsum_matches_numpy_on_quantized_operands(einsum_str):
   xs, ws = EINSUMS[einsum_str]
-  x, w = _data(xs, 18), _data(ws, 19)
+  x, w = data(xs, 18), data(ws, 19)
   chan = lpnum.OperandQuant("int8", granularity=lpnum.per_channel())
   cfg = lpnum.DotConfig(lhs=chan, rhs=chan)
   expect = _einsum_reference(einsum_str, x, w)
@@ -374,7 +359,7 @@ def test_einsum_matches_numpy_on_quantized_operands(einsum_str):
 
 
 def test_quant_einsum_float_equals_flax_einsum_with_bias_and_keeps_state():
-  x = _data((2, 3, 4), 20)
+  x = data((2, 3, 4), 20)
   layer = att.QuantEinsum((4, 2, 3), "btd,dhk->bthk", use_bias=True, bias_init=nn.initializers.normal(1.0))
   variables = layer.init(jax.random.key(0), x)
   ref = nn.Einsum((4, 2, 3), "btd,dhk->bthk", use_bias=True).apply(variables, x)
@@ -410,91 +395,3 @@ def test_einsum_rejects_shapes_and_types():
   with pytest.raises(ValueError, match="out_sharding="):
     att.QuantEinsumOp(lpnum.DotConfig(lhs="int8"))("bd,df->bf", np.ones((2, 4), F32), np.ones((4, 5), F32),
                                                    out_sharding="x")
-
-
-# ---- A2Q layers ------------------------------------------------------------------------------------------------------
-def _worst_case_inputs(q: np.ndarray, bits: int) -> np.ndarray:
-  """For each output channel, the two signed bits-bit inputs that drive its dot product to the extremes."""
-  lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-  pos = np.where(q.T > 0, hi, lo)  # (features, K): +hi * q > 0, lo * q < 0 -> the largest sum
-  neg = np.where(q.T > 0, lo, hi)
-  return np.concatenate([pos, neg]).astype(np.int8)
-
-
-def _overflows(x_int: np.ndarray, q: np.ndarray, bits: int) -> bool:
-  got = np.asarray(accumulate.matmul(jnp.asarray(x_int), jnp.asarray(q.astype(np.int8)),
-                                     accumulate.IntAccumulator(bits, "wrap")))
-  return not np.array_equal(got, x_int.astype(np.int64) @ q.astype(np.int64))
-
-
-def test_a2q_dense_training_keeps_the_accumulator_bound():
-  n_in, features, wbits, ibits, pbits = 32, 8, 8, 8, 16
-  layer = A2QDense(features, weight_bits=wbits, input_bits=ibits, accumulator_bits=pbits)
-  rng = np.random.default_rng(21)
-  x = rng.standard_normal((64, n_in)).astype(F32)
-  target = (x @ (rng.standard_normal((n_in, features)) * 0.5)).astype(F32)
-  params = layer.init(jax.random.key(0), x)["params"]
-  assert set(params) == {"v", "g", "log2_scale", "bias"}
-  opt = optax.adam(3e-2)
-
-  @jax.jit
-  def step(p, s):
-    loss, g = jax.value_and_grad(lambda q: jnp.mean((layer.apply({"params": q}, x) - target) ** 2))(p)
-    updates, s = opt.update(g, s, p)
-    return optax.apply_updates(p, updates), s, loss
-
-  state, losses = opt.init(params), []
-  for _ in range(25):
-    params, state, loss = step(params, state)
-    losses.append(float(loss))
-  assert losses[-1] < 0.85 * losses[0], losses
-  q = np.asarray(layer.apply({"params": params}, method=layer.integer_weights)).astype(np.int64)
-  bound = accumulate.a2q_bound(ibits, pbits)
-  l1 = np.abs(q).sum(0)
-  assert np.all(l1 <= bound), (l1, bound)
-  assert l1.max() > 0.9 * bound  # the bound binds: the check is not vacuous
-  x_int = _worst_case_inputs(q, ibits)
-  assert not _overflows(x_int, q, pbits)
-  # The same float kernel quantized per channel to int8 without A2Q does overflow the 16-bit accumulator.
-  scale = np.exp2(np.asarray(params["log2_scale"], np.float64)).astype(F32)
-  w = scale * q
-  plain = ref_int(w, 8, (n_in, 1))[1].reshape(w.shape).astype(np.int64)
-  assert _overflows(_worst_case_inputs(plain, ibits), plain, pbits)
-  # The layer is the integer matmul of ibits-bit inputs (ref_int, per tensor) with q, scaled.
-  xq = ref_int(x, ibits, x.shape)[0]
-  expect = _matmul64(xq, scale * q) + np.asarray(params["bias"])
-  np.testing.assert_allclose(np.asarray(layer.apply({"params": params}, x)), expect, rtol=1e-5, atol=1e-5)
-
-
-def test_a2q_dense_unsigned_inputs():
-  layer = A2QDense(4, weight_bits=4, input_bits=4, accumulator_bits=12, signed_input=False, use_bias=False)
-  x = np.abs(_data((3, 16), 22))
-  params = layer.init(jax.random.key(0), x)["params"]
-  assert "bias" not in params
-  q = np.asarray(layer.apply({"params": params}, method=layer.integer_weights)).astype(np.int64)
-  assert np.all(np.abs(q).sum(0) <= accumulate.a2q_bound(4, 12, signed_input=False))
-  scale = F32(np.abs(x).max() / 15)
-  xq = np.clip(np.round(x / scale), 0, 15) * scale
-  y = layer.apply({"params": params}, np.concatenate([x, -x]))
-  scale = np.exp2(np.asarray(params["log2_scale"], np.float64)).astype(F32)
-  np.testing.assert_allclose(np.asarray(y[:3]), _matmul64(xq, scale * q), rtol=1e-5,
-                             atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(y[3:]), 0.0)  # negative inputs clip to 0
-
-
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(features=0), ValueError, "features="), (dict(weight_bits=1), ValueError, "weight_bits="),
-    (dict(input_bits=17), ValueError, "input_bits="), (dict(input_bits=1), ValueError, "input_bits="),
-    (dict(accumulator_bits=1), ValueError, "accumulator_bits="),
-    (dict(accumulator_bits=8), ValueError, "accumulator_bits=8"),
-    (dict(signed_input="yes"), TypeError, "signed_input="),
-])
-def test_a2q_dense_rejects(kwargs, exc, match):
-  with pytest.raises(exc, match=match):
-    A2QDense(**{"features": 4, **kwargs})
-
-
-def test_a2q_dense_rejects_integer_inputs():
-  with pytest.raises(TypeError, match="inputs"):
-    A2QDense(2).init(jax.random.key(0), np.ones((1, 4), np.int32))
-

@@ -1,6 +1,6 @@
-"""Quantized layers with sharded params and inputs on 8 host CPU devices, for tests/test_nn_sharded.py.
+"""Quantized layers with sharded params and inputs on 8 host CPU devices, for tests/nn/test_nn_sharded.py.
 
-Run as ``XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/_sharded_layers.py OUT_DIR`` (XLA_FLAGS must
+Run as ``XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/nn/_sharded_layers.py OUT_DIR`` (XLA_FLAGS must
 be set before jax starts): for each config, the jitted forward pass and gradients of a quantized MLP run once on a
 (data=4, model=2) mesh (batch sharded over ``data``, kernels over their output axis on ``model``, NamedSharding)
 and once on one device; both results go to ``OUT_DIR/arrays.npz`` and the output shardings to ``results.json``.

@@ -1,7 +1,7 @@
-"""Multi-device runs of lpnum.nn.comm on 8 host CPU devices, for tests/test_comm.py.
+"""Multi-device runs of lpnum.nn.comm on 8 host CPU devices, for tests/nn/test_comm.py.
 
 XLA_FLAGS must be set before jax initializes its backend, so the tests run this script once, in a subprocess:
-``XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/_multidevice.py OUT_DIR``. It saves inputs and
+``XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/nn/_multidevice.py OUT_DIR``. It saves inputs and
 outputs to ``OUT_DIR/arrays.npz`` and scalars and facts about the programs to ``OUT_DIR/results.json``; the tests
 assert on them (the NumPy reference is in test_comm.py). Checks are batched into a few jitted functions, since
 each compilation for 8 devices costs about a second.
