@@ -23,7 +23,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_cli
 
 COLAB = Path(__file__).resolve().parents[2] / "colab"
 NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
-FAST = ("tour_of_formats", "quantize_flax_model")
 
 INSTALL_CELL = '''import importlib.util, os, subprocess, sys
 if importlib.util.find_spec("lpnum") is None:  # on Colab: install lpnum from its repository
@@ -33,7 +32,7 @@ QUICK = os.environ.get("LPNUM_QUICK", "1" if jax.default_backend() == "cpu" else
 
 
 def _param(path: Path, *, execute: bool):
-  marks = [pytest.mark.slow] if execute and path.stem not in FAST else []
+  marks = [pytest.mark.slow] if execute else []  # executing a notebook is an end-to-end run: the slow set
   return pytest.param(path, id=path.stem, marks=marks)
 
 

@@ -33,6 +33,10 @@ FP8 = {"float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e5m2": ml_dtypes.float8
 FP8_BITS = {"float8_e4m3fn": (3, -6), "float8_e5m2": (2, -14)}
 
 
+# One 8-device subprocess for the whole module: the slow set, which .ci/run runs.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   out = tmp_path_factory.mktemp("multidevice")

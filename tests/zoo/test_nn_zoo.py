@@ -286,6 +286,7 @@ def test_ptq_without_views_of_attention_kernels_is_an_error():
 PTQ_DIGITS = ("int4_channel", "e4m3_channel", "mxfp4_e2m1", "nvfp4")
 
 
+@pytest.mark.slow  # trains a digits MLP first
 def test_ptq_of_a_trained_mlp_keeps_its_digits_accuracy():
   x_train, y_train = data.digits("train")
   x_test, y_test = data.digits("test")
