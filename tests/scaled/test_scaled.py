@@ -47,7 +47,7 @@ INT_CASES = [
     ("int4", 4, False, lpnum.per_block(64, axis=0), (64, 1)),
     ("int8_narrow", 8, True, lpnum.per_tensor(), (64, 256)),
     ("int4", 4, False, lpnum.per_tile((16, 64)), (16, 64)),
-    # Blocks of 8 and 16 run grouped into rows of 32, blocks over 64 split into rows of 64 (scaled._row_view).
+    # Blocks of 8 and 16 run grouped into rows of 32, blocks over 64 split into rows of 64 (lpnum.scaled.xla_cpu.row_view).
     ("int8", 8, False, lpnum.per_block(8), (1, 8)),
     ("int4", 4, False, lpnum.per_block(16), (1, 16)),
     ("int4", 4, False, lpnum.per_block(128), (1, 128)),
