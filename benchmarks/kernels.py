@@ -40,6 +40,7 @@ import numpy as np
 
 import lpnum
 from lpnum import kernels
+from lpnum.kernels import accumulate
 from lpnum.results import progress
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
@@ -92,8 +93,6 @@ def matmul_candidates(m: int, k: int, n: int) -> tuple[dict, dict]:
 
 def accumulator_candidates(size: int) -> dict:
   """The emulated-accumulator matmuls at ``size``^3 (bfloat16 operands, so that products are exact)."""
-  from lpnum.kernels import accumulate
-
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.normal(size=(size, size)), jnp.bfloat16)
   b = jnp.asarray(rng.normal(size=(size, size)), jnp.bfloat16)

@@ -70,13 +70,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from lpnum.carrier import F32
-from lpnum.formats import ALL_FORMATS, BinaryFormat, Format, PositFormat
-from lpnum.formats import IntFormat, ShiftFormat
+from lpnum.formats import ALL_FORMATS, BinaryFormat, Format, IntFormat, PositFormat, ShiftFormat, get_format
 from lpnum.quantize import quantize
+from lpnum.results import save_figure, write_json
+from lpnum.studies._common import arg_parser, parse_args
+from lpnum.zoo import data, train
+from lpnum.zoo import models as zoo
 
 __all__ = ["DISTRIBUTIONS", "REAL", "TENSORS", "SCALED", "PRESETS", "NOTES", "Row", "sample", "sqnr_db",
            "rel_error", "trained_mlp", "mlp_tensors", "trained_cnn", "cnn_tensors", "photo_tensors", "tensors", "run",
@@ -170,18 +175,11 @@ def trained_mlp(features: tuple[int, ...], steps: int, seed: int) -> tuple[Any, 
 
   Cached per process, so studies and tests that ask for the same MLP train it once.
   """
-  from lpnum.zoo import models as zoo
-
   return _trained_on_digits(zoo.MLP(features=features), steps, seed, flat=True)
 
 
 def _trained_on_digits(model: Any, steps: int, seed: int, *, flat: bool) -> tuple[Any, dict[str, Any], list[float]]:
   """``model`` trained in float32 on the digits training split (Adam 3e-3, batches of 128)."""
-  import optax
-
-  from lpnum.zoo import data
-  from lpnum.zoo import train
-
   variables, losses = train.fit(model, data.digits("train", seed=seed, flat=flat), steps=steps, batch_size=128,
                                 seed=seed, optimizer=optax.adam(3e-3))
   return model, variables, losses
@@ -193,10 +191,6 @@ def mlp_tensors(model: Any, variables: dict[str, Any], seed: int) -> dict[str, l
   A kernel ``(K, N)`` is transposed to one row per output channel; an activation ``(M, K)`` has one row per token;
   K (the contracted axis, along which blocks and channels run) is last in both.
   """
-  import flax.linen as nn
-
-  from lpnum.zoo import data
-
   x_test, _ = data.digits("test", seed=seed, flat=True)
   acts: list[np.ndarray] = []
 
@@ -217,8 +211,6 @@ def trained_cnn(channels: tuple[int, ...], steps: int, seed: int) -> tuple[Any, 
 
   Cached per process.
   """
-  from lpnum.zoo import models as zoo
-
   return _trained_on_digits(zoo.CNN(channels=channels), steps, seed, flat=False)
 
 
@@ -399,8 +391,6 @@ def _blocks(p: np.ndarray, size: int) -> int:
 def _family(row: Row) -> str:
   if row.granularity == "preset":
     return "nvfp4" if row.format == "nvfp4" else "mx"
-  from lpnum import get_format
-
   fmt = get_format(row.format)
   for cls, name in ((PositFormat, "posit"), (IntFormat, "int"), (BinaryFormat, "binary"), (ShiftFormat, "shift")):
     if isinstance(fmt, cls):
@@ -450,7 +440,6 @@ def plot(rows: Sequence[Row], path) -> Any:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from lpnum.results import save_figure
 
   summary = _summary(rows)
   fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -473,9 +462,6 @@ def plot(rows: Sequence[Row], path) -> Any:
 def main(argv: Sequence[str] | None = None) -> list[Row]:
   """``lpnum study formats [--quick] [--out DIR] [--seed N]``: prints the table, writes ``formats.json`` and
   ``formats_sqnr_vs_bits.png`` and returns the rows."""
-  from lpnum.results import write_json
-  from lpnum.studies._common import arg_parser, parse_args
-
   quick_help = (f"2^14 values per distribution instead of 2^20, an MLP{MLP_SETUPS['quick'][0]} trained "
                 f"{MLP_SETUPS['quick'][1]} steps, a CNN{CNN_SETUPS['quick'][0]} trained {CNN_SETUPS['quick'][1]} "
                 f"steps, scaled rows for {', '.join(_QUICK_SCALED + _QUICK_PRESETS)}")

@@ -89,11 +89,13 @@ import jax
 import numpy as np
 import optax
 
-from lpnum.zoo import data
-from lpnum.zoo import models as zoo, train
 import lpnum
 from lpnum import BackwardQuant, DotConfig, OperandQuant
 from lpnum.nn.rules import Rule, quantize_model
+from lpnum.results import progress, save_figure, write_json
+from lpnum.studies._common import arg_parser, parse_args
+from lpnum.zoo import data, train
+from lpnum.zoo import models as zoo
 
 __all__ = ["Recipe", "ModelSpec", "RECIPES", "QUICK_RECIPES", "MODELS", "NOTES", "BATCH_SIZE", "CURVE_POINTS",
            "run_one", "summarize", "table", "plot", "main"]
@@ -299,9 +301,6 @@ def plot(runs: Sequence[dict[str, Any]]):
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """``lpnum study training [--quick] [--out DIR] [--seed N]``: runs the study, prints its table, writes
   ``training.json`` and ``training.png`` to ``--out``; returns the JSON's ``results``."""
-  from lpnum.results import progress, save_figure, write_json
-  from lpnum.studies._common import arg_parser, parse_args
-
   args = parse_args(arg_parser("training", __doc__, quick=f"recipes {', '.join(QUICK_RECIPES)}, one seed, "
                                "a few dozen steps and smaller CNN/Transformer"), argv)
   recipes = QUICK_RECIPES if args.quick else tuple(RECIPES)
