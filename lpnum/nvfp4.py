@@ -12,12 +12,14 @@ from jax.typing import ArrayLike
 from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat, quantize_scaled
 from lpnum.scaled.presets import preset
+from lpnum.validate import check_flag
 
 __all__ = ["format", "quantize"]
 
 
 def format(*, axis: int = -1, tensor_scale: bool = True, tile: bool = False) -> ScaledFormat:  # noqa: A001
   """The NVFP4 ScaledFormat: blocks of 16 along ``axis`` (or 16x16 tiles over the last two axes)."""
+  check_flag("tensor_scale", tensor_scale)
   return preset("nvfp4", axis=axis, tensor_scale=tensor_scale, tile=tile)
 
 

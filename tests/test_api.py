@@ -257,3 +257,29 @@ def test_facts_are_consistent_with_the_value_table():
     assert fmt.has_zero == bool((finite == 0).any()), fmt.name
     if 1.0 in finite and (finite > 1).any():
       assert fmt.epsilon == finite[finite > 1].min() - 1, fmt.name
+
+
+# ---- flags are bools, not truthiness ----------------------------------------------------------------------------
+@pytest.mark.parametrize("make, name", [
+    (lambda v: lpnum.IntFormat(bits=4, signed=v), "signed"),
+    (lambda v: lpnum.IntFormat(bits=4, narrow=v), "narrow"),
+    (lambda v: lpnum.FloatFormat(exponent_bits=4, mantissa_bits=3, bias=7, signed=v), "signed"),
+    (lambda v: lpnum.FloatFormat(exponent_bits=4, mantissa_bits=3, bias=7, has_subnormals=v), "has_subnormals"),
+    (lambda v: lpnum.ShiftFormat(emin=-3, emax=0, has_zero=v), "has_zero"),
+    (lambda v: lpnum.ScaledFormat("uint8", asymmetric=v), "asymmetric"),
+    (lambda v: lpnum.ScaledFormat("float4_e2m1fn", lpnum.per_block(16), "float8_e4m3fn", tensor_scale=v),
+     "tensor_scale"),
+    (lambda v: lpnum.nvfp4.format(tensor_scale=v), "tensor_scale"),
+    (lambda v: lpnum.nvfp4.format(tile=v), "tile"),
+    (lambda v: lpnum.quantize_scaled(jnp.ones((4, 32)), "mxfp8_e4m3", pad=v), "pad"),
+    (lambda v: lpnum.fake_quantize(jnp.ones((4, 32)), "mxfp8_e4m3", pad=v), "pad"),
+])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_flags_must_be_bools(make, name, value):
+  """A string, an int or None where a flag belongs is a TypeError naming the flag (``"no"`` is truthy)."""
+  with pytest.raises(TypeError, match=f"{name}="):
+    make(value)
+
+
+def test_numpy_bools_are_flags():
+  assert lpnum.IntFormat(bits=4, signed=np.bool_(False)).min_value == 0.0

@@ -18,6 +18,7 @@ from lpnum.kernels.packed_matmul.xla import xla_matmul
 from lpnum.qarray import QArray
 from lpnum.qdot import quantize_grad
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
+from lpnum.validate import check_flag
 
 __all__ = ["matmul", "IMPLEMENTATIONS"]
 
@@ -55,6 +56,7 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} must be one of {IMPLEMENTATIONS}")
+  check_flag("interpret", interpret)
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise TypeError(f"block_sizes={block_sizes!r} must be a BlockSizes")
   w = _as_packed(w)

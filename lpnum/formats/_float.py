@@ -13,6 +13,7 @@ import numpy as np
 from lpnum.carrier import Carrier
 from lpnum.exact import compose
 from lpnum.formats._base import Format, facts_problem
+from lpnum.validate import check_flag
 from lpnum.rounding import finish_round, round_magnitude
 
 
@@ -63,6 +64,8 @@ class FloatFormat(Format):
   name: str = dataclasses.field(default="", compare=False)
 
   def __post_init__(self) -> None:
+    object.__setattr__(self, "signed", check_flag("signed", self.signed))
+    object.__setattr__(self, "has_subnormals", check_flag("has_subnormals", self.has_subnormals))
     for field, lo, hi in (("exponent_bits", 1, 8), ("mantissa_bits", 0, 23)):
       value = getattr(self, field)
       if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:

@@ -11,6 +11,7 @@ import numpy as np
 from lpnum.carrier import Carrier
 from lpnum.rounding import Overflow, Rounding, round_integral
 from lpnum.formats._base import Format, facts_problem
+from lpnum.validate import check_flag
 from lpnum.rounding import round_magnitude
 
 _NEVER = 1 << 20  # an exponent no carrier reaches: integers have a fixed grid step of 1
@@ -36,6 +37,8 @@ class IntFormat(Format):
   name: str = dataclasses.field(default="", compare=False)
 
   def __post_init__(self) -> None:
+    object.__setattr__(self, "signed", check_flag("signed", self.signed))
+    object.__setattr__(self, "narrow", check_flag("narrow", self.narrow))
     if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
       raise ValueError(f"bits={self.bits!r} must be an integer in [1, 16]")
     if self.narrow and not self.signed:

@@ -10,6 +10,7 @@ import numpy as np
 
 from lpnum.carrier import Carrier
 from lpnum.formats._base import Format, facts_problem
+from lpnum.validate import check_flag
 from lpnum.rounding import finish_round, round_magnitude
 
 
@@ -34,6 +35,7 @@ class ShiftFormat(Format):
   name: str = dataclasses.field(default="", compare=False)
 
   def __post_init__(self) -> None:
+    object.__setattr__(self, "has_zero", check_flag("has_zero", self.has_zero))
     for arg, v in (("emin", self.emin), ("emax", self.emax)):
       if isinstance(v, bool) or not isinstance(v, int) or not -126 <= v <= 127:
         raise ValueError(f"{arg}={v!r} must be an integer in [-126, 127]")

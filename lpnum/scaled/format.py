@@ -13,6 +13,7 @@ from lpnum import blocks
 from lpnum.blocks import Granularity
 from lpnum.formats import BinaryFormat, FloatFormat, Format, IntFormat, PositFormat, ShiftFormat, as_format
 from lpnum.rounding import ParsedEnum
+from lpnum.validate import check_flag
 
 __all__ = ["ScaleRule", "Calibration", "ScaledFormat", "absmax", "percentile", "mse", "is_pow2", "pow2_range",
            "significand_bits", "element_precision", "MIN_NORMAL"]
@@ -106,6 +107,8 @@ class ScaledFormat:
   name: str | None = None
 
   def __post_init__(self) -> None:
+    object.__setattr__(self, "asymmetric", check_flag("asymmetric", self.asymmetric))
+    object.__setattr__(self, "tensor_scale", check_flag("tensor_scale", self.tensor_scale))
     element = as_format(self.element)
     scale = as_format(self.scale_format)
     object.__setattr__(self, "element", element)

@@ -14,6 +14,7 @@ from lpnum import blocks, packing
 from lpnum.carrier import F32, INPUT_CARRIERS
 from lpnum.qarray import QArray
 from lpnum.rounding import Rounding, random_bits
+from lpnum.validate import check_flag
 from lpnum.scaled import presets
 from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
 from lpnum.scaled.format import ScaledFormat
@@ -175,6 +176,7 @@ def _prepare(x, fmt, rounding, key, pad):
     raise TypeError(f"x must be an array, got {type(x).__name__}")
   if np.dtype(x.dtype) not in (np.float32, jnp.bfloat16, np.float16):
     raise TypeError(f"x must be float32, bfloat16 or float16, got dtype {x.dtype}")
+  check_flag("pad", pad)
   mode = Rounding.parse(rounding, "rounding")
   if mode is Rounding.STOCHASTIC and key is None:
     raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")

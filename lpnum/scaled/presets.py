@@ -28,6 +28,7 @@ import dataclasses
 from lpnum import blocks
 from lpnum.formats import Format, int_format
 from lpnum.scaled.format import ScaledFormat
+from lpnum.validate import check_flag
 
 __all__ = ["Preset", "PRESETS", "MX_NAMES", "preset"]
 
@@ -77,6 +78,9 @@ def preset(name: str, *, axis: int = -1, block_size: int | None = None, scale_ru
     >>> presets.preset("mxfp4_e2m1").emax
     2
   """
+  check_flag("tile", tile)
+  if tensor_scale is not None:
+    check_flag("tensor_scale", tensor_scale)
   if name not in PRESETS:
     raise ValueError(f"name={name!r}; expected one of {list(PRESETS)}")
   p = PRESETS[name]
