@@ -12,6 +12,7 @@ from jax.typing import ArrayLike
 from lpnum.carrier import INPUT_CARRIERS, carrier_for
 from lpnum.rounding import Overflow, Rounding, random_bits
 from lpnum.formats import TABLE_BITS, Format, as_format, table_decode
+from lpnum.validate import as_array
 
 __all__ = ["quantize", "encode", "decode"]
 
@@ -123,12 +124,7 @@ def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
   mode = Rounding.parse(rounding, "rounding")
   ov = Overflow.parse(overflow, "overflow")
   fmt.check_overflow(ov)
-  if isinstance(x, float | int | list | tuple):
-    x = jnp.asarray(x, jnp.float32)
-  elif isinstance(x, jax.Array | np.ndarray | np.generic):
-    x = jnp.asarray(x)
-  else:
-    raise TypeError(f"x must be an array, got {type(x).__name__}")
+  x = as_array(x)
   if np.dtype(x.dtype) not in INPUT_CARRIERS:
     raise TypeError(f"x must be float32, bfloat16, float16 or float64, got dtype {x.dtype}")
   why = fmt.carrier_problem(INPUT_CARRIERS[np.dtype(x.dtype)])

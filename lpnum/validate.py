@@ -3,9 +3,11 @@ value and what is allowed."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_flag"]
+__all__ = ["check_flag", "as_array"]
 
 
 def check_flag(name: str, value: object) -> bool:
@@ -16,3 +18,13 @@ def check_flag(name: str, value: object) -> bool:
   if not isinstance(value, bool):
     raise TypeError(f"{name}={value!r} must be True or False")
   return value
+
+
+def as_array(x: object) -> jax.Array:
+  """``x`` as a jax array: Python scalars and sequences become float32; arrays keep their dtype; anything else is a
+  TypeError naming ``x``."""
+  if isinstance(x, float | int | list | tuple):
+    return jnp.asarray(x, jnp.float32)
+  if isinstance(x, jax.Array | np.ndarray | np.generic):
+    return jnp.asarray(x)
+  raise TypeError(f"x must be an array, got {type(x).__name__}")

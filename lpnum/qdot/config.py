@@ -171,7 +171,7 @@ class OperandQuant:
     if self.fmt is None or self.scaling is Scaling.NONE:
       return self.fmt
     if not self.estimator.scaled:
-      return self.element_of(role)
+      return self.element
     g = _in_view(self.granularity, role)
     if isinstance(self.fmt, str):
       name, preset = self.fmt, _presets.PRESETS[self.fmt]
@@ -188,7 +188,9 @@ class OperandQuant:
     template = self.fmt if isinstance(self.fmt, ScaledFormat) else ScaledFormat(self.fmt)
     return dataclasses.replace(template, granularity=g, name=None)
 
-  def element_of(self, role: str = "lhs") -> Format | None:
+  @property
+  def element(self) -> Format | None:
+    """The element format (None if the estimator sets its own levels)."""
     if self.fmt is None:
       return None
     if isinstance(self.fmt, ScaledFormat):
@@ -196,11 +198,6 @@ class OperandQuant:
     if isinstance(self.fmt, str):
       return _presets.preset(self.fmt).element
     return self.fmt
-
-  @property
-  def element(self) -> Format | None:
-    """The element format (None if the estimator sets its own levels)."""
-    return self.element_of()
 
   def format_for(self, role: str) -> Format | ScaledFormat | None:
     """:attr:`lhs_format` or :attr:`rhs_format` by ``role`` (``"lhs"`` or ``"rhs"``)."""

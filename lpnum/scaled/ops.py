@@ -14,7 +14,7 @@ from lpnum import blocks, packing
 from lpnum.carrier import F32, INPUT_CARRIERS
 from lpnum.qarray import QArray
 from lpnum.rounding import Rounding, random_bits
-from lpnum.validate import check_flag
+from lpnum.validate import as_array, check_flag
 from lpnum.scaled import presets
 from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
 from lpnum.scaled.format import ScaledFormat
@@ -168,12 +168,7 @@ def _prepare(x, fmt, rounding, key, pad):
     fmt = presets.preset(fmt)
   if not isinstance(fmt, ScaledFormat):
     raise TypeError(f"fmt must be a ScaledFormat or a preset name, got {type(fmt).__name__}")
-  if isinstance(x, float | int | list | tuple):
-    x = jnp.asarray(x, jnp.float32)
-  elif isinstance(x, jax.Array | np.ndarray | np.generic):
-    x = jnp.asarray(x)
-  else:
-    raise TypeError(f"x must be an array, got {type(x).__name__}")
+  x = as_array(x)
   if np.dtype(x.dtype) not in (np.float32, jnp.bfloat16, np.float16):
     raise TypeError(f"x must be float32, bfloat16 or float16, got dtype {x.dtype}")
   check_flag("pad", pad)
