@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from lpnum.validate import check_int, short
+
 __all__ = ["Granularity", "per_tensor", "per_channel", "per_block", "per_tile"]
 
 
@@ -84,9 +86,7 @@ def per_channel(axis: int | Sequence[int] | None = None) -> Granularity:
   """
   if axis is None:
     return Granularity("channel")
-  axes = tuple(axis) if isinstance(axis, Sequence) else (axis,)
-  _check_ints(axes, "axis")
-  return Granularity("channel", axes)
+  return Granularity("channel", _ints(axis, "axis"))
 
 
 def per_block(size: int, axis: int | None = None) -> Granularity:
@@ -94,32 +94,33 @@ def per_block(size: int, axis: int | None = None) -> Granularity:
 
   Without ``axis``: the last axis of a tensor; in a matmul operand's config, the contracting axis K.
   """
-  _check_sizes((size,), "size")
+  size = check_int("size", size, 1)
   if axis is None:
     return Granularity("block", (), (size,))
-  _check_ints((axis,), "axis")
-  return Granularity("block", (axis,), (size,))
+  return Granularity("block", (check_int("axis", axis),), (size,))
 
 
 def per_tile(shape: Sequence[int], axes: Sequence[int] = (-2, -1)) -> Granularity:
   """2-D (or n-D) tiles: blocks of ``shape`` over ``axes``, one scale each (e.g. 128x128 weight tiles)."""
-  shape, axes = tuple(shape), tuple(axes)
-  _check_ints(axes, "axes")
-  _check_sizes(shape, "shape")
+  shape, axes = _ints(shape, "shape", sequence=True), _ints(axes, "axes", sequence=True)
+  if any(v < 1 for v in shape):
+    raise ValueError(f"shape={shape} must be positive tile lengths")
   if len(shape) != len(axes):
     raise ValueError(f"shape={shape} and axes={axes} must have the same length")
+  if len(set(axes)) != len(axes):
+    raise ValueError(f"axes={axes} name the same axis twice")
   return Granularity("tile", axes, shape)
 
 
-def _check_ints(values: tuple, name: str) -> None:
-  if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-    raise TypeError(f"{name}={values!r} must be one or more integers")
-
-
-def _check_sizes(values: tuple, name: str) -> None:
-  _check_ints(values, name)
-  if any(v < 1 for v in values):
-    raise ValueError(f"{name}={values!r} must be positive")
+def _ints(value, name: str, sequence: bool = False) -> tuple[int, ...]:
+  """One integer or a non-empty sequence of them (only a sequence if ``sequence``), as a tuple."""
+  if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+    if not value:
+      raise ValueError(f"{name}=() must name at least one")
+    return tuple(check_int(name, v) for v in value)
+  if sequence:
+    raise TypeError(f"{name}={short(value)} must be a sequence of integers, e.g. (128, 128)")
+  return (check_int(name, value),)
 
 
 def _axis(axis: int, ndim: int, name: str) -> int:
@@ -134,7 +135,7 @@ def check_fit(shape: Sequence[int], block: Sequence[int], pad: bool) -> tuple[in
   for i, (d, b) in enumerate(zip(shape, block)):
     if d % b and not pad:
       raise ValueError(
-          f"block size {b} does not divide dimension {i} of x (size {d}): use a block size that divides {d}, "
+          f"block_size={b} does not divide dimension {i} of x (size {d}): use a block size that divides {d}, "
           f"or pad=True to pad the last block with zeros to {math.ceil(d / b) * b}")
     padded.append(math.ceil(d / b) * b if d else 0)
   return tuple(padded)

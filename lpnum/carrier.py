@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Carrier", "F16", "F32", "F64", "BF16", "INPUT_CARRIERS", "carrier_for", "pattern"]
+__all__ = ["Carrier", "F16", "F32", "F64", "BF16", "INPUT_CARRIERS", "carrier_for", "pattern", "float32_odd",
+           "sticky_in_float32"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,3 +100,41 @@ def carrier_for(dtype: np.dtype) -> Carrier:
 def pattern(value: float, c: Carrier) -> np.generic:
   """The bit pattern of the number ``value`` in carrier ``c`` (rounded to ``c.dtype`` first)."""
   return np.array(value, c.dtype).view(c.utype)[()]
+
+
+def float32_odd(x: np.ndarray) -> np.ndarray:
+  """float64 values rounded to float32 *to odd*, on the host: exact values stay; the others are truncated toward
+  zero and get an odd significand (the lowest bit set), so the float32 value records that the float64 one was
+  not exact. Magnitudes beyond float32's range become its largest finite value (odd), nonzero magnitudes below
+  its smallest subnormal that subnormal (odd); NaN stays NaN and infinities stay infinite.
+
+  Rounding the result once more, to a format whose rounding breakpoints are float32 values with an even
+  significand (:func:`sticky_in_float32`), gives the same value as rounding the float64 input directly: the
+  classic way to round once through a narrower intermediate (Boldo and Melquiond 2008).
+  """
+  x = np.asarray(x, np.float64)
+  with np.errstate(over="ignore", invalid="ignore"):
+    near = x.astype(np.float32)
+    back = near.astype(np.float64)
+  finite = np.isfinite(x)
+  inexact = finite & (back != x)
+  # Toward zero: step the nearest float32 back toward zero where it overshot |x| (inf included).
+  over = inexact & (np.abs(back) > np.abs(x))
+  bits = near.view(np.uint32).copy()
+  bits = np.where(over, bits - np.uint32(1), bits)  # the next float32 toward zero (sign-magnitude patterns)
+  bits = np.where(inexact, bits | np.uint32(1), bits)
+  out = bits.view(np.float32)
+  return np.where(np.isnan(x), np.float32(np.nan), out).astype(np.float32)
+
+
+def sticky_in_float32(breakpoints: np.ndarray) -> bool:
+  """Whether every rounding breakpoint (float64 values: a format's values and the points where rounding between
+  them changes direction) is a float32 value with an even significand, so that :func:`float32_odd` keeps every
+  value on its side of every breakpoint."""
+  b = np.asarray(breakpoints, np.float64)
+  b = b[np.isfinite(b)]
+  with np.errstate(over="ignore"):
+    f = b.astype(np.float32)
+  if not np.array_equal(f.astype(np.float64), b):
+    return False
+  return not (np.abs(f).view(np.uint32) & np.uint32(1)).any()

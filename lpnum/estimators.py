@@ -35,7 +35,9 @@ from jax.typing import ArrayLike
 from lpnum.formats import Format, IntFormat, ShiftFormat, as_format
 from lpnum.hadamard import fwht
 from lpnum.quantize import quantize
+from lpnum.rounding import Rounding
 from lpnum.scaled import ScaledFormat, clip_range, fake_quantize
+from lpnum.validate import as_float_array, check_axis, check_int, check_number, check_positive, short
 
 __all__ = ["ste", "clipped_ste", "lsq", "pact", "dorefa_weight", "dorefa_activation", "sign_ste", "xnor", "reste",
            "biper", "bitnet_ternary", "denseshift", "hadamard_ste", "with_grad_mask", "Estimator", "STE", "ClippedSTE",
@@ -44,16 +46,33 @@ __all__ = ["ste", "clipped_ste", "lsq", "pact", "dorefa_weight", "dorefa_activat
 
 
 def _float(x: ArrayLike, name: str = "x") -> jax.Array:
-  if isinstance(x, float | int):
-    x = jnp.float32(x)
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
-  return x
+  return as_float_array(x, name)
 
 
 def _fmt(fmt) -> Format | ScaledFormat:
   return fmt if isinstance(fmt, ScaledFormat) else as_format(fmt)
+
+
+def _check_params(**params) -> dict:
+  """The estimators' scalar parameters, checked by name (the functions and the estimator values share these)."""
+  checks = {
+      "bits": lambda v: _bits(v),
+      "o": lambda v: check_number("o", v, at_least=1.0),
+      "cap": lambda v: check_number("cap", v, positive=True),
+      "omega": lambda v: check_number("omega", v, positive=True),
+      "eps": lambda v: check_number("eps", v, positive=True),
+      "alpha": lambda v: check_number("alpha", v, positive=True),
+      "grad_scale": lambda v: None if v is None else check_number("grad_scale", v, positive=True),
+      "variant": _variant,
+      "axis": lambda v: tuple(check_int("axis", a) for a in v) if isinstance(v, tuple) else check_int("axis", v),
+  }
+  return {name: checks[name](value) for name, value in params.items()}
+
+
+def _variant(v) -> str:
+  if v not in ("absmean", "median"):
+    raise ValueError(f"variant={short(v)}; expected 'absmean' or 'median'")
+  return v
 
 
 def _round_trip(x: jax.Array, fmt, **kwargs) -> jax.Array:
@@ -70,9 +89,7 @@ def _int_format(fmt, name: str = "fmt") -> IntFormat:
 
 
 def _bits(bits, lo: int = 1, hi: int = 16) -> int:
-  if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= hi:
-    raise ValueError(f"bits={bits!r} must be an integer in [{lo}, {hi}]")
-  return bits
+  return check_int("bits", bits, lo, hi)
 
 
 @jax.custom_vjp
@@ -126,8 +143,9 @@ def lsq(x: ArrayLike, step: ArrayLike, fmt: IntFormat | str = "int8", *,
   or ``qp`` where clamped, times ``grad_scale`` (default ``1 / sqrt(x.size * qp)``, the paper's ``g``).
   Rounding is to nearest, ties to even.
   """
-  x, step = _float(x), _float(step, "step")
+  x, step = _float(x), _float(check_positive("step", step), "step")
   fmt = _int_format(fmt)
+  grad_scale = _check_params(grad_scale=grad_scale)["grad_scale"]
   if grad_scale is None:
     grad_scale = 1.0 / math.sqrt(max(x.size, 1) * fmt.max_finite)
   return _lsq(x, step, fmt.min_value, fmt.max_finite, float(grad_scale))
@@ -168,7 +186,7 @@ def pact(x: ArrayLike, alpha: ArrayLike, bits: int = 4) -> jax.Array:
   Gradients: ``dx = 1`` for ``0 <= x < alpha``, else 0; ``dalpha = 1`` where ``x >= alpha``, else 0 (the paper's
   straight-through gradient of the clipping level).
   """
-  x, alpha = _float(x), _float(alpha, "alpha")
+  x, alpha = _float(x), _float(check_positive("alpha", alpha), "alpha")
   levels = float((1 << _bits(bits)) - 1)
   return _pact(x, alpha, levels)
 
@@ -240,8 +258,10 @@ def xnor(w: ArrayLike, axis: int | tuple[int, ...] = -1) -> jax.Array:
   Gradient, as the paper gives it: ``dW = dW~ * (1/n + alpha * 1{|w| <= 1})``, ``n`` the elements per channel.
   """
   w = _float(w, "w")
-  axes = (axis,) if isinstance(axis, int) else tuple(axis)
-  keep = {a % w.ndim for a in axes}
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  keep = {check_axis("axis", a, w.ndim) for a in axes}
+  if len(keep) != len(axes):
+    raise ValueError(f"axis={axis} names the same axis twice")
   reduce = tuple(i for i in range(w.ndim) if i not in keep)
   n = math.prod(w.shape[i] for i in reduce)
   return _xnor(w, reduce, float(n))
@@ -274,11 +294,8 @@ def reste(x: ArrayLike, o: float = 3.0, cap: float = 10.0) -> jax.Array:
   ``cap`` (near 0 it diverges) and zero for ``|x| > 1`` (Wu et al., ICCV 2023). ``o = 1`` is the clipped STE.
   """
   x = _float(x)
-  if not o >= 1:
-    raise ValueError(f"o={o!r} must be at least 1")
-  if not cap > 0:
-    raise ValueError(f"cap={cap!r} must be positive")
-  return _reste(x, float(o), float(cap))
+  p = _check_params(o=o, cap=cap)
+  return _reste(x, p["o"], p["cap"])
 
 
 @jax.custom_vjp
@@ -304,9 +321,7 @@ def biper(x: ArrayLike, omega: float = math.pi) -> jax.Array:
   """BiPer: the square wave ``sign(sin(omega x))`` forward and ``omega cos(omega x)``, the derivative of the sine
   of the same period, backward (Vargas et al., CVPR 2024)."""
   x = _float(x)
-  if not omega > 0:
-    raise ValueError(f"omega={omega!r} must be positive")
-  return _biper(x, float(omega))
+  return _biper(x, _check_params(omega=omega)["omega"])
 
 
 @jax.custom_vjp
@@ -331,12 +346,8 @@ def bitnet_ternary(w: ArrayLike, variant: str = "absmean", eps: float = 1e-5) ->
   """BitNet b1.58 weights: ``gamma * clip(round(w / (gamma + eps)), -1, 1)`` with ``gamma`` the mean ``|w|``
   (``absmean``) or its median (``median``, BitNet b1.58 Reloaded), straight-through (identity gradient)."""
   w = _float(w, "w")
-  if variant == "absmean":
-    gamma = jnp.mean(jnp.abs(w))
-  elif variant == "median":
-    gamma = jnp.median(jnp.abs(w))
-  else:
-    raise ValueError(f"variant={variant!r}; expected 'absmean' or 'median'")
+  eps = _check_params(variant=variant, eps=eps)["eps"]
+  gamma = jnp.mean(jnp.abs(w)) if variant == "absmean" else jnp.median(jnp.abs(w))
   gamma = jax.lax.stop_gradient(gamma)
   q = jnp.clip(jnp.round(w / (gamma + eps)), -1, 1) * gamma
   return w + jax.lax.stop_gradient(q - w)
@@ -355,7 +366,8 @@ def denseshift(w: ArrayLike, bits: int = 4, scale: ArrayLike | None = None) -> j
     amax = jax.lax.stop_gradient(jnp.max(jnp.abs(w)))
     _, e = jnp.frexp(jnp.maximum(amax, jnp.finfo(w.dtype).tiny))  # the exponent from the bits, not a log2
     scale = jnp.ldexp(jnp.ones((), w.dtype), e - 1)
-  scale = _float(scale, "scale")
+  else:
+    scale = _float(check_positive("scale", scale), "scale")
   return scale * quantize(w / scale, fmt)
 
 
@@ -413,7 +425,7 @@ class Estimator:
 
 
 def _rounding_kwargs(fmt, rounding, key, scale, pad) -> dict:
-  kwargs = dict(rounding=rounding, key=key)
+  kwargs = dict(rounding=rounding, key=key if rounding in ("stochastic", Rounding.STOCHASTIC) else None)
   if isinstance(fmt, ScaledFormat):
     kwargs.update(scale=scale, pad=pad)
   return kwargs
@@ -466,6 +478,9 @@ class LSQ(Estimator):
   grad_scale: float | None = None
   learned: ClassVar[str | None] = "step"
 
+  def __post_init__(self):
+    _check_params(grad_scale=self.grad_scale)
+
   def check_format(self, fmt):
     super().check_format(fmt)
     _int_format(fmt)
@@ -508,7 +523,7 @@ class PACT(_Levels):
   learned: ClassVar[str | None] = "alpha"
 
   def __post_init__(self):
-    _bits(self.bits)
+    _check_params(bits=self.bits, alpha=self.alpha)
 
   def init_param(self, x, fmt):
     return jnp.asarray(self.alpha, jnp.float32)
@@ -527,8 +542,7 @@ def _levels_estimator(name: str, fn, doc: str, allowed: str | None = None, **fie
     return fn(x, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
   def post_init(self):
-    if "bits" in fields:
-      _bits(self.bits)
+    _check_params(**{name: getattr(self, name) for name in fields})
 
   ns = {"__call__": call, "__post_init__": post_init, "__doc__": doc, "allowed": allowed,
         "__annotations__": {k: type(v) for k, v in fields.items()}, **fields}

@@ -36,6 +36,8 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from lpnum.validate import as_float_array
+
 __all__ = ["fwht", "largest_block", "hadamard_matrix"]
 
 
@@ -240,9 +242,7 @@ def _int(value, name: str) -> int:
 
 
 def _float_array(x: ArrayLike) -> jax.Array:
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"x must be a float array, got dtype {x.dtype}")
+  x = as_float_array(x)
   if x.ndim == 0:
     raise ValueError("x must have at least one dimension (the axis to transform), got a 0-d array")
   return x

@@ -19,24 +19,29 @@ __all__ = ["NAMES", "format", "quantize"]
 NAMES: tuple[str, ...] = MX_NAMES
 
 
-def format(name: str, *, axis: int = -1, scale_rule: str = "floor", block_size: int = 32) -> ScaledFormat:  # noqa: A001
+def format(name: str, *, axis: int = -1, scale_rule: str | None = None,  # noqa: A001
+           block_size: int | None = None) -> ScaledFormat:
   """The ScaledFormat of an MX preset (or ``nvfp4``) along ``axis``.
+
+  ``scale_rule`` and ``block_size`` default to the preset's own (``floor`` and 32 for MX; NVFP4's FP8 scales are
+  rounded to ``nearest``, in blocks of 16); a value given overrides it, or is an error where the preset cannot
+  take it (``scale_rule="ceil"`` with NVFP4's non-power-of-two scales).
 
   Example:
     >>> import lpnum
     >>> lpnum.mx.format("mxfp4_e2m1").emax
     2
   """
-  if name == "nvfp4":
-    return preset(name, axis=axis)
-  if name not in NAMES:
+  if name != "nvfp4" and name not in NAMES:
+    if not isinstance(name, str):
+      raise TypeError(f"name must be an MX preset name (str), got {type(name).__name__}")
     raise ValueError(f"name={name!r}; expected one of {list(NAMES)} or 'nvfp4'")
   return preset(name, axis=axis, scale_rule=scale_rule, block_size=block_size)
 
 
-def quantize(x: ArrayLike, name: str, axis: int = -1, scale_rule: str = "floor", *, block_size: int = 32,
+def quantize(x: ArrayLike, name: str, axis: int = -1, scale_rule: str | None = None, *, block_size: int | None = None,
              rounding: str = "nearest_even", key: jax.Array | None = None, pad: bool = False) -> QArray:
-  """Quantizes ``x`` to the MX format ``name`` in blocks of 32 along ``axis``.
+  """Quantizes ``x`` to the MX format ``name`` in blocks of 32 along ``axis`` (the arguments as in :func:`format`).
 
   Example:
     >>> import jax.numpy as jnp, lpnum

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum.carrier import INPUT_CARRIERS, carrier_for
-from lpnum.rounding import Overflow, Rounding, random_bits
-from lpnum.formats import TABLE_BITS, Format, as_format, table_decode
-from lpnum.validate import as_array
+from lpnum.carrier import INPUT_CARRIERS, carrier_for, float32_odd, sticky_in_float32
+from lpnum.rounding import Overflow, Rounding, check_rounding_key, random_bits
+from lpnum.formats import TABLE_BITS, Format, PositFormat, as_format, table_decode
+from lpnum.validate import as_array, as_dtype, check_int, is_concrete
 
 __all__ = ["quantize", "encode", "decode"]
 
@@ -31,7 +32,11 @@ def quantize(
 
   Every output is exactly a value of ``fmt`` (or NaN/inf as the format's rules say), held in ``x``'s dtype.
   ``x`` is rounded once, directly, whatever its dtype (float64 inputs under ``jax_enable_x64`` do not go through
-  float32). The gradient is the straight-through estimator (identity).
+  float32). Without x64, float64 values on the host (NumPy arrays, Python floats) give float32 results and are
+  still rounded once: they become float32 *to odd*, which is exact for every format whose rounding breakpoints
+  float32 holds with a bit to spare (all formats of up to 16 bits but the widest); for the others (float32
+  itself, posit32, wide integers) they are rounded to float32 first, with a warning where that changes a value.
+  The gradient is the straight-through estimator (identity).
 
   Rules, in order: NaN stays NaN where the format has NaN/NaR, else becomes a zero of the NaN's sign (as
   ml_dtypes does); the magnitude is rounded on the format's grid, unbounded above; overflow is then decided
@@ -47,7 +52,7 @@ def quantize(
     rounding: one of ``nearest_even``, ``nearest_away``, ``toward_zero``, ``up``, ``down``, ``to_odd``,
       ``stochastic``.
     overflow: ``saturate``, ``non_saturating``, or for integer formats ``wrap``.
-    key: a ``jax.random.key``; required for (and only used by) stochastic rounding.
+    key: a ``jax.random.key``; required for stochastic rounding, and an error with the other modes.
     stochastic_bits: for stochastic rounding, use only this many random bits (1..32), as hardware does;
       rounding up then has probability ``floor(f * 2^k) / 2^k`` for a fraction ``f`` of the gap, a bias toward
       zero of less than ``2^-k`` of the gap.
@@ -96,7 +101,9 @@ def encode(
 def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
   """The values of codes ``bits`` of ``fmt``, rounded once (nearest even) to ``dtype``.
 
-  ``bits`` is an integer array; bits above ``fmt.bits`` are ignored. NaN codes give NaN, infinities inf.
+  ``bits`` is an integer array of codes in ``[0, 2^fmt.bits)``: other values are an error where they are concrete
+  (eager calls, NumPy inputs); under ``jit`` the bits above ``fmt.bits`` are ignored. NaN codes give NaN,
+  infinities inf.
 
   Example:
     >>> import jax.numpy as jnp, lpnum
@@ -104,12 +111,8 @@ def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp
     Array([  1., 448.], dtype=float32)
   """
   fmt = as_format(fmt)
-  bits = jnp.asarray(bits)
-  if not jnp.issubdtype(bits.dtype, jnp.integer):
-    raise TypeError(f"bits must be an integer array of codes, got dtype {bits.dtype}")
-  dtype = np.dtype(dtype)
-  if dtype not in INPUT_CARRIERS:
-    raise TypeError(f"dtype={dtype} must be one of float32, bfloat16, float16, float64")
+  bits = _as_codes(bits, fmt)
+  dtype = as_dtype("dtype", dtype, INPUT_CARRIERS)
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype=float64 needs jax_enable_x64")
   if fmt.bits <= TABLE_BITS:
@@ -119,26 +122,88 @@ def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp
   return fmt.decode_values(bits.astype(jnp.uint32) & mask, carrier)
 
 
+def _as_codes(bits, fmt: Format) -> jax.Array:
+  """``bits`` as an integer array of codes of ``fmt``; where the values are concrete, each must be a code (in
+  ``[0, 2^fmt.bits)``)."""
+  if isinstance(bits, bool) or not isinstance(bits, int | list | tuple | jax.Array | np.ndarray | np.generic):
+    raise TypeError(f"bits must be an integer array of codes, got {type(bits).__name__}")
+  if isinstance(bits, int | list | tuple):
+    try:
+      bits = np.asarray(bits)
+    except (TypeError, ValueError) as err:
+      raise TypeError(f"bits is not a rectangular array of integer codes ({err})") from None
+  if not jnp.issubdtype(bits.dtype, jnp.integer):
+    raise TypeError(f"bits must be an integer array of codes, got dtype {bits.dtype}")
+  if is_concrete(bits) and np.size(bits):
+    host = np.asarray(bits)
+    lo, hi = host.min(), host.max()
+    if lo < 0 or hi >= 1 << fmt.bits:
+      bad = lo if lo < 0 else hi
+      raise ValueError(f"bits holds {int(bad)}, not a code of {fmt.name} (codes are 0 .. {(1 << fmt.bits) - 1})")
+  return jnp.asarray(bits)
+
+
 def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
   fmt = as_format(fmt)
   mode = Rounding.parse(rounding, "rounding")
   ov = Overflow.parse(overflow, "overflow")
   fmt.check_overflow(ov)
-  x = as_array(x)
+  x = as_array(_float64_on_host(x, fmt))
   if np.dtype(x.dtype) not in INPUT_CARRIERS:
     raise TypeError(f"x must be float32, bfloat16, float16 or float64, got dtype {x.dtype}")
   why = fmt.carrier_problem(INPUT_CARRIERS[np.dtype(x.dtype)])
   if why is not None:
     raise ValueError(f"fmt={fmt.name} cannot be quantized into x.dtype={x.dtype}: {why}; use a wider x")
+  check_rounding_key(mode, key)
   if mode is Rounding.STOCHASTIC:
-    if key is None:
-      raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
-    if stochastic_bits is not None and (isinstance(stochastic_bits, bool) or not isinstance(stochastic_bits, int)
-                                        or not 1 <= stochastic_bits <= 32):
-      raise ValueError(f"stochastic_bits={stochastic_bits!r} must be an integer in [1, 32]")
+    if stochastic_bits is not None:
+      stochastic_bits = check_int("stochastic_bits", stochastic_bits, 1, 32)
   elif stochastic_bits is not None:
     raise ValueError(f"stochastic_bits={stochastic_bits!r} is only for rounding='stochastic'")
   return x, fmt, mode, ov, stochastic_bits
+
+
+def _float64_on_host(x, fmt: Format):
+  """Float64 values held on the host (NumPy float64 arrays, Python floats) when ``jax_enable_x64`` is off, made
+  float32 so that they are still rounded once: to odd (:func:`lpnum.carrier.float32_odd`) where that is exact for
+  ``fmt``; else to nearest, with a warning where that changes a value. Anything else passes unchanged."""
+  if jax.config.jax_enable_x64:
+    return x
+  if isinstance(x, float | list | tuple):
+    try:
+      x = np.asarray(x, np.float64)
+    except (TypeError, ValueError):
+      return x  # as_array names the problem
+  if not isinstance(x, np.ndarray | np.float64) or np.dtype(x.dtype) != np.float64:
+    return x
+  if _rounds_once_through_float32(fmt):
+    return float32_odd(x)
+  with np.errstate(over="ignore"):
+    near = np.asarray(x).astype(np.float32)
+  if not np.array_equal(near.astype(np.float64), x, equal_nan=True):
+    warnings.warn(f"x is float64 but jax_enable_x64 is off: its values are rounded to float32 before {fmt.name}, "
+                  "which can differ from rounding them once; enable jax_enable_x64 to round float64 inputs once",
+                  UserWarning, stacklevel=4)
+  return near
+
+
+@functools.lru_cache(maxsize=None)
+def _rounds_once_through_float32(fmt: Format) -> bool:
+  """Whether every rounding breakpoint of ``fmt`` is a float32 value with an even significand: its values, the
+  midpoints between neighbours (for posits, the values of the posit one bit wider, where the bit string rounds),
+  and the midpoint above the largest value, where overflow begins."""
+  if fmt.bits + isinstance(fmt, PositFormat) > 20:  # tables of at most 2^20 values
+    return False
+  values = np.abs(fmt.decode_exact(np.arange(1 << fmt.bits)))
+  values = np.unique(values[np.isfinite(values)])
+  if isinstance(fmt, PositFormat):
+    wider = PositFormat(n=fmt.n + 1, es=fmt.es)
+    points = np.abs(wider.decode_exact(np.arange(1 << wider.bits)))
+  else:
+    mids = (values[1:] + values[:-1]) / 2
+    top = values[-1] + (values[-1] - values[-2]) / 2 if values.size > 1 else values[-1] * 1.5
+    points = np.concatenate([values, mids, [top]])
+  return sticky_in_float32(points)
 
 
 def _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits):

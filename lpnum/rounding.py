@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum.carrier import Carrier, pattern
+from lpnum.validate import check_key
 
 __all__ = ["ParsedEnum", "Rounding", "Overflow", "round_shift", "round_integral", "round_below_unit", "random_bits",
-           "hash32", "away_from_zero", "round_magnitude", "finish_round"]
+           "check_rounding_key", "hash32", "away_from_zero", "round_magnitude", "finish_round"]
 
 
 class ParsedEnum(enum.Enum):
@@ -226,6 +227,17 @@ def _fraction32(rem: jax.Array, drop: jax.Array, width: int) -> jax.Array:
   frac = jnp.where(drop <= 32, rem << left, rem >> right)
   # drop == 0 means rem == 0; a shift by 32 would be needed only then.
   return frac.astype(jnp.uint32)
+
+
+def check_rounding_key(mode: Rounding, key: object) -> None:
+  """Stochastic rounding needs one PRNG key (:func:`lpnum.validate.check_key`); the other modes take none, so a
+  key given with them is an error rather than silently unused."""
+  if mode is Rounding.STOCHASTIC:
+    if key is None:
+      raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
+    check_key("key", key)
+  elif key is not None:
+    raise ValueError(f"key is only used by rounding='stochastic'; rounding={mode.value!r} takes key=None")
 
 
 def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

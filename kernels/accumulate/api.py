@@ -15,6 +15,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from lpnum.carrier import F32
+from lpnum.validate import check_int
 from lpnum.rounding import Rounding
 from lpnum.formats import FloatFormat, Specials
 from lpnum.formats import FLOAT32, as_format
@@ -31,11 +32,6 @@ _IMPLEMENTATIONS = ("auto", "pallas", "pallas_tpu", "pallas_gpu", "xla", "refere
 _KERNEL_DTYPES = tuple(np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
                                              np.float32, jnp.bfloat16, np.float16, jnp.float8_e4m3fn,
                                              jnp.float8_e5m2))
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= value <= hi:
-    raise ValueError(f"{name}={value!r} must be an integer in [{lo}, {hi}]")
 
 
 class _Accumulates:
@@ -71,7 +67,7 @@ class IntAccumulator(_Accumulates):
   integer: ClassVar[bool] = True
 
   def __post_init__(self) -> None:
-    _check_int("bits", self.bits, 2, 32)
+    check_int("bits", self.bits, 2, 32)
     if self.overflow not in ("wrap", "saturate"):
       raise ValueError(f"overflow={self.overflow!r}; expected 'wrap' or 'saturate'")
 
@@ -104,8 +100,8 @@ class FloatAccumulator(_Accumulates):
       if len(fmt) != 2:
         raise ValueError(f"format={fmt!r} must be (exponent_bits, mantissa_bits)")
       e, m = fmt
-      _check_int("exponent_bits", e, 2, 8)
-      _check_int("mantissa_bits", m, 0, 23)
+      check_int("format=(exponent_bits, _)", e, 2, 8)
+      check_int("format=(_, mantissa_bits)", m, 0, 23)
       fmt = FloatFormat(exponent_bits=e, mantissa_bits=m, bias=(1 << (e - 1)) - 1, specials=Specials.IEEE)
     elif isinstance(fmt, str):
       fmt = as_format(fmt)
@@ -159,8 +155,8 @@ class AlignedAccumulator(_Accumulates):
   chunk: int = 32
 
   def __post_init__(self) -> None:
-    _check_int("product_bits", self.product_bits, 1, 30)
-    _check_int("chunk", self.chunk, 1, 2**30)
+    check_int("product_bits", self.product_bits, 1, 30)
+    check_int("chunk", self.chunk, 1, 2**30)
     if self.product_bits + 1 + math.ceil(math.log2(self.chunk)) > 31:
       raise ValueError(f"chunk={self.chunk} with product_bits={self.product_bits}: chunk sums could overflow int32 "
                        "(need product_bits + 1 + ceil(log2(chunk)) <= 31)")
@@ -215,8 +211,8 @@ def a2q_bound(input_bits: int, accumulator_bits: int, *, signed_input: bool = Tr
     >>> a2q_bound(8, 16), a2q_bound(8, 16, signed_input=False)
     (255.9921875, 127.99609375)
   """
-  _check_int("input_bits", input_bits, 1, 32)
-  _check_int("accumulator_bits", accumulator_bits, 2, 64)
+  check_int("input_bits", input_bits, 1, 32)
+  check_int("accumulator_bits", accumulator_bits, 2, 64)
   if not isinstance(signed_input, bool):
     raise TypeError(f"signed_input={signed_input!r} must be a bool")
   return (2.0 ** (accumulator_bits - 1) - 1) * 2.0 ** (int(signed_input) - input_bits)
@@ -309,7 +305,7 @@ def _prepare(a, b, accumulator, chunk, order, key, return_stats):
   if order not in ("sequential", "pairwise"):
     raise ValueError(f"order={order!r}; expected 'sequential' or 'pairwise'")
   if chunk is not None:
-    _check_int("chunk", chunk, 1, 2**31 - 1)
+    check_int("chunk", chunk, 1, 2**31 - 1)
   a, b = _widen(a), _widen(b)
   k, n = b.shape
   fields = dict(k=k, n=n, chunk=chunk, stats=return_stats)

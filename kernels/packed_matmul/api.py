@@ -18,7 +18,7 @@ from lpnum.kernels.packed_matmul.xla import xla_matmul
 from lpnum.qarray import QArray
 from lpnum.qdot import quantize_grad
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
-from lpnum.validate import check_flag
+from lpnum.validate import as_array, check_flag, short
 
 __all__ = ["matmul", "IMPLEMENTATIONS"]
 
@@ -57,6 +57,8 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} must be one of {IMPLEMENTATIONS}")
   check_flag("interpret", interpret)
+  if platform is not None and platform not in ("tpu", "gpu", "cuda"):
+    raise ValueError(f"platform={short(platform)} must be None, 'tpu', 'gpu' or 'cuda'")
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise TypeError(f"block_sizes={block_sizes!r} must be a BlockSizes")
   w = _as_packed(w)
@@ -105,11 +107,11 @@ def _check_x(x, x_format, w: PackedWeights):
       raise ValueError("x_format is for float x; x is already a QArray")
     shape = x.shape
   else:
-    x = jnp.asarray(x)
+    x = as_array(x)
     if x.dtype not in X_DTYPES:
       raise TypeError(f"x must be float32, bfloat16 or float16 (or a QArray), got dtype {x.dtype}")
     if x_format is not None and not isinstance(x_format, ScaledFormat):
-      raise TypeError(f"x_format={x_format!r} must be a ScaledFormat")
+      raise TypeError(f"x_format={short(x_format)} must be a ScaledFormat")
     shape = x.shape
   if len(shape) < 1 or shape[-1] != k:
     raise ValueError(f"x has shape {shape}; its last axis must be K={k}, the weights' first axis")

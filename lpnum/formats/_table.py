@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from lpnum.formats._float import FloatFormat, Specials
 from lpnum.formats._int import BinaryFormat, IntFormat
 from lpnum.formats._posit import PositFormat
 from lpnum.formats._shift import ShiftFormat
+from lpnum.validate import short
 
 __all__ = ["ALL_FORMATS", "get_format", "as_format", "format_of", "p3109", "posit", "int_format"]
 
@@ -115,43 +117,67 @@ ALL_FORMATS: tuple[Format, ...] = _NAMED
 _BY_NAME = {f.name: f for f in (*_NAMED, FLOAT32)}
 
 _PATTERNS = (
-    (re.compile(r"binary(\d+)p(\d+)([su]?)([ef]?)$"),
+    (re.compile(r"binary([1-9]\d*)p([1-9]\d*)([su]?)([ef]?)"),
      lambda k, p, s, e: p3109(int(k), int(p), signed=s != "u", extended=e == "e")),
-    (re.compile(r"posit(\d+)(?:_(\d+))?$"), lambda n, es: posit(int(n), 2 if es is None else int(es))),
-    (re.compile(r"(u?)int(\d+)(_narrow)?$"), lambda u, b, nr: int_format(int(b), signed=not u, narrow=bool(nr))),
+    (re.compile(r"posit([1-9]\d*)(?:_(0|[1-9]\d*))?"), lambda n, es: posit(int(n), 2 if es is None else int(es))),
+    (re.compile(r"(u?)int([1-9]\d*)(_narrow)?"), lambda u, b, nr: int_format(int(b), signed=not u, narrow=bool(nr))),
 )
+
+_FAMILIES = "binary{k}p{p}[s|u][e|f], posit{n}[_{es}], [u]int{bits}[_narrow]"
 
 
 def get_format(name: str) -> Format:
   """The format called ``name``: a preset (``float8_e4m3fn``, ``posit16``, ``int4``...) or a family name
-  (``binary8p3``, ``binary6p2ue``, ``posit12_1``, ``uint7``, ``int5_narrow``).
+  (``binary8p3``, ``binary6p2ue``, ``posit12_1``, ``uint7``, ``int5_narrow``). Names are exact: no whitespace,
+  case folding or leading zeros.
 
   Raises:
-    ValueError: the name is unknown (the message lists the presets).
+    TypeError: ``name`` is not a str.
+    ValueError: the name is unknown (the message suggests close names, and points block-scaled presets such as
+      ``mxfp8_e4m3`` to :func:`lpnum.quantize_scaled`).
   """
+  return _lookup(name, "name")
+
+
+def _lookup(name: object, arg: str) -> Format:
   if not isinstance(name, str):
-    raise TypeError(f"name must be a str, got {type(name).__name__}")
+    raise TypeError(f"{arg} must be a format name (str), got {type(name).__name__}")
   name = _ALIASES.get(name, name)
   if name in _BY_NAME:
     return _BY_NAME[name]
   for pattern, make in _PATTERNS:
-    match = pattern.match(name)
+    match = pattern.fullmatch(name)
     if match:
-      return make(*match.groups())
-  raise ValueError(f"unknown format name={name!r}; known: {sorted(_BY_NAME)} and the families binary{{k}}p{{p}}[s|u][e|f], "
-                   "posit{n}[_{es}], [u]int{bits}[_narrow]")
+      try:
+        return make(*match.groups())
+      except (TypeError, ValueError) as err:
+        raise ValueError(f"{arg}={name!r} names no format: {err}") from None
+  if name.lower() in SCALED_PRESET_NAMES:
+    raise ValueError(f"{arg}={name!r} is a block-scaled format (elements with shared scales), not an element "
+                     "format: use lpnum.quantize_scaled, lpnum.fake_quantize or lpnum.mx.quantize")
+  close = difflib.get_close_matches(name.strip().lower(), [*_BY_NAME, *_ALIASES], n=3, cutoff=0.6)
+  hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+  raise ValueError(f"unknown format {arg}={name!r}{hint} Known: {sorted(_BY_NAME)} and the families {_FAMILIES}")
 
 
-def as_format(fmt: Format | str) -> Format:
-  """Accepts a format or its name (or a native dtype with a format)."""
+#: Names of the block-scaled presets, for a clear error when one is taken for an element format; filled by
+#: :mod:`lpnum.scaled.presets` (above this module), where those formats live.
+SCALED_PRESET_NAMES: set[str] = set()
+
+
+def as_format(fmt: Format | str, name: str = "fmt") -> Format:
+  """Accepts a format or its name (or a native dtype with a format); errors name the argument ``name``."""
   if isinstance(fmt, Format):
     return fmt
   if isinstance(fmt, str):
-    return get_format(fmt)
+    return _lookup(fmt, name)
+  if hasattr(fmt, "element") and hasattr(fmt, "granularity"):
+    raise TypeError(f"{name}={short(fmt)} is a block-scaled format, not an element format: use "
+                    "lpnum.quantize_scaled or lpnum.fake_quantize")
   try:
     return format_of(fmt)
   except (TypeError, ValueError):
-    raise TypeError(f"fmt must be an lpnum format or a format name, got {fmt!r}") from None
+    raise TypeError(f"{name}={short(fmt)} must be an lpnum format or a format name") from None
 
 
 def format_of(dtype) -> Format:

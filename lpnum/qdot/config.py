@@ -22,6 +22,7 @@ from lpnum.formats import FloatFormat, Format, IntFormat, as_format
 from lpnum.rounding import ParsedEnum, Rounding
 from lpnum.scaled import ScaledFormat
 from lpnum.scaled import presets as _presets
+from lpnum.validate import check_int, short
 
 __all__ = ["Scaling", "Engine", "Accumulator", "OperandQuant", "BackwardQuant", "DotConfig", "SAME"]
 
@@ -66,6 +67,9 @@ class Accumulator(Protocol):
   def accumulate(self, a: jax.Array, b: jax.Array) -> jax.Array: ...
 
 
+#: The longest amax history of delayed scaling (a buffer of this many floats per operand).
+MAX_HISTORY = 1 << 16
+
 #: ``BackwardQuant(operand=SAME)``: the backward matmul reuses the forward-quantized operand (the FP8 recipe).
 SAME = "same"
 
@@ -99,7 +103,7 @@ class OperandQuant:
     granularity: which elements share a scale, in the operand's 2-D view (see the module docs); default
       per-tensor (presets: their own blocks along K).
     scaling: a :class:`Scaling` (or its name).
-    history: the amax history length for ``delayed`` scaling.
+    history: the amax history length for ``delayed`` scaling, 1 .. :data:`MAX_HISTORY`.
     estimator: the quantizer's gradient, an :class:`lpnum.estimators.Estimator` value (``STE()``,
       ``ClippedSTE()``, ``LSQ(grad_scale=...)``, ``PACT(bits=4)``...). Learned parameters (LSQ's step, PACT's
       clip) live in the layer.
@@ -144,8 +148,7 @@ class OperandQuant:
     if self.granularity is None:
       set_("granularity", self.fmt.granularity if isinstance(self.fmt, ScaledFormat) else blocks.per_tensor())
     g = self.granularity
-    if isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1:
-      raise ValueError(f"history={self.history!r} must be a positive int")
+    set_("history", check_int("history", self.history, 1, MAX_HISTORY))
     if self.scaling in (Scaling.DELAYED, Scaling.STATIC) and g.kind != "tensor":
       raise ValueError(f"scaling={self.scaling.value!r} keeps one per-tensor amax; granularity={g} must be "
                        "per_tensor()")
@@ -217,8 +220,11 @@ def _operand(value, name: str, same_ok: bool = False):
   if value is None or isinstance(value, OperandQuant) or (same_ok and value == SAME):
     return value
   if isinstance(value, str | Format | ScaledFormat):
-    return OperandQuant(value)
-  raise TypeError(f"{name}={value!r} must be an OperandQuant, a format, a format name or None")
+    try:
+      return OperandQuant(value)
+    except (TypeError, ValueError) as err:
+      raise type(err)(f"{name}={short(value)}: {err}") from None
+  raise TypeError(f"{name}={short(value)} must be an OperandQuant, a format, a format name or None")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,9 +299,13 @@ class DotConfig:
         raise TypeError(f"{name}={getattr(self, name)!r} must be a BackwardQuant or None")
     if self.accumulator is not None and not isinstance(self.accumulator, Accumulator):
       raise TypeError(f"accumulator={self.accumulator!r} must be an lpnum.kernels.accumulate accumulator")
-    if self.rotate is not None and not (self.rotate == "auto" or (isinstance(self.rotate, int)
-                                                                   and not isinstance(self.rotate, bool))):
-      raise ValueError(f"rotate={self.rotate!r} must be None, 'auto' or a power-of-two block")
+    if self.rotate is not None and not isinstance(self.rotate, str):
+      block = check_int("rotate", self.rotate, 2)
+      if block & (block - 1):
+        raise ValueError(f"rotate={block} must be None, 'auto' or a power-of-two block of at least 2")
+      object.__setattr__(self, "rotate", block)
+    elif self.rotate is not None and self.rotate != "auto":
+      raise ValueError(f"rotate={self.rotate!r} must be None, 'auto' or a power-of-two block of at least 2")
     if self.engine is Engine.INT:
       self._check_int(self.lhs, self.rhs, "lhs", "rhs")
       for name in ("dlhs", "drhs"):

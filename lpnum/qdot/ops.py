@@ -31,8 +31,10 @@ from lpnum.hadamard import fwht
 from lpnum.qarray import QArray
 from lpnum.qdot.config import SAME, DotConfig, Engine, OperandQuant
 from lpnum.quantize import decode, quantize
-from lpnum.rounding import Rounding
+from lpnum.rounding import Rounding, check_rounding_key
 from lpnum.scaled import ScaledFormat, fake_quantize, quantize_scaled
+from lpnum.scaled.presets import PRESETS, preset
+from lpnum.validate import as_float_array, check_axis, short
 
 __all__ = ["dot_general", "OperandState", "PackedOperand", "quantize_operand", "quantize_grad",
            "normalize_dimension_numbers", "amax", "scale_from_amax"]
@@ -76,6 +78,7 @@ def quantize_operand(x: jax.Array, oq: OperandQuant | None, role: str, *, scale:
     return x
   fmt = oq.format_for(role)
   est = oq.estimator
+  key = key if oq.rounding is Rounding.STOCHASTIC else None
   if est.learned is not None and param is None:
     raise ValueError(f"estimator={est!r} learns its {est.learned}: pass it in the state "
                      f"(OperandState({role}_param=...)) or use a layer")
@@ -92,6 +95,7 @@ def _codes(x: jax.Array, oq: OperandQuant, role: str, scale, key) -> tuple[jax.A
   """The element values as int8 (or the FP8 dtype) and the scales, broadcastable against the matmul output."""
   fmt = oq.format_for(role)
   el = oq.element
+  key = key if oq.rounding is Rounding.STOCHASTIC else None
   code_dtype = jnp.int8 if isinstance(el, IntFormat) else el.dtype
   if not isinstance(fmt, ScaledFormat):
     return quantize(x, fmt, rounding=oq.rounding, key=key).astype(code_dtype), jnp.ones((), jnp.float32)
@@ -194,13 +198,16 @@ def normalize_dimension_numbers(dimension_numbers, lhs_ndim: int, rhs_ndim: int)
   ValueError naming ``dimension_numbers`` if they are malformed."""
   try:
     (lc, rc), (lb, rb) = dimension_numbers
-    dn = tuple(tuple(int(i) % n for i in axes) for axes, n in ((lc, lhs_ndim), (rc, rhs_ndim), (lb, lhs_ndim),
-                                                                (rb, rhs_ndim)))
-  except (TypeError, ValueError, ZeroDivisionError):
-    raise ValueError(f"dimension_numbers={dimension_numbers!r} must be ((lhs_contract, rhs_contract), "
-                     "(lhs_batch, rhs_batch))") from None
+    dn = tuple(tuple(check_axis("dimension_numbers", i, n) for i in axes)
+               for axes, n in ((lc, lhs_ndim), (rc, rhs_ndim), (lb, lhs_ndim), (rb, rhs_ndim)))
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"dimension_numbers={short(dimension_numbers)} must be ((lhs_contract, rhs_contract), "
+                     f"(lhs_batch, rhs_batch)), axes of the {lhs_ndim}-d lhs and {rhs_ndim}-d rhs ({err})") from None
   if len(dn[0]) != len(dn[1]) or len(dn[2]) != len(dn[3]):
     raise ValueError(f"dimension_numbers={dimension_numbers!r}: contracting and batch axes must pair up")
+  for side, (contract, batch) in (("lhs", (dn[0], dn[2])), ("rhs", (dn[1], dn[3]))):
+    if len(set(contract + batch)) != len(contract) + len(batch):
+      raise ValueError(f"dimension_numbers={dimension_numbers!r} name an axis of {side} twice")
   return dn
 
 
@@ -228,18 +235,14 @@ def dot_general(lhs: ArrayLike, rhs, dimension_numbers, config: DotConfig, *, pr
   state = OperandState() if state is None else state
   if key is None and config.needs_key:
     raise ValueError("config rounds stochastically: pass key=jax.random.key(...)")
-  lhs = jnp.asarray(lhs)
-  if not jnp.issubdtype(lhs.dtype, jnp.floating):
-    raise TypeError(f"lhs must be a float array, got dtype {lhs.dtype}")
+  lhs = as_float_array(lhs, "lhs")
   if isinstance(rhs, PackedOperand):
     return rhs.packed_dot(lhs, dimension_numbers, config, state, preferred_element_type)
   if isinstance(rhs, QArray):
     raise TypeError("rhs is a QArray: pass packed kernels as lpnum.nn.ptq makes them, or dequantize it")
   if config.engine is Engine.KERNEL:
     raise ValueError("engine='kernel' multiplies by packed weights (lpnum.nn.ptq); rhs is a float array")
-  rhs = jnp.asarray(rhs)
-  if not jnp.issubdtype(rhs.dtype, jnp.floating):
-    raise TypeError(f"rhs must be a float array, got dtype {rhs.dtype}")
+  rhs = as_float_array(rhs, "rhs")
   dn = normalize_dimension_numbers(dimension_numbers, lhs.ndim, rhs.ndim)
   if math.prod(lhs.shape[i] for i in dn[0]) != math.prod(rhs.shape[i] for i in dn[1]):
     raise ValueError(f"contracting sizes differ: lhs {lhs.shape} axes {dn[0]}, rhs {rhs.shape} axes {dn[1]}")
@@ -288,6 +291,7 @@ def scale_from_amax(value: jax.Array, oq: OperandQuant) -> jax.Array:
 
 # ---- gradient quantization --------------------------------------------------------------------------------------
 def _round(x: jax.Array, fmt, rounding: Rounding, key) -> jax.Array:
+  key = key if rounding is Rounding.STOCHASTIC else None
   if isinstance(fmt, ScaledFormat):
     return fake_quantize(x, fmt, rounding=rounding, key=key)
   return quantize(x, fmt, rounding=rounding, key=key)
@@ -297,7 +301,8 @@ def quantize_grad(x: ArrayLike, fmt: Format | ScaledFormat | str, *, rounding: R
                   key: jax.Array | None = None) -> jax.Array:
   """Identity in the forward pass; in the backward pass the cotangent is rounded to ``fmt``.
 
-  ``rounding='stochastic'`` needs ``key`` (DoReFa's stochastic gradient quantization).
+  ``fmt`` is an element format, a ScaledFormat or a preset name (``"mxfp8_e5m2"``). ``rounding='stochastic'`` needs
+  ``key`` (DoReFa's stochastic gradient quantization).
 
   Example:
     >>> import jax, jax.numpy as jnp, lpnum
@@ -305,16 +310,15 @@ def quantize_grad(x: ArrayLike, fmt: Format | ScaledFormat | str, *, rounding: R
     >>> jax.grad(f)(jnp.ones(2)).tolist()
     [0.0, 7.0]
   """
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"x must be a float array, got dtype {x.dtype}")
-  if not isinstance(fmt, ScaledFormat):
+  x = as_float_array(x)
+  if isinstance(fmt, str) and fmt in PRESETS:
+    fmt = preset(fmt)
+  elif not isinstance(fmt, ScaledFormat):
     if not isinstance(fmt, Format | str):
-      raise TypeError(f"fmt={fmt!r} must be a format, a ScaledFormat or a format name")
+      raise TypeError(f"fmt={short(fmt)} must be a format, a ScaledFormat or a format or preset name")
     fmt = as_format(fmt)
   rounding = Rounding.parse(rounding, "rounding")
-  if rounding is Rounding.STOCHASTIC and key is None:
-    raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
+  check_rounding_key(rounding, key)
   return _quantize_grad(x, key, fmt, rounding)
 
 

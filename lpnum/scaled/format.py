@@ -13,7 +13,7 @@ from lpnum import blocks
 from lpnum.blocks import Granularity
 from lpnum.formats import BinaryFormat, FloatFormat, Format, IntFormat, PositFormat, ShiftFormat, as_format
 from lpnum.rounding import ParsedEnum
-from lpnum.validate import check_flag
+from lpnum.validate import check_flag, check_int, check_number, short
 
 __all__ = ["ScaleRule", "Calibration", "ScaledFormat", "absmax", "percentile", "mse", "is_pow2", "pow2_range",
            "significand_bits", "element_precision", "MIN_NORMAL"]
@@ -49,7 +49,8 @@ def absmax() -> Calibration:
 def percentile(q: float) -> Calibration:
   """The range is the ``q``-th percentile of the block's magnitudes (linear interpolation, as numpy's default);
   larger values saturate."""
-  if isinstance(q, bool) or not isinstance(q, int | float) or not 0 < q <= 100:
+  q = check_number("q", q, positive=True)
+  if q > 100:
     raise ValueError(f"q={q!r} must be a number in (0, 100]")
   return Calibration("percentile", q=float(q))
 
@@ -61,12 +62,14 @@ def mse(ratios: Sequence[float] | int = 64) -> Calibration:
     ratios: candidate ratios in (0, 1], or a count ``n`` for ``n`` ratios evenly spaced over [0.3, 1] (the
       search of LLM-FP4 and the quantization whitepaper). Ties go to the larger ratio.
   """
-  if isinstance(ratios, int) and not isinstance(ratios, bool):
+  if isinstance(ratios, int | np.integer) and not isinstance(ratios, bool):
     if ratios < 1:
       raise ValueError(f"ratios={ratios} must be at least 1")
     ratios = tuple(float(r) for r in np.linspace(1.0, 0.3, ratios)) if ratios > 1 else (1.0,)
-  ratios = tuple(float(r) for r in ratios)
-  if not ratios or any(not 0 < r <= 1 for r in ratios):
+  if not isinstance(ratios, Sequence) or isinstance(ratios, str | bytes):
+    raise TypeError(f"ratios={short(ratios)} must be a count or a sequence of ratios in (0, 1]")
+  ratios = tuple(check_number("ratios", r, positive=True) for r in ratios)
+  if not ratios or any(r > 1 for r in ratios):
     raise ValueError(f"ratios={ratios!r} must be non-empty, each in (0, 1]")
   return Calibration("mse", ratios=ratios)
 
@@ -109,8 +112,8 @@ class ScaledFormat:
   def __post_init__(self) -> None:
     object.__setattr__(self, "asymmetric", check_flag("asymmetric", self.asymmetric))
     object.__setattr__(self, "tensor_scale", check_flag("tensor_scale", self.tensor_scale))
-    element = as_format(self.element)
-    scale = as_format(self.scale_format)
+    element = as_format(self.element, "element")
+    scale = as_format(self.scale_format, "scale_format")
     object.__setattr__(self, "element", element)
     object.__setattr__(self, "scale_format", scale)
     if not isinstance(self.granularity, Granularity):
@@ -138,8 +141,7 @@ class ScaledFormat:
                        "binades; a scale format needs at least 8 to hold the range of block scales")
     if scale.max_finite > np.finfo(np.float32).max or (not pow2 and scale.min_positive < 2.0 ** -149):
       raise ValueError(f"scale_format={scale.name} does not fit in float32")
-    if isinstance(self.element_exponent, bool) or not isinstance(self.element_exponent, int):
-      raise TypeError(f"element_exponent={self.element_exponent!r} must be an int")
+    object.__setattr__(self, "element_exponent", check_int("element_exponent", self.element_exponent, -64, 64))
     if self.asymmetric:
       if not isinstance(element, IntFormat):
         raise ValueError(f"asymmetric=True needs an integer element format, not {element.name}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,8 @@ from jax.typing import ArrayLike
 from lpnum import blocks, packing
 from lpnum.carrier import F32, INPUT_CARRIERS
 from lpnum.qarray import QArray
-from lpnum.rounding import Rounding, random_bits
-from lpnum.validate import as_array, check_flag
+from lpnum.rounding import Rounding, check_rounding_key, random_bits
+from lpnum.validate import as_array, as_dtype, check_flag, check_positive, short
 from lpnum.scaled import presets
 from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
 from lpnum.scaled.format import ScaledFormat
@@ -36,10 +37,12 @@ def quantize_scaled(
   """Quantizes ``x`` to a block-scaled format; returns a :class:`~lpnum.qarray.QArray` (packed codes + scales).
 
   Args:
-    x: float32, bfloat16 or float16 array (computed in float32).
+    x: float32, bfloat16 or float16 array (computed in float32; float64 values are rounded to float32 first, with a
+      warning where that changes one).
     fmt: the :class:`ScaledFormat` (or a preset name: ``mxfp8_e4m3``... ``nvfp4``, see :mod:`lpnum.mx`).
-    scale: a given (static) scale instead of calibration: an array broadcastable to the scale shape
-      (``x.shape`` divided by the block shape), rounded into the scale format.
+    scale: a given (static) scale instead of calibration: a finite positive array broadcastable to the scale shape
+      (``x.shape`` divided by the block shape), rounded into the scale format; others are an error where the
+      values are concrete.
     rounding: the element rounding mode (``nearest_even``, ``stochastic``...). Scales always follow the rule.
     key: for stochastic rounding.
     pad: pad a ragged last block with zeros instead of raising.
@@ -51,7 +54,7 @@ def quantize_scaled(
     (123, 28.0)
   """
   x, fmt, mode, block, padded = _prepare(x, fmt, rounding, key, pad)
-  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  scale = None if scale is None else check_positive("scale", scale)
   return _quantize_jit(x, scale, key, fmt, mode, block, padded)
 
 
@@ -83,9 +86,7 @@ def dequantize(q: QArray, dtype: jax.typing.DTypeLike | None = None) -> jax.Arra
   if not isinstance(q, QArray):
     raise TypeError(f"q must be a QArray from lpnum.quantize_scaled, got {type(q).__name__}")
   q.check()
-  dtype = np.dtype(q.dtype if dtype is None else dtype)
-  if dtype not in (np.float32, jnp.bfloat16, np.float16):
-    raise TypeError(f"dtype={dtype} must be float32, bfloat16 or float16")
+  dtype = as_dtype("dtype", q.dtype if dtype is None else dtype, (np.float32, jnp.bfloat16, np.float16))
   return _dequantize_jit(q, dtype)
 
 
@@ -123,7 +124,7 @@ def fake_quantize(
   The result has ``x``'s shape and dtype and equals the two-step round trip bit for bit.
   """
   x, fmt, mode, block, padded = _prepare(x, fmt, rounding, key, pad)
-  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  scale = None if scale is None else check_positive("scale", scale)
   return _fake_jit(x, scale, key, fmt, mode, block, padded)
 
 
@@ -165,19 +166,37 @@ def _rand(key, mode, shape, block, padded):
 
 def _prepare(x, fmt, rounding, key, pad):
   if isinstance(fmt, str):
-    fmt = presets.preset(fmt)
+    fmt = presets.preset(fmt, arg="fmt")
   if not isinstance(fmt, ScaledFormat):
-    raise TypeError(f"fmt must be a ScaledFormat or a preset name, got {type(fmt).__name__}")
-  x = as_array(x)
+    raise TypeError(f"fmt={short(fmt)} must be a ScaledFormat or a preset name (element formats such as 'int8' go "
+                    "to lpnum.quantize, or into lpnum.ScaledFormat('int8', ...))")
+  x = as_array(_float32_on_host(x))
   if np.dtype(x.dtype) not in (np.float32, jnp.bfloat16, np.float16):
     raise TypeError(f"x must be float32, bfloat16 or float16, got dtype {x.dtype}")
   check_flag("pad", pad)
   mode = Rounding.parse(rounding, "rounding")
-  if mode is Rounding.STOCHASTIC and key is None:
-    raise ValueError("rounding='stochastic' needs key=jax.random.key(...)")
+  check_rounding_key(mode, key)
   block = fmt.granularity.block_shape(x.shape)
   padded = blocks.check_fit(x.shape, block, pad)
   return x, fmt, mode, block, padded
+
+
+def _float32_on_host(x):
+  """Float64 values on the host (NumPy arrays, Python floats) as float32, with a warning where that changes a value:
+  scaled formats compute in float32, so such inputs are rounded twice (this does not depend on x64)."""
+  if isinstance(x, float | list | tuple):
+    try:
+      x = np.asarray(x, np.float64)
+    except (TypeError, ValueError):
+      return x  # as_array names the problem
+  if not isinstance(x, np.ndarray | np.float64) or np.dtype(x.dtype) != np.float64:
+    return x
+  with np.errstate(over="ignore"):
+    near = np.asarray(x).astype(np.float32)
+  if not np.array_equal(near.astype(np.float64), x, equal_nan=True):
+    warnings.warn("x is float64: scaled formats compute in float32, so its values are rounded to float32 first, "
+                  "which can differ from rounding them once", UserWarning, stacklevel=4)
+  return near
 
 
 def clip_range(x: ArrayLike, fmt: ScaledFormat, *, scale: ArrayLike | None = None,
@@ -186,7 +205,7 @@ def clip_range(x: ArrayLike, fmt: ScaledFormat, *, scale: ArrayLike | None = Non
   :func:`quantize_scaled` would use), each with ``x``'s shape, float32.
   """
   x, fmt, _, block, padded = _prepare(x, fmt, "nearest_even", None, pad)
-  scale = None if scale is None else jnp.asarray(scale, jnp.float32)
+  scale = None if scale is None else check_positive("scale", scale)
   xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
   s = scales_of(xb, fmt, scale)
   el = fmt.element

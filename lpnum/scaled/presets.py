@@ -26,9 +26,9 @@ from __future__ import annotations
 import dataclasses
 
 from lpnum import blocks
-from lpnum.formats import Format, int_format
+from lpnum.formats import SCALED_PRESET_NAMES, Format, int_format
 from lpnum.scaled.format import ScaledFormat
-from lpnum.validate import check_flag
+from lpnum.validate import check_flag, check_int
 
 __all__ = ["Preset", "PRESETS", "MX_NAMES", "preset"]
 
@@ -58,12 +58,14 @@ PRESETS: dict[str, Preset] = {
                     tensor_scale=True),
 }
 
+SCALED_PRESET_NAMES.update(PRESETS)
+
 #: The MX preset names.
 MX_NAMES: tuple[str, ...] = tuple(name for name in PRESETS if name.startswith("mx"))
 
 
 def preset(name: str, *, axis: int = -1, block_size: int | None = None, scale_rule: str | None = None,
-           tensor_scale: bool | None = None, tile: bool = False) -> ScaledFormat:
+           tensor_scale: bool | None = None, tile: bool = False, arg: str = "name") -> ScaledFormat:
   """The :class:`~lpnum.ScaledFormat` of preset ``name``, in blocks along ``axis``.
 
   Args:
@@ -72,6 +74,7 @@ def preset(name: str, *, axis: int = -1, block_size: int | None = None, scale_ru
     block_size, scale_rule, tensor_scale: override the preset's own (the name then says so where it changes:
       ``mxfp8_e4m3_b16``, ``nvfp4_no_tensor_scale``).
     tile: square tiles of ``block_size`` over the last two axes instead of blocks along ``axis``.
+    arg: the caller's name for ``name``, in error messages.
 
   Example:
     >>> from lpnum.scaled import presets
@@ -81,10 +84,14 @@ def preset(name: str, *, axis: int = -1, block_size: int | None = None, scale_ru
   check_flag("tile", tile)
   if tensor_scale is not None:
     check_flag("tensor_scale", tensor_scale)
+  axis = check_int("axis", axis)
+  if not isinstance(name, str):
+    raise TypeError(f"{arg} must be a preset name (str) or a ScaledFormat, got {type(name).__name__}")
   if name not in PRESETS:
-    raise ValueError(f"name={name!r}; expected one of {list(PRESETS)}")
+    raise ValueError(f"{arg}={name!r} is not a scaled preset; expected one of {list(PRESETS)} (element formats such "
+                     "as 'int8' go to lpnum.quantize, or to lpnum.ScaledFormat('int8', ...))")
   p = PRESETS[name]
-  size = p.block_size if block_size is None else block_size
+  size = p.block_size if block_size is None else check_int("block_size", block_size, 1)
   with_tensor = p.tensor_scale if tensor_scale is None else tensor_scale
   granularity = blocks.per_tile((size, size)) if tile else blocks.per_block(size, axis)
   label = name + ("" if size == p.block_size else f"_b{size}") + ("_tile" if tile else "")

@@ -207,7 +207,7 @@ def test_zero_and_tiny_blocks_give_finite_scales():
 def test_padding_of_a_ragged_last_block():
   x = _data((3, 40), seed=10)
   fmt = lpnum.ScaledFormat("int4", lpnum.per_block(16))
-  with pytest.raises(ValueError, match=r"block size 16 does not divide dimension 1 of x \(size 40\).*pad=True"):
+  with pytest.raises(ValueError, match=r"block_size=16 does not divide dimension 1 of x \(size 40\).*pad=True"):
     lpnum.quantize_scaled(x, fmt)
   q = lpnum.quantize_scaled(x, fmt, pad=True)
   assert q.scales.shape == (3, 3) and q.element_codes.shape == (3, 40)
