@@ -64,7 +64,7 @@ def tag(desc: dict) -> jax.tree_util.GetAttrKey:
 
 def encode(desc: dict) -> np.ndarray:
   """``desc`` as a uint8 array of its UTF-8 JSON (a leaf that msgpack and orbax store as they store any array)."""
-  return np.frombuffer(json.dumps(desc, sort_keys=True).encode(), np.uint8).copy()
+  return np.frombuffer(json.dumps(desc, sort_keys=True, separators=(",", ":")).encode(), np.uint8).copy()
 
 
 def decode(array: Any) -> dict:
@@ -88,7 +88,8 @@ def summary(desc: dict) -> str:
     if isinstance(v, dict) and "family" in v:
       return str(v.get("name") or v["family"])
     if isinstance(v, dict):
-      return "{" + ", ".join(f"{k}={brief(x)}" for k, x in v.items() if k not in _NOT_ESSENTIAL + ("type",)) + "}"
+      return "{" + ", ".join(f"{k}={brief(x)}" for k, x in sorted(v.items())
+                     if k not in _NOT_ESSENTIAL + ("type",)) + "}"
     return str(v)
 
   fmt = desc.get("format")

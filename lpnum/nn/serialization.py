@@ -56,8 +56,7 @@ def _check(target_desc: dict, state: Any) -> None:
   """Compares the stored description (or fingerprint) with the target's; warns for a checkpoint with neither."""
   kind = target_desc["type"]
   if isinstance(state, dict) and description.DESCRIPTION_KEY in state:
-    description.check_same(description.decode(state[description.DESCRIPTION_KEY]), target_desc,
-                           f"the checkpoint of this {kind}")
+    description.check_same(description.decode(state[description.DESCRIPTION_KEY]), target_desc, "the checkpoint")
     return
   tags = [k for k in state if k.startswith(description.TAG_PREFIX)] if isinstance(state, dict) else []
   if tags:
