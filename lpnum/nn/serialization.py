@@ -73,8 +73,8 @@ def _check(target_desc: dict, state: Any) -> None:
 
 def _needed(name: str, arrays: dict, wanted: bool, kind: str, fmt: ScaledFormat):
   if wanted != (name in arrays):
-    have = "has" if name in arrays else "has no"
-    raise ValueError(f"the checkpoint of this {kind} {have} a {name} leaf, but the target's format {fmt.name} "
+    have = "has a" if name in arrays else "has no"
+    raise ValueError(f"the checkpoint of this {kind} {have} {name} leaf, but the target's format {fmt.name} "
                      f"needs {'one' if wanted else 'none'}")
   return jnp.asarray(arrays[name]) if wanted else None
 
