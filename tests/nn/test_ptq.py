@@ -123,7 +123,8 @@ def test_params_not_matching_the_model_name_the_path():
 
 @pytest.mark.parametrize("packed_as,applied_as,differ", [
     (lpnum.DotConfig.weight_only("int8"), lpnum.DotConfig.weight_only("int4"), "element.bits"),
-    (lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)), lpnum.DotConfig.weight_only("uint4", lpnum.per_block(32)),
+    (lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)),
+     lpnum.DotConfig.weight_only("uint4", lpnum.per_block(32)),
      "element.signed"),
     (lpnum.DotConfig.weight_only("mxfp8_e4m3"), lpnum.DotConfig.weight_only("mxfp8_e5m2"), "element.exponent_bits"),
     (lpnum.DotConfig.weight_only("nvfp4"),

@@ -33,8 +33,9 @@ FORMATS = {name: presets.preset(name) for name in presets.PRESETS} | {
 QUANTIZED = {name: lpnum.quantize_scaled(X, fmt) for name, fmt in FORMATS.items()}
 
 #: Kernel-layout weights: blocks along K (axis 0).
-KERNEL_FORMATS = {"mxfp4_e2m1": lpnum.mx.format("mxfp4_e2m1", axis=0), "mxfp8_e4m3": lpnum.mx.format("mxfp8_e4m3", axis=0),
-                  "nvfp4": lpnum.nvfp4.format(axis=0), "nvfp4_no_tensor_scale": lpnum.nvfp4.format(axis=0, tensor_scale=False),
+KERNEL_FORMATS = {"mxfp4_e2m1": lpnum.mx.format("mxfp4_e2m1", axis=0),
+                  "mxfp8_e4m3": lpnum.mx.format("mxfp8_e4m3", axis=0), "nvfp4": lpnum.nvfp4.format(axis=0),
+                  "nvfp4_no_tensor_scale": lpnum.nvfp4.format(axis=0, tensor_scale=False),
                   "int4_g32": lpnum.ScaledFormat("int4", lpnum.per_block(32, 0), name="int4_g32"),
                   "uint4_asym": lpnum.ScaledFormat("uint4", lpnum.per_block(32, 0), asymmetric=True, name="uint4_asym")}
 PACKED = {name: pack_weights(lpnum.quantize_scaled(jnp.asarray(np.random.default_rng(1).standard_normal(
