@@ -17,6 +17,9 @@ Layout, for element codes of ``b`` bits and a K tile of ``tile_k`` rows:
   with zeros along K, so the padding adds exact zeros.
 - Scales keep one row per K group (``group`` rows of K share a row; per-channel and per-tensor scales have one row
   for the whole K) and one column per output column (2-D tiles, such as NVFP4's 16x16, are expanded along N).
+
+This is layout version :data:`LAYOUT_VERSION`; :meth:`PackedWeights.describe` records it with the format, so a
+checkpoint cannot be restored into weights of another format or layout (:mod:`lpnum.description`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lpnum import description
 from lpnum.kernels.packed_matmul import dequant
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat
 
-__all__ = ["PackedWeights", "pack_weights", "DEFAULT_TILE_K"]
+__all__ = ["PackedWeights", "pack_weights", "DEFAULT_TILE_K", "LAYOUT_VERSION"]
+
+#: The version of the kernel layout described in the module docstring; in every description.
+LAYOUT_VERSION = 1
 
 #: K rows per layout tile; a multiple of 128 * (codes per byte) keeps every field a whole number of lane tiles.
 DEFAULT_TILE_K = 512
@@ -42,7 +49,7 @@ DEFAULT_TILE_K = 512
 _N_ALIGN = 128
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 @dataclasses.dataclass(frozen=True)
 class PackedWeights:
   """Quantized ``(K, N)`` weights in the kernel layout (see the module docstring); make one with
@@ -57,6 +64,8 @@ class PackedWeights:
     shape: ``(K, N)`` (static).
     tile_k: K rows per layout tile (static).
     group: K rows sharing a scale row (static; ``K_pad`` for per-channel and per-tensor scales).
+    checkpoint_tag: the empty pytree child whose key carries the description's fingerprint (as
+      :class:`lpnum.QArray`'s).
   """
 
   planes: tuple[jax.Array, ...]
@@ -67,14 +76,27 @@ class PackedWeights:
   shape: tuple[int, int]
   tile_k: int
   group: int
+  checkpoint_tag: object = dataclasses.field(default=None, repr=False, compare=False)
 
   def tree_flatten(self):
-    return (self.planes, self.scales, self.zero_point, self.tensor_scale), (self.fmt, self.shape, self.tile_k,
-                                                                             self.group)
+    return (self.planes, self.scales, self.zero_point, self.tensor_scale, self.checkpoint_tag), (
+        self.fmt, self.shape, self.tile_k, self.group)
+
+  def tree_flatten_with_keys(self):
+    children, aux = self.tree_flatten()
+    keys = (*map(jax.tree_util.GetAttrKey, ("planes", "scales", "zero_point", "tensor_scale")), _tag(*aux))
+    return list(zip(keys, children)), aux
 
   @classmethod
   def tree_unflatten(cls, aux, leaves):
-    return cls(*leaves, *aux)
+    *arrays, slot = leaves
+    return cls(*arrays, *aux, slot)
+
+  def describe(self) -> dict:
+    """What the codes mean, as JSON-able data: type, layout version, format, shape, ``tile_k`` and ``group``
+    (see :mod:`lpnum.description`)."""
+    return {"type": "PackedWeights", "layout_version": LAYOUT_VERSION, "format": self.fmt.describe(),
+            "shape": list(self.shape), "tile_k": self.tile_k, "group": self.group}
 
   @property
   def plane_bits(self) -> tuple[int, ...]:
@@ -89,6 +111,11 @@ class PackedWeights:
     """Bytes held: planes, scales, zero points and the per-tensor scale."""
     leaves = [*self.planes, self.scales, self.zero_point, self.tensor_scale]
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in leaves if a is not None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag(fmt: ScaledFormat, shape: tuple[int, int], tile_k: int, group: int):
+  return description.tag(PackedWeights((), None, None, None, fmt, shape, tile_k, group).describe())
 
 
 def plane_bits(bits: int) -> tuple[int, ...]:

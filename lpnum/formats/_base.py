@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
+import enum
 import functools
 
 import jax
@@ -113,6 +115,21 @@ class Format(abc.ABC):
   def min_value(self) -> float:
     """Smallest finite value (``-max_finite`` for symmetric formats)."""
     return -self.max_finite if self.signed else (0.0 if self.has_zero else self.min_positive)
+
+  def describe(self) -> dict:
+    """The format as JSON-able data: its family and defining fields (enums by value), and its name; rebuilt by
+    :func:`lpnum.formats.format_from_description`.
+
+    Example:
+      >>> from lpnum.formats import get_format
+      >>> get_format("int4").describe()
+      {'family': 'IntFormat', 'bits': 4, 'signed': True, 'narrow': False, 'name': 'int4'}
+    """
+    out: dict = {"family": type(self).__name__}
+    for field in dataclasses.fields(self):  # type: ignore[arg-type]
+      value = getattr(self, field.name)
+      out[field.name] = value.value if isinstance(value, enum.Enum) else value
+    return out
 
   def values(self) -> np.ndarray:
     """Exact value of every code as float64, indexed by code (NaN for NaN codes). Formats of <= 16 bits."""

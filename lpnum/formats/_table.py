@@ -16,7 +16,8 @@ from lpnum.formats._posit import PositFormat
 from lpnum.formats._shift import ShiftFormat
 from lpnum.validate import short
 
-__all__ = ["ALL_FORMATS", "get_format", "as_format", "format_of", "p3109", "posit", "int_format"]
+__all__ = ["ALL_FORMATS", "get_format", "as_format", "format_of", "p3109", "posit", "int_format",
+           "format_from_description"]
 
 
 def _f(name, e, m, bias, specials, **kw) -> FloatFormat:
@@ -190,3 +191,30 @@ def format_of(dtype) -> Format:
     if np.dtype(native) == dt:
       return fmt
   raise ValueError(f"dtype={dt} has no lpnum format (float32/float64 are the carriers, not formats)")
+
+
+_FAMILIES = {cls.__name__: cls for cls in (FloatFormat, IntFormat, BinaryFormat, PositFormat, ShiftFormat)}
+
+
+def format_from_description(desc: dict) -> Format:
+  """The format that :meth:`Format.describe` described: the named format when the name is known and its fields
+  agree, else the family built from the fields.
+
+  Raises:
+    ValueError: an unknown family or fields the family rejects.
+
+  Example:
+    >>> format_from_description(get_format("float8_e4m3fn").describe()) is get_format("float8_e4m3fn")
+    True
+  """
+  if not isinstance(desc, dict) or desc.get("family") not in _FAMILIES:
+    raise ValueError(f"desc={desc!r} must describe a format of family {sorted(_FAMILIES)}")
+  fields = {k: v for k, v in desc.items() if k != "family"}
+  if "specials" in fields:
+    fields["specials"] = Specials(fields["specials"])
+  try:
+    fmt = _FAMILIES[desc["family"]](**fields)
+  except TypeError as e:
+    raise ValueError(f"desc={desc!r} does not describe a {desc['family']}: {e}") from None
+  named = _BY_NAME.get(fmt.name)
+  return named if named == fmt and type(named) is type(fmt) else fmt

@@ -9,7 +9,8 @@ tree, and a checkpoint of it, holds the packed codes and scales only.
 
 Inference runs the stock model on the boxed tree through :func:`lpnum.nn.quantize_model` with the same rules:
 Dense layers multiply through :func:`lpnum.kernels.matmul` (dequantization inside the kernel, tile by tile),
-conv layers dequantize their (small) kernels.
+conv layers dequantize their (small) kernels. A packed kernel applied under a rule whose weight format differs
+from the one it was packed in is an error naming the layer and both formats (:func:`check_rule`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
+from lpnum import description
 from lpnum.estimators import STE
 from lpnum.kernels.packed_matmul import layout as _layout
 from lpnum.kernels import matmul as _kernel_matmul
@@ -34,7 +36,7 @@ from lpnum.rounding import Rounding
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 from lpnum.scaled.xla_cpu import per_block
 
-__all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_nbytes"]
+__all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_nbytes", "weight_format", "check_rule"]
 
 
 class PackedKernel:
@@ -98,7 +100,7 @@ class PackedKernel:
 
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 class QuantizedKernel(meta.AxisMetadata):
   """A params-tree leaf holding a packed kernel (a Flax AxisMetadata box; its leaves are codes and scales).
 
@@ -108,17 +110,30 @@ class QuantizedKernel(meta.AxisMetadata):
     dtype: the float kernel's dtype.
     contract: how many leading axes of the kernel the layer contracts: the 2-D view is
       ``(prod(shape[:contract]), prod(shape[contract:]))``.
+    checkpoint_tag: the empty pytree child whose key carries the description's fingerprint (as
+      :class:`lpnum.QArray`'s).
   """
 
-  def __init__(self, value, shape, dtype, contract: int) -> None:
+  def __init__(self, value, shape, dtype, contract: int, checkpoint_tag=None) -> None:
     self.value, self.shape, self.dtype, self.contract = value, tuple(shape), np.dtype(dtype), int(contract)
+    self.checkpoint_tag = checkpoint_tag
 
   def tree_flatten(self):
-    return (self.value,), (self.shape, self.dtype.name, self.contract)
+    return (self.value, self.checkpoint_tag), (self.shape, self.dtype.name, self.contract)
+
+  def tree_flatten_with_keys(self):
+    children, aux = self.tree_flatten()
+    return [(jax.tree_util.GetAttrKey("value"), children[0]), (description.tag(self.describe()), children[1])], aux
 
   @classmethod
   def tree_unflatten(cls, aux, children):
-    return cls(children[0], *aux)
+    return cls(children[0], *aux, children[1])
+
+  def describe(self) -> dict:
+    """The box's own metadata as JSON-able data (its value describes itself): the float kernel's shape and
+    dtype, the contracted axes and the value's type (see :mod:`lpnum.description`)."""
+    return {"type": "QuantizedKernel", "shape": list(self.shape), "dtype": self.dtype.name,
+            "contract": self.contract, "value_type": type(self.value).__name__}
 
   def unbox(self) -> PackedKernel:
     return PackedKernel(self.value, self.shape, self.dtype, self.contract)
@@ -166,6 +181,39 @@ def _dequantize_value(value) -> jax.Array:
     k, n = value.shape
     return _layout.dequantize(value)[:k, :n]
   return dequantize(value, jnp.float32)
+
+
+def weight_format(config: DotConfig | None) -> ScaledFormat | None:
+  """The format :func:`ptq` packs a kernel in under ``config`` (None: the kernel stays float)."""
+  if config is None or config.rhs is None:
+    return None
+  fmt = config.rhs.rhs_format
+  if fmt is None:
+    return None
+  return fmt if isinstance(fmt, ScaledFormat) else ScaledFormat(fmt, scale_format="float32", name=fmt.name)
+
+
+def check_rule(path: str, kernel, config: DotConfig | None) -> None:
+  """Raises ValueError if the packed ``kernel`` of layer ``path`` was packed in another format than ``config``
+  packs weights in (names and calibration aside): params packed under one rule must be applied under it.
+
+  Args:
+    path: the layer's module path.
+    kernel: a :class:`QuantizedKernel` or what a layer reads from one (other values are not checked).
+    config: the config of the rule that matches ``path`` (None: no rule, or a float rule).
+  """
+  if not isinstance(kernel, QuantizedKernel | PackedKernel):
+    return
+  packed = kernel.value.fmt.describe()
+  fmt = weight_format(config)
+  if fmt is None:
+    raise ValueError(f"params at {path}/kernel hold a kernel packed by lpnum.nn.ptq as {packed['name']}, but no rule "
+                     f"quantizes the weights of layer {path!r}: apply with the rules the params were quantized with")
+  diff = description.differences(description.essential(packed), description.essential(fmt.describe()))
+  if diff:
+    raise ValueError(f"params at {path}/kernel were packed by lpnum.nn.ptq as {packed['name']}, but the rule for layer "
+                     f"{path!r} quantizes weights as {fmt.name} (they differ in {', '.join(diff)}): apply with the "
+                     "rules the params were quantized with, or run ptq again under these rules")
 
 
 def _path_str(path) -> str:
@@ -236,7 +284,8 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     if rule is None:
       return leaf
     used.add(rule)
-    if rule.config is None or rule.config.rhs is None:
+    fmt = weight_format(rule.config)
+    if fmt is None:
       return leaf
     w = jnp.asarray(leaf)
     if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.floating):
@@ -245,9 +294,6 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     if isinstance(contract, bool) or not isinstance(contract, int) or not 1 <= contract < w.ndim:
       raise ValueError(f"views[{where!r}]={contract!r} must be an int in [1, {w.ndim}) for a kernel of shape "
                        f"{w.shape}")
-    fmt = rule.config.rhs.rhs_format
-    if not isinstance(fmt, ScaledFormat):
-      fmt = ScaledFormat(fmt, scale_format="float32", name=fmt.name)
     try:
       q = quantize_scaled(w.reshape(math.prod(w.shape[:contract]), -1), fmt, pad=True)
     except ValueError as e:

@@ -28,7 +28,7 @@ from flax.linen import dtypes as linen_dtypes
 
 from lpnum.nn import linen as _linen
 from lpnum.nn import nnx as _nnx
-from lpnum.nn.ptq import PackedKernel, QuantizedKernel, ptq
+from lpnum.nn.ptq import PackedKernel, QuantizedKernel, check_rule, ptq
 from lpnum.nn.rule import Rule, as_rules, match
 
 __all__ = ["Rule", "QuantizedModel", "quantize_model", "promote_dtype", "kernel_views", "ptq_nnx"]
@@ -73,16 +73,15 @@ class QuantizedModel:
     rule = match(self.rules, path)
     if rule is not None:
       used.add(rule)
-    if rule is None or rule.config is None:
-      if module.scope.has_variable("params", "kernel") and isinstance(
-          module.scope.get_variable("params", "kernel"), QuantizedKernel):
-        raise ValueError(f"params at {path}/kernel hold a packed kernel (lpnum.nn.ptq), but no rule quantizes the "
-                         f"layer {path!r}: apply with the rules the params were quantized with")
+    config = None if rule is None else rule.config
+    if module.scope.has_variable("params", "kernel"):
+      check_rule(path, module.scope.get_variable("params", "kernel"), config)
+    if config is None:
       return next_fun(*args, **kwargs)
     if isinstance(module, _LINEN_DOT):
-      hook = dict(dot_general_cls=functools.partial(_linen.QuantDotGeneral, config=rule.config))
+      hook = dict(dot_general_cls=functools.partial(_linen.QuantDotGeneral, config=config))
     else:
-      hook = dict(conv_general_dilated_cls=functools.partial(_linen.QuantConv, config=rule.config))
+      hook = dict(conv_general_dilated_cls=functools.partial(_linen.QuantConv, config=config))
     clone = module.clone(parent=module.scope, promote_dtype=promote_dtype, **hook)
     return clone(*args, **kwargs)
 
@@ -153,17 +152,19 @@ def quantize_model(model, rules):
     for path, node in nnx.iter_graph(model):
       if not isinstance(node, _NNX_DOT + _NNX_CONV):
         continue
-      rule = match(rules, "/".join(map(str, path)))
-      if rule is None:
-        continue
-      used.add(rule)
-      if rule.config is None:
+      where = "/".join(map(str, path))
+      rule = match(rules, where)
+      if rule is not None:
+        used.add(rule)
+      config = None if rule is None else rule.config
+      check_rule(where, node.kernel[...], config)
+      if config is None:
         continue
       node.promote_dtype = _nnx_promote_dtype
       if isinstance(node, _NNX_DOT):
-        node.dot_general = nnx.data(_nnx.QuantDotGeneral(rule.config))
+        node.dot_general = nnx.data(_nnx.QuantDotGeneral(config))
       else:
-        node.conv_general_dilated = nnx.data(_nnx.QuantConv(rule.config))
+        node.conv_general_dilated = nnx.data(_nnx.QuantConv(config))
     _check_used(rules, used)
     return model
   raise TypeError(f"model must be a flax.linen or flax.nnx Module, got {type(model).__name__}")

@@ -11,7 +11,8 @@ import numpy as np
 
 from lpnum import blocks
 from lpnum.blocks import Granularity
-from lpnum.formats import BinaryFormat, FloatFormat, Format, IntFormat, PositFormat, ShiftFormat, as_format
+from lpnum.formats import (BinaryFormat, FloatFormat, Format, IntFormat, PositFormat, ShiftFormat, as_format,
+                           format_from_description)
 from lpnum.rounding import ParsedEnum
 from lpnum.validate import check_flag, check_int, check_number, short
 
@@ -170,6 +171,39 @@ class ScaledFormat:
   def emax(self) -> int:
     """``floor(log2(element max))``, the exponent a power-of-two scale aligns the block's largest value with."""
     return math.frexp(self.element_max)[1] - 1
+
+  def describe(self) -> dict:
+    """The scaled format as JSON-able data (for checkpoints, :mod:`lpnum.description`): element and scale formats
+    (:meth:`lpnum.formats.Format.describe`), granularity, scale rule, calibration, flags and name.
+
+    Example:
+      >>> from lpnum.scaled import presets
+      >>> d = presets.preset("mxfp4_e2m1").describe()
+      >>> d["element"]["name"], d["granularity"], d["scale_rule"]
+      ('float4_e2m1fn', {'kind': 'block', 'axes': [-1], 'sizes': [32]}, 'floor')
+    """
+    g, c = self.granularity, self.calibration
+    return {"name": self.name, "element": self.element.describe(), "scale_format": self.scale_format.describe(),
+            "granularity": {"kind": g.kind, "axes": list(g.axes), "sizes": list(g.sizes)},
+            "scale_rule": self.scale_rule.value, "asymmetric": self.asymmetric, "tensor_scale": self.tensor_scale,
+            "element_exponent": self.element_exponent,
+            "calibration": {"kind": c.kind, "q": c.q, "ratios": list(c.ratios)}}
+
+  @classmethod
+  def from_description(cls, desc: dict) -> ScaledFormat:
+    """The ScaledFormat that :meth:`describe` described (equal to it, name and calibration included).
+
+    Raises:
+      ValueError: ``desc`` is not such a description, or describes an invalid format.
+    """
+    try:
+      g, c = desc["granularity"], desc["calibration"]
+      return cls(format_from_description(desc["element"]), Granularity(g["kind"], tuple(g["axes"]), tuple(g["sizes"])),
+                 format_from_description(desc["scale_format"]), desc["scale_rule"],
+                 Calibration(c["kind"], c["q"], tuple(c["ratios"])), asymmetric=desc["asymmetric"],
+                 tensor_scale=desc["tensor_scale"], element_exponent=desc["element_exponent"], name=desc["name"])
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"desc={desc!r} does not describe a ScaledFormat ({type(e).__name__}: {e})") from None
 
   def __str__(self) -> str:
     return self.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import flax.linen as nn
 import jax
@@ -12,7 +13,7 @@ from flax import nnx, serialization
 
 import lpnum
 from lpnum import nn as lnn
-from lpnum.nn.ptq import PackedKernel
+from lpnum.nn.ptq import PackedKernel, weight_format
 
 from scaled_reference import ref_int
 from testing import F32, NnxNet, data, dots_in, matmul64
@@ -58,7 +59,8 @@ def test_ptq_checkpoint_round_trip_is_bit_exact_and_small(tmp_path):
   rules = [lnn.Rule(".*", lpnum.DotConfig.weight_only("int4"))]
   q = lnn.ptq(params, rules)
   blob = serialization.to_bytes(q)
-  assert len(blob) < 1.02 * lnn.params_nbytes(q) < 0.14 * lnn.params_nbytes(params)
+  # Each packed kernel adds its description (under 1 KB of JSON for the box and its value).
+  assert len(blob) < 1.02 * lnn.params_nbytes(q) + 2 * 1024 and lnn.params_nbytes(q) < 0.14 * lnn.params_nbytes(params)
   target = jax.eval_shape(lambda p: lnn.ptq(p, rules), params)
   restored = serialization.from_bytes(target, blob)
   for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(q)):
@@ -111,12 +113,53 @@ def test_params_not_matching_the_model_name_the_path():
   rules = [lnn.Rule(".*", lpnum.DotConfig.weight_only("int8"))]
   q = lnn.ptq(params, rules)
   x = data((2, 64), 38)
-  with pytest.raises(ValueError, match="layers_2/kernel hold a packed kernel"):
+  with pytest.raises(ValueError, match="layers_2/kernel hold a kernel packed by lpnum.nn.ptq as int8"):
     lnn.quantize_model(model, [lnn.Rule("layers_0", rules[0].config), lnn.Rule("layers_2", None)]).apply(
         {"params": q}, x)
   bad = {**params, "layers_2": {**params["layers_2"], "kernel": np.ones((31, 8), F32)}}
   with pytest.raises(Exception, match="layers_2"):
     lnn.quantize_model(model, rules).apply({"params": bad}, x)
+
+
+@pytest.mark.parametrize("packed_as,applied_as,differ", [
+    (lpnum.DotConfig.weight_only("int8"), lpnum.DotConfig.weight_only("int4"), "element.bits"),
+    (lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)),
+     lpnum.DotConfig.weight_only("uint4", lpnum.per_block(32)),
+     "element.signed"),
+    (lpnum.DotConfig.weight_only("mxfp8_e4m3"), lpnum.DotConfig.weight_only("mxfp8_e5m2"), "element.exponent_bits"),
+    (lpnum.DotConfig.weight_only("nvfp4"),
+     lpnum.DotConfig.weight_only(lpnum.nvfp4.format(axis=0, tensor_scale=False), lpnum.per_block(16)), "tensor_scale"),
+    (lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)), lpnum.DotConfig.weight_only("int4", lpnum.per_block(64)),
+     "granularity.sizes")])
+def test_packed_params_under_another_rule_name_the_layer_and_both_formats(packed_as, applied_as, differ):
+  model, params = _mlp_params(64, 32, 8)
+  q = lnn.ptq(params, [lnn.Rule(".*", packed_as)])
+  x = data((2, 64), 42)
+  stored, wanted = weight_format(packed_as).name, weight_format(applied_as).name
+  with pytest.raises(ValueError, match=rf"layers_0/kernel were packed by lpnum.nn.ptq as {re.escape(stored)}.*"
+                                       rf"quantizes weights as {re.escape(wanted)} \(they differ in [^)]*{differ}"):
+    lnn.quantize_model(model, [lnn.Rule(".*", applied_as)]).apply({"params": q}, x)
+  # The same rules run (a rule whose calibration differs packs the same codes: it is accepted too).
+  lnn.quantize_model(model, [lnn.Rule(".*", packed_as)]).apply({"params": q}, x)
+
+
+def test_packed_params_under_another_rule_nnx():
+  net = NnxNet(nnx.Rngs(0))
+  lnn.ptq_nnx(net, [lnn.Rule("l1", lpnum.DotConfig.weight_only("int8")), lnn.Rule(".*", None)])
+  with pytest.raises(ValueError, match=r"l1/kernel were packed by lpnum.nn.ptq as int8.*as int4"):
+    lnn.quantize_model(net, [lnn.Rule("l1", lpnum.DotConfig.weight_only("int4")), lnn.Rule(".*", None)])
+  with pytest.raises(ValueError, match=r"l1/kernel hold a kernel packed by lpnum.nn.ptq as int8"):
+    lnn.quantize_model(net, [lnn.Rule(".*", None)])
+
+
+def test_packed_params_accept_a_rule_that_differs_only_in_calibration():
+  model, params = _mlp_params(64, 32, 8)
+  absmax = lpnum.DotConfig.weight_only(lpnum.ScaledFormat("int8", lpnum.per_channel()))
+  mse = lpnum.DotConfig.weight_only(lpnum.ScaledFormat("int8", lpnum.per_channel(), calibration=lpnum.mse(4)))
+  q = lnn.ptq(params, [lnn.Rule(".*", mse)])
+  x = data((2, 64), 43)
+  np.testing.assert_array_equal(np.asarray(lnn.quantize_model(model, [lnn.Rule(".*", absmax)]).apply({"params": q}, x)),
+                                np.asarray(lnn.quantize_model(model, [lnn.Rule(".*", mse)]).apply({"params": q}, x)))
 
 
 def test_ptq_conv_multiplies_by_the_packed_values_once():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +15,8 @@ import numpy as np
 import pytest
 
 import lpnum
+import lpnum.description
+import lpnum.qarray
 
 
 def _x(shape=(8, 64), seed=0):
@@ -65,9 +69,9 @@ def test_flax_serialization_is_bit_exact(fmt):
   restored = serialization.from_bytes({"w": empty}, blob)["w"]
   _equal(restored, q)
   np.testing.assert_array_equal(np.asarray(lpnum.dequantize(restored)), np.asarray(lpnum.dequantize(q)))
-  # A checkpoint of the wrong shape is refused with the QArray's own check.
+  # A checkpoint of another shape is refused: the descriptions differ.
   other = lpnum.quantize_scaled(jnp.zeros((8, 32)), fmt)
-  with pytest.raises(ValueError, match="q.data has shape"):
+  with pytest.raises(ValueError, match="they differ in (block, )?shape"):
     serialization.from_bytes({"w": other}, blob)
 
 
@@ -117,9 +121,85 @@ def test_import_lpnum_loads_no_flax_and_lpnum_nn_registers_serialization():
       import lpnum.nn
       from flax import serialization
       q = lpnum.quantize_scaled(jnp.arange(64.0).reshape(2, 32), lpnum.mx.format("mxfp4_e2m1"))
-      assert set(serialization.to_state_dict(q)) == {"data", "scales"}
+      assert set(serialization.to_state_dict(q)) == {"data", "scales", "description"}
       print("ok")
   """)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith("ok")
+
+
+# ---- check(): every leaf and every static field ---------------------------------------------------------------------
+def _bad_cases():
+  sym = lpnum.quantize_scaled(_x(), lpnum.mx.format("mxfp4_e2m1"))
+  nv = lpnum.quantize_scaled(_x(), lpnum.nvfp4.format())
+  asym = lpnum.quantize_scaled(_x(), lpnum.ScaledFormat("uint4", lpnum.per_block(32), asymmetric=True))
+  rep = dataclasses.replace
+  return {
+      "data int32": (rep(sym, data=sym.data.astype(jnp.int32)), r"q.data has dtype int32; .* needs uint8"),
+      "data float64": (rep(sym, data=np.asarray(sym.data, np.float64)), r"q.data has dtype float64"),
+      "scales uint32": (rep(sym, scales=sym.scales.astype(jnp.uint32)), r"q.scales has dtype uint32; .* needs uint8"),
+      "zero point broadcasting": (rep(asym, zero_point=asym.zero_point[:, :1]),
+                                  r"q.zero_point has shape \(8, 1\); .* needs \(8, 2\)"),
+      "zero point uint8": (rep(asym, zero_point=asym.zero_point.astype(jnp.uint8)),
+                           r"q.zero_point has dtype uint8; .* needs int32"),
+      "zero point missing": (rep(asym, zero_point=None), r"q.zero_point is None; fmt.asymmetric=True"),
+      "tensor scale 0": (rep(nv, tensor_scale=jnp.float32(0)), r"q.tensor_scale=0.0; .* finite and positive"),
+      "tensor scale negative": (rep(nv, tensor_scale=jnp.float32(-2)), r"q.tensor_scale=-2.0"),
+      "tensor scale inf": (rep(nv, tensor_scale=jnp.float32(np.inf)), r"q.tensor_scale=inf"),
+      "tensor scale int32": (rep(nv, tensor_scale=jnp.int32(1)), r"q.tensor_scale has dtype int32; .* needs float32"),
+      "tensor scale vector": (rep(nv, tensor_scale=jnp.ones((1,), jnp.float32)),
+                              r"q.tensor_scale has shape \(1,\); .* needs \(\)"),
+      "tensor scale missing": (rep(nv, tensor_scale=None), r"q.tensor_scale is None; fmt.tensor_scale=True"),
+      "block (1, 0)": (rep(sym, block=(1, 0)), r"q.block=\(1, 0\) must be 2 positive ints"),
+      "block rank": (rep(sym, block=(32,)), r"q.block=\(32,\) must be 2 positive ints"),
+      "block vs granularity": (rep(sym, block=(1, 16)), r"q.block=\(1, 16\) is not the block of .* \(1, 32\)"),
+      "shape negative": (rep(sym, shape=(8, -64)), r"q.shape=\(8, -64\) must be a tuple of non-negative ints"),
+      "dtype int8": (rep(sym, dtype=np.dtype(np.int8)), r"q.dtype=int8; the original dtype is float32"),
+  }
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()))
+def test_check_names_the_leaf_the_value_and_what_is_allowed(case):
+  q, message = _bad_cases()[case]
+  with pytest.raises(ValueError, match=message):
+    q.check()
+
+
+def test_check_under_jit_checks_shapes_and_dtypes_but_not_traced_values():
+  nv = lpnum.quantize_scaled(_x(), lpnum.nvfp4.format())
+  # A traced tensor scale is not read (its value is unknown at trace time): checking it is the caller's, eagerly.
+  zero = dataclasses.replace(nv, tensor_scale=jnp.float32(0))
+  jax.jit(lambda q: q.check())(zero)
+  with pytest.raises(ValueError, match="finite and positive"):
+    zero.check()
+  wide = dataclasses.replace(nv, data=nv.data.astype(jnp.int32))
+  with pytest.raises(ValueError, match="q.data has dtype int32"):
+    jax.jit(lambda q: q.check())(wide)
+
+
+def test_describe_states_the_format_facts():
+  """The description of an MXFP8 E4M3 array: the OCP MX v1.0 facts (E4M3 elements with bias 7 and no infinities,
+  E8M0 scales with bias 127, blocks of 32)."""
+  q = lpnum.quantize_scaled(_x((4, 64)), lpnum.mx.format("mxfp8_e4m3"))
+  d = q.describe()
+  assert d["type"] == "QArray" and d["layout_version"] == lpnum.qarray.LAYOUT_VERSION == 1
+  assert (d["shape"], d["dtype"], d["block"]) == ([4, 64], "float32", [1, 32])
+  f = d["format"]
+  assert {k: f["element"][k] for k in ("exponent_bits", "mantissa_bits", "bias", "specials")} == {
+      "exponent_bits": 4, "mantissa_bits": 3, "bias": 7, "specials": "fn"}
+  assert {k: f["scale_format"][k] for k in ("exponent_bits", "mantissa_bits", "bias", "signed")} == {
+      "exponent_bits": 8, "mantissa_bits": 0, "bias": 127, "signed": False}
+  assert f["granularity"] == {"kind": "block", "axes": [-1], "sizes": [32]} and f["scale_rule"] == "floor"
+  assert not f["tensor_scale"] and not f["asymmetric"]
+  assert json.loads(json.dumps(d)) == d
+
+
+def test_pytree_keys_name_the_leaves_and_carry_the_fingerprint():
+  q = lpnum.quantize_scaled(_x(), lpnum.nvfp4.format())
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(q)[0]]
+  assert paths == [".data", ".scales", ".tensor_scale"]
+  keys = [k for k, _ in q.tree_flatten_with_keys()[0]]
+  assert keys[-1].name == "lpnum_format_" + lpnum.description.fingerprint(q.describe())
+  other = lpnum.quantize_scaled(_x(), lpnum.nvfp4.format(tensor_scale=False))
+  assert other.tree_flatten_with_keys()[0][-1][0] != keys[-1]
