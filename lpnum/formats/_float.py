@@ -14,7 +14,7 @@ from lpnum.carrier import Carrier
 from lpnum.exact import compose
 from lpnum.formats._base import Format, facts_problem
 from lpnum.validate import check_flag
-from lpnum.rounding import finish_round, round_magnitude
+from lpnum.rounding import P3109_OVERFLOWS, Overflow, finish_round, round_magnitude
 
 
 class Specials(enum.Enum):
@@ -35,6 +35,10 @@ class Specials(enum.Enum):
   FN_INF = "fn_inf"
   FINITE = "finite"
 
+
+#: The binades of float64 (its largest exponent and its smallest subnormal): every value of a FloatFormat is a
+#: float64 value, so that its facts and value table are exact and it can be rounded in the float64 carrier.
+_F64_EMAX, _F64_LOWEST = 1023, -1074
 
 # Number of special codes at the top of the positive codes, per convention.
 _TOP_SPECIALS = {Specials.FN: 1, Specials.FNUZ: 0, Specials.FNUZ_INF: 1, Specials.FN_INF: 2, Specials.FINITE: 0}
@@ -66,12 +70,10 @@ class FloatFormat(Format):
   def __post_init__(self) -> None:
     object.__setattr__(self, "signed", check_flag("signed", self.signed))
     object.__setattr__(self, "has_subnormals", check_flag("has_subnormals", self.has_subnormals))
-    for field, lo, hi in (("exponent_bits", 1, 8), ("mantissa_bits", 0, 23)):
+    for field, lo, hi in (("exponent_bits", 1, 16), ("mantissa_bits", 0, 23), ("bias", -(1 << 16), 1 << 16)):
       value = getattr(self, field)
       if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{field}={value!r} must be an integer in [{lo}, {hi}]")
-    if not isinstance(self.bias, int) or isinstance(self.bias, bool) or abs(self.bias) > 1000:
-      raise ValueError(f"bias={self.bias!r} must be an integer in [-1000, 1000]")
     if not isinstance(self.specials, Specials):
       raise TypeError(f"specials={self.specials!r} must be a Specials member")
     if self.specials is Specials.FN_INF and self.signed:
@@ -82,6 +84,10 @@ class FloatFormat(Format):
       raise ValueError("IEEE specials need exponent_bits >= 2 (the top exponent holds inf and NaN)")
     if self._max_code < 1:
       raise ValueError(f"{self!r} has no positive finite value")
+    lowest = self.emin - (self.mantissa_bits if self.has_subnormals else 0)
+    if self.emax > _F64_EMAX or lowest < _F64_LOWEST:
+      raise ValueError(f"{self.name or self._default_name()} spans binades 2^{lowest} to 2^{self.emax}; lpnum holds "
+                       f"formats whose values are float64 values (2^{_F64_LOWEST} to 2^{_F64_EMAX})")
     if not self.name:
       object.__setattr__(self, "name", self._default_name())
 
@@ -194,6 +200,8 @@ class FloatFormat(Format):
     return none, none
 
   # ---- rounding ------------------------------------------------------------------------------------------
+  overflows = (Overflow.SATURATE, Overflow.NON_SATURATING, *P3109_OVERFLOWS)
+
   def carrier_problem(self, carrier: Carrier) -> str | None:
     return facts_problem(self, carrier, self.mantissa_bits)
 
