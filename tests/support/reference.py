@@ -229,8 +229,8 @@ class FloatSpec:
     has_subnormals: bool = True
 
     def __post_init__(self):
-        if not 1 <= self.exponent_bits <= 8:
-            raise ValueError("exponent_bits must be in 1..8")
+        if not 1 <= self.exponent_bits <= 11:  # up to float64's exponent field (P3109 formats up to 11 bits)
+            raise ValueError("exponent_bits must be in 1..11")
         if not 0 <= self.mantissa_bits <= 23:
             raise ValueError("mantissa_bits must be in 0..23")
         if self.specials not in SPECIALS:
