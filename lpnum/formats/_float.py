@@ -51,7 +51,9 @@ class FloatFormat(Format):
   A code with exponent field E and mantissa field M is worth ``(1 + M / 2^m) * 2^(E - bias)``, or
   ``M * 2^(1 - bias - m)`` for E = 0 when the format has subnormals. ``has_subnormals=False`` makes E = 0 an
   ordinary binade, as in E8M0: such a format has no zero (values that would round to zero go to the smallest
-  value). Everything else (max, epsilon, number of values) is derived from these fields.
+  value). Everything else (max, epsilon, number of values) is derived from these fields. Every value must be a
+  float64 value (exponents within float64's binades, 2^-1074 to 2^1023); formats beyond float32's range round
+  only float64 inputs (under ``jax_enable_x64``).
 
   Example:
     >>> fmt = FloatFormat(exponent_bits=4, mantissa_bits=3, bias=7, specials=Specials.FN, name="e4m3fn")

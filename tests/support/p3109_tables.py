@@ -1,7 +1,7 @@
 """Digests of the IEEE P3109 working group's published value tables, to check decoding against them bit for bit.
 
-Source: https://github.com/P3109/Public, ``Value Tables/Hexadecimal/K{k}/P{p}/{signed,unsigned}/Binary{k}p{p}{s,u}{e,f}.csv``
-(commit 26df0d0, 28 June 2026, published with Interim Report v4.0): one row per code point, its value as a C99 hex
+Source: https://github.com/P3109/Public (commit 26df0d0, 28 June 2026, published with Interim Report v4.0),
+``Value Tables/Hexadecimal/K{k}/P{p}/{signed,unsigned}/Binary{k}p{p}{s,u}{e,f}.csv``: one row per code point, its value as a C99 hex
 float, ``Inf``, ``-Inf`` or ``NaN``. The tables are 70 MB for 3 <= k <= 15, so this module keeps, per format, the
 first 16 hex digits of the SHA-256 of :func:`canonical_text` of its values: ``nan``, ``inf``, ``-inf`` or Python's
 ``float.hex`` of the value, for every code in order, comma-separated. Every value of these 410 formats is a float64
