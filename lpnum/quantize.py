@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum.carrier import INPUT_CARRIERS, carrier_for, float32_odd, sticky_in_float32
+from lpnum.carrier import F32, F64, INPUT_CARRIERS, carrier_for, float32_odd, sticky_in_float32
 from lpnum.rounding import Overflow, Rounding, check_rounding_key, random_bits
 from lpnum.formats import TABLE_BITS, Format, PositFormat, as_format, table_decode
 from lpnum.validate import as_array, as_dtype, check_int, is_concrete
@@ -41,7 +41,8 @@ def quantize(
   Rules, in order: NaN stays NaN where the format has NaN/NaR, else becomes a zero of the NaN's sign (as
   ml_dtypes does); the magnitude is rounded on the format's grid, unbounded above; overflow is then decided
   (``saturate``: to +-max finite, infinities included; ``non_saturating``: to inf where the format has it, else
-  NaN, else max finite, and to max finite for modes that round this value toward zero, as IEEE 754 does);
+  NaN, else max finite, and to max finite for modes that round this value toward zero, as IEEE 754 does; the
+  IEEE P3109 modes ``sat_finite``, ``sat_propagate`` and ``sat_none`` as :class:`lpnum.Overflow` states);
   formats without -0 return +0; formats without zero return their smallest value for nonzero inputs that
   round to zero; unsigned formats send negatives (that do not round to 0) to their smallest value
   (``saturate``) or NaN (``non_saturating``).
@@ -51,7 +52,8 @@ def quantize(
     fmt: a format or its name (see ``lpnum.get_format``).
     rounding: one of ``nearest_even``, ``nearest_away``, ``toward_zero``, ``up``, ``down``, ``to_odd``,
       ``stochastic``.
-    overflow: ``saturate``, ``non_saturating``, or for integer formats ``wrap``.
+    overflow: ``saturate``, ``non_saturating``; for float formats also ``sat_finite``, ``sat_propagate`` and
+      ``sat_none`` (IEEE P3109); for integer formats ``wrap`` instead of ``non_saturating``.
     key: a ``jax.random.key``; required for stochastic rounding, and an error with the other modes.
     stochastic_bits: for stochastic rounding, use only this many random bits (1..32), as hardware does;
       rounding up then has probability ``floor(f * 2^k) / 2^k`` for a fraction ``f`` of the gap, a bias toward
@@ -62,8 +64,9 @@ def quantize(
 
   Raises:
     TypeError: ``x`` is not a float array, or ``fmt`` is not a format.
-    ValueError: unknown ``rounding``/``overflow``, a missing ``key``, or a format whose values ``x``'s dtype
-      cannot hold.
+    ValueError: unknown ``rounding``/``overflow`` (or one the format's family does not take), a missing
+      ``key``, or a format whose values ``x``'s dtype cannot hold (formats beyond float32's range need float64
+      ``x`` under ``jax_enable_x64``).
 
   Example:
     >>> import jax.numpy as jnp, lpnum
@@ -153,7 +156,9 @@ def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
     raise TypeError(f"x must be float32, bfloat16, float16 or float64, got dtype {x.dtype}")
   why = fmt.carrier_problem(INPUT_CARRIERS[np.dtype(x.dtype)])
   if why is not None:
-    raise ValueError(f"fmt={fmt.name} cannot be quantized into x.dtype={x.dtype}: {why}; use a wider x")
+    needs_f64 = fmt.carrier_problem(F32) is not None and fmt.carrier_problem(F64) is None
+    hint = "its values need float64 x, with jax_enable_x64 on" if needs_f64 else "use a wider x"
+    raise ValueError(f"fmt={fmt.name} cannot be quantized into x.dtype={x.dtype}: {why}; {hint}")
   check_rounding_key(mode, key)
   if mode is Rounding.STOCHASTIC:
     if stochastic_bits is not None:

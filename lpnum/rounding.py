@@ -23,8 +23,8 @@ import numpy as np
 from lpnum.carrier import Carrier, pattern
 from lpnum.validate import check_key
 
-__all__ = ["ParsedEnum", "Rounding", "Overflow", "round_shift", "round_integral", "round_below_unit", "random_bits",
-           "check_rounding_key", "hash32", "away_from_zero", "round_magnitude", "finish_round"]
+__all__ = ["ParsedEnum", "Rounding", "Overflow", "P3109_OVERFLOWS", "round_shift", "round_integral", "round_below_unit",
+           "random_bits", "check_rounding_key", "hash32", "rounds_toward_zero", "round_magnitude", "finish_round"]
 
 
 class ParsedEnum(enum.Enum):
@@ -66,27 +66,59 @@ class Rounding(ParsedEnum):
 
 
 class Overflow(ParsedEnum):
-  """What happens to values beyond a format's largest finite value, decided after rounding.
+  """What happens to values beyond a format's finite range, decided after rounding.
+
+  lpnum's modes:
 
   * ``saturate``: to +-max finite (integers: to the ends of their range); infinities too.
   * ``non_saturating``: as a plain cast does: inf where the format has one, else NaN (NaR), else max finite.
-    Directed modes that round toward zero overflow to max finite, as IEEE 754 specifies.
+    The directed modes that round the value toward zero overflow to max finite, as IEEE 754 specifies; so does
+    ``to_odd`` on unsigned formats with inf, whose max finite has the odd code (P3109 report v4.0, 4.7.5).
+    Negatives into unsigned formats give NaN.
   * ``wrap``: integers only; two's complement wrap-around modulo 2^bits.
+
+  The saturation modes of the IEEE P3109 Interim Report v4.0 (4.7.5, !Saturate), for float formats, with
+  ``M_hi = max_finite``, ``M_lo = min_value`` (``-M_hi``, or 0 for unsigned formats) and the value ``R`` rounded
+  without an upper bound:
+
+  * ``sat_finite`` (SatFinite): ``R`` and +-inf clamp to ``[M_lo, M_hi]``. The same results as ``saturate``.
+  * ``sat_propagate`` (SatPropagate): finite ``R`` clamps to ``[M_lo, M_hi]``; +inf stays +inf and -inf stays
+    -inf where the format has them (else ``M_hi`` / ``M_lo``; -inf into an unsigned format gives 0).
+  * ``sat_none`` (SatNone): +-inf stay where the format has them, else give ``M_hi`` / ``M_lo`` (-inf into an
+    unsigned format: NaN). ``R > M_hi`` gives ``M_hi`` under ``toward_zero`` and ``down``, and under ``to_odd``
+    on unsigned formats with inf; otherwise +inf where the format has it, else ``M_hi``. ``R < M_lo`` gives
+    ``M_lo`` under ``toward_zero`` and ``up``; otherwise NaN on unsigned formats, -inf on signed formats with
+    inf, else ``M_lo``.
+
+  Mapping: ``sat_finite`` is ``saturate``. ``sat_none`` is ``non_saturating`` on signed formats with inf (IEEE and
+  P3109 signed extended); it differs where the format has no inf (``sat_none`` gives the extreme finite value,
+  ``non_saturating`` NaN) and for negatives into unsigned formats under ``toward_zero``/``up`` (``sat_none``
+  gives 0, ``non_saturating`` NaN). ``sat_propagate`` has no lpnum counterpart. Formats without NaN give, where
+  these rules say NaN, their smallest value (as ``saturate`` does); formats without zero (E8M0) send exact zeros
+  to their smallest value under ``sat_finite`` and ``sat_propagate``, to NaN under ``sat_none``.
   """
 
   SATURATE = "saturate"
   NON_SATURATING = "non_saturating"
   WRAP = "wrap"
+  SAT_FINITE = "sat_finite"
+  SAT_PROPAGATE = "sat_propagate"
+  SAT_NONE = "sat_none"
 
 
-def away_from_zero(mode: Rounding, negative: jax.Array) -> jax.Array | bool:
-  """Whether ``mode`` rounds a value of this sign away from zero (so that overflow goes to inf)."""
-  if mode in (Rounding.NEAREST_EVEN, Rounding.NEAREST_AWAY, Rounding.STOCHASTIC):
+#: The saturation modes of IEEE P3109 (for float formats).
+P3109_OVERFLOWS = (Overflow.SAT_FINITE, Overflow.SAT_PROPAGATE, Overflow.SAT_NONE)
+
+
+def rounds_toward_zero(mode: Rounding, negative: jax.Array) -> jax.Array | bool:
+  """Whether ``mode`` is a directed mode that rounds a value of this sign toward zero (so that it never
+  overflows past max finite): ``toward_zero``, ``down`` for positive and ``up`` for negative values."""
+  if mode is Rounding.TOWARD_ZERO:
     return True
   if mode is Rounding.UP:
-    return ~negative
-  if mode is Rounding.DOWN:
     return negative
+  if mode is Rounding.DOWN:
+    return ~negative
   return False
 
 
@@ -372,32 +404,34 @@ def finish_round(fmt, x, c: Carrier, a, r, negative, is_nan, is_inf, mode: Round
   """Applies a format's range, zero and special-value rules to rounded magnitudes ``r`` (carrier bits).
 
   ``fmt`` is any :class:`lpnum.Format`; only its facts are read (``max_finite``, ``min_positive``, ``has_inf``,
-  ``has_nan``, ``has_zero``, ``has_negative_zero``, ``signed``).
+  ``has_nan``, ``has_zero``, ``has_negative_zero``, ``signed``). The overflow modes are those of
+  :class:`Overflow`, whose docstring states every rule applied here.
   """
   max_bits = pattern(fmt.max_finite, c)
   min_bits = pattern(fmt.min_positive, c)
-  if fmt.has_inf:
-    special = c.inf_bits
-  elif fmt.has_nan:
-    special = c.nan_bits
-  else:
-    special = max_bits
-  over = r > max_bits
-  if overflow is Overflow.SATURATE:  # infinities and NaNs round to patterns above max_bits
-    r = jnp.minimum(r, max_bits)
-  else:
-    away = away_from_zero(mode, negative)
-    r = jnp.where(over & away, special, jnp.where(over, max_bits, r))
-    r = jnp.where(is_inf, special, r)
+  smallest = c.u(0) if fmt.has_zero else min_bits
+  nan = c.nan_bits if fmt.has_nan else smallest
+  inf = c.inf_bits if fmt.has_inf else max_bits
+  toward_zero = rounds_toward_zero(mode, negative)
+  odd_max = mode is Rounding.TO_ODD and fmt.has_inf and not fmt.signed  # max finite has the odd code
+  if overflow in (Overflow.SATURATE, Overflow.SAT_FINITE):
+    over_to, inf_to, negative_to = max_bits, max_bits, smallest
+  elif overflow is Overflow.SAT_PROPAGATE:
+    over_to, inf_to, negative_to = max_bits, inf, smallest
+  elif overflow is Overflow.SAT_NONE:
+    over_to = jnp.where(toward_zero | odd_max, max_bits, inf)
+    inf_to, negative_to = inf, jnp.where(toward_zero & ~is_inf, smallest, nan)
+  else:  # NON_SATURATING
+    special = c.inf_bits if fmt.has_inf else nan if fmt.has_nan else max_bits
+    over_to, inf_to, negative_to = jnp.where(toward_zero | odd_max, max_bits, special), special, nan
+  r = jnp.where(is_inf, inf_to, jnp.where(r > max_bits, over_to, r))
   # For unsigned formats: a negative that does not round to 0 (in a format without zero, none does).
   negative_bad = negative & ((r != 0) | is_inf | ((a != 0) & (not fmt.has_zero)))
   if not fmt.has_zero:
-    exact_zero = min_bits if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
-    r = jnp.where(r == 0, jnp.where(a != 0, min_bits, exact_zero), r)
+    keeps_min = overflow in (Overflow.SATURATE, Overflow.SAT_FINITE, Overflow.SAT_PROPAGATE)
+    r = jnp.where(r == 0, jnp.where((a != 0) | keeps_min, min_bits, nan), r)
   if not fmt.signed:
-    smallest = c.u(0) if fmt.has_zero else min_bits
-    repl = smallest if (overflow is Overflow.SATURATE or not fmt.has_nan) else c.nan_bits
-    r = jnp.where(negative_bad, repl, r)
+    r = jnp.where(negative_bad, negative_to, r)
     negative = jnp.zeros_like(negative)
   if fmt.has_nan:
     r = jnp.where(is_nan, c.nan_bits, r)

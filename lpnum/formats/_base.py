@@ -166,10 +166,17 @@ class Format(abc.ABC):
     """Carrier values of codes, by integer arithmetic (formats wider than :data:`TABLE_BITS`)."""
     raise NotImplementedError(f"{self.name}: no arithmetic decoder")
 
+  #: The overflow modes the family takes (:meth:`check_overflow`).
+  overflows: tuple[Overflow, ...] = (Overflow.SATURATE, Overflow.NON_SATURATING)
+
   def check_overflow(self, overflow: Overflow) -> None:
-    """Raises ValueError if the format does not support the overflow mode."""
-    if overflow is Overflow.WRAP:
-      raise ValueError(f"overflow='wrap' is for integer formats; {self.name} takes 'saturate' or 'non_saturating'")
+    """Raises ValueError if the format does not take the overflow mode (see :attr:`overflows`)."""
+    if overflow not in self.overflows:
+      why = ("is for integer formats" if overflow is Overflow.WRAP else
+             "needs inf or NaN" if overflow is Overflow.NON_SATURATING else
+             "is IEEE P3109's, for float formats")
+      takes = ", ".join(repr(o.value) for o in self.overflows)
+      raise ValueError(f"overflow={overflow.value!r} {why}; {self.name} takes {takes}")
 
   def carrier_problem(self, carrier: Carrier) -> str | None:
     """Why the format's results may not be representable in ``carrier``'s dtype, or None."""

@@ -14,7 +14,7 @@ from lpnum.carrier import Carrier
 from lpnum.exact import compose
 from lpnum.formats._base import Format, facts_problem
 from lpnum.validate import check_flag
-from lpnum.rounding import finish_round, round_magnitude
+from lpnum.rounding import P3109_OVERFLOWS, Overflow, finish_round, round_magnitude
 
 
 class Specials(enum.Enum):
@@ -36,6 +36,10 @@ class Specials(enum.Enum):
   FINITE = "finite"
 
 
+#: The binades of float64 (its largest exponent and its smallest subnormal): every value of a FloatFormat is a
+#: float64 value, so that its facts and value table are exact and it can be rounded in the float64 carrier.
+_F64_EMAX, _F64_LOWEST = 1023, -1074
+
 # Number of special codes at the top of the positive codes, per convention.
 _TOP_SPECIALS = {Specials.FN: 1, Specials.FNUZ: 0, Specials.FNUZ_INF: 1, Specials.FN_INF: 2, Specials.FINITE: 0}
 
@@ -47,7 +51,9 @@ class FloatFormat(Format):
   A code with exponent field E and mantissa field M is worth ``(1 + M / 2^m) * 2^(E - bias)``, or
   ``M * 2^(1 - bias - m)`` for E = 0 when the format has subnormals. ``has_subnormals=False`` makes E = 0 an
   ordinary binade, as in E8M0: such a format has no zero (values that would round to zero go to the smallest
-  value). Everything else (max, epsilon, number of values) is derived from these fields.
+  value). Everything else (max, epsilon, number of values) is derived from these fields. Every value must be a
+  float64 value (exponents within float64's binades, 2^-1074 to 2^1023); formats beyond float32's range round
+  only float64 inputs (under ``jax_enable_x64``).
 
   Example:
     >>> fmt = FloatFormat(exponent_bits=4, mantissa_bits=3, bias=7, specials=Specials.FN, name="e4m3fn")
@@ -66,12 +72,10 @@ class FloatFormat(Format):
   def __post_init__(self) -> None:
     object.__setattr__(self, "signed", check_flag("signed", self.signed))
     object.__setattr__(self, "has_subnormals", check_flag("has_subnormals", self.has_subnormals))
-    for field, lo, hi in (("exponent_bits", 1, 8), ("mantissa_bits", 0, 23)):
+    for field, lo, hi in (("exponent_bits", 1, 16), ("mantissa_bits", 0, 23), ("bias", -(1 << 16), 1 << 16)):
       value = getattr(self, field)
       if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{field}={value!r} must be an integer in [{lo}, {hi}]")
-    if not isinstance(self.bias, int) or isinstance(self.bias, bool) or abs(self.bias) > 1000:
-      raise ValueError(f"bias={self.bias!r} must be an integer in [-1000, 1000]")
     if not isinstance(self.specials, Specials):
       raise TypeError(f"specials={self.specials!r} must be a Specials member")
     if self.specials is Specials.FN_INF and self.signed:
@@ -82,6 +86,10 @@ class FloatFormat(Format):
       raise ValueError("IEEE specials need exponent_bits >= 2 (the top exponent holds inf and NaN)")
     if self._max_code < 1:
       raise ValueError(f"{self!r} has no positive finite value")
+    lowest = self.emin - (self.mantissa_bits if self.has_subnormals else 0)
+    if self.emax > _F64_EMAX or lowest < _F64_LOWEST:
+      raise ValueError(f"{self.name or self._default_name()} spans binades 2^{lowest} to 2^{self.emax}; lpnum holds "
+                       f"formats whose values are float64 values (2^{_F64_LOWEST} to 2^{_F64_EMAX})")
     if not self.name:
       object.__setattr__(self, "name", self._default_name())
 
@@ -194,6 +202,8 @@ class FloatFormat(Format):
     return none, none
 
   # ---- rounding ------------------------------------------------------------------------------------------
+  overflows = (Overflow.SATURATE, Overflow.NON_SATURATING, *P3109_OVERFLOWS)
+
   def carrier_problem(self, carrier: Carrier) -> str | None:
     return facts_problem(self, carrier, self.mantissa_bits)
 

@@ -77,9 +77,10 @@ class IntFormat(Format):
   def num_finite(self) -> int:
     return int(self.max_finite - self.min_value) + 1
 
+  overflows = (Overflow.SATURATE, Overflow.WRAP)
+
   def check_overflow(self, overflow: Overflow) -> None:
-    if overflow is Overflow.NON_SATURATING:
-      raise ValueError(f"overflow='non_saturating' needs inf or NaN; {self.name} has neither: use 'saturate' or 'wrap'")
+    super().check_overflow(overflow)
     if overflow is Overflow.WRAP and self.narrow:
       raise ValueError(f"overflow='wrap' is two's complement; {self.name} is narrow (symmetric): use 'saturate'")
 

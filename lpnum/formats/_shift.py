@@ -11,7 +11,7 @@ import numpy as np
 from lpnum.carrier import Carrier
 from lpnum.formats._base import Format, facts_problem
 from lpnum.validate import check_flag
-from lpnum.rounding import finish_round, round_magnitude
+from lpnum.rounding import P3109_OVERFLOWS, Overflow, finish_round, round_magnitude
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -22,7 +22,7 @@ class ShiftFormat(Format):
   zero-free (DenseShift), ``k = e - emin``. Codes whose field exceeds the top exponent decode to NaN and are
   never produced. Rounding is in value: between ``2^e`` and ``2^(e+1)`` the midpoint is ``1.5 * 2^e``; ties go
   to the even code. Zero-free formats send zero and values below ``2^emin`` to ``+-2^emin`` (the sign of x,
-  ``+`` for NaN and +0). There is no inf or NaN value: overflow saturates to ``+-2^emax`` in both modes.
+  ``+`` for NaN and +0). There is no inf or NaN value: overflow saturates to ``+-2^emax`` in every overflow mode.
 
   Example:
     >>> ShiftFormat(emin=-3, emax=0, has_zero=True).bits
@@ -84,6 +84,8 @@ class ShiftFormat(Format):
   @property
   def num_finite(self) -> int:
     return 2 * (self.emax - self.emin + 1) + int(self.has_zero)
+
+  overflows = (Overflow.SATURATE, Overflow.NON_SATURATING, *P3109_OVERFLOWS)
 
   def carrier_problem(self, carrier: Carrier) -> str | None:
     return facts_problem(self, carrier)

@@ -14,7 +14,7 @@ from lpnum.formats._float import FloatFormat, Specials
 from lpnum.formats._int import BinaryFormat, IntFormat
 from lpnum.formats._posit import PositFormat
 from lpnum.formats._shift import ShiftFormat
-from lpnum.validate import short
+from lpnum.validate import check_flag, short
 
 __all__ = ["ALL_FORMATS", "get_format", "as_format", "format_of", "p3109", "posit", "int_format",
            "format_from_description"]
@@ -47,8 +47,20 @@ def p3109(k: int, precision: int, *, signed: bool = True, extended: bool = False
 
   Signed formats keep NaN at the negative-zero code (0x80 for k = 8) and have bias ``2^(k - p - 1)``; unsigned
   formats keep NaN at the all-ones code and have bias ``2^(k - p)``. ``extended`` adds +-inf at the top codes
-  (unsigned: the code below NaN); ``finite`` (the default) uses those codes for values.
+  (unsigned: the code below NaN); ``finite`` (the default) uses those codes for values. Codes and values are those
+  of the P3109 Interim Report v4.0 and its value tables.
+
+  ``3 <= k <= 15``. Formats with more than 8 exponent bits (``k - p`` signed, ``k - p + 1`` unsigned), such as
+  ``binary10p1se`` or ``binary9p1ue``, reach beyond float32: quantize and encode need float64 inputs under
+  ``jax_enable_x64``. Formats with more than 11 exponent bits (e.g. ``binary13p1sf``, ``binary12p1uf``) reach
+  beyond float64, which lpnum does not hold: ValueError.
+
+  Example:
+    >>> fmt = p3109(8, 4, extended=True)
+    >>> fmt.name, fmt.max_finite, fmt.min_positive
+    ('binary8p4se', 224.0, 0.0009765625)
   """
+  signed, extended = check_flag("signed", signed), check_flag("extended", extended)
   for arg, v in (("k", k), ("precision", precision)):
     if isinstance(v, bool) or not isinstance(v, int):
       raise TypeError(f"{arg}={v!r} must be an int")

@@ -229,8 +229,8 @@ class FloatSpec:
     has_subnormals: bool = True
 
     def __post_init__(self):
-        if not 1 <= self.exponent_bits <= 8:
-            raise ValueError("exponent_bits must be in 1..8")
+        if not 1 <= self.exponent_bits <= 11:  # up to float64's exponent field (P3109 formats up to 11 bits)
+            raise ValueError("exponent_bits must be in 1..11")
         if not 0 <= self.mantissa_bits <= 23:
             raise ValueError("mantissa_bits must be in 0..23")
         if self.specials not in SPECIALS:
@@ -480,7 +480,8 @@ def round_float(x, spec: FloatSpec, rounding: str = "nearest_even", overflow: st
          or {0, 2**-bias} for zero-less formats) with the rounding mode.
       4. Overflow (after rounding, r > max): saturate -> +-max; non_saturating ->
          +-inf/"nan"/+-max if the mode rounds this sign away from zero
-         (nearest_*, up for x>0, down for x<0), else +-max.
+         (nearest_*, up for x>0, down for x<0, to_odd but in unsigned formats
+         with inf), else +-max.
       5. Zero/sign: r == 0 -> "-0" (if the format has -0 and x < 0) else 0;
          unsigned formats with x < 0 and r != 0 -> saturate: smallest value
          >= 0, non_saturating: "nan" if available (else smallest value >= 0);
@@ -553,9 +554,11 @@ def round_float(x, spec: FloatSpec, rounding: str = "nearest_even", overflow: st
     if r > fmax:
         if sat:
             return _signed(neg, fmax)
+        # to_odd goes to the odd neighbour of max: inf, except in unsigned formats with inf, whose max has the
+        # odd code (P3109 Interim Report v4.0, 4.7.5); without inf it overflows as the nearest modes do.
         away = rounding in ("nearest_even", "nearest_away") or (
             (rounding == "up" and not neg) or (rounding == "down" and neg)
-        )
+        ) or (rounding == "to_odd" and (spec.signed or not spec.has_inf))
         if not away:
             return _signed(neg, fmax)
         if spec.has_inf:
