@@ -143,7 +143,7 @@ def lsq(x: ArrayLike, step: ArrayLike, fmt: IntFormat | str = "int8", *,
   or ``qp`` where clamped, times ``grad_scale`` (default ``1 / sqrt(x.size * qp)``, the paper's ``g``).
   Rounding is to nearest, ties to even.
   """
-  x, step = _float(x), _float(check_positive("step", step), "step")
+  x, step = _float(x), _float(check_positive("step", step, learned=True), "step")
   fmt = _int_format(fmt)
   grad_scale = _check_params(grad_scale=grad_scale)["grad_scale"]
   if grad_scale is None:
@@ -186,7 +186,7 @@ def pact(x: ArrayLike, alpha: ArrayLike, bits: int = 4) -> jax.Array:
   Gradients: ``dx = 1`` for ``0 <= x < alpha``, else 0; ``dalpha = 1`` where ``x >= alpha``, else 0 (the paper's
   straight-through gradient of the clipping level).
   """
-  x, alpha = _float(x), _float(check_positive("alpha", alpha), "alpha")
+  x, alpha = _float(x), _float(check_positive("alpha", alpha, learned=True), "alpha")
   levels = float((1 << _bits(bits)) - 1)
   return _pact(x, alpha, levels)
 

@@ -132,8 +132,9 @@ class QArray:
       if isinstance(self.tensor_scale, np.ndarray | np.generic) or (
           isinstance(self.tensor_scale, jax.Array) and not isinstance(self.tensor_scale, jax.core.Tracer)):
         value = float(np.asarray(self.tensor_scale))
-        if not 0 < value < math.inf:
-          raise ValueError(f"q.tensor_scale={value}; a per-tensor scale is finite and positive")
+        if value <= 0:  # inf and NaN come from tensors that held them (their blocks decode to NaN)
+          raise ValueError(f"q.tensor_scale={value}; a per-tensor scale is positive (inf or NaN where the tensor "
+                           "held them)")
 
   def tree_flatten(self):
     return (self.data, self.scales, self.zero_point, self.tensor_scale, self.checkpoint_tag), (

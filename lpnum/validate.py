@@ -102,7 +102,7 @@ def as_array(x: object, name: str = "x") -> jax.Array:
   if isinstance(x, float | int | list | tuple):
     return jnp.asarray(_host_numbers(x, name).astype(np.float32))
   if isinstance(x, jax.Array | np.ndarray | np.generic):
-    if not isinstance(x, jax.core.Tracer) and np.dtype(x.dtype).kind not in "biuf" and not _is_ml_dtype(x.dtype):
+    if not isinstance(x, jax.core.Tracer) and np.dtype(x.dtype).kind not in "biufc" and not _is_ml_dtype(x.dtype):
       raise TypeError(f"{name} must be an array of numbers, got dtype {x.dtype}")
     return jnp.asarray(x)
   raise TypeError(f"{name} must be an array, got {type(x).__name__}")
@@ -115,7 +115,7 @@ def _host_numbers(x: object, name: str) -> np.ndarray:
     array = np.asarray(x)
   except (TypeError, ValueError) as err:
     raise TypeError(f"{name}={short(x)} is not a rectangular array of numbers ({err})") from None
-  if array.dtype.kind not in "biuf" or (array.dtype.kind == "b" and array.ndim == 0):
+  if array.dtype.kind not in "biufc" or (array.dtype.kind == "b" and array.ndim == 0):
     raise TypeError(f"{name}={short(x)} must be numbers, got {array.dtype.name} values")
   return array
 
@@ -132,9 +132,11 @@ def _is_ml_dtype(dtype) -> bool:
   return jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
 
 
-def check_positive(name: str, value: object) -> jax.Array:
+def check_positive(name: str, value: object, *, learned: bool = False) -> jax.Array:
   """``value`` (a number or a real array) as a float32 array whose values, where concrete, are finite and
-  positive (a scale, a step, a clipping level)."""
+  positive (a given scale, a step, a clipping level). A ``learned`` parameter is checked only where it is a
+  constant (a Python number or NumPy array): a JAX array there is a trained value, which training may move
+  anywhere, and is used as it is."""
   if isinstance(value, bool | np.bool_) or isinstance(value, str | bytes):
     raise TypeError(f"{name}={short(value)} must be a positive number or array")
   if isinstance(value, float | int | list | tuple):
@@ -143,7 +145,7 @@ def check_positive(name: str, value: object) -> jax.Array:
   if jnp.issubdtype(array.dtype, jnp.complexfloating) or not (jnp.issubdtype(array.dtype, jnp.floating)
                                                                  or jnp.issubdtype(array.dtype, jnp.integer)):
     raise TypeError(f"{name} must be a real array, got dtype {array.dtype}")
-  if is_concrete(array):
+  if is_concrete(array) and not (learned and isinstance(array, jax.Array)):
     host = np.asarray(array, np.float64)
     bad = ~(np.isfinite(host) & (host > 0))
     if bad.any():

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 
 import lpnum
 from lpnum import estimators, kernels, mx, nvfp4, packing
+from lpnum import nn as lnn
 from lpnum.hadamard import fwht
 from lpnum.kernels import accumulate
 
@@ -278,6 +279,23 @@ ENTRIES = [
           {"a": st.one_of(st.none(), _TEXT, _OBJECTS), "accumulator": st.one_of(st.none(), _TEXT, st.integers()),
            "chunk": not_int_in(1, 2**31 - 1, optional=True), "order": not_choice({"sequential", "pairwise"}),
            "return_stats": not_flag(), "interpret": not_flag()}, positional=("a", "b", "accumulator")),
+]
+
+_PARAMS = {"Dense_0": {"kernel": jnp.ones((64, 32)), "bias": jnp.zeros(32)}}
+_RULES = [lnn.Rule("Dense_0", lpnum.DotConfig.weight_only("int8"))]
+ENTRIES += [
+    Entry("nn.Rule", lnn.Rule, {"pattern": "Dense_.*", "config": lpnum.DotConfig.w8a8()},
+          {"pattern": st.one_of(st.none(), st.integers(), st.just("(["), _OBJECTS),
+           "config": st.one_of(_TEXT, st.integers(), _OBJECTS)}),
+    Entry("nn.ptq", lnn.ptq, {"params": _PARAMS, "rules": _RULES},
+          {"rules": st.one_of(st.none(), _TEXT, st.integers(), st.just([("Nothing_here", None)])),
+           "layout": not_choice({"auto", "kernel", "qarray"}), "kernel_name": st.one_of(st.none(), st.integers(),
+                                                                                       st.just("")),
+           "views": st.one_of(_TEXT, st.integers(), st.just({"Dense_0": 5}), st.just({"Dense_0": True})),
+           "donate": not_flag(), "on_leaf": st.one_of(_TEXT, st.integers())}, positional=("params", "rules")),
+    Entry("nn.make_dot_general", lnn.make_dot_general, {"config": lpnum.DotConfig.w8a8()},
+          {"config": st.one_of(st.none(), _TEXT, _OBJECTS,
+                               st.just(lpnum.DotConfig(rhs=lpnum.OperandQuant("int4", estimator=estimators.LSQ()))))}),
 ]
 
 _CASES = [(e, arg) for e in ENTRIES for arg in e.bad]

@@ -100,8 +100,11 @@ class FloatAccumulator(_Accumulates):
       if len(fmt) != 2:
         raise ValueError(f"format={fmt!r} must be (exponent_bits, mantissa_bits)")
       e, m = fmt
-      check_int("format=(exponent_bits, _)", e, 2, 8)
-      check_int("format=(_, mantissa_bits)", m, 0, 23)
+      try:
+        check_int("exponent_bits", e, 2, 8)
+        check_int("mantissa_bits", m, 0, 23)
+      except (TypeError, ValueError) as err:
+        raise type(err)(f"format={fmt!r}: {err}") from None
       fmt = FloatFormat(exponent_bits=e, mantissa_bits=m, bias=(1 << (e - 1)) - 1, specials=Specials.IEEE)
     elif isinstance(fmt, str):
       fmt = as_format(fmt)

@@ -35,6 +35,7 @@ from lpnum.qdot import (DotConfig, Engine, OperandState, Scaling, dot_general, n
 from lpnum.rounding import Rounding
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 from lpnum.scaled.xla_cpu import per_block
+from lpnum.validate import check_flag, short
 
 __all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_nbytes", "weight_format", "check_rule"]
 
@@ -271,7 +272,14 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     (QuantizedKernel(int4/per_channel(1,)/float32, shape=(512, 256), PackedWeights), 0.1286549707602339)
   """
   if layout not in ("auto", "kernel", "qarray"):
-    raise ValueError(f"layout={layout!r}; expected 'auto', 'kernel' or 'qarray'")
+    raise ValueError(f"layout={short(layout)}; expected 'auto', 'kernel' or 'qarray'")
+  if not isinstance(kernel_name, str) or not kernel_name:
+    raise TypeError(f"kernel_name={short(kernel_name)} must be a non-empty str (the leaf name of kernels)")
+  if views is not None and not isinstance(views, Mapping):
+    raise TypeError(f"views={short(views)} must be a mapping of module paths to ints (lpnum.nn.kernel_views)")
+  if on_leaf is not None and not callable(on_leaf):
+    raise TypeError(f"on_leaf={short(on_leaf)} must be callable or None")
+  check_flag("donate", donate)
   rules = as_rules(rules)
   used = set()
 

@@ -172,7 +172,7 @@ def test_bad_inputs():
     E.reste(X, 0.5)
   with pytest.raises(ValueError, match="omega=0"):
     E.biper(X, 0)
-  with pytest.raises(ValueError, match="unknown format name"):
+  with pytest.raises(ValueError, match="unknown format fmt="):
     E.ste(X, "int99x")
   with pytest.raises(ValueError, match="needs key"):
     lpnum.quantize_grad(X, "int8", rounding="stochastic")

@@ -389,7 +389,7 @@ def test_zero_d_input_is_rejected():
   with pytest.raises(ValueError, match="x must have at least one dimension"):
     fwht(jnp.float32(1.0))
   with pytest.raises(TypeError, match="x must be a float array"):
-    fwht([1, 2])
+    fwht(np.array([1, 2]))
 
 
 def test_axis_out_of_range_or_not_an_int():
