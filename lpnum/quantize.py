@@ -1,4 +1,10 @@
-"""The public quantize / encode / decode functions: validate at trace time, then call the format's hooks."""
+"""The public quantize / encode / decode functions: validate at call time, then call the format's hooks.
+
+Each function checks its arguments in Python, then runs one jitted computation, compiled once per static
+configuration (format, rounding and overflow modes, ``stochastic_bits``, dtype; formats are frozen values, so
+equal formats share it) and input shape: an eager call runs as fast as a jitted one. Inside ``jax.jit``,
+``vmap`` or ``grad`` the inner jit is inlined.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,6 @@ from lpnum.formats import TABLE_BITS, Format, as_format, table_decode
 from lpnum.validate import as_array
 
 __all__ = ["quantize", "encode", "decode"]
-
 
 
 def quantize(
@@ -66,7 +71,7 @@ def quantize(
     [0.3125, 448.0, 448.0]
   """
   x, fmt, mode, ov, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
-  return _quantize_ste(x, key, fmt, mode, ov, stochastic_bits)
+  return _quantize_jit(x, key, fmt, mode, ov, stochastic_bits)
 
 
 def encode(
@@ -89,8 +94,7 @@ def encode(
     Array([ 56, 192], dtype=uint8)
   """
   x, fmt, mode, ov, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
-  y, carrier = _round_in_carrier(x, key, fmt, mode, ov, stochastic_bits)
-  return fmt.encode_values(y, carrier)
+  return _encode_jit(x, key, fmt, mode, ov, stochastic_bits)
 
 
 def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
@@ -112,6 +116,11 @@ def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp
     raise TypeError(f"dtype={dtype} must be one of float32, bfloat16, float16, float64")
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype=float64 needs jax_enable_x64")
+  return _decode_jit(bits, fmt, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _decode_jit(bits, fmt, dtype):
   if fmt.bits <= TABLE_BITS:
     return table_decode(fmt, bits, dtype)
   carrier = INPUT_CARRIERS[dtype]
@@ -146,6 +155,17 @@ def _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits):
   carrier = carrier_for(x.dtype)
   rand = random_bits(key, x.shape) if mode is Rounding.STOCHASTIC else None
   return fmt.round_values(x.astype(carrier.dtype), carrier, mode, overflow, rand, stochastic_bits), carrier
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _quantize_jit(x, key, fmt, mode, overflow, stochastic_bits):
+  return _quantize_ste(x, key, fmt, mode, overflow, stochastic_bits)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _encode_jit(x, key, fmt, mode, overflow, stochastic_bits):
+  y, carrier = _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits)
+  return fmt.encode_values(y, carrier)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
