@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum.carrier import INPUT_CARRIERS, carrier_for
+from lpnum.carrier import INPUT_CARRIERS, Carrier, carrier_for
 from lpnum.rounding import Overflow, Rounding, random_bits
 from lpnum.formats import TABLE_BITS, Format, as_format, table_decode
 from lpnum.validate import as_array
@@ -121,11 +121,19 @@ def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _decode_jit(bits, fmt, dtype):
-  if fmt.bits <= TABLE_BITS:
-    return table_decode(fmt, bits, dtype)
   carrier = INPUT_CARRIERS[dtype]
+  if fmt.bits <= TABLE_BITS and not _decodes_exactly(fmt, carrier):
+    return table_decode(fmt, bits, dtype)
   mask = np.uint32((1 << fmt.bits) - 1)
   return fmt.decode_values(bits.astype(jnp.uint32) & mask, carrier)
+
+
+def _decodes_exactly(fmt: Format, carrier: Carrier) -> bool:
+  """Whether ``fmt.decode_values`` gives the table's values: it exists and ``carrier`` holds every value (values
+  of at most :data:`TABLE_BITS` bits have at most 16 significant bits, so float32 and float64 hold them where
+  they hold the extremes)."""
+  return (type(fmt).decode_values is not Format.decode_values and carrier.mantissa_bits >= TABLE_BITS
+          and fmt.carrier_problem(carrier) is None)
 
 
 def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):

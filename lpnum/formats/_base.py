@@ -12,7 +12,8 @@ import numpy as np
 from lpnum.carrier import Carrier
 from lpnum.rounding import Overflow, Rounding
 
-#: Formats up to this width decode through a table of all their values.
+#: Formats up to this width have a table of all their values (:meth:`Format.values`); :func:`lpnum.decode` looks
+#: their codes up in it unless the format decodes them exactly by arithmetic (:meth:`Format.decode_values`).
 TABLE_BITS = 16
 
 #: The native dtype of each format that has one; filled by the preset table (``_table``), where names live.
@@ -40,8 +41,8 @@ class Format(abc.ABC):
   * :meth:`round_values`: carrier values to the nearest values of the format under a rounding and an overflow
     mode, as carrier values;
   * :meth:`encode_values`: values of the format (the output of :meth:`round_values`) to their codes;
-  * :meth:`decode_values`: codes to carrier values with integer arithmetic (formats wider than
-    :data:`TABLE_BITS`, which do not decode through a table);
+  * :meth:`decode_values`: codes to carrier values with integer arithmetic (required of formats wider than
+    :data:`TABLE_BITS`; narrower ones without it decode through their value table);
   * :meth:`check_overflow` and :meth:`carrier_problem`: what a caller must check before rounding.
 
   A new family subclasses :class:`Format`, implements these, and every public function takes it.
@@ -146,7 +147,14 @@ class Format(abc.ABC):
     """Codes (:attr:`code_dtype`) of carrier values that are values of the format (from :meth:`round_values`)."""
 
   def decode_values(self, codes: jax.Array, carrier: Carrier) -> jax.Array:
-    """Carrier values of codes, by integer arithmetic (formats wider than :data:`TABLE_BITS`)."""
+    """Carrier values of codes (uint32, bits above :attr:`bits` zero), by integer arithmetic, rounded once to
+    nearest even into the carrier; NaN codes give the positive quiet NaN.
+
+    :func:`lpnum.decode` calls it for formats wider than :data:`TABLE_BITS`, and for narrower ones decoded into
+    float32 or float64 where :meth:`carrier_problem` is None (the carrier holds every value), instead of the
+    table lookup (a gather, slower); its results must then equal the table's bit for bit. Formats without it (the default raises
+    NotImplementedError) decode through the table.
+    """
     raise NotImplementedError(f"{self.name}: no arithmetic decoder")
 
   def check_overflow(self, overflow: Overflow) -> None:

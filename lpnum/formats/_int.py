@@ -121,6 +121,15 @@ class IntFormat(Format):
     mask = (1 << self.bits) - 1
     return (y.astype(jnp.int32) & mask).astype(self.code_dtype)
 
+  def decode_values(self, codes, carrier):
+    v = codes.astype(jnp.uint32)
+    if self.signed:
+      shift = 32 - self.bits
+      v = (v.astype(jnp.int32) << shift) >> shift  # arithmetic shift: sign extension
+      if self.narrow:
+        v = jnp.maximum(v, int(self.min_value))
+    return v.astype(carrier.dtype)
+
 
 def _wrap(r, negative, c: Carrier, fmt: IntFormat) -> jax.Array:
   """The integer magnitude ``r`` (carrier bits) with the sign, reduced modulo 2^bits into the format's range."""
