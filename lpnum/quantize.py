@@ -129,11 +129,10 @@ def _decode_jit(bits, fmt, dtype):
 
 
 def _decodes_exactly(fmt: Format, carrier: Carrier) -> bool:
-  """Whether ``fmt.decode_values`` gives the table's values: it exists and ``carrier`` holds every value (values
-  of at most :data:`TABLE_BITS` bits have at most 16 significant bits, so float32 and float64 hold them where
-  they hold the extremes)."""
-  return (type(fmt).decode_values is not Format.decode_values and carrier.mantissa_bits >= TABLE_BITS
-          and fmt.carrier_problem(carrier) is None)
+  """Whether ``fmt`` decodes by arithmetic into ``carrier``: its family does so faster than the table, and
+  ``carrier`` holds every value (values of at most :data:`TABLE_BITS` bits have at most 16 significant bits, so
+  float32 and float64 hold them where they hold the extremes)."""
+  return fmt.arithmetic_decode and carrier.mantissa_bits >= TABLE_BITS and fmt.carrier_problem(carrier) is None
 
 
 def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):

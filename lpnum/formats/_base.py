@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,10 @@ class Format(abc.ABC):
   """
 
   name: str
+
+  #: Whether :meth:`decode_values` beats the value-table lookup (a gather) for this family, so that
+  #: :func:`lpnum.decode` uses it for formats of at most :data:`TABLE_BITS` bits where it is exact.
+  arithmetic_decode: ClassVar[bool] = False
 
   #: Width of a code in bits.
   bits: int
@@ -150,10 +155,10 @@ class Format(abc.ABC):
     """Carrier values of codes (uint32, bits above :attr:`bits` zero), by integer arithmetic, rounded once to
     nearest even into the carrier; NaN codes give the positive quiet NaN.
 
-    :func:`lpnum.decode` calls it for formats wider than :data:`TABLE_BITS`, and for narrower ones decoded into
-    float32 or float64 where :meth:`carrier_problem` is None (the carrier holds every value), instead of the
-    table lookup (a gather, slower); its results must then equal the table's bit for bit. Formats without it (the default raises
-    NotImplementedError) decode through the table.
+    :func:`lpnum.decode` calls it for formats wider than :data:`TABLE_BITS`, and, where
+    :attr:`arithmetic_decode` is set, for narrower ones decoded into float32 or float64 whose
+    :meth:`carrier_problem` is None (the carrier holds every value), instead of the table lookup; its results must
+    then equal the table's bit for bit.
     """
     raise NotImplementedError(f"{self.name}: no arithmetic decoder")
 
@@ -186,10 +191,11 @@ def table_decode(fmt: Format, codes: jax.Array, dtype: np.dtype) -> jax.Array:
   return jnp.asarray(table)[idx]
 
 
+@functools.lru_cache(maxsize=None)
 def facts_problem(fmt: Format, carrier: Carrier, precision_bits: int | None = None) -> str | None:
   """Why values of ``fmt`` may not be representable in ``carrier``'s dtype, or None: its extreme values must be
   carrier values and its precision (``precision_bits``, if given) at most the carrier's. The families'
-  :meth:`Format.carrier_problem` call it."""
+  :meth:`Format.carrier_problem` call it (at every call of the public functions: cached per format)."""
   if precision_bits is not None and precision_bits > carrier.mantissa_bits:
     return f"it carries {precision_bits} mantissa bits and {carrier.dtype} only {carrier.mantissa_bits}"
   for fact in ("max_finite", "min_positive", "min_value"):

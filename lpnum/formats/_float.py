@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import enum
 import math
 
@@ -54,6 +55,8 @@ class FloatFormat(Format):
     >>> fmt.max_finite, fmt.min_positive
     (448.0, 0.001953125)
   """
+
+  arithmetic_decode: ClassVar[bool] = True
 
   exponent_bits: int
   mantissa_bits: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,8 @@ class IntFormat(Format):
     >>> IntFormat(bits=4).max_finite, IntFormat(bits=4).min_value
     (7.0, -8.0)
   """
+
+  arithmetic_decode: ClassVar[bool] = True
 
   bits: int
   signed: bool = True
