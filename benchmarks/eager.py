@@ -38,7 +38,7 @@ from ._report import (QuickDefault, arg_parser, figure_values, format_targets, l
                       parse_args, ratio, table, target, times, write_json)
 from ._timing import Candidate, error_reason, failure, peak_growth, time_fns
 from .formats import FAMILIES, REPRESENTATIVE, spread
-from .scaled import CASES, QUICK_CASES, Case
+from .scaled import CASES, Case
 
 #: Operations on a plain format, and on a block-scaled one.
 FORMAT_OPS: tuple[str, ...] = ("quantize", "encode", "decode")
@@ -46,6 +46,8 @@ SCALED_OPS: tuple[str, ...] = ("quantize_scaled", "dequantize", "fake_quantize")
 #: Shapes of the scaled cases.
 SCALED_SHAPE: tuple[int, int] = (4096, 4096)
 QUICK_SCALED_SHAPE: tuple[int, int] = (256, 256)
+#: The scaled cases of ``--quick``.
+QUICK_CASES: tuple[str, ...] = ("mxfp4_e2m1", "nvfp4")
 #: Peak memory is the median of this many calls.
 PEAK_REPEATS = 3
 
