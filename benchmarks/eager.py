@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import lpnum
+from lpnum.carrier import F32
 from lpnum.results import progress
 
 from ._report import (QuickDefault, arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms,
                       parse_args, ratio, table, target, times, write_json)
-from ._timing import Candidate, error_reason, failure, peak_growth, time_fns
+from ._timing import Candidate, failure, peak_growth, time_fns
 from .formats import FAMILIES, REPRESENTATIVE, spread
 from .scaled import CASES, Case
 
@@ -97,27 +98,28 @@ def measure(fn: Callable[..., Any], arg: Any, values: int, *, repeats: int) -> d
 
 
 def bench_format(fmt: lpnum.Format, base: jax.Array, *, repeats: int) -> list[dict[str, Any]]:
-  """The records of ``quantize``, ``encode`` and ``decode`` for one format."""
+  """The records of ``quantize``, ``encode`` and ``decode`` for one format (in that order, so that each eager first
+  call is the first of its operation)."""
   x = jax.block_until_ready(base * np.float32(spread(fmt)))
   head = {"format": fmt.name, "family": FAMILIES[type(fmt)], "bits": fmt.bits, "values": int(x.size)}
-  try:
-    codes = jax.block_until_ready(lpnum.encode(x, fmt))
-  except ValueError as e:  # the format refuses float32 input
-    return [{**head, "op": op, "candidates": {"eager": failure("skipped", error_reason(e))}} for op in FORMAT_OPS]
+  why = fmt.carrier_problem(F32)
+  if why is not None:  # the format refuses float32 input
+    return [{**head, "op": op, "candidates": {"eager": failure("skipped", why)}} for op in FORMAT_OPS]
   records = []
   for op in FORMAT_OPS:
-    arg = codes if op == "decode" else x
+    arg = jax.block_until_ready(lpnum.encode(x, fmt)) if op == "decode" else x
     records.append({**head, "op": op, **measure(_format_op(op, fmt), arg, x.size, repeats=repeats)})
   return records
 
 
 def bench_case(case: Case, x: jax.Array, *, repeats: int) -> list[dict[str, Any]]:
   """The records of ``quantize_scaled``, ``dequantize`` and ``fake_quantize`` for one scaled case."""
-  q = jax.block_until_ready(lpnum.quantize_scaled(x, case.fmt))
   head = {"format": case.name, "family": case.kind, "values": int(x.size)}
-  return [{**head, "op": op, **measure(_scaled_op(op, case.fmt), q if op == "dequantize" else x, x.size,
-                                       repeats=repeats)}
-          for op in SCALED_OPS]
+  records = []
+  for op in SCALED_OPS:
+    arg = jax.block_until_ready(lpnum.quantize_scaled(x, case.fmt)) if op == "dequantize" else x
+    records.append({**head, "op": op, **measure(_scaled_op(op, case.fmt), arg, x.size, repeats=repeats)})
+  return records
 
 
 # ---- targets and printing ---------------------------------------------------------------------------------------
