@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import enum
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
