@@ -4,11 +4,13 @@ A measurement is a dict ``{"status": "ok", "compile_s", "median_s", "min_s", "sa
 that could not be compiled or run is ``{"status": "fails", "reason"}``. A candidate timed on part of the input may
 add ``values`` (how many it was timed on) and ``scale`` (the factor to the full input). Compilation (or, for
 functions that are not jitted, a first warm call) is always timed apart from the samples, and every sample waits for
-its result with ``jax.block_until_ready`` (which also accepts numpy arrays).
+its result with ``jax.block_until_ready`` (which also accepts numpy arrays). :func:`peak_growth` measures the
+memory one call takes at its peak.
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +18,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["Candidate", "error_reason", "failure", "time_fn", "time_fns"]
+__all__ = ["Candidate", "error_reason", "failure", "peak_growth", "time_fn", "time_fns"]
 
 #: A function and the positional arguments to call it with.
 Candidate = tuple[Callable[..., Any], tuple[Any, ...]]
@@ -98,3 +100,35 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
   for name, (_, _, compile_s) in ready.items():
     results[name] = _summary(compile_s, samples[name])
   return {name: results[name] for name in candidates}
+
+
+def _status_kib(field: str) -> int:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_growth(fn: Callable[..., Any], *args: Any, repeats: int = 3) -> int | None:
+  """Bytes the process's resident set grows by at its peak during a call of ``fn(*args)`` (its result included);
+  the median over ``repeats`` calls. Call ``fn`` once before (compiling is not what this measures).
+
+  Linux only (None elsewhere): the kernel's high-water mark ``VmHWM`` is reset to the current resident set
+  (``/proc/self/clear_refs``) before each call and read after it. XLA's CPU buffers and numpy arrays count; memory
+  freed but kept by the allocator does not, so the figure is a lower bound where buffers are reused.
+  """
+  growths = []
+  for _ in range(repeats):
+    gc.collect()
+    try:
+      before = _status_kib("VmRSS")
+      with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    except OSError:
+      return None
+    out = fn(*args)
+    jax.block_until_ready(out)
+    growths.append(max(_status_kib("VmHWM") - before, 0) * 1024)
+    del out
+  return int(statistics.median(growths))

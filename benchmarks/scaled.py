@@ -35,6 +35,10 @@ candidates of a case are compiled and then timed side by side (interleaved round
   from ``torchao.prototype.mx_formats`` on the same data as a CPU torch tensor; NVFP4:
   ``NVFP4Tensor.to_nvfp4(t, 16, per_tensor_amax_to_scale(amax)).dequantize(torch.float32)``. torchao has no MXINT8.
 
+A second table times ``lpnum.dequantize`` of the QArray of the same array (MXFP8, MXFP4, NVFP4 and int4 in groups
+of 128 with float32 scales) side by side with the floor and with ``u8_to_f32``, a jitted ``codes.astype(float32)``
+of a uint8 array of the same shape: the least any decode that reads bytes and writes float32 can cost.
+
 Per-channel formats are ``lpnum.ScaledFormat(int8|int4, lpnum.per_channel(0))``: channel axis 0, so one scale per
 row of ``x``, reducing over the last axis; ``int8_per_column`` is ``lpnum.per_channel(-1)``, one scale per column
 (an ``(in, out)`` kernel's output channels), reducing over axis 0. Every library is given the same granularity.
@@ -116,6 +120,7 @@ QWIX_SPEEDUP_MIN = 1.5
 FLOOR_MAX = 2.0
 GFLOAT_SPEEDUP_MIN = 5.0
 CHANNEL_SPEEDUP_MIN = 1.0
+DEQUANTIZE_FLOOR_MAX = 0.7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +155,12 @@ CASES: tuple[Case, ...] = (
 )
 #: The cases of ``--quick``.
 QUICK_CASES: tuple[str, ...] = ("mxfp8_e4m3", "mxfp4_e2m1", "nvfp4", "int8_per_channel", "int8_per_column")
+
+#: The QArrays whose ``lpnum.dequantize`` is timed against the floor (name -> format).
+DEQUANTIZE_CASES: dict[str, str | lpnum.ScaledFormat] = {
+    "mxfp8_e4m3": "mxfp8_e4m3", "mxfp4_e2m1": "mxfp4_e2m1", "nvfp4": "nvfp4",
+    "int4_g128": lpnum.ScaledFormat("int4", lpnum.per_block(128)),
+}
 
 #: MX element dtypes (ml_dtypes), None for MXINT8.
 MX_DTYPES: dict[str, Any] = {
@@ -540,6 +551,20 @@ def xla_cpu_workarounds(x: jax.Array, *, repeats: int) -> dict[str, Any]:
          for row in (16, 64, 128)}}}
 
 
+def dequantize_vs_floor(x: jax.Array, *, repeats: int) -> dict[str, Any]:
+  """Times ``jax.jit(lpnum.dequantize)`` of each ``DEQUANTIZE_CASES`` QArray of ``x`` side by side with the floor
+  and ``u8_to_f32``; returns the candidates and each one's ratio to the floor."""
+  codes = jax.block_until_ready(jax.random.randint(jax.random.key(1), x.shape, 0, 256).astype(jnp.uint8))
+  runs: dict[str, Candidate] = {"floor": (_floor(), (x,)),
+                                "u8_to_f32": (jax.jit(lambda c: c.astype(jnp.float32)), (codes,))}
+  for name, fmt in DEQUANTIZE_CASES.items():
+    runs[name] = (jax.jit(lpnum.dequantize), (jax.block_until_ready(lpnum.quantize_scaled(x, fmt)),))
+  measured = time_fns(runs, repeats=repeats)
+  floor = median_s(measured["floor"])
+  return {"candidates": measured,
+          "ratio_to_floor": {name: ratio(median_s(m), floor) for name, m in measured.items() if name != "floor"}}
+
+
 # ---- figures and targets ----------------------------------------------------------------------------------------
 def figures(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Ratios of one case's medians (None where a side was not measured)."""
@@ -559,7 +584,7 @@ def _statuses(records: list[dict[str, Any]], name: str) -> dict[str, str]:
           for r in records}
 
 
-def evaluate_targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def evaluate_targets(records: list[dict[str, Any]], dequantize: dict[str, Any]) -> dict[str, dict[str, Any]]:
   """The speed targets, each judged on ratios of medians measured in the same interleaved run."""
   block = [r for r in records if r["kind"] in ("mx", "nvfp4")]
   channel = [r for r in records if r["kind"] == "per_channel"]
@@ -582,6 +607,10 @@ def evaluate_targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
                                  channel, "qwix", CHANNEL_SPEEDUP_MIN),
       "channel_vs_aqt": speedup("e2", "per-channel int8/int4 at least as fast as aqt (aqt / lpnum >= 1)",
                                 channel, "aqt", CHANNEL_SPEEDUP_MIN),
+      "dequantize_vs_floor": target(
+          "f", f"dequantize of MXFP8/MXFP4/NVFP4/int4-g128 QArrays <= {DEQUANTIZE_FLOOR_MAX}x the x*2 floor "
+          "(dequantize / floor)", {name: dequantize["ratio_to_floor"][name] for name in DEQUANTIZE_CASES},
+          DEQUANTIZE_FLOOR_MAX, at_least=False),
   }
 
 
@@ -628,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
   libs = load_libraries(args.quick)
   x = jax.block_until_ready(jax.random.normal(jax.random.key(0), shape, jnp.float32))
   records = [bench_case(case, x, libs, repeats=args.repeats) for case in progress(cases, "formats")]
-  targets = evaluate_targets(records)
+  dequantize = dequantize_vs_floor(x, repeats=args.repeats)
+  targets = evaluate_targets(records, dequantize)
   workarounds = xla_cpu_workarounds(x, repeats=args.repeats)
 
   print(f"Block-scaled fake quantization of a {shape[0]}x{shape[1]} float32 standard-normal array on "
@@ -636,6 +666,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "calls per candidate, compile excluded. Per-channel: one scale per row (lpnum.per_channel(0), reducing over "
         "the last axis); per-column: lpnum.per_channel(-1), reducing over axis 0; the same for every library.")
   print(format_tables(records))
+  print("\nDequantize of a QArray against the floor (jitted; u8_to_f32: a uint8 array to float32, the least a decode "
+        "that writes float32 can cost):")
+  print(table(("candidate", "ms", "ratio to floor"),
+              [(name, ms(m), times(dequantize["ratio_to_floor"].get(name)) if name != "floor" else "")
+               for name, m in dequantize["candidates"].items()]))
   print("\nXLA-CPU workarounds (lpnum.scaled.xla_cpu) against what they replace (ratio > 1: the workaround pays):")
   print(table(("measure", "ratio"), [(k, times(v)) for k, v in workarounds["figures"].items()]))
   print(table(("pass", "ms"), [(k, ms(v)) for k, v in workarounds["candidates"].items()]))
@@ -653,6 +688,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
       "candidates": CANDIDATE_DOCS,
       "formats": records,
       "targets": targets,
+      "dequantize": dequantize,
       "xla_cpu": workarounds,
   }
   return write_json("scaled", payload, args.out)

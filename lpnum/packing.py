@@ -174,6 +174,17 @@ def _unpack(packed: jax.Array, bits: int, length: int, axis: int, dtype: np.dtyp
   x = jnp.moveaxis(packed, axis, -1)
   lead = x.shape[:-1]
   groups = size // group_bytes
+  if group_codes in (1, 2, 4) and group_bytes == 1:  # 8, 4 or 2 bits: each code to a byte of one word
+    byte = (x.astype(jnp.uint32) & np.uint32(0xFF)).reshape(*lead, groups, 1)
+    word = jnp.zeros(byte.shape, jnp.uint32)
+    for i in range(group_codes):
+      word = word | (((byte >> np.uint32(bits * i)) & np.uint32((1 << bits) - 1)) << np.uint32(8 * i))
+    word = word.astype(np.dtype(f"uint{8 * group_codes}"))
+    # A word of g bytes viewed as g bytes (code i in byte i: XLA's bitcast is little-endian on every backend jax
+    # runs on) gives the codes in order without the interleaving loop below, which XLA on the CPU runs slowly.
+    codes = jax.lax.bitcast_convert_type(word[..., 0], jnp.uint8) if group_codes > 1 else word[..., 0]
+    codes = codes.reshape(*lead, groups * group_codes)[..., :length]
+    return jnp.moveaxis(codes.astype(dtype), -1, axis)
   x = (x.astype(jnp.uint32) & np.uint32(0xFF)).reshape(*lead, groups, group_bytes)
 
   if bits * group_codes <= 32:

@@ -1,4 +1,10 @@
-"""The public quantize / encode / decode functions: validate at trace time, then call the format's hooks."""
+"""The public quantize / encode / decode functions: validate at call time, then call the format's hooks.
+
+Each function checks its arguments in Python, then runs one jitted computation, compiled once per static
+configuration (format, rounding and overflow modes, ``stochastic_bits``, dtype; formats are frozen values, so
+equal formats share it) and input shape: an eager call runs as fast as a jitted one. Inside ``jax.jit``,
+``vmap`` or ``grad`` the inner jit is inlined.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from lpnum.carrier import F32, F64, INPUT_CARRIERS, carrier_for, float32_odd, sticky_in_float32
+from lpnum.carrier import F32, F64, INPUT_CARRIERS, Carrier, carrier_for, float32_odd, sticky_in_float32
 from lpnum.rounding import Overflow, Rounding, check_rounding_key, random_bits
 from lpnum.formats import TABLE_BITS, Format, PositFormat, as_format, table_decode
 from lpnum.validate import as_array, as_dtype, check_int, is_concrete
 
 __all__ = ["quantize", "encode", "decode"]
-
 
 
 def quantize(
@@ -74,7 +79,7 @@ def quantize(
     [0.3125, 448.0, 448.0]
   """
   x, fmt, mode, ov, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
-  return _quantize_ste(x, key, fmt, mode, ov, stochastic_bits)
+  return _quantize_jit(x, key, fmt, mode, ov, stochastic_bits)
 
 
 def encode(
@@ -97,8 +102,7 @@ def encode(
     Array([ 56, 192], dtype=uint8)
   """
   x, fmt, mode, ov, stochastic_bits = _prepare(x, fmt, rounding, overflow, key, stochastic_bits)
-  y, carrier = _round_in_carrier(x, key, fmt, mode, ov, stochastic_bits)
-  return fmt.encode_values(y, carrier)
+  return _encode_jit(x, key, fmt, mode, ov, stochastic_bits)
 
 
 def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
@@ -118,9 +122,14 @@ def decode(bits: ArrayLike, fmt: Format | str, dtype: jax.typing.DTypeLike = jnp
   dtype = as_dtype("dtype", dtype, INPUT_CARRIERS)
   if dtype == np.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype=float64 needs jax_enable_x64")
-  if fmt.bits <= TABLE_BITS:
-    return table_decode(fmt, bits, dtype)
+  return _decode_jit(bits, fmt, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _decode_jit(bits, fmt, dtype):
   carrier = INPUT_CARRIERS[dtype]
+  if fmt.bits <= TABLE_BITS and not _decodes_exactly(fmt, carrier):
+    return table_decode(fmt, bits, dtype)
   mask = np.uint32((1 << fmt.bits) - 1)
   return fmt.decode_values(bits.astype(jnp.uint32) & mask, carrier)
 
@@ -138,12 +147,23 @@ def _as_codes(bits, fmt: Format) -> jax.Array:
   if not jnp.issubdtype(bits.dtype, jnp.integer):
     raise TypeError(f"bits must be an integer array of codes, got dtype {bits.dtype}")
   if is_concrete(bits) and np.size(bits):
-    host = np.asarray(bits)
-    lo, hi = host.min(), host.max()
+    lo, hi = (int(v) for v in (_min_max(bits) if isinstance(bits, jax.Array) else (bits.min(), bits.max())))
     if lo < 0 or hi >= 1 << fmt.bits:
       bad = lo if lo < 0 else hi
       raise ValueError(f"bits holds {int(bad)}, not a code of {fmt.name} (codes are 0 .. {(1 << fmt.bits) - 1})")
   return jnp.asarray(bits)
+
+
+@jax.jit
+def _min_max(bits):
+  return jnp.min(bits), jnp.max(bits)
+
+
+def _decodes_exactly(fmt: Format, carrier: Carrier) -> bool:
+  """Whether ``fmt`` decodes by arithmetic into ``carrier``: its family does so faster than the table, and
+  ``carrier`` holds every value (values of at most :data:`TABLE_BITS` bits have at most 16 significant bits, so
+  float32 and float64 hold them where they hold the extremes)."""
+  return fmt.arithmetic_decode and carrier.mantissa_bits >= TABLE_BITS and fmt.carrier_problem(carrier) is None
 
 
 def _prepare(x, fmt, rounding, overflow, key, stochastic_bits):
@@ -216,6 +236,17 @@ def _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits):
   carrier = carrier_for(x.dtype)
   rand = random_bits(key, x.shape) if mode is Rounding.STOCHASTIC else None
   return fmt.round_values(x.astype(carrier.dtype), carrier, mode, overflow, rand, stochastic_bits), carrier
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _quantize_jit(x, key, fmt, mode, overflow, stochastic_bits):
+  return _quantize_ste(x, key, fmt, mode, overflow, stochastic_bits)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _encode_jit(x, key, fmt, mode, overflow, stochastic_bits):
+  y, carrier = _round_in_carrier(x, key, fmt, mode, overflow, stochastic_bits)
+  return fmt.encode_values(y, carrier)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import enum
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,8 @@ import numpy as np
 from lpnum.carrier import Carrier
 from lpnum.rounding import Overflow, Rounding
 
-#: Formats up to this width decode through a table of all their values.
+#: Formats up to this width have a table of all their values (:meth:`Format.values`); :func:`lpnum.decode` looks
+#: their codes up in it unless the format decodes them exactly by arithmetic (:meth:`Format.decode_values`).
 TABLE_BITS = 16
 
 #: The native dtype of each format that has one; filled by the preset table (``_table``), where names live.
@@ -42,14 +44,18 @@ class Format(abc.ABC):
   * :meth:`round_values`: carrier values to the nearest values of the format under a rounding and an overflow
     mode, as carrier values;
   * :meth:`encode_values`: values of the format (the output of :meth:`round_values`) to their codes;
-  * :meth:`decode_values`: codes to carrier values with integer arithmetic (formats wider than
-    :data:`TABLE_BITS`, which do not decode through a table);
+  * :meth:`decode_values`: codes to carrier values with integer arithmetic (required of formats wider than
+    :data:`TABLE_BITS`; narrower ones without it decode through their value table);
   * :meth:`check_overflow` and :meth:`carrier_problem`: what a caller must check before rounding.
 
   A new family subclasses :class:`Format`, implements these, and every public function takes it.
   """
 
   name: str
+
+  #: Whether :meth:`decode_values` beats the value-table lookup (a gather) for this family, so that
+  #: :func:`lpnum.decode` uses it for formats of at most :data:`TABLE_BITS` bits where it is exact.
+  arithmetic_decode: ClassVar[bool] = False
 
   #: Width of a code in bits.
   bits: int
@@ -163,7 +169,14 @@ class Format(abc.ABC):
     """Codes (:attr:`code_dtype`) of carrier values that are values of the format (from :meth:`round_values`)."""
 
   def decode_values(self, codes: jax.Array, carrier: Carrier) -> jax.Array:
-    """Carrier values of codes, by integer arithmetic (formats wider than :data:`TABLE_BITS`)."""
+    """Carrier values of codes (uint32, bits above :attr:`bits` zero), by integer arithmetic, rounded once to
+    nearest even into the carrier; NaN codes give the positive quiet NaN.
+
+    :func:`lpnum.decode` calls it for formats wider than :data:`TABLE_BITS`, and, where
+    :attr:`arithmetic_decode` is set, for narrower ones decoded into float32 or float64 whose
+    :meth:`carrier_problem` is None (the carrier holds every value), instead of the table lookup; its results must
+    then equal the table's bit for bit.
+    """
     raise NotImplementedError(f"{self.name}: no arithmetic decoder")
 
   #: The overflow modes the family takes (:meth:`check_overflow`).
@@ -202,10 +215,11 @@ def table_decode(fmt: Format, codes: jax.Array, dtype: np.dtype) -> jax.Array:
   return jnp.asarray(table)[idx]
 
 
+@functools.lru_cache(maxsize=None)
 def facts_problem(fmt: Format, carrier: Carrier, precision_bits: int | None = None) -> str | None:
   """Why values of ``fmt`` may not be representable in ``carrier``'s dtype, or None: its extreme values must be
   carrier values and its precision (``precision_bits``, if given) at most the carrier's. The families'
-  :meth:`Format.carrier_problem` call it."""
+  :meth:`Format.carrier_problem` call it (at every call of the public functions: cached per format)."""
   if precision_bits is not None and precision_bits > carrier.mantissa_bits:
     return f"it carries {precision_bits} mantissa bits and {carrier.dtype} only {carrier.mantissa_bits}"
   for fact in ("max_finite", "min_positive", "min_value"):

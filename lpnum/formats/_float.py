@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,8 @@ class FloatFormat(Format):
     >>> fmt.max_finite, fmt.min_positive
     (448.0, 0.001953125)
   """
+
+  arithmetic_decode: ClassVar[bool] = True
 
   exponent_bits: int
   mantissa_bits: int
@@ -263,16 +266,41 @@ class FloatFormat(Format):
     codes = codes.astype(jnp.uint32)
     negative = ((codes >> nb) & 1) == 1 if self.signed else jnp.zeros(codes.shape, bool)
     mag = codes & np.uint32((1 << nb) - 1)
-    e_field = (mag >> m).astype(jnp.int32)
-    m_field = mag & np.uint32((1 << m) - 1)
-    normal = (e_field > 0) | (not self.has_subnormals)
-    sig = jnp.where(normal, m_field | np.uint32(1 << m), m_field)
-    # Exponent of the leading bit: for subnormals, from the position of the top set bit.
-    lead = 31 - jax.lax.clz(sig).astype(jnp.int32)
-    e = jnp.where(normal, e_field - self.bias, lead - m + 1 - self.bias)
-    sig = jnp.where(normal, sig, sig << jnp.clip(m - lead, 0, 31).astype(jnp.uint32))
-    y = compose(negative, e, sig, m, c)
-    y = jnp.where(negative & (mag == 0) & ~jnp.asarray(self.has_negative_zero), jnp.zeros_like(y), y)
+    if self._normal_in(c):
+      y = self._decode_fields(negative, mag, c)
+    else:
+      e_field = (mag >> m).astype(jnp.int32)
+      m_field = mag & np.uint32((1 << m) - 1)
+      normal = (e_field > 0) | (not self.has_subnormals)
+      sig = jnp.where(normal, m_field | np.uint32(1 << m), m_field)
+      # Exponent of the leading bit: for subnormals, from the position of the top set bit.
+      lead = 31 - jax.lax.clz(sig).astype(jnp.int32)
+      e = jnp.where(normal, e_field - self.bias, lead - m + 1 - self.bias)
+      sig = jnp.where(normal, sig, sig << jnp.clip(m - lead, 0, 31).astype(jnp.uint32))
+      y = compose(negative, e, sig, m, c)
+    if self.signed and self.has_zero and not self.has_negative_zero:
+      y = jnp.where(negative & (mag == 0), jnp.zeros_like(y), y)
     is_nan, is_inf = self.special_codes(negative, mag, jnp)
     inf = jnp.where(negative, -jnp.inf, jnp.inf).astype(c.dtype)
     return jnp.where(is_nan, jnp.asarray(np.nan, c.dtype), jnp.where(is_inf, inf, y))
+
+  def _normal_in(self, c: Carrier) -> bool:
+    """Whether every nonzero value is a normal ``c`` number (so that codes map to ``c``'s fields directly)."""
+    lowest = self.emin - (self.mantissa_bits if self.has_subnormals else 0)
+    return self.mantissa_bits <= c.mantissa_bits and lowest >= 1 - c.bias and self.emax <= c.bias
+
+  def _decode_fields(self, negative, mag, c: Carrier) -> jax.Array:
+    """Values of magnitude codes ``mag`` (signs ``negative``) as ``c`` floats built from their fields, for formats
+    ``_normal_in(c)``; special codes give garbage (the caller replaces them).
+
+    A normal code's exponent and mantissa fields move into ``c``'s (the exponent rebiased); a subnormal code is its
+    mantissa field times ``2^(1 - bias - m)``, an exact product with a normal result.
+    """
+    m = self.mantissa_bits
+    wide = mag.astype(c.utype)
+    bits = (wide << c.u(c.mantissa_bits - m)) + c.u((c.bias - self.bias) << c.mantissa_bits)
+    if self.has_subnormals:
+      sub = wide.astype(c.dtype) * c.dtype.type(2.0 ** (1 - self.bias - m))
+      bits = jnp.where(mag < np.uint32(1 << m), jax.lax.bitcast_convert_type(sub, c.utype), bits)
+    bits = bits | (negative.astype(c.utype) << c.u(c.width - 1))
+    return jax.lax.bitcast_convert_type(bits, c.dtype)

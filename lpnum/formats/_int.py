@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,8 @@ class IntFormat(Format):
     >>> IntFormat(bits=4).max_finite, IntFormat(bits=4).min_value
     (7.0, -8.0)
   """
+
+  arithmetic_decode: ClassVar[bool] = True
 
   bits: int
   signed: bool = True
@@ -121,6 +124,15 @@ class IntFormat(Format):
   def encode_values(self, y, carrier):
     mask = (1 << self.bits) - 1
     return (y.astype(jnp.int32) & mask).astype(self.code_dtype)
+
+  def decode_values(self, codes, carrier):
+    v = codes.astype(jnp.uint32)
+    if self.signed:
+      shift = 32 - self.bits
+      v = (v.astype(jnp.int32) << shift) >> shift  # arithmetic shift: sign extension
+      if self.narrow:
+        v = jnp.maximum(v, int(self.min_value))
+    return v.astype(carrier.dtype)
 
 
 def _wrap(r, negative, c: Carrier, fmt: IntFormat) -> jax.Array:

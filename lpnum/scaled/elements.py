@@ -60,7 +60,8 @@ jax.tree_util.register_dataclass(
     meta_fields=[])
 
 
-def by_scaling(compute, xb: jax.Array, s: Scales, fmt: ScaledFormat, mode: Rounding | None) -> jax.Array:
+def by_scaling(compute, xb: jax.Array, s: Scales, fmt: ScaledFormat, mode: Rounding | None, *,
+               rows: bool = True) -> jax.Array:
   """``compute(plain, xb, s)``, the elementwise pass (rounding elements with ``mode``, or None for none), with
   ``plain=True`` where every block allows it.
 
@@ -70,7 +71,8 @@ def by_scaling(compute, xb: jax.Array, s: Scales, fmt: ScaledFormat, mode: Round
   near the ends of float32's range; see ``plain_for_rounding`` and ``plain_exact``), a conditional
   runs the plain pass, else the exact one. Elements are rounded only to nearest even, and only float and integer
   elements (whose rounding takes values below 2^-102 to zero). The conditional's pass runs over rows of 32 to 64
-  elements where the blocks allow it (``row_view``).
+  elements where the blocks allow it (``row_view``) and ``rows`` is true (false where ``xb`` is not laid out as
+  the elements, e.g. packed codes that ``compute`` unpacks).
   """
   if xb.size == 0:
     return compute(False, xb, s)
@@ -82,7 +84,7 @@ def by_scaling(compute, xb: jax.Array, s: Scales, fmt: ScaledFormat, mode: Round
   # Inside the conditional the exact branch derives its factors per element: computing them per block there made
   # the plain branch slower (the factors then cross the conditional as extra operands), and the exact branch is
   # the rare one.
-  view = row_view(xb, s)
+  view = row_view(xb, s) if rows else None
   if view is None:
     return cond(ok, functools.partial(compute, True), functools.partial(compute, False), xb, s)
   xr, sr, width, spread = view

@@ -93,11 +93,8 @@ def dequantize(q: QArray, dtype: jax.typing.DTypeLike | None = None) -> jax.Arra
 @functools.partial(jax.jit, static_argnums=1)
 def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
   fmt = q.fmt
-  codes = q.element_codes
+  bits = fmt.element.bits
   padded = blocks.check_fit(q.shape, q.block, True)
-  if padded != q.shape:
-    codes = jnp.pad(codes, [(0, p - d) for d, p in zip(q.shape, padded)])
-  cb = blocks.to_blocks(codes, q.block, padded)
   expand = lambda a: None if a is None else jnp.expand_dims(a, blocks.block_axes(len(q.shape)))
   s = per_block(lambda c, z, t: scales_from_codes(fmt, c, z, t), q.scales.size,
                  expand(q.scales), expand(q.zero_point), q.tensor_scale)
@@ -107,6 +104,19 @@ def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
   def decode(plain, cb, s):
     return apply_scale(decode_f32(fmt.element, cb), s, fmt, target, plain)
 
+  if q.shape and padded == q.shape and packing.packed_length(q.block[-1], bits) * 8 == q.block[-1] * bits:
+    # Each block's codes fill whole bytes: the pass reads the packed bytes and unpacks them itself (one pass over
+    # the codes instead of two).
+    def unpack_decode(plain, pb, s):
+      return decode(plain, packing.unpack(pb, bits, pb.shape[-1] * 8 // bits), s)
+
+    pblock = q.block[:-1] + (q.block[-1] * bits // 8,)
+    pb = blocks.to_blocks(q.data, pblock, q.data.shape)
+    return blocks.from_blocks(by_scaling(unpack_decode, pb, s, fmt, None, rows=False), q.shape)
+  codes = q.element_codes
+  if padded != q.shape:
+    codes = jnp.pad(codes, [(0, p - d) for d, p in zip(q.shape, padded)])
+  cb = blocks.to_blocks(codes, q.block, padded)
   return blocks.from_blocks(by_scaling(decode, cb, s, fmt, None), q.shape)
 
 

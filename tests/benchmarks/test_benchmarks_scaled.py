@@ -57,7 +57,15 @@ def test_scaled_quick(tmp_path, capsys):
     assert by_name[name]["agreement"]["fraction_within_2ulp"]["jnp"] > 0.99
 
   targets = results["targets"]
-  assert set(targets) == {"vs_jnp", "vs_qwix", "vs_floor", "vs_gfloat", "channel_vs_qwix", "channel_vs_aqt"}
+  assert set(targets) == {"vs_jnp", "vs_qwix", "vs_floor", "vs_gfloat", "channel_vs_qwix", "channel_vs_aqt",
+                          "dequantize_vs_floor"}
+  dequantize = results["dequantize"]
+  assert set(dequantize["candidates"]) == {"floor", "u8_to_f32", *scaled.DEQUANTIZE_CASES}
+  for m in dequantize["candidates"].values():
+    check_measurement(m)
+    assert m["status"] == "ok"
+  assert set(targets["dequantize_vs_floor"]["values"]) == set(scaled.DEQUANTIZE_CASES)
+  assert targets["dequantize_vs_floor"]["status"] in ("PASS", "FAIL")
   for key in ("vs_jnp", "vs_floor"):
     t = targets[key]
     assert t["status"] in ("PASS", "FAIL")
@@ -67,4 +75,4 @@ def test_scaled_quick(tmp_path, capsys):
     assert targets[key]["status"] == "N/A" and targets[key]["not_measured"]
 
   out = capsys.readouterr().out
-  assert "lpnum/floor" in out and "(a) MX/NVFP4" in out and "(e2) per-channel" in out
+  assert "lpnum/floor" in out and "(a) MX/NVFP4" in out and "(e2) per-channel" in out and "(f) dequantize" in out
