@@ -9,7 +9,6 @@ equal formats share it) and input shape: an eager call runs as fast as a jitted 
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ from jax.typing import ArrayLike
 from lpnum.carrier import F32, F64, INPUT_CARRIERS, Carrier, carrier_for, float32_odd, sticky_in_float32
 from lpnum.rounding import Overflow, Rounding, check_rounding_key, random_bits
 from lpnum.formats import TABLE_BITS, Format, PositFormat, as_format, table_decode
-from lpnum.validate import as_array, as_dtype, check_int, is_concrete
+from lpnum.validate import as_array, as_dtype, check_int, float32_with_warning, host_float64, is_concrete
 
 __all__ = ["quantize", "encode", "decode"]
 
@@ -192,24 +191,13 @@ def _float64_on_host(x, fmt: Format):
   """Float64 values held on the host (NumPy float64 arrays, Python floats) when ``jax_enable_x64`` is off, made
   float32 so that they are still rounded once: to odd (:func:`lpnum.carrier.float32_odd`) where that is exact for
   ``fmt``; else to nearest, with a warning where that changes a value. Anything else passes unchanged."""
-  if jax.config.jax_enable_x64:
-    return x
-  if isinstance(x, float | list | tuple):
-    try:
-      x = np.asarray(x, np.float64)
-    except (TypeError, ValueError):
-      return x  # as_array names the problem
-  if not isinstance(x, np.ndarray | np.float64) or np.dtype(x.dtype) != np.float64:
+  host = None if jax.config.jax_enable_x64 else host_float64(x)
+  if host is None:
     return x
   if _rounds_once_through_float32(fmt):
-    return float32_odd(x)
-  with np.errstate(over="ignore"):
-    near = np.asarray(x).astype(np.float32)
-  if not np.array_equal(near.astype(np.float64), x, equal_nan=True):
-    warnings.warn(f"x is float64 but jax_enable_x64 is off: its values are rounded to float32 before {fmt.name}, "
-                  "which can differ from rounding them once; enable jax_enable_x64 to round float64 inputs once",
-                  UserWarning, stacklevel=4)
-  return near
+    return float32_odd(host)
+  return float32_with_warning(host, f"jax_enable_x64 is off, so its values are rounded to float32 before {fmt.name}, "
+                              "which can differ from rounding them once; enable jax_enable_x64 to round them once")
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,6 +9,7 @@ values pass, with the documented behaviour of the function (NaN out for a non-po
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Collection
 
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["check_flag", "check_int", "check_number", "check_axis", "check_key", "check_positive", "as_array",
-           "as_float_array", "as_dtype", "is_concrete", "short"]
+           "as_float_array", "as_dtype", "is_concrete", "short", "host_float64", "float32_with_warning"]
 
 
 def short(value: object, limit: int = 60) -> str:
@@ -167,3 +168,26 @@ def as_dtype(name: str, value: object, allowed: Collection[np.dtype]) -> np.dtyp
   if dtype not in allowed:
     raise TypeError(f"{name}={dtype.name} must be one of {[np.dtype(d).name for d in allowed]}")
   return dtype
+
+
+def host_float64(x: object) -> np.ndarray | None:
+  """``x`` as a NumPy float64 array if it holds float64 values on the host (a float64 NumPy array or scalar, a
+  Python float or a sequence of numbers), else None (JAX arrays, other dtypes, and malformed input, which
+  :func:`as_array` names)."""
+  if isinstance(x, float | list | tuple) and not isinstance(x, bool):
+    try:
+      x = np.asarray(x, np.float64)
+    except (TypeError, ValueError):
+      return None
+  if isinstance(x, np.ndarray | np.float64) and np.dtype(x.dtype) == np.float64:
+    return np.asarray(x)
+  return None
+
+
+def float32_with_warning(x: np.ndarray, why: str) -> np.ndarray:
+  """float64 ``x`` rounded to float32 (nearest even), with a UserWarning saying ``why`` where a value changes."""
+  with np.errstate(over="ignore"):
+    near = x.astype(np.float32)
+  if not np.array_equal(near.astype(np.float64), x, equal_nan=True):
+    warnings.warn(f"x is float64: {why}", UserWarning, stacklevel=5)
+  return near

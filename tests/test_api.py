@@ -65,7 +65,7 @@ def test_stochastic_needs_a_key_and_valid_bits():
 def test_unknown_format_and_wrong_fmt_type():
   with pytest.raises(ValueError, match="unknown format fmt='float7'"):
     lpnum.quantize(jnp.ones(3), "float7")
-  with pytest.raises(TypeError, match="fmt must be an lpnum format"):
+  with pytest.raises(TypeError, match="fmt=3.5 must be an lpnum format"):
     lpnum.quantize(jnp.ones(3), 3.5)
   with pytest.raises(ValueError, match="has no lpnum format"):
     lpnum.format_of(jnp.float32)

@@ -162,7 +162,7 @@ ENTRIES = [
     Entry("posit", lpnum.posit, {"n": 8, "es": 2}, {"n": not_int_in(2, 32), "es": not_int_in(0, 4)},
           positional=("n", "es")),
     Entry("FloatFormat", lpnum.FloatFormat, {"exponent_bits": 4, "mantissa_bits": 3, "bias": 7},
-          {"exponent_bits": not_int_in(1, 8), "mantissa_bits": not_int_in(0, 23), "bias": not_int_in(-1000, 1000),
+          {"exponent_bits": not_int_in(1, 8), "mantissa_bits": not_int_in(0, 23), "bias": not_int_in(-1100, 1100),
            "specials": st.one_of(_TEXT, st.integers(), st.none()), "signed": not_flag(),
            "has_subnormals": not_flag()}),
     Entry("IntFormat", lpnum.IntFormat, {"bits": 4}, {"bits": not_int_in(1, 32), "signed": not_flag(),

@@ -91,7 +91,8 @@ class FloatFormat(Format):
       raise ValueError(f"{self!r} has no positive finite value")
     lowest = self.emin - (self.mantissa_bits if self.has_subnormals else 0)
     if self.emax > _F64_EMAX or lowest < _F64_LOWEST:
-      raise ValueError(f"{self.name or self._default_name()} spans binades 2^{lowest} to 2^{self.emax}; lpnum holds "
+      raise ValueError(f"exponent_bits={self.exponent_bits} with bias={self.bias}: {self.name or self._default_name()} "
+                       f"spans binades 2^{lowest} to 2^{self.emax}; lpnum holds "
                        f"formats whose values are float64 values (2^{_F64_LOWEST} to 2^{_F64_EMAX})")
     if not self.name:
       object.__setattr__(self, "name", self._default_name())

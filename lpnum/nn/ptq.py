@@ -323,7 +323,7 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
   out = jax.tree_util.tree_map_with_path(convert, params, is_leaf=lambda x: isinstance(x, QuantizedKernel))
   for rule in rules:
     if rule not in used:
-      raise ValueError(f"rule {rule.pattern!r} matches no kernel in the params tree")
+      raise ValueError(f"rules: rule {rule.pattern!r} matches no kernel in the params tree")
   return out
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ from lpnum import blocks, packing
 from lpnum.carrier import F32, INPUT_CARRIERS
 from lpnum.qarray import QArray
 from lpnum.rounding import Rounding, check_rounding_key, random_bits
-from lpnum.validate import as_array, as_dtype, check_flag, check_positive, short
+from lpnum.validate import as_array, as_dtype, check_flag, check_positive, float32_with_warning, host_float64, short
 from lpnum.scaled import presets
 from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
 from lpnum.scaled.format import ScaledFormat
@@ -194,19 +193,11 @@ def _prepare(x, fmt, rounding, key, pad):
 def _float32_on_host(x):
   """Float64 values on the host (NumPy arrays, Python floats) as float32, with a warning where that changes a value:
   scaled formats compute in float32, so such inputs are rounded twice (this does not depend on x64)."""
-  if isinstance(x, float | list | tuple):
-    try:
-      x = np.asarray(x, np.float64)
-    except (TypeError, ValueError):
-      return x  # as_array names the problem
-  if not isinstance(x, np.ndarray | np.float64) or np.dtype(x.dtype) != np.float64:
+  host = host_float64(x)
+  if host is None:
     return x
-  with np.errstate(over="ignore"):
-    near = np.asarray(x).astype(np.float32)
-  if not np.array_equal(near.astype(np.float64), x, equal_nan=True):
-    warnings.warn("x is float64: scaled formats compute in float32, so its values are rounded to float32 first, "
-                  "which can differ from rounding them once", UserWarning, stacklevel=4)
-  return near
+  return float32_with_warning(host, "scaled formats compute in float32, so its values are rounded to float32 "
+                              "first, which can differ from rounding them once")
 
 
 def clip_range(x: ArrayLike, fmt: ScaledFormat, *, scale: ArrayLike | None = None,

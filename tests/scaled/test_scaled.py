@@ -353,7 +353,7 @@ def test_bad_inputs():
     lpnum.ScaledFormat("int4", scale_format="shift4")
   with pytest.raises(TypeError, match="q must be a QArray"):
     lpnum.dequantize(x)
-  with pytest.raises(TypeError, match="fmt must be a ScaledFormat"):
+  with pytest.raises(TypeError, match="fmt=3 must be a ScaledFormat"):
     lpnum.quantize_scaled(x, 3)
 
 
