@@ -168,7 +168,12 @@ def _check_project(name, limit=None, overflows=SATS + ("saturate", "non_saturati
     assert ok.all(), (name, mode, overflow, x[~ok][:5], got[~ok][:5], np.asarray(want)[~ok][:5])
 
 
-@pytest.mark.parametrize("name", SAMPLE)
+#: The sample of the sweep that the default run takes (a signed and an unsigned binary8 of each domain kind, p = 1 and
+#: a float64 format); the rest of SAMPLE runs with ``-m slow``.
+DEFAULT_SWEEP = ("binary8p4se", "binary8p3ue", "binary8p1se", "binary10p1se")
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT_SWEEP else pytest.param(n, marks=pytest.mark.slow) for n in SAMPLE])
 def test_rounding_and_saturation_against_the_report(name):
   _check_project(name, SAMPLE_INPUTS)
 

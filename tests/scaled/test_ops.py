@@ -89,8 +89,13 @@ def _leaves_same(a, b) -> None:
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
-@pytest.mark.parametrize("rounding", ["nearest_even", "stochastic"])
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+#: Cases of test_eager_equals_jit in the default run; the others (each a few seconds of compiling) run with -m slow.
+DEFAULT_EAGER = {("mxfp4", "nearest_even"), ("nvfp4", "stochastic"), ("uint4_asym", "nearest_even")}
+
+
+@pytest.mark.parametrize("case,rounding", [
+    pytest.param(CASES[c], r, id=f"{c}-{r}", marks=() if (c, r) in DEFAULT_EAGER else pytest.mark.slow)
+    for c in CASES for r in ("nearest_even", "stochastic")])
 def test_eager_equals_jit(case, rounding):
   x = jax.random.normal(jax.random.key(0), (64, 128), jnp.float32) * 3
   x = x.at[0, :3].set(jnp.array([jnp.nan, 1e-40, -0.0]))
