@@ -10,7 +10,6 @@ memory one call takes at its peak.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -119,8 +118,9 @@ def peak_growth(fn: Callable[..., Any], *args: Any, repeats: int = 3) -> int | N
   freed but kept by the allocator does not, so the figure is a lower bound where buffers are reused.
   """
   growths = []
+  # Results are freed by reference counting; no gc.collect, which costs seconds a call in a process holding many
+  # objects (a test session).
   for _ in range(repeats):
-    gc.collect()
     try:
       before = _status_kib("VmRSS")
       with open("/proc/self/clear_refs", "w") as f:

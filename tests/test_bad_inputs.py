@@ -307,7 +307,7 @@ def test_every_valid_call_runs():
 
 
 @pytest.mark.parametrize("entry,arg", _CASES, ids=[f"{e.name}:{a}" for e, a in _CASES])
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_malformed_argument_raises_a_clear_error(entry, arg, data):
   value = data.draw(entry.bad[arg], label=arg)

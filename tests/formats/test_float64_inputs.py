@@ -39,7 +39,8 @@ def _as_float(v) -> float:
 
 @pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "float6_e3m2fn", "bfloat16",
                                   "float16", "float8_e8m0fnu"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [m if m in ("nearest_even", "to_odd", "up") else pytest.param(m, marks=pytest.mark.slow)
+                                  for m in MODES])
 def test_float64_numpy_input_is_rounded_once_without_x64(name, mode):
   assert not jax.config.jax_enable_x64
   spec = ref.SPECS[name]

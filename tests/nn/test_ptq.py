@@ -123,14 +123,15 @@ def test_params_not_matching_the_model_name_the_path():
 
 @pytest.mark.parametrize("packed_as,applied_as,differ", [
     (lpnum.DotConfig.weight_only("int8"), lpnum.DotConfig.weight_only("int4"), "element.bits"),
-    (lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)),
-     lpnum.DotConfig.weight_only("uint4", lpnum.per_block(32)),
-     "element.signed"),
-    (lpnum.DotConfig.weight_only("mxfp8_e4m3"), lpnum.DotConfig.weight_only("mxfp8_e5m2"), "element.exponent_bits"),
+    pytest.param(lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)),
+                 lpnum.DotConfig.weight_only("uint4", lpnum.per_block(32)), "element.signed", marks=pytest.mark.slow),
+    pytest.param(lpnum.DotConfig.weight_only("mxfp8_e4m3"), lpnum.DotConfig.weight_only("mxfp8_e5m2"),
+                 "element.exponent_bits", marks=pytest.mark.slow),
     (lpnum.DotConfig.weight_only("nvfp4"),
      lpnum.DotConfig.weight_only(lpnum.nvfp4.format(axis=0, tensor_scale=False), lpnum.per_block(16)), "tensor_scale"),
-    (lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)), lpnum.DotConfig.weight_only("int4", lpnum.per_block(64)),
-     "granularity.sizes")])
+    pytest.param(lpnum.DotConfig.weight_only("int4", lpnum.per_block(32)),
+                 lpnum.DotConfig.weight_only("int4", lpnum.per_block(64)), "granularity.sizes",
+                 marks=pytest.mark.slow)])
 def test_packed_params_under_another_rule_name_the_layer_and_both_formats(packed_as, applied_as, differ):
   model, params = _mlp_params(64, 32, 8)
   q = lnn.ptq(params, [lnn.Rule(".*", packed_as)])

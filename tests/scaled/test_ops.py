@@ -90,7 +90,7 @@ def _leaves_same(a, b) -> None:
 
 
 #: Cases of test_eager_equals_jit in the default run; the others (each a few seconds of compiling) run with -m slow.
-DEFAULT_EAGER = {("mxfp4", "nearest_even"), ("nvfp4", "stochastic"), ("uint4_asym", "nearest_even")}
+DEFAULT_EAGER = {("mxfp4", "nearest_even"), ("nvfp4", "stochastic")}
 
 
 @pytest.mark.parametrize("case,rounding", [
