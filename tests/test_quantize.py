@@ -40,8 +40,12 @@ def _kwargs(rounding: str, overflow: str, fmt: lpnum.Format) -> dict:
   return kwargs
 
 
+#: Formats of test_eager_equals_jit in the default run (one per family); the others run with -m slow.
+DEFAULT_NAMES = ("float8_e4m3fn", "float4_e2m1fn", "binary8p3se", "int4", "posit16", "shift4")
+
+
 @pytest.mark.parametrize("rounding,overflow", MODES, ids=[m[0] for m in MODES])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n in DEFAULT_NAMES else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_eager_equals_jit(name, rounding, overflow):
   fmt = lpnum.get_format(name)
   x = _x()
