@@ -145,7 +145,9 @@ def _as_codes(bits, fmt: Format) -> jax.Array:
       raise TypeError(f"bits is not a rectangular array of integer codes ({err})") from None
   if not jnp.issubdtype(bits.dtype, jnp.integer):
     raise TypeError(f"bits must be an integer array of codes, got dtype {bits.dtype}")
-  if is_concrete(bits) and np.size(bits):
+  dt = np.dtype(bits.dtype)
+  holds_only_codes = dt.kind == "u" and dt.itemsize * 8 <= fmt.bits  # e.g. uint16 codes of a 16-bit format
+  if is_concrete(bits) and np.size(bits) and not holds_only_codes:
     lo, hi = (int(v) for v in (_min_max(bits) if isinstance(bits, jax.Array) else (bits.min(), bits.max())))
     if lo < 0 or hi >= 1 << fmt.bits:
       bad = lo if lo < 0 else hi
