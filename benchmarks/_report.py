@@ -183,7 +183,7 @@ def arg_parser(name: str, doc: str, *, quick: str, repeats: QuickDefault = Quick
     repeats: the default of ``--repeats``.
     repeats_help: what ``--repeats`` counts.
   """
-  parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.splitlines()[0])
+  parser = argparse.ArgumentParser(prog=f"lpnum bench {name}", description=doc.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help=quick)
   parser.add_argument("--repeats", type=int, default=repeats,
                       help=f"{repeats_help} (default {repeats.full}, {repeats.quick} with --quick)")
