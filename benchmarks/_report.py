@@ -134,7 +134,8 @@ def target(label: str, description: str, values: Mapping[str, float | None], thr
   Returns:
     The target's JSON record: ``label``, ``kind``, ``description``, ``threshold``; ``status`` ``PASS``,
     ``FAIL``, or ``N/A`` when nothing was measured; ``values`` and ``failures`` (name -> figure); ``worst``
-    (``{"format": name, "value": figure}``, or None); ``not_measured``: the names without a figure, sorted (or mapped to ``reasons``).
+    (``{"format": name, "value": figure}``, or None); ``not_measured``: the names without a figure, sorted (or
+    mapped to ``reasons``).
 
   Raises:
     ValueError: an unknown ``kind``.
