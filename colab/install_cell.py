@@ -26,10 +26,14 @@ _TEMPLATE = '''import importlib.metadata, importlib.util, os, re, subprocess, sy
 if importlib.util.find_spec("lpnum") is None:  # on Colab: install lpnum[colab], keeping the runtime's own JAX
     have = {{n: importlib.metadata.version(n) for n in ("jax", "jaxlib") if importlib.util.find_spec(n)}}
     if "jax" in have and tuple(map(int, re.findall(r"\\d+", have["jax"])[:3])) < {jax_min}:
-        raise RuntimeError(f"lpnum needs jax>={jax_min_text}; this runtime has jax {{have['jax']}}: install a newer JAX for its accelerator, restart the runtime and run this cell again")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ.get("LPNUM_SOURCE", "lpnum[colab] @ git+{repository}"), *(f"{{n}}=={{v}}" for n, v in have.items())], check=True)
+        raise RuntimeError(f"lpnum needs jax>={jax_min_text}; this runtime has jax {{have['jax']}}: install a newer "
+                           "JAX for its accelerator, restart the runtime and run this cell again")
+    source = os.environ.get("LPNUM_SOURCE", "lpnum[colab] @ git+{repository}")
+    pins = [f"{{n}}=={{v}}" for n, v in have.items()]  # so that pip cannot upgrade or replace the runtime's JAX
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source, *pins], check=True)
 import jax
-QUICK = os.environ.get("LPNUM_QUICK", "1" if jax.default_backend() == "cpu" else "0") == "1"  # quick on a CPU runtime, full on a GPU/TPU one; LPNUM_QUICK=0/1 overrides'''
+# Quick mode on a CPU runtime, full mode on a GPU/TPU one; LPNUM_QUICK=0 or 1 overrides.
+QUICK = os.environ.get("LPNUM_QUICK", "1" if jax.default_backend() == "cpu" else "0") == "1"'''
 
 
 def cell(pyproject: Path = ROOT / "pyproject.toml") -> str:
