@@ -16,8 +16,8 @@ A benchmark measures with ``benchmarks._timing`` and reports with this module, f
     print(format_targets(targets))
     return write_json("kernels", {"config": {"repeats": args.repeats}, "targets": targets}, args.out)
 
-``python -m benchmarks.kernels [--quick] [--repeats N] [--out DIR]`` then prints the table and the verdicts and
-writes ``benchmarks/results/kernels.json``.
+``lpnum bench kernels [--quick] [--repeats N] [--out DIR]`` then prints the table and the verdicts and writes
+``lpnum-results/bench/kernels/kernels.json`` (:func:`lpnum.results.default_out`).
 """
 
 from __future__ import annotations
@@ -36,12 +36,10 @@ import jax
 import numpy as np
 
 import lpnum
-from lpnum.results import write_csv
+from lpnum.results import default_out, write_csv
 
 __all__ = ["QuickDefault", "arg_parser", "figure_values", "format_targets", "lpnum_revision", "machine_info",
            "median_s", "ms", "parse_args", "ratio", "table", "target", "times", "write_json"]
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 # ---- figures ----------------------------------------------------------------------------------------------------
@@ -112,8 +110,16 @@ def table(columns: Sequence[str], rows: Iterable[Mapping[str, Any] | Sequence[An
 
 
 # ---- targets ----------------------------------------------------------------------------------------------------
+#: What a target measures, as its printed line names it: timings and memory peaks depend on the machine and its
+#: load (indicative), sizes do not.
+_TARGET_KINDS = {"speed": "speed target", "memory": "memory target", "size": "size target"}
+
+#: The printed verdict of a target's ``status``.
+_VERDICTS = {"PASS": "met", "FAIL": "missed", "N/A": "not measured"}
+
+
 def target(label: str, description: str, values: Mapping[str, float | None], threshold: float, *, at_least: bool,
-           reasons: Mapping[str, str] | None = None) -> dict[str, Any]:
+           reasons: Mapping[str, str] | None = None, kind: str = "speed") -> dict[str, Any]:
   """The verdict of one target over named figures (formats, ``model/variant``s, ...).
 
   Args:
@@ -123,19 +129,26 @@ def target(label: str, description: str, values: Mapping[str, float | None], thr
     threshold: the limit.
     at_least: a figure passes at or above ``threshold`` (a speedup); otherwise at or below it (a cost).
     reasons: why a name may have no figure; if given, ``not_measured`` maps each such name to its reason.
+    kind: what the figures measure: ``"speed"`` (timings), ``"memory"`` (peaks) or ``"size"`` (bytes).
 
   Returns:
-    The target's JSON record: ``label``, ``description``, ``threshold``; ``status`` ``PASS``, ``FAIL``, or ``N/A``
-    when nothing was measured; ``values`` and ``failures`` (name -> figure); ``worst`` (``{"format": name,
-    "value": figure}``, or None); ``not_measured``: the names without a figure, sorted (or mapped to ``reasons``).
+    The target's JSON record: ``label``, ``kind``, ``description``, ``threshold``; ``status`` ``PASS``,
+    ``FAIL``, or ``N/A`` when nothing was measured; ``values`` and ``failures`` (name -> figure); ``worst``
+    (``{"format": name, "value": figure}``, or None); ``not_measured``: the names without a figure, sorted (or
+    mapped to ``reasons``).
+
+  Raises:
+    ValueError: an unknown ``kind``.
   """
+  if kind not in _TARGET_KINDS:
+    raise ValueError(f"kind={kind!r}; expected one of {sorted(_TARGET_KINDS)}")
   measured = {name: v for name, v in values.items() if v is not None}
   ok = (lambda v: v >= threshold) if at_least else (lambda v: v <= threshold)
   failures = {name: v for name, v in measured.items() if not ok(v)}
   worst = (min if at_least else max)(measured.items(), key=lambda item: item[1], default=None)
   missing = [name for name, v in values.items() if v is None]
   return {
-      "label": label, "description": description, "threshold": threshold,
+      "label": label, "kind": kind, "description": description, "threshold": threshold,
       "status": "N/A" if not measured else ("FAIL" if failures else "PASS"),
       "values": measured, "failures": failures,
       "worst": None if worst is None else {"format": worst[0], "value": worst[1]},
@@ -144,12 +157,20 @@ def target(label: str, description: str, values: Mapping[str, float | None], thr
 
 
 def format_targets(targets: Mapping[str, Mapping[str, Any]]) -> str:
-  """One PASS/FAIL line per target record, with its worst figure, the names that miss it and those not measured."""
+  """One line per target record: what kind of target it is, met or missed, its worst figure, the names that miss
+  it and those not measured.
+
+  Speed and memory targets say they are indicative and name the backend they were measured on: a shared or loaded
+  machine moves them, e.g. ``(a) speed target (cpu; indicative, machine load moves it): lpnum <= 2x the floor:
+  missed -- 3/5 meet it; worst int4 2.310x``.
+  """
   lines = []
   for t in targets.values():
-    text = f"({t['label']}) {t['description']}: {t['status']}"
+    kind = t.get("kind", "speed")
+    where = "" if kind == "size" else f" ({jax.default_backend()}; indicative, machine load moves it)"
+    text = f"({t['label']}) {_TARGET_KINDS[kind]}{where}: {t['description']}: {_VERDICTS[t['status']]}"
     if t["worst"] is not None:
-      text += (f" -- {len(t['values']) - len(t['failures'])}/{len(t['values'])} pass; "
+      text += (f" -- {len(t['values']) - len(t['failures'])}/{len(t['values'])} meet it; "
                f"worst {t['worst']['format']} {t['worst']['value']:.3f}x")
     if t["failures"]:
       text += "\n      misses: " + ", ".join(f"{name} {v:.3f}x" for name, v in t["failures"].items())
@@ -183,11 +204,12 @@ def arg_parser(name: str, doc: str, *, quick: str, repeats: QuickDefault = Quick
     repeats: the default of ``--repeats``.
     repeats_help: what ``--repeats`` counts.
   """
-  parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.splitlines()[0])
+  parser = argparse.ArgumentParser(prog=f"lpnum bench {name}", description=doc.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help=quick)
   parser.add_argument("--repeats", type=int, default=repeats,
                       help=f"{repeats_help} (default {repeats.full}, {repeats.quick} with --quick)")
-  parser.add_argument("--out", type=Path, help=f"directory for {name}.json (default benchmarks/results)")
+  parser.add_argument("--out", type=Path, default=default_out("bench", name),
+                      help=f"directory for {name}.json and its CSV files (default %(default)s)")
   return parser
 
 
@@ -236,9 +258,10 @@ def write_json(name: str, payload: Mapping[str, Any], out_dir: str | Path | None
   and each top-level list of records in ``payload`` as ``<out_dir>/<name>_<key>.csv``
   (:func:`lpnum.results.write_csv`).
 
-  ``out_dir`` defaults to ``benchmarks/results``; it is created if needed. Prints and returns the JSON's path.
+  ``out_dir`` defaults to ``lpnum-results/bench/<name>``; it is created if needed. Prints and returns the JSON's
+  path.
   """
-  directory = Path(out_dir) if out_dir is not None else RESULTS_DIR
+  directory = Path(out_dir) if out_dir is not None else default_out("bench", name)
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / f"{name}.json"
   document = {"benchmark": name, "machine": machine_info(), "results": payload}

@@ -18,7 +18,7 @@ call, result included, over the size of the float32 array of the call (its input
 ``dequantize``, their float32 output).
 
 Run ``python -m benchmarks.eager [--quick] [--repeats N] [--size-log2 N] [--out DIR]``; results go to
-``benchmarks/results/eager.json`` unless ``--out`` says otherwise.
+``lpnum-results/bench/eager/eager.json`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def evaluate_targets(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
                            at_least=False),
       "eager_peak": target("b", f"eager peak memory <= {PEAK_MAX}x the float32 array (peak growth / array bytes)",
                            figure_values(named, lambda f: f["eager_peak_over_array"], key="name"), PEAK_MAX,
-                           at_least=False),
+                           at_least=False, kind="memory"),
   }
 
 

@@ -14,7 +14,7 @@ For each format, these candidates are compiled and then timed side by side (inte
   the formats gfloat has presets for.
 
 Run ``python -m benchmarks.formats [--quick] [--repeats N] [--size-log2 N] [--out DIR]``; results go to
-``benchmarks/results/formats.json`` unless ``--out`` says otherwise.
+``lpnum-results/bench/formats/formats.json`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ multiplication by a reciprocal, and flushes subnormals); qwix and aqt use other 
 differ.
 
 Run ``python -m benchmarks.scaled [--quick] [--repeats N] [--out DIR]``; results go to
-``benchmarks/results/scaled.json`` unless ``--out`` says otherwise.
+``lpnum-results/bench/scaled/scaled.json`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations

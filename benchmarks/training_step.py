@@ -45,7 +45,7 @@ Target: the STE fake-quant steps (int8/int4 per-channel, MXFP8/MXFP4) at most 1.
 model.
 
 Run ``python -m benchmarks.training_step [--quick] [--repeats N] [--out DIR]``; results go to
-``benchmarks/results/training_step.json`` unless ``--out`` says otherwise.
+``lpnum-results/bench/training_step/training_step.json`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations

@@ -1,13 +1,21 @@
-"""The ``lpnum`` command: ``lpnum formats``, ``lpnum study NAME [--quick] [--out DIR]``, ``lpnum bench NAME``."""
+"""The ``lpnum`` command: ``lpnum formats``, ``lpnum study NAME [--quick] [--out DIR]``, ``lpnum bench NAME``.
+
+Only the command that runs imports JAX and lpnum's modules: ``lpnum --help`` loads neither.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from lpnum.formats import ALL_FORMATS, Format
+if TYPE_CHECKING:
+  from lpnum.formats import Format
+
+__all__ = ["BENCHMARKS", "STUDIES", "formats_table", "main"]
 
 
 def _fmt_num(v: float) -> str:
@@ -18,8 +26,10 @@ def _fmt_num(v: float) -> str:
   return f"{v:.4e}"
 
 
-def formats_table(formats: Sequence[Format] = ALL_FORMATS) -> str:
-  """One line per named format with its facts."""
+def formats_table(formats: Sequence[Format] | None = None) -> str:
+  """One line per format of ``formats`` (default: every named format) with its facts."""
+  if formats is None:
+    from lpnum.formats import ALL_FORMATS as formats
   cols = ("name", "bits", "max finite", "min normal", "min subnormal", "epsilon", "finite values", "inf", "NaN")
   rows = []
   for f in formats:
@@ -51,8 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options (--quick, --out DIR...)")
   args = parser.parse_args(argv)
   if args.command in ("bench", "study"):
-    import importlib
-
     package = "lpnum.benchmarks" if args.command == "bench" else "lpnum.studies"
     importlib.import_module(f"{package}.{args.name}").main(args.options)
   elif args.command == "formats":

@@ -1,4 +1,10 @@
-"""How studies and benchmarks report: progress bars, JSON documents with their record lists as CSV, PNG plots."""
+"""How studies and benchmarks report: progress bars, JSON documents with their record lists as CSV, PNG plots.
+
+Files: ``lpnum study NAME`` and ``lpnum bench NAME`` write into ``--out DIR``, by default
+``lpnum-results/study/NAME`` and ``lpnum-results/bench/NAME`` under the working directory (:func:`default_out`):
+``NAME.json``, each list of records in it as ``NAME_<key>.csv`` (``NAME.csv`` when the key is ``NAME``), and
+their plots.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,31 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
-__all__ = ["progress", "write_csv", "write_json", "save_figure"]
+__all__ = ["RESULTS_ROOT", "default_out", "flatten", "progress", "write_csv", "write_json", "save_figure"]
 
 T = TypeVar("T")
+
+#: The one folder (relative to the working directory) every study and benchmark writes under without ``--out``.
+RESULTS_ROOT = Path("lpnum-results")
+
+
+def default_out(kind: str, name: str) -> Path:
+  """Where ``lpnum <kind> <name>`` writes without ``--out``: ``lpnum-results/<kind>/<name>``.
+
+  Args:
+    kind: ``"study"`` or ``"bench"``.
+    name: the study's or benchmark's name.
+
+  Raises:
+    ValueError: another ``kind``.
+
+  Example:
+    >>> default_out("bench", "kernels").as_posix()
+    'lpnum-results/bench/kernels'
+  """
+  if kind not in ("study", "bench"):
+    raise ValueError(f"kind={kind!r}; expected 'study' or 'bench'")
+  return RESULTS_ROOT / kind / name
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
@@ -36,23 +64,53 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+  """One value per key: nested mappings and lists become dotted keys (``sqnr_db.gaussian``, ``shape.0``).
+
+  Example:
+    >>> flatten({"format": "int8", "sqnr_db": {"gaussian": 40.1, "laplace": 38.2}, "shape": [2, 3]})
+    {'format': 'int8', 'sqnr_db.gaussian': 40.1, 'sqnr_db.laplace': 38.2, 'shape.0': 2, 'shape.1': 3}
+  """
+  flat = {}
+  for key, value in record.items():
+    if isinstance(value, list | tuple):
+      value = dict(enumerate(value))
+    if isinstance(value, dict):
+      flat.update({f"{key}.{sub}": v for sub, v in flatten({str(k): v for k, v in value.items()}).items()})
+    else:
+      flat[str(key)] = value
+  return flat
+
+
+def _rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+  """A record's CSV rows: one, or, for a record holding exactly one list of records, one per inner record (its
+  fields after the outer record's others; all flattened by :func:`flatten`)."""
+  nested = [k for k, v in record.items() if isinstance(v, list) and v and all(isinstance(i, dict) for i in v)]
+  if len(nested) != 1:
+    return [flatten(record)]
+  outer = flatten({k: v for k, v in record.items() if k != nested[0]})
+  return [{**outer, **flatten(inner)} for inner in record[nested[0]]]
+
+
 def write_csv(name: str, payload: dict[str, Any], out: Path) -> list[Path]:
-  """Writes every top-level list of flat records in ``payload`` as ``out/<name>_<key>.csv`` (one row a record,
-  nested values as JSON text); returns the paths."""
+  """Writes every top-level list of records in ``payload`` as ``out/<name>_<key>.csv`` (``out/<name>.csv`` when
+  ``key == name``): one row a record, one value a column (nested values flattened to dotted columns by
+  :func:`flatten`, a blank where a record lacks one; a record holding one list of records gives a row per inner
+  record); returns the paths."""
   import csv
 
   paths = []
   for key, records in payload.items():
     if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
       continue
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    path = Path(out) / f"{name}_{key}.csv"
+    rows = [row for r in records for row in _rows(_jsonable(r))]
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    path = Path(out) / (f"{name}.csv" if key == name else f"{name}_{key}.csv")
     with path.open("w", newline="") as f:
       writer = csv.writer(f)
       writer.writerow(columns)
-      for r in records:
-        cells = [_jsonable(r.get(c)) for c in columns]
-        writer.writerow([json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v) for v in cells])
+      for r in rows:
+        writer.writerow(["" if r.get(c) is None else r[c] for c in columns])
     paths.append(path)
   return paths
 

@@ -1,5 +1,8 @@
 """The public API: argument checking, shapes and dtypes, jit / vmap / grad, float64 inputs, the import surface."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +36,19 @@ def test_public_surface():
 
 def test_kernels_package_imports_as_lpnum_kernels():
   import lpnum.kernels  # noqa: F401  (mapped from the top-level kernels/ folder)
+
+
+def test_import_lpnum_loads_no_jax_and_imports_each_name_when_first_used():
+  """A fresh interpreter: ``import lpnum`` alone, then the layers and kernels as attributes (issue 21)."""
+  code = ("import sys, types, lpnum\n"
+          "print('jax' in sys.modules, sorted(m for m in sys.modules if m.startswith('lpnum.')))\n"
+          "import lpnum.quantize\n"  # the module of the same name as the function
+          "print(isinstance(lpnum.quantize, types.FunctionType), lpnum.kernels.matmul.__module__,\n"
+          "      lpnum.nn.Rule.__module__, 'kernels' in dir(lpnum))")
+  lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+  assert lines == ["False []", "True lpnum.kernels.packed_matmul.api lpnum.nn.rule True"]
+  with pytest.raises(AttributeError, match="module 'lpnum' has no attribute 'quantise'"):
+    lpnum.quantise  # noqa: B018
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------

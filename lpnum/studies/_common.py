@@ -11,24 +11,21 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["arg_parser", "parse_args", "DEFAULT_OUT"]
+from lpnum.results import default_out
 
-#: Where results go without ``--out``.
-DEFAULT_OUT = Path("lpnum-results")
+__all__ = ["arg_parser", "parse_args"]
 
 
 def arg_parser(name: str, doc: str, *, quick: str) -> argparse.ArgumentParser:
   """The options every study has: ``--quick`` (``quick`` says what it leaves out), ``--out DIR``, ``--seed N``."""
   parser = argparse.ArgumentParser(prog=f"lpnum study {name}", description=doc.strip().splitlines()[0])
   parser.add_argument("--quick", action="store_true", help=quick)
-  parser.add_argument("--out", type=Path, default=None, help=f"directory for {name}.json and plots "
-                      f"(default {DEFAULT_OUT}/)")
+  parser.add_argument("--out", type=Path, default=default_out("study", name),
+                      help=f"directory for {name}.json, its CSV files and plots (default %(default)s)")
   parser.add_argument("--seed", type=int, default=0, help="the seed of data, initialization and shuffling")
   return parser
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-  """Parses ``argv`` (None: the command line) and resolves ``--out``."""
-  args = parser.parse_args(argv)
-  args.out = DEFAULT_OUT if args.out is None else args.out
-  return args
+  """Parses ``argv`` (None: the command line)."""
+  return parser.parse_args(argv)

@@ -419,13 +419,15 @@ def table(rows: Sequence[Row]) -> str:
   """A text table: one line per (format, granularity), SQNR per tensor, ranked by mean SQNR per bit."""
   summary = _summary(rows)
   cols = list(dict.fromkeys(r.distribution for r in rows))
-  head = (f"{'format':<20}{'granularity':>12}{'bits/el':>8}" + "".join(f"{d[:12]:>13}" for d in cols)
+  widths = [max(9, len(d) + 1) for d in cols]  # whole tensor names as headers, each column as wide as its name
+  head = (f"{'format':<20}{'granularity':>12}{'bits/el':>8}" + "".join(f"{d:>{w}}" for d, w in zip(cols, widths))
           + f"{'rel.err':>9}{'dB/bit':>9}")
   lines = [head, "-" * len(head)]
   for e in summary:
     vals = [e["sqnr_db"].get(d, math.nan) for d in cols]
     lines.append(f"{e['format']:<20}{e['granularity']:>12}{e['bits_per_element']:>8.2f}"
-                 + "".join(f"{v:>13.2f}" for v in vals) + f"{e['mean_rel_error']:>9.4f}{e['sqnr_per_bit']:>9.2f}")
+                 + "".join(f"{v:>{w}.2f}" for v, w in zip(vals, widths))
+                 + f"{e['mean_rel_error']:>9.4f}{e['sqnr_per_bit']:>9.2f}")
   return "\n".join(lines)
 
 

@@ -51,4 +51,4 @@ def test_formats_quick(tmp_path, capsys):
     assert set(t["failures"]) <= set(t["values"])
 
   out = capsys.readouterr().out
-  assert "speedup vs gfloat" in out and "(e) every format" in out
+  assert "speedup vs gfloat" in out and "(e) speed target (" in out and ": every format" in out

@@ -40,4 +40,5 @@ def test_eager_quick(tmp_path, capsys):
     assert t["status"] in ("PASS", "FAIL", "N/A")
 
   out = capsys.readouterr().out
-  assert "eager/jit" in out and "(a) eager call" in out
+  assert "eager/jit" in out and "(a) speed target (" in out and ": eager call" in out
+  assert "(b) memory target (" in out

@@ -75,4 +75,5 @@ def test_scaled_quick(tmp_path, capsys):
     assert targets[key]["status"] == "N/A" and targets[key]["not_measured"]
 
   out = capsys.readouterr().out
-  assert "lpnum/floor" in out and "(a) MX/NVFP4" in out and "(e2) per-channel" in out and "(f) dequantize" in out
+  assert "lpnum/floor" in out and "(a) speed target (" in out and ": MX/NVFP4" in out and "(e2) speed target" in out
+  assert ": per-channel" in out and "(f) speed target" in out and ": dequantize" in out

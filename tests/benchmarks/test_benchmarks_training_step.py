@@ -54,4 +54,4 @@ def test_training_step_quick(tmp_path, capsys):
   assert results["sanity"]["status"] == "PASS" and results["sanity"]["checked"] == 6
 
   out = capsys.readouterr().out
-  assert "/ float32" in out and "(a) STE fake-quant" in out and "Sanity:" in out
+  assert "/ float32" in out and "(a) speed target (" in out and ": STE fake-quant" in out and "Sanity:" in out

@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 
 import matplotlib
 
@@ -80,3 +81,27 @@ def test_unknown_study_is_an_argparse_error(capsys):
   except SystemExit as e:
     assert e.code == 2
   assert "invalid choice" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_loads_no_jax():
+  """``lpnum --help`` answers without importing JAX or lpnum's modules (issue 21: it took 3.2 s)."""
+  code = ("import sys, time; t = time.perf_counter(); from lpnum.cli import main\n"
+          "try:\n  main(['--help'])\nexcept SystemExit:\n  pass\n"
+          "print(time.perf_counter() - t, sorted(m for m in sys.modules if m == 'jax' or m.startswith('lpnum.')))")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert "usage: lpnum" in done.stdout
+  seconds, modules = done.stdout.strip().splitlines()[-1].split(" ", 1)
+  assert modules == "['lpnum.cli']"
+  assert float(seconds) < 1.5
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-m", "lpnum.cli", "--help"], capture_output=True, check=True)
+  assert time.perf_counter() - start < 1.5  # the whole command, interpreter start included
+
+
+@pytest.mark.parametrize("command, names", [("study", cli.STUDIES), ("bench", cli.BENCHMARKS)])
+def test_each_study_and_benchmark_help_names_the_lpnum_command(command, names, capsys):
+  for name in names:
+    with pytest.raises(SystemExit) as done:
+      cli.main([command, name, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: lpnum {command} {name} ")

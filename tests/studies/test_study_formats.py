@@ -48,3 +48,9 @@ def test_photo_tensors_are_the_differenced_luminance_of_the_sample_images():
 def test_tensors_rejects_a_size_that_is_not_whole_rows():
   with pytest.raises(ValueError, match="n="):
     study.tensors(1000, mlp=None, cnn=None, photos=False)
+
+
+def test_table_headers_are_whole_tensor_names():
+  rows = [study.Row("int8", 8, d, 40.0 + i, "tensor", 0.01, 8.0) for i, d in enumerate(("gaussian", "mlp_activations"))]
+  head = study.table(rows).splitlines()[0].split()
+  assert head == ["format", "granularity", "bits/el", "gaussian", "mlp_activations", "rel.err", "dB/bit"]
