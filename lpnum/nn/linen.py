@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from lpnum.nn.conv import conv_call
 from lpnum.nn.ptq import is_packed
-from lpnum.qdot import DotConfig, OperandState, Scaling, amax, dot_general, scale_from_amax
+from lpnum.qdot import DotConfig, OperandState, Scaling, amax, dot_general, rotated_operands, scale_from_amax
 
 __all__ = ["QuantDotGeneral", "QuantConv", "operand_state"]
 
@@ -70,7 +70,7 @@ class QuantDotGeneral(nn.Module):
 
   @nn.compact
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
-    state = operand_state(self, self.config, lhs, rhs)
+    state = operand_state(self, self.config, *rotated_operands(lhs, rhs, dimension_numbers, self.config))
     key = self.make_rng("quant") if self.config.needs_key else None
     return dot_general(lhs, rhs, dimension_numbers, self.config, state=state, key=key,
                             preferred_element_type=preferred_element_type)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from lpnum.nn.conv import conv_call
 from lpnum.nn.ptq import is_packed
-from lpnum.qdot import DotConfig, OperandState, Scaling, amax, dot_general, scale_from_amax
+from lpnum.qdot import DotConfig, OperandState, Scaling, amax, dot_general, rotated_operands, scale_from_amax
 
 __all__ = ["QuantStat", "QuantDotGeneral", "QuantConv", "set_update_stats"]
 
@@ -87,7 +87,8 @@ class QuantDotGeneral(_Quantizer):
   """
 
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
-    return dot_general(lhs, rhs, dimension_numbers, self.config, state=self._state(lhs, rhs),
+    state = self._state(*rotated_operands(lhs, rhs, dimension_numbers, self.config))
+    return dot_general(lhs, rhs, dimension_numbers, self.config, state=state,
                             key=self._key(), preferred_element_type=preferred_element_type)
 
 

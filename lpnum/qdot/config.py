@@ -271,9 +271,12 @@ class DotConfig:
     engine: an :class:`Engine` (or its name): ``fake``, ``int`` or ``kernel``.
     accumulator: emulate the forward matmul's accumulator (an :mod:`lpnum.kernels.accumulate` accumulator); an
       integer one needs ``engine='int'`` with integer formats. The backward matmuls are not emulated.
-    rotate: Hadamard-rotate both operands along the (single) contracting axis before quantizing, with this block
-      (``"auto"``, a power of two, or None for no rotation). ``(lhs H)(H rhs) = lhs rhs``, H orthonormal and
-      symmetric, so the inverse is folded in exactly; gradients flow through the (linear) rotation.
+    rotate: Hadamard-rotate both operands along each contracting axis before quantizing, with this block per axis
+      (``"auto"``: each axis's largest power-of-two divisor; a power of two; None for no rotation).
+      ``(lhs H)(H rhs) = lhs rhs``, H orthonormal and symmetric (over several contracting axes, the Kronecker
+      product of the per-axis transforms), so the inverse is folded in exactly; gradients flow through the (linear)
+      rotation. Delayed and static scales come from the rotated operand's amax. Not with packed (PTQ) weights,
+      which are stored unrotated.
 
   Example:
     >>> import lpnum

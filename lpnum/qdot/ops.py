@@ -37,7 +37,7 @@ from lpnum.scaled.presets import PRESETS, preset
 from lpnum.validate import as_float_array, check_axis, short
 
 __all__ = ["dot_general", "OperandState", "PackedOperand", "quantize_operand", "quantize_grad",
-           "normalize_dimension_numbers", "amax", "scale_from_amax"]
+           "normalize_dimension_numbers", "rotated_operands", "amax", "scale_from_amax"]
 
 
 @jax.tree_util.register_dataclass
@@ -237,6 +237,9 @@ def dot_general(lhs: ArrayLike, rhs, dimension_numbers, config: DotConfig, *, pr
     raise ValueError("config rounds stochastically: pass key=jax.random.key(...)")
   lhs = as_float_array(lhs, "lhs")
   if isinstance(rhs, PackedOperand):
+    if config.rotate is not None:
+      raise ValueError(f"config.rotate={config.rotate!r} with a packed rhs: packed weights are stored unrotated, so "
+                       "the rotation cannot be folded in; quantize the float weights (no ptq) to rotate")
     return rhs.packed_dot(lhs, dimension_numbers, config, state, preferred_element_type)
   if isinstance(rhs, QArray):
     raise TypeError("rhs is a QArray: pass packed kernels as lpnum.nn.ptq makes them, or dequantize it")
@@ -246,13 +249,31 @@ def dot_general(lhs: ArrayLike, rhs, dimension_numbers, config: DotConfig, *, pr
   dn = normalize_dimension_numbers(dimension_numbers, lhs.ndim, rhs.ndim)
   if math.prod(lhs.shape[i] for i in dn[0]) != math.prod(rhs.shape[i] for i in dn[1]):
     raise ValueError(f"contracting sizes differ: lhs {lhs.shape} axes {dn[0]}, rhs {rhs.shape} axes {dn[1]}")
-  if config.rotate is not None:
-    if len(dn[0]) != 1:
-      raise ValueError(f"config.rotate needs a single contracting axis, got dimension_numbers={dimension_numbers!r}")
-    lhs = fwht(lhs, dn[0][0], block=config.rotate)
-    rhs = fwht(rhs, dn[1][0], block=config.rotate)
+  lhs, rhs = _rotate(lhs, rhs, dn, config.rotate)
   out_dtype = np.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
   return _dot_general_jit(lhs, rhs, state, key, dn, config, out_dtype)
+
+
+def _rotate(lhs: jax.Array, rhs: jax.Array, dn, block) -> tuple[jax.Array, jax.Array]:
+  """Both operands rotated along every contracting axis pair by the block Hadamard transform (``block`` as
+  :func:`lpnum.hadamard.fwht` takes it, per axis). Over several pairs the rotation of K is the Kronecker product
+  of the per-axis transforms, orthonormal and symmetric like each of them, so ``(lhs H)(H rhs) = lhs rhs``."""
+  if block is not None:
+    for la, ra in zip(dn[0], dn[1]):
+      lhs, rhs = fwht(lhs, la, block=block), fwht(rhs, ra, block=block)
+  return lhs, rhs
+
+
+def rotated_operands(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, config: DotConfig
+                     ) -> tuple[jax.Array, jax.Array]:
+  """The operands as :func:`dot_general` quantizes them: Hadamard-rotated along the contracting axes when
+  ``config.rotate`` is set, else unchanged (a packed rhs too). Layers take their delayed and static amax from
+  these."""
+  if config.rotate is None or isinstance(rhs, PackedOperand):
+    return lhs, rhs
+  lhs, rhs = as_float_array(lhs, "lhs"), as_float_array(rhs, "rhs")
+  dn = normalize_dimension_numbers(dimension_numbers, lhs.ndim, rhs.ndim)
+  return _rotate(lhs, rhs, dn, config.rotate)
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
