@@ -333,11 +333,12 @@ def params_nbytes(tree) -> int:
   return int(sum(math.prod(np.shape(a)) * np.dtype(a.dtype).itemsize for a in leaves))
 
 
-def fake_quantized_params(params, rules: Sequence, kernel_name: str = "kernel"):
+def fake_quantized_params(params, rules: Sequence, kernel_name: str = "kernel", *,
+                          views: Mapping[str, int] | None = None):
   """The float tree that a PTQ'd tree stands for (each quantized kernel dequantized): for references and
-  accuracy reports."""
+  accuracy reports. ``views`` as for :func:`ptq`."""
   def convert(x):
     return dequantize_kernel(x.unbox()).astype(x.dtype) if isinstance(x, QuantizedKernel) else x
 
-  return jax.tree_util.tree_map(convert, ptq(params, rules, kernel_name=kernel_name, layout="qarray"),
+  return jax.tree_util.tree_map(convert, ptq(params, rules, kernel_name=kernel_name, layout="qarray", views=views),
                                 is_leaf=lambda x: isinstance(x, QuantizedKernel))
