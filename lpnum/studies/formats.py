@@ -78,7 +78,7 @@ import optax
 from lpnum.carrier import F32
 from lpnum.formats import ALL_FORMATS, BinaryFormat, Format, IntFormat, PositFormat, ShiftFormat, get_format
 from lpnum.quantize import quantize
-from lpnum.results import save_figure, write_json
+from lpnum.results import progress, save_figure, write_json
 from lpnum.studies._common import arg_parser, parse_args
 from lpnum.zoo import data, train
 from lpnum.zoo import models as zoo
@@ -263,14 +263,16 @@ def tensors(n: int, seed: int = 0, mlp: tuple[tuple[int, ...], int] | None = MLP
   out the real tensors."""
   if n % COLUMNS:
     raise ValueError(f"n={n} must be a multiple of {COLUMNS}")
-  out = {d: [sample(d, n, seed).reshape(-1, COLUMNS)] for d in DISTRIBUTIONS}
+  sources = {"samples": lambda: {d: [sample(d, n, seed).reshape(-1, COLUMNS)] for d in DISTRIBUTIONS}}
   if mlp is not None:
-    model, variables, _ = trained_mlp(mlp[0], mlp[1], seed)
-    out.update(mlp_tensors(model, variables, seed))
+    sources["mlp"] = lambda: mlp_tensors(*trained_mlp(mlp[0], mlp[1], seed)[:2], seed)
   if cnn is not None:
-    out.update(cnn_tensors(trained_cnn(cnn[0], cnn[1], seed)[1]))
+    sources["cnn"] = lambda: cnn_tensors(trained_cnn(cnn[0], cnn[1], seed)[1])
   if photos:
-    out.update(photo_tensors())
+    sources["photos"] = photo_tensors
+  out: dict[str, list[np.ndarray]] = {}
+  for source in progress(list(sources.values()), f"tensors ({', '.join(sources)})"):
+    out.update(source())
   return out
 
 
@@ -302,7 +304,7 @@ def run(formats: Sequence[Format] = ALL_FORMATS, n: int = 1 << 16, seed: int = 0
   names = list(data)
   parts = [p for t in names for p in data[t]]
   rows = []
-  for fmt in formats:
+  for fmt in progress(formats, "formats scaled per tensor"):
     if fmt.carrier_problem(F32) is not None:
       continue
     scales = [_scale(fmt, p) for p in parts]
@@ -365,13 +367,13 @@ def run_scaled(data: dict[str, list[np.ndarray]], elements: Sequence[str] = SCAL
   def unstack(q: np.ndarray) -> list[np.ndarray]:
     return [q[r:r + m, :k] for r, m, k in where]
 
-  for name in elements:
+  grans = (("channel", lpnum.per_channel(0), lambda p: 32 * p.shape[0]),
+           ("block32", lpnum.per_block(32, -1), lambda p: 32 * _blocks(p, 32)))
+  for name, (gran, g, overhead) in progress([(n, g) for n in elements for g in grans], "scaled element formats"):
     el = lpnum.get_format(name)
-    for gran, g, overhead in (("channel", lpnum.per_channel(0), lambda p: 32 * p.shape[0]),
-                              ("block32", lpnum.per_block(32, -1), lambda p: 32 * _blocks(p, 32))):
-      q = np.asarray(lpnum.fake_quantize(jx, lpnum.ScaledFormat(el, g)))
-      add(name, el.bits, gran, unstack(q), overhead)
-  for name in presets:
+    q = np.asarray(lpnum.fake_quantize(jx, lpnum.ScaledFormat(el, g)))
+    add(name, el.bits, gran, unstack(q), overhead)
+  for name in progress(presets, "MX and NVFP4 presets"):
     fmt = lpnum.mx.format(name)
     bits = fmt.element.bits
     if name == "nvfp4":
@@ -473,12 +475,12 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
   rows += run_scaled(data, *((_QUICK_SCALED, _QUICK_PRESETS) if args.quick else (SCALED, PRESETS)))
   print("SQNR (dB) per tensor; ranked by mean SQNR per bit of storage")
   print(table(rows))
-  path = write_json("formats", {"config": {"quick": args.quick, "seed": args.seed, "tensors": list(data),
+  write_json("formats", {"config": {"quick": args.quick, "seed": args.seed, "tensors": list(data),
                                            "mlp_features": list(MLP_SETUPS[mode][0]), "mlp_steps": MLP_SETUPS[mode][1],
                                            "cnn_channels": list(CNN_SETUPS[mode][0]),
                                            "cnn_steps": CNN_SETUPS[mode][1]},
                                 "rows": [dataclasses.asdict(r) for r in rows], "ranking": _summary(rows),
                                 "notes": NOTES}, args.out)
   plot(rows, args.out / "formats_sqnr_vs_bits.png")
-  print(f"wrote {path} ({time.perf_counter() - start:.1f} s)")
+  print(f"({time.perf_counter() - start:.1f} s)")
   return rows
