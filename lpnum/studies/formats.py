@@ -435,28 +435,97 @@ _MARKERS = {"int": "o", "float": "s", "posit": "^", "binary": "x", "shift": "D",
 _COLORS = {"tensor": "tab:blue", "channel": "tab:orange", "block32": "tab:green", "preset": "tab:red"}
 
 
+def _points(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The plot's points: entries of one granularity and family with the same bits per element and SQNR (to 0.01
+  dB) share one, named together; ordered by bits per element, then by SQNR from the highest."""
+  points: dict[tuple, dict[str, Any]] = {}
+  for e in summary:
+    if not math.isfinite(e["mean_sqnr_db"]):
+      continue
+    key = (round(e["bits_per_element"], 3), round(e["mean_sqnr_db"], 2), e["granularity"], e["family"])
+    points.setdefault(key, {**e, "names": []})["names"].append(e["format"])
+  return sorted(points.values(), key=lambda p: (p["bits_per_element"], -p["mean_sqnr_db"]))
+
+
+def _label_heights(ys: Sequence[float], gap: float, low: float, high: float) -> list[float]:
+  """Heights for labels of points at heights ``ys`` (ascending): at least ``gap`` apart, centred on the points and
+  kept within [``low``, ``high``] where they fit."""
+  out = [ys[0]]
+  for y in ys[1:]:
+    out.append(max(y, out[-1] + gap))
+  shift = (sum(out) - sum(ys)) / len(ys)
+  shift = max(min(shift, out[0] - low), out[-1] - high)
+  return [h - shift for h in out]
+
+
+def _key_lines(points: Sequence[dict[str, Any]], width: int = 64) -> list[str]:
+  """The key: one entry per point (number, formats, granularity, bits per element, mean SQNR), wrapped."""
+  import textwrap
+
+  lines = []
+  for i, p in enumerate(points):
+    text = (f"{i + 1:>2} {', '.join(p['names'])} ({p['granularity']}): {p['bits_per_element']:.2f} b, "
+            f"{p['mean_sqnr_db']:.1f} dB")
+    lines += textwrap.wrap(text, width, subsequent_indent="   ")
+  return lines
+
+
+#: Lines of the key per column.
+_KEY_ROWS = 54
+
+
 def plot(rows: Sequence[Row], path) -> Any:
-  """Scatter of mean SQNR against bits per element: one marker per family, one color per granularity."""
+  """Mean SQNR against bits per element, one marker per family, one color per granularity; each point numbered
+  (the numbers of points close together stacked beside them), with the key beside the plot: number, formats,
+  granularity, bits per element, mean SQNR."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-
-  summary = _summary(rows)
-  fig, ax = plt.subplots(figsize=(8, 5.5))
-  for e in summary:
-    ax.scatter(e["bits_per_element"], e["mean_sqnr_db"], marker=_MARKERS[e["family"]],
-               color=_COLORS[e["granularity"]], s=40)
+  points = _points(_summary(rows))
+  lines = _key_lines(points)
+  columns = -(-len(lines) // _KEY_ROWS)
+  fig, (ax, key) = plt.subplots(1, 2, figsize=(8 + 4.4 * columns, 7.5), width_ratios=[8, 4.4 * columns])
+  for p in points:
+    ax.scatter(p["bits_per_element"], p["mean_sqnr_db"], marker=_MARKERS[p["family"]],
+               color=_COLORS[p["granularity"]], s=36, zorder=3)
+  sqnr = [p["mean_sqnr_db"] for p in points]
+  low, high = min(0.0, min(sqnr)) - 4, max(sqnr) * 1.08 + 4
+  ax.set_ylim(low, high)
+  gap = 0.03 * (high - low)
+  clusters: list[list[int]] = []
+  for i, p in enumerate(points):  # points within 0.1 octave of a cluster's first join it
+    if clusters and math.log2(p["bits_per_element"] / points[clusters[-1][0]]["bits_per_element"]) < 0.1:
+      clusters[-1].append(i)
+    else:
+      clusters.append([i])
+  bits = [[points[i]["bits_per_element"] for i in c] for c in clusters]
+  for k, cluster in enumerate(clusters):  # numbers on the side of the cluster with more room
+    room_left = math.log2(bits[k][0] / bits[k - 1][-1]) if k else math.inf
+    room_right = math.log2(bits[k + 1][0] / bits[k][-1]) if k + 1 < len(clusters) else math.inf
+    left = room_left > room_right
+    x_label = bits[k][0] * 2 ** -0.07 if left else bits[k][-1] * 2 ** 0.07
+    members = sorted(cluster, key=lambda i: points[i]["mean_sqnr_db"])
+    heights = _label_heights([points[i]["mean_sqnr_db"] for i in members], gap, low + gap / 2, high - gap / 2)
+    for i, h in zip(members, heights):
+      ax.annotate(str(i + 1), (points[i]["bits_per_element"], points[i]["mean_sqnr_db"]), (x_label, h),
+                  fontsize=6.5, va="center", ha="right" if left else "left",
+                  arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 2})
   for fam, m in _MARKERS.items():
     ax.scatter([], [], marker=m, color="gray", label=fam)
   for gran, c in _COLORS.items():
     ax.scatter([], [], marker="o", color=c, label=f"scale: {gran}")
   ax.set(xscale="log", xlabel="bits per element (scales included)", ylabel="mean SQNR over tensors (dB)",
-         title="SQNR vs storage")
+         title="SQNR vs storage (numbers: see the key)")
   ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
+  ax.set_xticks([], minor=True)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7, ncol=2, loc="upper left")
+  key.axis("off")
+  for c in range(columns):
+    key.text(c / columns, 1.0, "\n".join(lines[c * _KEY_ROWS:(c + 1) * _KEY_ROWS]), transform=key.transAxes,
+             va="top", ha="left", fontsize=6.5, family="monospace")
   fig.tight_layout()
   return save_figure(fig, path)
 
