@@ -77,7 +77,8 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
   """Times several candidates side by side, so that machine noise hits them alike.
 
   Every candidate is compiled first; then each of ``repeats`` rounds calls every candidate once, starting each round
-  one candidate later. Both loops report progress (:func:`lpnum.results.progress`). A candidate whose compilation or warm-up raises is reported as ``fails`` with the error.
+  one candidate later. Both loops report progress (:func:`lpnum.results.progress`). A candidate whose compilation
+  or warm-up raises is reported as ``fails`` with the error.
 
   Returns:
     A measurement per candidate name, in the order of ``candidates``.

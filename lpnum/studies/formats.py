@@ -26,7 +26,8 @@ Rows:
 Metrics: SQNR ``10 log10(sum x^2 / sum (x - q)^2)``, the relative L1 error ``sum |x - q| / sum |x|``, and the
 storage cost in bits per element (element bits plus the scale bits each element carries: 32 / K per channel,
 32 / 32 per float32-scaled block, 8 / 32 for MX, 8 / 16 for NVFP4). Tables rank (format, granularity) by mean
-SQNR per bit of storage; ``formats_sqnr_vs_bits.png`` plots mean SQNR against bits per element.
+SQNR per bit of storage; ``formats_sqnr_vs_bits.png`` plots mean SQNR against bits per element, every point
+numbered, with a key beside the plot naming its formats, granularity, bits per element and SQNR.
 
 Reproduction notes
 ------------------

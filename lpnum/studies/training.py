@@ -29,7 +29,8 @@ every seed (:func:`lpnum.zoo.train.fit` caches them on the model, the quantized 
 Recorded per (model, recipe, seed): the loss curve (the mean training loss over each window of ``curve_every``
 steps), the final training loss (the mean of the last window), test accuracy, its gap to float32 (same model and
 seed, in points), steps and seconds (compilation included, for the first seed). Printed: a table of the means
-over seeds; written: ``training.json`` and ``training.png`` (loss curves, one panel per model, averaged over seeds).
+over seeds; written: ``training.json`` and ``training.png`` (loss curves, one panel per model, averaged over seeds,
+with the seeds' spread as a band).
 
 Reproduction notes (also :data:`NOTES`, stored in the JSON):
 
