@@ -17,6 +17,8 @@ from typing import Any
 
 import jax
 
+from lpnum.results import progress
+
 __all__ = ["Candidate", "error_reason", "failure", "peak_growth", "time_fn", "time_fns"]
 
 #: A function and the positional arguments to call it with.
@@ -75,14 +77,15 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
   """Times several candidates side by side, so that machine noise hits them alike.
 
   Every candidate is compiled first; then each of ``repeats`` rounds calls every candidate once, starting each round
-  one candidate later. A candidate whose compilation or warm-up raises is reported as ``fails`` with the error.
+  one candidate later. Both loops report progress (:func:`lpnum.results.progress`). A candidate whose compilation
+  or warm-up raises is reported as ``fails`` with the error.
 
   Returns:
     A measurement per candidate name, in the order of ``candidates``.
   """
   results: dict[str, dict[str, Any]] = {}
   ready: dict[str, tuple[Callable[..., Any], tuple[Any, ...], float]] = {}
-  for name, (fn, args) in candidates.items():
+  for name, (fn, args) in progress(candidates.items(), "compiling candidates"):
     try:
       call, compile_s = _compile(fn, args, warmup)
     except Exception as e:  # noqa: BLE001 -- a candidate that cannot run is a result, not an error
@@ -91,7 +94,7 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
     ready[name] = (call, args, compile_s)
   names = list(ready)
   samples: dict[str, list[float]] = {name: [] for name in names}
-  for r in range(repeats):
+  for r in progress(range(repeats), "timed rounds"):
     shift = r % len(names) if names else 0
     for name in names[shift:] + names[:shift]:
       call, args, _ = ready[name]

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lpnum
+from lpnum.results import progress
 from ._report import (QuickDefault, arg_parser, figure_values, format_targets, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
 from ._timing import Candidate, failure, time_fns
@@ -216,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
   size = 1 << args.size_log2
   base = jax.random.normal(jax.random.key(0), (size,), jnp.float32)
   key = jax.random.key(0)
-  records = [bench_format(fmt, base, roundings, repeats=args.repeats, key=key) for fmt, roundings in plan]
+  records = [bench_format(fmt, base, roundings, repeats=args.repeats, key=key)
+             for fmt, roundings in progress(plan, "formats")]
   targets = evaluate_targets(records)
 
   ml_log2 = min(args.size_log2, ML_DTYPES_MAX_LOG2)

@@ -41,6 +41,7 @@ import optax
 
 import lpnum
 from lpnum import nn as lnn
+from lpnum.results import progress
 from lpnum.zoo import models as zoo
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target, times,
@@ -242,7 +243,7 @@ def main(argv=None):
   parser = arg_parser("models", __doc__, quick="small models, 3 repeats", repeats=QuickDefault(20, 3))
   args = parse_args(parser, argv)
   specs = QUICK_MODELS if args.quick else MODELS
-  results = [run_model(name, spec, args.repeats) for name, spec in specs.items()]
+  results = [run_model(name, spec, args.repeats) for name, spec in progress(specs.items(), "models")]
   targets = evaluate_targets(results)
   print(format_tables(results))
   print()

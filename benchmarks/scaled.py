@@ -35,6 +35,11 @@ candidates of a case are compiled and then timed side by side (interleaved round
   from ``torchao.prototype.mx_formats`` on the same data as a CPU torch tensor; NVFP4:
   ``NVFP4Tensor.to_nvfp4(t, 16, per_tensor_amax_to_scale(amax)).dequantize(torch.float32)``. torchao has no MXINT8.
 
+A third table times the compilation of ``jax.jit(lambda x: lpnum.fake_quantize(x, fmt))`` for ``fmt =
+lpnum.ScaledFormat("int4", lpnum.per_block(32), calibration=c)`` on a ``(256, 1024)`` array, for ``c`` among
+``absmax()``, ``percentile(99.9)``, ``mse(8)`` and ``mse(64)`` (quick: ``absmax()`` and ``mse(64)``): the MSE search
+is one ``lax.scan`` over its candidates, so its compile time should not grow with their number.
+
 A second table times ``lpnum.dequantize`` of the QArray of the same array (MXFP8, MXFP4, NVFP4 and int4 in groups
 of 128 with float32 scales) side by side with the floor and with ``u8_to_f32``, a jitted ``codes.astype(float32)``
 of a uint8 array of the same shape: the least any decode that reads bytes and writes float32 can cost.
@@ -75,7 +80,7 @@ from lpnum.scaled import xla_cpu
 
 from ._report import (arg_parser, figure_values, format_targets, lpnum_revision, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
-from ._timing import Candidate, error_reason, failure, time_fns
+from ._timing import Candidate, error_reason, failure, time_fn, time_fns
 
 #: Shape of the timed array (and with ``--quick``).
 SHAPE: tuple[int, int] = (4096, 4096)
@@ -114,6 +119,13 @@ CANDIDATE_DOCS: dict[str, str] = {
                ".dequantize(torch.float32)",
 }
 
+#: The calibrations whose compile time is measured (name -> calibration), on int4 in blocks of 32.
+CALIBRATIONS: dict[str, Any] = {"absmax": lpnum.absmax(), "percentile_99.9": lpnum.percentile(99.9),
+                                "mse_8": lpnum.mse(8), "mse_64": lpnum.mse(64)}
+QUICK_CALIBRATIONS: tuple[str, ...] = ("absmax", "mse_64")
+#: Shape of the array the calibrations are compiled for.
+CALIBRATION_SHAPE: tuple[int, int] = (256, 1024)
+
 #: Target thresholds.
 JNP_SPEEDUP_MIN = 1.5
 QWIX_SPEEDUP_MIN = 1.5
@@ -121,6 +133,8 @@ FLOOR_MAX = 2.0
 GFLOAT_SPEEDUP_MIN = 5.0
 CHANNEL_SPEEDUP_MIN = 1.0
 DEQUANTIZE_FLOOR_MAX = 0.7
+#: Seconds within which ``calibration=mse(64)`` compiles (int4, blocks of 32, a (256, 1024) array).
+MSE_COMPILE_MAX_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,6 +579,17 @@ def dequantize_vs_floor(x: jax.Array, *, repeats: int) -> dict[str, Any]:
           "ratio_to_floor": {name: ratio(median_s(m), floor) for name, m in measured.items() if name != "floor"}}
 
 
+def calibration_compile(names: Sequence[str], *, repeats: int) -> dict[str, dict[str, Any]]:
+  """Compile time (and run time) of ``jax.jit(lambda x: lpnum.fake_quantize(x, fmt))`` on a
+  ``CALIBRATION_SHAPE`` standard-normal array, ``fmt`` int4 in blocks of 32 with each named calibration."""
+  x = jax.block_until_ready(jax.random.normal(jax.random.key(2), CALIBRATION_SHAPE, jnp.float32))
+  measured = {}
+  for name in progress(names, "calibration compile times"):
+    fmt = lpnum.ScaledFormat("int4", lpnum.per_block(32), calibration=CALIBRATIONS[name])
+    measured[name] = time_fn(jax.jit(lambda v, f=fmt: lpnum.fake_quantize(v, f)), x, repeats=repeats)
+  return measured
+
+
 # ---- figures and targets ----------------------------------------------------------------------------------------
 def figures(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Ratios of one case's medians (None where a side was not measured)."""
@@ -584,8 +609,10 @@ def _statuses(records: list[dict[str, Any]], name: str) -> dict[str, str]:
           for r in records}
 
 
-def evaluate_targets(records: list[dict[str, Any]], dequantize: dict[str, Any]) -> dict[str, dict[str, Any]]:
-  """The speed targets, each judged on ratios of medians measured in the same interleaved run."""
+def evaluate_targets(records: list[dict[str, Any]], dequantize: dict[str, Any],
+                     calibration: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+  """The speed targets, each judged on ratios of medians measured in the same interleaved run (the compile time of
+  the MSE search on its budget)."""
   block = [r for r in records if r["kind"] in ("mx", "nvfp4")]
   channel = [r for r in records if r["kind"] == "per_channel"]
 
@@ -611,6 +638,10 @@ def evaluate_targets(records: list[dict[str, Any]], dequantize: dict[str, Any]) 
           "f", f"dequantize of MXFP8/MXFP4/NVFP4/int4-g128 QArrays <= {DEQUANTIZE_FLOOR_MAX}x the x*2 floor "
           "(dequantize / floor)", {name: dequantize["ratio_to_floor"][name] for name in DEQUANTIZE_CASES},
           DEQUANTIZE_FLOOR_MAX, at_least=False),
+      "mse_compile": target(
+          "g", f"ScaledFormat('int4', per_block(32), calibration=mse(64)) on {CALIBRATION_SHAPE} compiles within "
+          f"{MSE_COMPILE_MAX_S:.0f} s (compile s / {MSE_COMPILE_MAX_S:.0f} s)",
+          {"mse_64": ratio(calibration["mse_64"]["compile_s"], MSE_COMPILE_MAX_S)}, 1.0, at_least=False),
   }
 
 
@@ -658,7 +689,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
   x = jax.block_until_ready(jax.random.normal(jax.random.key(0), shape, jnp.float32))
   records = [bench_case(case, x, libs, repeats=args.repeats) for case in progress(cases, "formats")]
   dequantize = dequantize_vs_floor(x, repeats=args.repeats)
-  targets = evaluate_targets(records, dequantize)
+  calibration = calibration_compile(QUICK_CALIBRATIONS if args.quick else list(CALIBRATIONS), repeats=args.repeats)
+  targets = evaluate_targets(records, dequantize, calibration)
   workarounds = xla_cpu_workarounds(x, repeats=args.repeats)
 
   print(f"Block-scaled fake quantization of a {shape[0]}x{shape[1]} float32 standard-normal array on "
@@ -674,6 +706,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
   print("\nXLA-CPU workarounds (lpnum.scaled.xla_cpu) against what they replace (ratio > 1: the workaround pays):")
   print(table(("measure", "ratio"), [(k, times(v)) for k, v in workarounds["figures"].items()]))
   print(table(("pass", "ms"), [(k, ms(v)) for k, v in workarounds["candidates"].items()]))
+  print(f"\nCompile time of fake_quantize, int4 in blocks of 32 on a {CALIBRATION_SHAPE} array, by calibration:")
+  print(table(("calibration", "compile s", "run ms"),
+              [(name, f"{m['compile_s']:.2f}", ms(m)) for name, m in calibration.items()]))
   print("\nTargets (ratios of medians from the same run):")
   print(format_targets(targets))
 
@@ -690,6 +725,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
       "targets": targets,
       "dequantize": dequantize,
       "xla_cpu": workarounds,
+      "calibration_compile": calibration,
   }
   return write_json("scaled", payload, args.out)
 

@@ -62,6 +62,7 @@ import numpy as np
 import optax
 
 import lpnum
+from lpnum.results import progress
 from ._report import (QuickDefault, arg_parser, format_targets, lpnum_revision, median_s, ms, parse_args,
                                 ratio, table, target, times, write_json)
 from ._timing import Candidate, error_reason, failure, time_fns
@@ -374,7 +375,7 @@ def bench_model(model: Model, variants: Sequence[Variant], *, repeats: int) -> d
     runs[v.name] = (steps[v.name], (p, optimizer.init(p), batch, key))
   measured = time_fns(runs, repeats=repeats)
   losses: dict[str, dict[str, Any]] = {}
-  for name, (_, args) in runs.items():
+  for name, (_, args) in progress(runs.items(), "training variants"):
     if measured[name]["status"] != "ok":
       losses[name] = failure("skipped", "the step did not compile")
       continue
@@ -458,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
   variants = [v for v in VARIANTS if v.name in QUICK_VARIANTS] if args.quick else list(VARIANTS)
   models = ([mlp_model(QUICK_MLP), transformer_model(QUICK_TRANSFORMER)] if args.quick
             else [mlp_model(MLPConfig()), transformer_model(TransformerConfig())])
-  records = [bench_model(model, variants, repeats=args.repeats) for model in models]
+  records = [bench_model(model, variants, repeats=args.repeats) for model in progress(models, "models")]
   targets = evaluate_targets(records, variants)
   check = sanity(records)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,10 +48,89 @@ def default_out(kind: str, name: str) -> Path:
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
-  """``items`` with a progress bar on the terminal (rich; silent when output is not a terminal)."""
-  from rich.progress import track
+  """``items``, reporting progress as the loop runs: a rich bar on a terminal, else timestamped lines.
 
-  return track(items, description=description, total=total, transient=True)
+  Without a terminal (a log file, CI, a notebook or a subprocess) a loop prints a line to standard output
+  (flushed) when it starts, then at most one every 10 seconds, and one when it ends, e.g. ``[12:03:04] formats:
+  3/20 (15%) 0:00:41 elapsed, ~0:03:52 left``. A loop inside another one adds its bar to the outer one's display,
+  or prints lines only once it has run 10 seconds.
+
+  Args:
+    items: what the loop runs over.
+    description: what the loop does, as the bar or line names it.
+    total: how many items there are (default ``len(items)`` where it has one).
+
+  Example:
+    >>> for _ in progress(range(2), "demo"):  # doctest: +ELLIPSIS
+    ...   pass
+    [...] demo: 0/2 (0%) 0:00:00 elapsed
+    [...] demo: 2/2 (100%) 0:00:00 elapsed
+  """
+  if total is None and isinstance(items, Sized):
+    total = len(items)
+  return _bars(items, description, total) if sys.stdout.isatty() else _lines(items, description, total)
+
+
+#: Seconds between two progress lines of a loop (without a terminal).
+_LINE_EVERY_S = 10.0
+
+#: The loops running now, outermost first: the rich display their bars share, or None for loops printing lines.
+_running: list[Any] = []
+
+
+def _bars(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+  from rich.progress import Progress
+
+  display = _running[0] if _running else Progress(transient=True)
+  if not _running:
+    display.start()
+  _running.append(display)
+  task = display.add_task(description, total=total)
+  try:
+    for item in items:
+      yield item
+      display.advance(task)
+  finally:
+    display.remove_task(task)
+    _running.pop()
+    if not _running:
+      display.stop()
+
+
+def _clock(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _line(description: str, done: int, total: int | None, elapsed: float) -> None:
+  now = datetime.datetime.now().strftime("%H:%M:%S")
+  if total is None:
+    text = f"{done} done, {_clock(elapsed)} elapsed"
+  else:
+    text = f"{done}/{total} ({100 * done // total if total else 100}%) {_clock(elapsed)} elapsed"
+    if 0 < done < total:
+      text += f", ~{_clock(elapsed / done * (total - done))} left"
+  print(f"[{now}] {description}: {text}", flush=True)
+
+
+def _lines(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+  nested = bool(_running)
+  _running.append(None)
+  start = last = time.monotonic()
+  if not nested:
+    _line(description, 0, total, 0.0)
+  done = shown = 0
+  try:
+    for item in items:
+      yield item
+      done += 1
+      now = time.monotonic()
+      if now - last >= _LINE_EVERY_S and done != total:
+        _line(description, done, total, now - start)
+        last, shown = now, done
+  finally:
+    _running.pop()
+  if shown != done and (shown or not nested):
+    _line(description, done, total, time.monotonic() - start)
 
 
 def _jsonable(value: Any) -> Any:
@@ -117,7 +198,7 @@ def write_csv(name: str, payload: dict[str, Any], out: Path) -> list[Path]:
 
 def write_json(name: str, payload: dict[str, Any], out: Path) -> Path:
   """Writes ``{"study", "created", "machine", "jax", "results": payload}`` to ``out/<name>.json``, and the
-  payload's record lists as CSV (:func:`write_csv`)."""
+  payload's record lists as CSV (:func:`write_csv`); prints where they went."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   doc = {"study": name, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -126,16 +207,18 @@ def write_json(name: str, payload: dict[str, Any], out: Path) -> Path:
          "jax": jax.__version__, "results": _jsonable(payload)}
   path = out / f"{name}.json"
   path.write_text(json.dumps(doc, indent=1))
-  write_csv(name, payload, out)
+  csvs = write_csv(name, payload, out)
+  print(f"wrote {path}" + "".join(f", {p.name}" for p in csvs), flush=True)
   return path
 
 
 def save_figure(fig, path: Path) -> Path:
-  """Saves a matplotlib figure as PNG (100 dpi) and closes it."""
+  """Saves a matplotlib figure as PNG (100 dpi), closes it and prints where it went."""
   import matplotlib.pyplot as plt
 
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  print(f"wrote {path}", flush=True)
   return path

@@ -208,18 +208,30 @@ def _asymmetric_scales(xb, fmt, axes) -> Scales:
 
 
 def _mse_scales(xb, fmt, axes) -> Scales:
+  """The candidate of least squared error per block (the first on ties), searched by one ``lax.scan`` over the
+  ratios: one copy of the candidate's computation whatever their number."""
   amax = block_range(xb, dataclasses.replace(fmt, calibration=absmax()), axes)
 
   def candidate(ratio):
-    s = scales_from_range(amax * jnp.float32(ratio), fmt, xb).with_factors(fmt)
+    s = scales_from_range(amax * ratio, fmt, xb).with_factors(fmt)
     r = round_elements(xb, s, fmt, Rounding.NEAREST_EVEN, None)
     err = jnp.sum(jnp.square(apply_scale(r, s, fmt, F32) - xb), axis=axes, keepdims=True)
     return s, err
 
-  best, best_err = candidate(fmt.calibration.ratios[0])
-  for ratio in fmt.calibration.ratios[1:]:
+  def step(carry, candidate_ratio):
+    best, best_err = carry
+    ratio, first = candidate_ratio
     s, err = candidate(ratio)
-    better = err < best_err
-    best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), s, best)
-    best_err = jnp.where(better, err, best_err)
+    better = first | (err < best_err)
+    return (jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), s, best),
+            jnp.where(better, err, best_err)), None
+
+  ratios = np.asarray(fmt.calibration.ratios, np.float32)
+  if ratios.size == 1:
+    return candidate(ratios[0])[0]
+  # The choice broadcasts every leaf to the blocks' shape (with a tensor scale, each block keeps its candidate's).
+  shape_s, shape_err = jax.eval_shape(candidate, ratios[0])
+  init = jax.tree_util.tree_map(lambda a: jnp.zeros(jnp.broadcast_shapes(a.shape, shape_err.shape), a.dtype),
+                                (shape_s, shape_err))
+  (best, _), _ = jax.lax.scan(step, init, (ratios, np.arange(ratios.size) == 0))
   return best

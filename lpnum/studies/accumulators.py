@@ -346,7 +346,7 @@ def _float_table(records: list[dict[str, Any]], mantissas: Sequence[int]) -> str
   return "\n".join(lines)
 
 
-def _plot(records: list[dict[str, Any]], reference: dict[str, float]):
+def _plot(records: list[dict[str, Any]], reference: dict[str, float], examples: int):
   import matplotlib
 
   matplotlib.use("Agg")
@@ -365,19 +365,30 @@ def _plot(records: list[dict[str, Any]], reference: dict[str, float]):
   left.axhline(100 * reference["int8_exact"], color="gray", ls=":", label="int8 model, exact sums")
   left.set(xlabel="integer accumulator bits P", ylabel="test accuracy (%)", ylim=(0, 102),
            title="Integer accumulator (8-bit inputs and weights)")
+  left.set_xticks(sorted({r["bits"] for r in ints}))
   left.legend(fontsize=8, loc="lower right")
   floats = [r for r in records if r["kind"] == "float"]
   for rnd, color in (("nearest_even", "tab:green"), ("stochastic", "tab:purple")):
     for order, ls, marker in (("sequential", "-", "o"), ("chunked", "--", "s")):
       rows = sorted((r for r in floats if r["rounding"] == rnd and r["order"] == order), key=lambda r: r["bits"])
-      right.plot([r["bits"] for r in rows], [100 * r["accuracy"] for r in rows], ls, marker=marker,
-                 fillstyle="full" if order == "sequential" else "none", color=color, label=f"{rnd}, {order}")
-  right.axhline(100 * reference["float32"], color="gray", ls=":", label="float32 model (XLA dot)")
-  low = min([100 * r["accuracy"] for r in floats] + [100 * reference["float32"]])
+      acc = np.array([100 * r["accuracy"] for r in rows])
+      spread = np.array([[acc[i] - 100 * min(r["accuracies"]), 100 * max(r["accuracies"]) - acc[i]]
+                         for i, r in enumerate(rows)]).T.reshape(2, -1)
+      repeats = max((len(r["accuracies"]) for r in rows), default=1)
+      label = f"{rnd}, {order}" + (f" (mean of {repeats} keys; bars: min to max)" if repeats > 1 else "")
+      right.errorbar([r["bits"] for r in rows], acc, yerr=spread if repeats > 1 else None, fmt=ls, marker=marker,
+                     fillstyle="full" if order == "sequential" else "none", color=color, capsize=3, label=label)
+  ref = 100 * reference["float32"]
+  se = 100 * math.sqrt(reference["float32"] * (1 - reference["float32"]) / examples)
+  right.axhline(ref, color="gray", ls=":", label="float32 model (XLA dot)")
+  right.axhspan(ref - se, ref + se, color="gray", alpha=0.15, lw=0,
+                label=f"±1 binomial s.e. of a test accuracy ({se:.1f} points, {examples} examples)")
+  low = min([100 * a for r in floats for a in r["accuracies"]] + [ref - se])
   right.set(xlabel=f"float accumulator mantissa bits m (E{EXPONENT_BITS}Mm)", ylabel="test accuracy (%)",
             ylim=(max(0.0, 5 * math.floor(low / 5) - 5), 100.5),
             title=f"Float accumulator (float32 inputs; chunk = {CHUNK})")
-  right.legend(fontsize=8, loc="lower right")
+  right.set_xticks(sorted({r["bits"] for r in floats}))
+  right.legend(fontsize=7, loc="lower right")
   fig.suptitle("Accuracy vs accumulator bits: digits MLP, K = 64 products per output")
   fig.tight_layout()
   return fig
@@ -449,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "reference": reference, "records": records, "notes": NOTES,
   }
   write_json("accumulators", results, args.out)
-  save_figure(_plot(records, reference), args.out / "accumulators.png")
+  save_figure(_plot(records, reference, len(y)), args.out / "accumulators.png")
   return results
 
 

@@ -26,7 +26,8 @@ Rows:
 Metrics: SQNR ``10 log10(sum x^2 / sum (x - q)^2)``, the relative L1 error ``sum |x - q| / sum |x|``, and the
 storage cost in bits per element (element bits plus the scale bits each element carries: 32 / K per channel,
 32 / 32 per float32-scaled block, 8 / 32 for MX, 8 / 16 for NVFP4). Tables rank (format, granularity) by mean
-SQNR per bit of storage; ``formats_sqnr_vs_bits.png`` plots mean SQNR against bits per element.
+SQNR per bit of storage; ``formats_sqnr_vs_bits.png`` plots mean SQNR against bits per element, every point
+numbered, with a key beside the plot naming its formats, granularity, bits per element and SQNR.
 
 Reproduction notes
 ------------------
@@ -78,7 +79,7 @@ import optax
 from lpnum.carrier import F32
 from lpnum.formats import ALL_FORMATS, BinaryFormat, Format, IntFormat, PositFormat, ShiftFormat, get_format
 from lpnum.quantize import quantize
-from lpnum.results import save_figure, write_json
+from lpnum.results import progress, save_figure, write_json
 from lpnum.studies._common import arg_parser, parse_args
 from lpnum.zoo import data, train
 from lpnum.zoo import models as zoo
@@ -263,14 +264,16 @@ def tensors(n: int, seed: int = 0, mlp: tuple[tuple[int, ...], int] | None = MLP
   out the real tensors."""
   if n % COLUMNS:
     raise ValueError(f"n={n} must be a multiple of {COLUMNS}")
-  out = {d: [sample(d, n, seed).reshape(-1, COLUMNS)] for d in DISTRIBUTIONS}
+  sources = {"samples": lambda: {d: [sample(d, n, seed).reshape(-1, COLUMNS)] for d in DISTRIBUTIONS}}
   if mlp is not None:
-    model, variables, _ = trained_mlp(mlp[0], mlp[1], seed)
-    out.update(mlp_tensors(model, variables, seed))
+    sources["mlp"] = lambda: mlp_tensors(*trained_mlp(mlp[0], mlp[1], seed)[:2], seed)
   if cnn is not None:
-    out.update(cnn_tensors(trained_cnn(cnn[0], cnn[1], seed)[1]))
+    sources["cnn"] = lambda: cnn_tensors(trained_cnn(cnn[0], cnn[1], seed)[1])
   if photos:
-    out.update(photo_tensors())
+    sources["photos"] = photo_tensors
+  out: dict[str, list[np.ndarray]] = {}
+  for source in progress(list(sources.values()), f"tensors ({', '.join(sources)})"):
+    out.update(source())
   return out
 
 
@@ -302,7 +305,7 @@ def run(formats: Sequence[Format] = ALL_FORMATS, n: int = 1 << 16, seed: int = 0
   names = list(data)
   parts = [p for t in names for p in data[t]]
   rows = []
-  for fmt in formats:
+  for fmt in progress(formats, "formats scaled per tensor"):
     if fmt.carrier_problem(F32) is not None:
       continue
     scales = [_scale(fmt, p) for p in parts]
@@ -365,13 +368,13 @@ def run_scaled(data: dict[str, list[np.ndarray]], elements: Sequence[str] = SCAL
   def unstack(q: np.ndarray) -> list[np.ndarray]:
     return [q[r:r + m, :k] for r, m, k in where]
 
-  for name in elements:
+  grans = (("channel", lpnum.per_channel(0), lambda p: 32 * p.shape[0]),
+           ("block32", lpnum.per_block(32, -1), lambda p: 32 * _blocks(p, 32)))
+  for name, (gran, g, overhead) in progress([(n, g) for n in elements for g in grans], "scaled element formats"):
     el = lpnum.get_format(name)
-    for gran, g, overhead in (("channel", lpnum.per_channel(0), lambda p: 32 * p.shape[0]),
-                              ("block32", lpnum.per_block(32, -1), lambda p: 32 * _blocks(p, 32))):
-      q = np.asarray(lpnum.fake_quantize(jx, lpnum.ScaledFormat(el, g)))
-      add(name, el.bits, gran, unstack(q), overhead)
-  for name in presets:
+    q = np.asarray(lpnum.fake_quantize(jx, lpnum.ScaledFormat(el, g)))
+    add(name, el.bits, gran, unstack(q), overhead)
+  for name in progress(presets, "MX and NVFP4 presets"):
     fmt = lpnum.mx.format(name)
     bits = fmt.element.bits
     if name == "nvfp4":
@@ -435,28 +438,97 @@ _MARKERS = {"int": "o", "float": "s", "posit": "^", "binary": "x", "shift": "D",
 _COLORS = {"tensor": "tab:blue", "channel": "tab:orange", "block32": "tab:green", "preset": "tab:red"}
 
 
+def _points(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The plot's points: entries of one granularity and family with the same bits per element and SQNR (to 0.01
+  dB) share one, named together; ordered by bits per element, then by SQNR from the highest."""
+  points: dict[tuple, dict[str, Any]] = {}
+  for e in summary:
+    if not math.isfinite(e["mean_sqnr_db"]):
+      continue
+    key = (round(e["bits_per_element"], 3), round(e["mean_sqnr_db"], 2), e["granularity"], e["family"])
+    points.setdefault(key, {**e, "names": []})["names"].append(e["format"])
+  return sorted(points.values(), key=lambda p: (p["bits_per_element"], -p["mean_sqnr_db"]))
+
+
+def _label_heights(ys: Sequence[float], gap: float, low: float, high: float) -> list[float]:
+  """Heights for labels of points at heights ``ys`` (ascending): at least ``gap`` apart, centred on the points and
+  kept within [``low``, ``high``] where they fit."""
+  out = [ys[0]]
+  for y in ys[1:]:
+    out.append(max(y, out[-1] + gap))
+  shift = (sum(out) - sum(ys)) / len(ys)
+  shift = max(min(shift, out[0] - low), out[-1] - high)
+  return [h - shift for h in out]
+
+
+def _key_lines(points: Sequence[dict[str, Any]], width: int = 64) -> list[str]:
+  """The key: one entry per point (number, formats, granularity, bits per element, mean SQNR), wrapped."""
+  import textwrap
+
+  lines = []
+  for i, p in enumerate(points):
+    text = (f"{i + 1:>2} {', '.join(p['names'])} ({p['granularity']}): {p['bits_per_element']:.2f} b, "
+            f"{p['mean_sqnr_db']:.1f} dB")
+    lines += textwrap.wrap(text, width, subsequent_indent="   ")
+  return lines
+
+
+#: Lines of the key per column.
+_KEY_ROWS = 54
+
+
 def plot(rows: Sequence[Row], path) -> Any:
-  """Scatter of mean SQNR against bits per element: one marker per family, one color per granularity."""
+  """Mean SQNR against bits per element, one marker per family, one color per granularity; each point numbered
+  (the numbers of points close together stacked beside them), with the key beside the plot: number, formats,
+  granularity, bits per element, mean SQNR."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-
-  summary = _summary(rows)
-  fig, ax = plt.subplots(figsize=(8, 5.5))
-  for e in summary:
-    ax.scatter(e["bits_per_element"], e["mean_sqnr_db"], marker=_MARKERS[e["family"]],
-               color=_COLORS[e["granularity"]], s=40)
+  points = _points(_summary(rows))
+  lines = _key_lines(points)
+  columns = -(-len(lines) // _KEY_ROWS)
+  fig, (ax, key) = plt.subplots(1, 2, figsize=(8 + 4.4 * columns, 7.5), width_ratios=[8, 4.4 * columns])
+  for p in points:
+    ax.scatter(p["bits_per_element"], p["mean_sqnr_db"], marker=_MARKERS[p["family"]],
+               color=_COLORS[p["granularity"]], s=36, zorder=3)
+  sqnr = [p["mean_sqnr_db"] for p in points]
+  low, high = min(0.0, min(sqnr)) - 4, max(sqnr) * 1.08 + 4
+  ax.set_ylim(low, high)
+  gap = 0.03 * (high - low)
+  clusters: list[list[int]] = []
+  for i, p in enumerate(points):  # points within 0.1 octave of a cluster's first join it
+    if clusters and math.log2(p["bits_per_element"] / points[clusters[-1][0]]["bits_per_element"]) < 0.1:
+      clusters[-1].append(i)
+    else:
+      clusters.append([i])
+  bits = [[points[i]["bits_per_element"] for i in c] for c in clusters]
+  for k, cluster in enumerate(clusters):  # numbers on the side of the cluster with more room
+    room_left = math.log2(bits[k][0] / bits[k - 1][-1]) if k else math.inf
+    room_right = math.log2(bits[k + 1][0] / bits[k][-1]) if k + 1 < len(clusters) else math.inf
+    left = room_left > room_right
+    x_label = bits[k][0] * 2 ** -0.07 if left else bits[k][-1] * 2 ** 0.07
+    members = sorted(cluster, key=lambda i: points[i]["mean_sqnr_db"])
+    heights = _label_heights([points[i]["mean_sqnr_db"] for i in members], gap, low + gap / 2, high - gap / 2)
+    for i, h in zip(members, heights):
+      ax.annotate(str(i + 1), (points[i]["bits_per_element"], points[i]["mean_sqnr_db"]), (x_label, h),
+                  fontsize=6.5, va="center", ha="right" if left else "left",
+                  arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 2})
   for fam, m in _MARKERS.items():
     ax.scatter([], [], marker=m, color="gray", label=fam)
   for gran, c in _COLORS.items():
     ax.scatter([], [], marker="o", color=c, label=f"scale: {gran}")
   ax.set(xscale="log", xlabel="bits per element (scales included)", ylabel="mean SQNR over tensors (dB)",
-         title="SQNR vs storage")
+         title="SQNR vs storage (numbers: see the key)")
   ax.set_xticks([1, 2, 4, 8, 16, 32], ["1", "2", "4", "8", "16", "32"])
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
+  ax.set_xticks([], minor=True)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7, ncol=2, loc="upper left")
+  key.axis("off")
+  for c in range(columns):
+    key.text(c / columns, 1.0, "\n".join(lines[c * _KEY_ROWS:(c + 1) * _KEY_ROWS]), transform=key.transAxes,
+             va="top", ha="left", fontsize=6.5, family="monospace")
   fig.tight_layout()
   return save_figure(fig, path)
 
@@ -475,12 +547,12 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
   rows += run_scaled(data, *((_QUICK_SCALED, _QUICK_PRESETS) if args.quick else (SCALED, PRESETS)))
   print("SQNR (dB) per tensor; ranked by mean SQNR per bit of storage")
   print(table(rows))
-  path = write_json("formats", {"config": {"quick": args.quick, "seed": args.seed, "tensors": list(data),
+  write_json("formats", {"config": {"quick": args.quick, "seed": args.seed, "tensors": list(data),
                                            "mlp_features": list(MLP_SETUPS[mode][0]), "mlp_steps": MLP_SETUPS[mode][1],
                                            "cnn_channels": list(CNN_SETUPS[mode][0]),
                                            "cnn_steps": CNN_SETUPS[mode][1]},
                                 "rows": [dataclasses.asdict(r) for r in rows], "ranking": _summary(rows),
                                 "notes": NOTES}, args.out)
   plot(rows, args.out / "formats_sqnr_vs_bits.png")
-  print(f"wrote {path} ({time.perf_counter() - start:.1f} s)")
+  print(f"({time.perf_counter() - start:.1f} s)")
   return rows

@@ -306,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "sqnr": sqnr, "float_accuracy": float_acc, "ptq_accuracy": ptq_acc, "training": training,
              "notes": NOTES}
   print(tables(results))
-  path = write_json("scale_rules", results, args.out)
+  write_json("scale_rules", results, args.out)
   plot_sqnr(results, args.out / "scale_rules_sqnr.png")
   plot_losses(results, args.out / "scale_rules_loss.png")
-  print(f"wrote {path} and plots ({time.perf_counter() - start:.1f} s)")
+  print(f"({time.perf_counter() - start:.1f} s)")
   return results

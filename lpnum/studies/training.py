@@ -29,7 +29,8 @@ every seed (:func:`lpnum.zoo.train.fit` caches them on the model, the quantized 
 Recorded per (model, recipe, seed): the loss curve (the mean training loss over each window of ``curve_every``
 steps), the final training loss (the mean of the last window), test accuracy, its gap to float32 (same model and
 seed, in points), steps and seconds (compilation included, for the first seed). Printed: a table of the means
-over seeds; written: ``training.json`` and ``training.png`` (loss curves, one panel per model, averaged over seeds).
+over seeds; written: ``training.json`` and ``training.png`` (loss curves, one panel per model, averaged over seeds,
+with the seeds' spread as a band).
 
 Reproduction notes (also :data:`NOTES`, stored in the JSON):
 
@@ -279,20 +280,33 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(runs: Sequence[dict[str, Any]]):
-  """Loss curves (mean over seeds, log scale), one panel per model, one line per recipe; returns the figure."""
+  """Loss curves (mean over seeds; with several seeds a band from the lowest to the highest seed's loss), one
+  panel per model (log scale where its losses span more than a factor 3), one line per recipe; returns the
+  figure."""
   from matplotlib.figure import Figure
+  from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
   models = list(dict.fromkeys(r["model"] for r in runs))
   fig = Figure(figsize=(5 * len(models), 4))
   axes = fig.subplots(1, len(models), squeeze=False)
   for ax, model in zip(axes[0], models, strict=True):
+    losses = [v for r in runs if r["model"] == model for v in r["loss_curve"]]
     recipes = list(dict.fromkeys(r["recipe"] for r in runs if r["model"] == model))
     for recipe in recipes:
       group = [r for r in runs if r["model"] == model and r["recipe"] == recipe]
-      curve = np.mean([r["loss_curve"] for r in group], axis=0)
-      ax.plot(group[0]["curve_steps"], curve, label=recipe, linestyle="-" if recipe == "float32" else "--")
-    ax.set(title=f"{model} ({len(group)} seed{'s' if len(group) > 1 else ''})", xlabel="step",
-           ylabel="training loss", yscale="log")
+      curves = np.array([r["loss_curve"] for r in group])
+      line, = ax.plot(group[0]["curve_steps"], curves.mean(axis=0), label=recipe,
+                      linestyle="-" if recipe == "float32" else "--")
+      if len(group) > 1:
+        ax.fill_between(group[0]["curve_steps"], curves.min(axis=0), curves.max(axis=0), color=line.get_color(),
+                        alpha=0.15, lw=0)
+    seeds = f"mean of {len(group)} seeds, bands: min to max" if len(group) > 1 else "1 seed"
+    ax.set(title=f"{model} ({seeds})", xlabel="step", ylabel="training loss")
+    if max(losses) > 3 * min(losses) > 0:
+      ax.set_yscale("log")
+      ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+      ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+      ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
   fig.tight_layout()
   return fig

@@ -58,7 +58,15 @@ def test_scaled_quick(tmp_path, capsys):
 
   targets = results["targets"]
   assert set(targets) == {"vs_jnp", "vs_qwix", "vs_floor", "vs_gfloat", "channel_vs_qwix", "channel_vs_aqt",
-                          "dequantize_vs_floor"}
+                          "dequantize_vs_floor", "mse_compile"}
+  calibration = results["calibration_compile"]
+  assert list(calibration) == list(scaled.QUICK_CALIBRATIONS)
+  for m in calibration.values():
+    check_measurement(m)
+    assert m["status"] == "ok"
+  mse_compile = targets["mse_compile"]
+  assert mse_compile["status"] in ("PASS", "FAIL")
+  assert mse_compile["values"] == {"mse_64": calibration["mse_64"]["compile_s"] / scaled.MSE_COMPILE_MAX_S}
   dequantize = results["dequantize"]
   assert set(dequantize["candidates"]) == {"floor", "u8_to_f32", *scaled.DEQUANTIZE_CASES}
   for m in dequantize["candidates"].values():

@@ -16,7 +16,7 @@ import pytest
 
 import lpnum
 
-from scaled_reference import TINY, amax_of_blocks, blocks_of, ref_fp8, ref_int
+from scaled_reference import TINY, amax_of_blocks, blocks_of, float_elements, int_elements, mse_search, ref_fp8, ref_int
 
 F32 = np.float32
 
@@ -158,25 +158,66 @@ def test_percentile_clipping_matches_numpy():
   assert np.sum(np.abs(x) > clip) > 0  # something was clipped
 
 
-def test_mse_search_picks_the_best_ratio():
+# ---- MSE calibration: the candidate search -------------------------------------------------------------------
+TRANSFORMS = {"eager": lambda f: f, "jit": jax.jit}
+MSE_CASES = {  # name: (format, block, NumPy elements, element max, scale dtype)
+    "int4_block32": (lpnum.ScaledFormat("int4", lpnum.per_block(32), calibration=lpnum.mse(16)), (1, 32),
+                     int_elements(4), 7, F32),
+    "int4_block64_axis0_bf16": (lpnum.ScaledFormat("int4", lpnum.per_block(64, 0), "bfloat16",
+                                                   calibration=lpnum.mse([1.0, 0.5, 0.75, 0.5])), (64, 1),
+                                int_elements(4), 7, ml_dtypes.bfloat16),
+    "int8_channel0": (lpnum.ScaledFormat("int8", lpnum.per_channel(0), calibration=lpnum.mse(8)), (1, 256),
+                      int_elements(8), 127, F32),
+    "int8_channel1": (lpnum.ScaledFormat("int8", lpnum.per_channel(1), calibration=lpnum.mse(8)), (64, 1),
+                      int_elements(8), 127, F32),
+    "int4_tile": (lpnum.ScaledFormat("int4", lpnum.per_tile((16, 64)), calibration=lpnum.mse(5)), (16, 64),
+                  int_elements(4), 7, F32),
+    "e4m3_block32": (lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_block(32), calibration=lpnum.mse(8)), (1, 32),
+                     float_elements(ml_dtypes.float8_e4m3fn), 448, F32),
+}
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+@pytest.mark.parametrize("kind", ["normal", "t2"])
+@pytest.mark.parametrize("case", MSE_CASES, ids=str)
+def test_mse_search_matches_numpy(case, kind, transform):
+  fmt, block, elements, top, scale_dtype = MSE_CASES[case]
+  x = _data((64, 256), seed=8, kind=kind)
+  want = mse_search(x, block, fmt.calibration.ratios, elements, top, scale_dtype)
+  _same(transform(lambda v: lpnum.fake_quantize(v, fmt))(x), want)
+  _same(lpnum.dequantize(transform(lambda v: lpnum.quantize_scaled(v, fmt))(x)), want)
+
+
+def test_mse_count_is_evenly_spaced_from_one_to_point_three():
+  assert lpnum.mse(8).ratios == tuple(float(r) for r in np.linspace(1.0, 0.3, 8))
+  assert lpnum.mse(1).ratios == (1.0,)
+
+
+@pytest.mark.parametrize("ratios", [(1.0, 0.5), (0.5, 1.0)], ids=str)
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+def test_mse_search_ties_keep_the_earlier_candidate(ratios, transform):
+  """A block whose two candidates have the same squared error (49, exact) but different values: the first listed
+  wins. amax 14: ratio 1 gives scale 2 (49 odd integers each off by 1), ratio 0.5 gives scale 1 (only 14, clipped
+  to 7, off by 7). A block of zeros ties everywhere (error 0)."""
+  x = np.zeros((2, 64), F32)
+  x[0, 0] = 14
+  x[0, 1:50] = np.resize([1, -3, 5, -7], 49)
+  fmt = lpnum.ScaledFormat("int4", lpnum.per_block(64), calibration=lpnum.mse(ratios))
+  want = mse_search(x, (1, 64), ratios, int_elements(4), 7)
+  by_scale = {r: int_elements(4)(x[0] / F32(14 * r / 7)) * F32(14 * r / 7) for r in ratios}
+  assert np.sum((by_scale[1.0] - x[0]) ** 2) == np.sum((by_scale[0.5] - x[0]) ** 2) == 49
+  np.testing.assert_array_equal(want[0], by_scale[ratios[0]])
+  got = transform(lambda v: lpnum.fake_quantize(v, fmt))(x)
+  _same(got, want)
+  assert np.all(np.asarray(got)[1] == 0)
+
+
+def test_mse_search_lowers_the_error():
   x = _data((8, 64), seed=8, kind="t2")
-  ratios = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-  fmt = lpnum.ScaledFormat("int4", lpnum.per_block(32), calibration=lpnum.mse(ratios))
-  xb = blocks_of(x, (1, 32))
-  best, best_err = None, None
-  for r in ratios:
-    scale = np.clip(amax_of_blocks(xb) * F32(r) / F32(7), TINY, None).astype(F32)
-    y = (np.clip(np.round(xb / scale), -8, 7).astype(F32) + F32(0)) * scale
-    err = np.sum((y - xb) ** 2, axis=(1, 3), keepdims=True)
-    if best is None:
-      best, best_err = y, err
-    else:
-      better = err < best_err
-      best, best_err = np.where(better, y, best), np.where(better, err, best_err)
+  fmt = lpnum.ScaledFormat("int4", lpnum.per_block(32), calibration=lpnum.mse((1.0, 0.9, 0.8, 0.7, 0.6, 0.5)))
   got = np.asarray(lpnum.fake_quantize(x, fmt))
-  _same(got, best.reshape(x.shape))
   plain = np.asarray(lpnum.fake_quantize(x, lpnum.ScaledFormat("int4", lpnum.per_block(32))))
-  assert np.sum((got - x) ** 2) <= np.sum((plain - x) ** 2)
+  assert np.sum((got - x) ** 2) < np.sum((plain - x) ** 2)
 
 
 def test_dynamic_fixed_point_shares_one_exponent():

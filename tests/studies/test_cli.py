@@ -55,7 +55,7 @@ def test_study_formats_quick_writes_json(tmp_path, capsys):
   # Per-channel scales pay off on convolution kernels with BatchNorm folded in (Krishnamoorthi).
   assert block[("int8", "channel", "cnn_weights")] > block[("int8", "tensor", "cnn_weights")] + 2
   image = plt.imread(tmp_path / "formats_sqnr_vs_bits.png")
-  assert image.shape[:2] == (550, 800) and np.ptp(image) > 0  # 8 x 5.5 inches at 100 dpi
+  assert image.shape[:2] == (750, 1240) and np.ptp(image) > 0  # 8 x 7.5 inches and a 4.4-inch key at 100 dpi
   assert "dB/bit" in capsys.readouterr().out
 
 

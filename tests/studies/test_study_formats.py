@@ -45,6 +45,23 @@ def test_photo_tensors_are_the_differenced_luminance_of_the_sample_images():
     assert np.mean(centred**4) / np.mean(centred**2) ** 2 > 6  # natural images: far heavier-tailed than Gaussian
 
 
+def test_plot_points_merge_equal_results_in_order_of_storage():
+  rows = [study.Row("int8", 8, "gaussian", 35.0, "tensor", 0.1, 8.0),
+          study.Row("int4", 4, "gaussian", 20.0, "tensor", 0.1, 4.0),
+          study.Row("int8", 8, "gaussian", 40.0, "channel", 0.1, 8.25),
+          study.Row("posit8", 8, "gaussian", 31.0, "tensor", 0.1, 8.0),
+          study.Row("int8_narrow", 8, "gaussian", 35.004, "tensor", 0.1, 8.0)]  # int8's point, ranked first
+  points = study._points(study._summary(rows))
+  assert [(p["names"], p["granularity"]) for p in points] == [
+      (["int4"], "tensor"), (["int8_narrow", "int8"], "tensor"), (["posit8"], "tensor"), (["int8"], "channel")]
+
+
+def test_label_heights_keep_their_distance_around_the_points():
+  assert study._label_heights([0.0, 0.0, 0.0, 10.0], 2.0, -100, 100) == [-1.5, 0.5, 2.5, 8.5]
+  assert study._label_heights([0.0, 0.0, 0.0, 10.0], 2.0, 0.0, 100) == [0.0, 2.0, 4.0, 10.0]  # none below 0
+  assert study._label_heights([0.0, 9.0, 9.5], 1.0, -100, 9.5) == [-0.5, 8.5, 9.5]  # none above 9.5
+
+
 def test_tensors_rejects_a_size_that_is_not_whole_rows():
   with pytest.raises(ValueError, match="n="):
     study.tensors(1000, mlp=None, cnn=None, photos=False)
