@@ -36,7 +36,7 @@ def formats_table(formats: Sequence[Format] = ALL_FORMATS) -> str:
 STUDIES = ("formats", "training", "accumulators", "scale_rules")
 
 #: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
-BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models", "eager")
+BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models", "eager", "minilm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
