@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
   parser.add_argument("--sentences", type=int, default=QuickDefault(len(text.sentences()), 128),
                       help="corpus sentences embedded per call (default all of them, 128 with --quick)")
   args = parse_args(parser, argv)
+  if not 1 <= args.sentences <= len(text.sentences()):
+    parser.error(f"--sentences must be in [1, {len(text.sentences())}] (the corpus)")
   sentences = text.sentences(args.sentences)
   import torch
 
