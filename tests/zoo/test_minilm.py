@@ -181,6 +181,7 @@ def short() -> list[str]:
   return [s for s in text.sentences(60) if len(model.tokenize([s])[0]) <= 48][:16]
 
 
+@pytest.mark.slow  # about 30 s each: the quantized forward compiles for over 10 s
 @pytest.mark.parametrize("bits, granularity, block_k", [(8, lpnum.per_channel(), None),
                                                         (4, lpnum.per_block(32), 32)],
                          ids=["int8_per_channel", "int4_per_block_32"])
