@@ -46,7 +46,7 @@ def formats_table(formats: Sequence[Format] | None = None) -> str:
 STUDIES = ("formats", "training", "accumulators", "scale_rules", "real_model")
 
 #: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
-BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models", "eager")
+BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models", "eager", "minilm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
