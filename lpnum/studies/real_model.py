@@ -91,7 +91,7 @@ from lpnum.studies._common import arg_parser, parse_args
 from lpnum.zoo import minilm, text
 
 __all__ = ["Setting", "weight_only_settings", "weight_activation_settings", "rotated_settings", "Study",
-           "retrieval", "reproduction", "main"]
+           "reproduction", "main"]
 
 #: Sentences evaluated (full, quick).
 EVAL_SENTENCES, QUICK_EVAL_SENTENCES = 1024, 128
@@ -252,20 +252,6 @@ def batches(token_ids: Sequence[np.ndarray], buckets: Sequence[int] = BUCKETS,
 def _sqnr_db(ref: np.ndarray, err: np.ndarray) -> float:
   signal, noise = float(np.sum(np.square(ref, dtype=np.float64))), float(np.sum(np.square(err, dtype=np.float64)))
   return float("inf") if noise == 0 else 10.0 * np.log10(signal / noise)
-
-
-def retrieval(reference: np.ndarray, quantized: np.ndarray, k: int = TOP_K) -> dict[str, float]:
-  """Nearest-neighbour agreement of two embedding sets of one corpus: top-1 agreement and recall@k of the
-  reference's neighbours (cosine, each sentence's own row excluded)."""
-  def neighbours(e):
-    e = np.asarray(e, np.float64)
-    sim = e @ e.T
-    np.fill_diagonal(sim, -np.inf)
-    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
-
-  ref, q = neighbours(reference), neighbours(quantized)
-  recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref, q)])
-  return {"top1_agreement": float(np.mean(ref[:, 0] == q[:, 0])), f"recall_at_{k}": float(recall)}
 
 
 def _dense_shape(module: nn.Module, kernel: jax.Array) -> int:
@@ -454,13 +440,11 @@ class Study:
       run_setting = setting
       stats = self.calibrate(setting, params)
     emb = self.embed(run_setting, params, stats)
-    cos = minilm.cosines(self.reference, emb)
     seen = self.capture(run_setting, params, stats)
     sqnr = {k: _sqnr_db(self.probe_reference[k][1], seen[k][1] - self.probe_reference[k][1]) for k in seen}
     return {"setting": setting.name, "family": setting.family, "granularity": setting.granularity,
             "weight_bits": setting.weight_bits, "bits_per_weight": bits,
-            "mean_cosine": float(np.mean(cos)), "worst_cosine": float(np.min(cos)),
-            **retrieval(self.reference, emb), "min_layer_sqnr_db": float(min(sqnr.values())),
+            **minilm.fidelity(self.reference, emb, TOP_K), "min_layer_sqnr_db": float(min(sqnr.values())),
             "last_layer_sqnr_db": sqnr[f"layers_{self.enc.config.num_layers - 1}/output"],
             "layer_sqnr_db": sqnr, "seconds": time.perf_counter() - start}
 
@@ -800,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 len(study.sentences), "corpus_digest": text.corpus_digest(study.sentences),
                 "calibration_sentences": int(study.calibration.ids.shape[0]), "probe_sentences":
                 int(study.probe.ids.shape[0]), "accumulator_sentences": int(study.acc_batch.ids.shape[0]),
-                "quick": args.quick},
+                "quick": args.quick, "out": str(args.out)},
       "weight_only": wo, "weight_activation": wa, "rotations": rot, "outliers": out_stats,
       "outlier_quantization": out_quant, "accumulators": timed("accumulators", lambda: accumulators(study, args.quick)),
   }

