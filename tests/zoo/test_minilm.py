@@ -148,7 +148,7 @@ def test_grad_with_respect_to_params_is_finite(model):
   leaves = jax.tree_util.tree_leaves(grads)
   assert len(leaves) == len(jax.tree_util.tree_leaves(model.params))
   assert all(bool(jnp.isfinite(g).all()) for g in leaves)
-  assert float(jnp.abs(grads["layer_5"]["output"]["kernel"]).max()) > 0
+  assert float(jnp.abs(grads["layers_5"]["output"]["kernel"]).max()) > 0
 
 
 # ---- rules against a NumPy fake-quantization reference --------------------------------------------------------
@@ -162,7 +162,9 @@ def fake_quantized_params(params, bits: int, block_k: int | None):
   """The params with every layer's kernels fake-quantized by :func:`scaled_reference.ref_int` in their (K, N)
   view: one scale per output column (``block_k`` None) or per ``block_k`` consecutive K rows of a column."""
   out = jax.tree_util.tree_map(np.asarray, params)
-  for name in (k for k in out if k.startswith("layer_")):
+  names = [k for k in out if k.startswith("layers_")]
+  assert len(names) == 6
+  for name in names:
     for path, k_axes in KERNELS.items():
       node = out[name]
       for key in path:
@@ -237,9 +239,9 @@ def test_a_complete_tiny_checkpoint_loads_with_prefix_or_not(tmp_path):
   tensors = tiny_tensors(minilm.model_dir())
   encoder = minilm.load(tiny_folder(tmp_path, tensors))
   assert (encoder.config.num_layers, encoder.config.hidden_size, encoder.config.max_seq_length) == (1, 8, 16)
-  q = encoder.params["layer_0"]["attention"]["query"]
+  q = encoder.params["layers_0"]["attention"]["query"]
   np.testing.assert_array_equal(q["kernel"], tensors["encoder.layer.0.attention.self.query.weight"].T.reshape(8, 2, 4))
-  np.testing.assert_array_equal(encoder.params["layer_0"]["attention"]["out"]["kernel"],
+  np.testing.assert_array_equal(encoder.params["layers_0"]["attention"]["out"]["kernel"],
                                 tensors["encoder.layer.0.attention.output.dense.weight"].T.reshape(2, 4, 8))
   (tmp_path / "bert").mkdir()
   save_file({f"bert.{k}": v for k, v in tensors.items()}, str(tmp_path / "bert" / "model.safetensors"))
@@ -272,7 +274,7 @@ def test_a_missing_tensor_is_named(tmp_path):
 def test_a_misshapen_tensor_is_named(tmp_path):
   tensors = tiny_tensors(minilm.model_dir())
   tensors["encoder.layer.0.output.dense.weight"] = np.zeros((8, 12), np.float32)  # (hidden, intermediate) is (8, 16)
-  with pytest.raises(ValueError, match=r"\['layer_0'\]\['output'\]\['kernel'\] has shape \(12, 8\).*\(16, 8\)"):
+  with pytest.raises(ValueError, match=r"\['layers_0'\]\['output'\]\['kernel'\] has shape \(12, 8\).*\(16, 8\)"):
     minilm.load(tiny_folder(tmp_path, tensors))
 
 
