@@ -1,11 +1,9 @@
 """The Colab notebooks: stored without outputs, start with the same install cell (colab/install_cell.py writes it
 from pyproject.toml), run top to bottom in quick mode.
 
-Every ``colab/*.ipynb`` is found at collection time. The static checks run for all of them. Executing a notebook
-(nbclient, a python3 kernel, ``LPNUM_QUICK=1``, a temporary working directory; a failing cell fails the test) is
-marked ``slow`` (run with ``-m slow``) for every notebook except ``tour_of_formats`` and ``quantize_flax_model``,
-which take well under a minute and so run in the default, CI-budgeted ``pytest``; the study and benchmark
-notebooks (formats, scale_rules, kernels, training, accumulators) run the studies themselves and take longer.
+Every ``colab/*.ipynb`` is found at collection time. The static checks run for all of them in the default suite.
+Executing a notebook (nbclient, a python3 kernel, ``LPNUM_QUICK=1``, a temporary working directory; a failing cell
+fails the test) is marked ``slow`` for every notebook: ``.ci/run`` runs them after the default suite.
 """
 
 import importlib.util
