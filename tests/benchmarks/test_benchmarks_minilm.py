@@ -38,7 +38,7 @@ def test_minilm_benchmark_tiny(tmp_path, capsys):
   t = results["targets"]["vs_reference"]
   assert t["status"] in ("PASS", "FAIL") and set(t["values"]) == set(CANDIDATES[1:])
   out = capsys.readouterr().out
-  assert "sentences/s" in out and "(a) lpnum's time" in out
+  assert "sentences/s" in out and "(a) speed target" in out and "lpnum's time" in out
 
 
 def test_sentences_out_of_the_corpus_are_refused(capsys):
