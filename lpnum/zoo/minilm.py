@@ -25,16 +25,16 @@ rules. Each distinct shape is compiled once per configuration, so the shapes are
 corpus of :mod:`lpnum.zoo.text` uses four. From text, the float32 forward takes less time than
 sentence-transformers' ``encode`` on PyTorch on the same 2-core CPU (``python -m benchmarks.minilm``).
 
-Example (MiniLM with int8 weights per output channel against float32):
-  >>> import lpnum
-  >>> from lpnum import nn as lnn
-  >>> from lpnum.zoo import minilm
-  >>> model = minilm.load()
-  >>> sentences = ["A tuple is an immutable sequence.", "Lists can be changed in place."]
-  >>> ref = model.embed(sentences)
-  >>> q = model.embed(sentences, rules=[lnn.Rule(".*", lpnum.DotConfig.weight_only("int8"))])
-  >>> bool(minilm.cosines(ref, q).min() > 0.999)
-  True
+Example (MiniLM with int8 weights per output channel against float32; the README runs the same lines)::
+
+  import lpnum
+  from lpnum import nn as lnn
+  from lpnum.zoo import minilm
+  model = minilm.load()
+  sentences = ["A tuple is an immutable sequence.", "Lists can be changed in place."]
+  ref = model.embed(sentences)
+  q = model.embed(sentences, rules=[lnn.Rule(".*", lpnum.DotConfig.weight_only("int8"))])
+  print(minilm.cosines(ref, q).min() > 0.999)  # True
 
 :func:`fidelity` adds nearest-neighbour retrieval agreement over a corpus (:mod:`lpnum.zoo.text`).
 """

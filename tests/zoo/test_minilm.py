@@ -28,6 +28,9 @@ if importlib.util.find_spec(minilm.PACKAGE) is None:
 
 from safetensors.numpy import save_file  # noqa: E402
 
+#: Tests that load the real model and compile its forward: `.ci/run`'s slow line runs them.
+SLOW = pytest.mark.slow
+
 #: Text that exercises the tokenizer and the padding: one word, nothing, non-ASCII, and (built below) a sentence
 #: past the 256-token limit.
 EDGE = ["Python.", "", "Ünïcödé façade, naïve café: 東京 and Zürich — ½ ∑ π ≠ 3 🙂 résumé.",
@@ -64,6 +67,7 @@ def mixed() -> list[str]:
 
 
 # ---- the original implementation -----------------------------------------------------------------------------
+@SLOW
 def test_embeddings_match_sentence_transformers(model, reference, mixed):
   assert len({b.ids.shape for b in model.batches(mixed)}) >= 4  # several buckets in one call
   theirs = reference.encode(mixed, batch_size=32, convert_to_numpy=True)
@@ -75,6 +79,7 @@ def test_embeddings_match_sentence_transformers(model, reference, mixed):
   np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
 
 
+@SLOW
 def test_token_ids_match_the_reference_tokenizer(model, reference, mixed):
   assert reference.max_seq_length == model.config.max_seq_length == 256
   theirs = reference.tokenizer(mixed, truncation=True, max_length=reference.max_seq_length)["input_ids"]
@@ -86,6 +91,7 @@ def test_token_ids_match_the_reference_tokenizer(model, reference, mixed):
 
 
 # ---- batching --------------------------------------------------------------------------------------------------
+@SLOW
 def test_batches_hold_every_sentence_once_in_fixed_shapes(model, mixed):
   ids = model.tokenize(mixed)
   batches = model.batches(mixed)
@@ -107,17 +113,20 @@ def test_batches_hold_every_sentence_once_in_fixed_shapes(model, mixed):
   assert len(shapes) == len({s[1] for s in shapes})  # one shape per bucket
 
 
+@SLOW
 def test_embedding_does_not_depend_on_batch_company(model, mixed):
   together = model.embed(mixed)
   np.testing.assert_allclose(model.embed(mixed[::-1])[::-1], together, atol=2e-6)
   np.testing.assert_allclose(model.embed(mixed[3:4]), together[3:4], atol=2e-6)
 
 
+@SLOW
 def test_embed_of_nothing_is_empty(model):
   assert model.embed([]).shape == (0, 384)
 
 
 # ---- jit, vmap, grad -------------------------------------------------------------------------------------------
+@SLOW
 def test_embed_runs_one_compiled_function_per_shape(model, mixed):
   run = model.apply_fn()
   assert run is model.apply_fn() and hasattr(run, "lower")
@@ -128,6 +137,7 @@ def test_embed_runs_one_compiled_function_per_shape(model, mixed):
   assert run._cache_size() == compiled
 
 
+@SLOW
 def test_apply_fn_under_vmap_matches_two_calls(model):
   b = model.batches(text.sentences(40))[0]  # a full batch, split in two halves of one shape
   half = len(b.ids) // 2
@@ -140,6 +150,7 @@ def test_apply_fn_under_vmap_matches_two_calls(model):
     np.testing.assert_allclose(stacked[k], run(model.params, i, m), atol=2e-6)
 
 
+@SLOW
 def test_grad_with_respect_to_params_is_finite(model):
   b = model.batches(["A tuple is an immutable sequence.", "Lists can be changed in place."])[0]
   ids, mask = b.ids[:2], b.mask[:2]
@@ -187,6 +198,7 @@ def short() -> list[str]:
 @pytest.mark.parametrize("bits, granularity, block_k", [(8, lpnum.per_channel(), None),
                                                         (4, lpnum.per_block(32), 32)],
                          ids=["int8_per_channel", "int4_per_block_32"])
+@SLOW
 def test_weight_only_rules_match_numpy_fake_quantized_weights(model, short, bits, granularity, block_k):
   config = lpnum.DotConfig.weight_only(f"int{bits}", granularity)
   quantized = model.embed(short, rules=[lnn.Rule(".*", config)])
@@ -298,6 +310,7 @@ def test_without_the_package_model_dir_names_the_extra(monkeypatch):
 # ---- bad inputs ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sentences", ["one string", ["fine", 3], [b"bytes"], [None]],
                          ids=["str", "int item", "bytes item", "None item"])
+@SLOW
 @pytest.mark.parametrize("method", ["tokenize", "embed", "batches"])
 def test_sentences_must_be_a_sequence_of_str(model, method, sentences):
   with pytest.raises(TypeError, match="sentences must be a sequence of str"):
