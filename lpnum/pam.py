@@ -253,6 +253,7 @@ def multiply(a: ArrayLike, b: ArrayLike) -> jax.Array:
     TypeError: an operand of another dtype (integers, float16, float64).
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> [float(v) for v in pam.multiply(jnp.array([1.5, 3.0, 0.75]), jnp.array([1.5, 0.5, -4.0]))]
     [2.0, 1.5, -3.0]
@@ -279,6 +280,7 @@ def divide(a: ArrayLike, b: ArrayLike) -> jax.Array:
     TypeError: an operand of another dtype.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> [float(v) for v in pam.divide(jnp.array([3.0, 1.0, 1.0]), jnp.array([2.0, 1.5, 0.0]))]
     [1.5, 0.75, inf]
@@ -291,6 +293,7 @@ def square(x: ArrayLike) -> jax.Array:
   """``PAM(x, x)``: ``2^(2E) (1 + 2M)`` for ``M < 1/2``, else ``2^(2E + 1) 2M``; exact on powers of two.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> [float(v) for v in pam.square(jnp.array([3.0, -0.5]))]
     [8.0, 0.25]
@@ -303,6 +306,7 @@ def reciprocal(x: ArrayLike) -> jax.Array:
   """``PAD(1, x)``: ``2^-E`` for a power of two (exact), else ``2^(-E - 1) (2 - M)``.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> [float(v) for v in pam.reciprocal(jnp.array([4.0, 3.0, -0.0]))]
     [0.25, 0.375, -inf]
@@ -320,6 +324,7 @@ def exp2(x: ArrayLike) -> jax.Array:
   ``2^128`` inf; ``exp2(-inf) = 0``, ``exp2(inf) = inf``. Derivative ``2^floor(x)``.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> [float(v) for v in pam.exp2(jnp.array([3.0, 0.5, -1.25]))]
     [8.0, 1.5, 0.4375]
@@ -336,6 +341,7 @@ def log2(x: ArrayLike) -> jax.Array:
   Derivative ``2^-E``.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> [float(v) for v in pam.log2(jnp.array([8.0, 1.5, 0.375]))]
     [3.0, 0.5, -1.5]
@@ -349,6 +355,7 @@ def exp(x: ArrayLike) -> jax.Array:
   dtype of ``x``).
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> float(pam.exp(jnp.float32(0.0))), round(float(pam.exp(jnp.float32(1.0))), 4)
     (1.0, 2.8854)
@@ -362,6 +369,7 @@ def log(x: ArrayLike) -> jax.Array:
   """Piecewise-affine natural logarithm: ``divide(log2(x), log2(e))``, as the paper builds it.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> float(pam.log(jnp.float32(1.0))), round(float(pam.log(jnp.float32(2.0))), 4)
     (0.0, 0.7787)
@@ -443,6 +451,7 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=Non
       non-float ``preferred_element_type``.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> a = jnp.array([[1.5, 2.0], [3.0, 0.5]])
     >>> pam.dot_general(a, a, (((1,), (0,)), ((), ())))  # 1.5 * 1.5 -> 2.0 under PAM
@@ -453,7 +462,7 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=Non
   (lc, rc), (lb, rb) = _check_dimension_numbers(dimension_numbers)
   out_dtype = dtype if preferred_element_type is None else jnp.dtype(preferred_element_type)
   if not jnp.issubdtype(out_dtype, jnp.floating):
-    raise TypeError(f"preferred_element_type={short(preferred_element_type)} must be a float dtype")
+    raise TypeError(f"preferred_element_type={out_dtype.name} must be a float dtype")
   lhs, rhs = lhs.astype(dtype), rhs.astype(dtype)
   out = jax.eval_shape(functools.partial(lax.dot_general, dimension_numbers=((lc, rc), (lb, rb))), lhs, rhs)
   lc, lb = [a % lhs.ndim for a in lc], [a % lhs.ndim for a in lb]
@@ -475,6 +484,7 @@ def matmul(a: ArrayLike, b: ArrayLike) -> jax.Array:
     ValueError: shapes that are none of these.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from lpnum import pam
     >>> pam.matmul(jnp.array([[1.5, 3.0]]), jnp.array([[1.5], [0.5]]))
     Array([[3.5]], dtype=float32)
