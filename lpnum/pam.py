@@ -84,7 +84,7 @@ _QNAN = np.uint32(0x7FC00000)
 
 # ---- arguments ----------------------------------------------------------------------------------------------------
 def _operands(**named: object) -> tuple[list[jax.Array], jnp.dtype]:
-  """The arguments as float32 arrays (bfloat16 widened exactly) and their common dtype, float32 or bfloat16.
+  """The arguments as arrays and their common dtype, float32 or bfloat16.
 
   Python numbers take the dtype of the array arguments (float32 if there are none); an array of any other dtype
   is a TypeError naming the argument.
@@ -97,12 +97,15 @@ def _operands(**named: object) -> tuple[list[jax.Array], jnp.dtype]:
       arrays[name] = as_array(x, name)
       if arrays[name].dtype not in DTYPES:
         raise TypeError(f"{name}={short(x)} has dtype {arrays[name].dtype}; lpnum.pam takes float32 or bfloat16")
-  dtype = jnp.result_type(*arrays.values()) if arrays else jnp.dtype(jnp.float32)
-  out = []
-  for name, x in named.items():
-    value = arrays[name] if name in arrays else jnp.asarray(x, dtype)
-    out.append(value.astype(dtype).astype(jnp.float32))
-  return out, jnp.dtype(dtype)
+  dtype = jnp.dtype(jnp.result_type(*arrays.values())) if arrays else jnp.dtype(jnp.float32)
+  return [arrays[name] if name in arrays else jnp.asarray(x, dtype) for name, x in named.items()], dtype
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(op, dtype: jnp.dtype, *args: jax.Array) -> jax.Array:
+  """``op(dtype, *args)`` on the arguments in ``dtype`` widened to float32, cast back to ``dtype``: one compiled
+  program per operation, dtype and shapes, eager calls included."""
+  return op(dtype, *(x.astype(dtype).astype(jnp.float32) for x in args)).astype(dtype)
 
 
 # ---- float32 bit patterns -----------------------------------------------------------------------------------------
@@ -232,6 +235,43 @@ def _log2_32_jvp(primals, tangents):
   return _log2_32(x), t * slope
 
 
+def _multiply(dtype, a, b):
+  return _multiply32(a, b)
+
+
+def _divide(dtype, a, b):
+  return _divide32(a, b)
+
+
+def _square(dtype, x):
+  return _multiply32(x, x)
+
+
+def _reciprocal(dtype, x):
+  return _divide32(jnp.ones_like(x), x)
+
+
+def _exp2(dtype, x):
+  return _exp2_32(x, _MANTISSA_BITS[dtype])
+
+
+def _log2(dtype, x):
+  return _log2_32(x)
+
+
+def _log2e(dtype) -> jax.Array:
+  """``log2(e)`` in ``dtype``, widened to float32."""
+  return jnp.asarray(math.log2(math.e), dtype).astype(jnp.float32)
+
+
+def _exp(dtype, x):
+  return _exp2_32(_multiply32(x, _log2e(dtype)), _MANTISSA_BITS[dtype])
+
+
+def _log(dtype, x):
+  return _divide32(_log2_32(x).astype(dtype).astype(jnp.float32), _log2e(dtype))
+
+
 # ---- public elementwise operations --------------------------------------------------------------------------------
 def multiply(a: ArrayLike, b: ArrayLike) -> jax.Array:
   """Piecewise-affine multiplication: the product computed by adding the operands' bit patterns as integers.
@@ -258,8 +298,8 @@ def multiply(a: ArrayLike, b: ArrayLike) -> jax.Array:
     >>> [float(v) for v in pam.multiply(jnp.array([1.5, 3.0, 0.75]), jnp.array([1.5, 0.5, -4.0]))]
     [2.0, 1.5, -3.0]
   """
-  (a, b), dtype = _operands(a=a, b=b)
-  return _multiply32(a, b).astype(dtype)
+  args, dtype = _operands(a=a, b=b)
+  return _apply(_multiply, dtype, *args)
 
 
 def divide(a: ArrayLike, b: ArrayLike) -> jax.Array:
@@ -285,8 +325,8 @@ def divide(a: ArrayLike, b: ArrayLike) -> jax.Array:
     >>> [float(v) for v in pam.divide(jnp.array([3.0, 1.0, 1.0]), jnp.array([2.0, 1.5, 0.0]))]
     [1.5, 0.75, inf]
   """
-  (a, b), dtype = _operands(a=a, b=b)
-  return _divide32(a, b).astype(dtype)
+  args, dtype = _operands(a=a, b=b)
+  return _apply(_divide, dtype, *args)
 
 
 def square(x: ArrayLike) -> jax.Array:
@@ -298,8 +338,8 @@ def square(x: ArrayLike) -> jax.Array:
     >>> [float(v) for v in pam.square(jnp.array([3.0, -0.5]))]
     [8.0, 0.25]
   """
-  (x,), dtype = _operands(x=x)
-  return _multiply32(x, x).astype(dtype)
+  args, dtype = _operands(x=x)
+  return _apply(_square, dtype, *args)
 
 
 def reciprocal(x: ArrayLike) -> jax.Array:
@@ -311,8 +351,8 @@ def reciprocal(x: ArrayLike) -> jax.Array:
     >>> [float(v) for v in pam.reciprocal(jnp.array([4.0, 3.0, -0.0]))]
     [0.25, 0.375, -inf]
   """
-  (x,), dtype = _operands(x=x)
-  return _divide32(jnp.ones_like(x), x).astype(dtype)
+  args, dtype = _operands(x=x)
+  return _apply(_reciprocal, dtype, *args)
 
 
 def exp2(x: ArrayLike) -> jax.Array:
@@ -329,8 +369,8 @@ def exp2(x: ArrayLike) -> jax.Array:
     >>> [float(v) for v in pam.exp2(jnp.array([3.0, 0.5, -1.25]))]
     [8.0, 1.5, 0.4375]
   """
-  (x,), dtype = _operands(x=x)
-  return _exp2_32(x, _MANTISSA_BITS[dtype]).astype(dtype)
+  args, dtype = _operands(x=x)
+  return _apply(_exp2, dtype, *args)
 
 
 def log2(x: ArrayLike) -> jax.Array:
@@ -346,8 +386,8 @@ def log2(x: ArrayLike) -> jax.Array:
     >>> [float(v) for v in pam.log2(jnp.array([8.0, 1.5, 0.375]))]
     [3.0, 0.5, -1.5]
   """
-  (x,), dtype = _operands(x=x)
-  return _log2_32(x).astype(dtype)
+  args, dtype = _operands(x=x)
+  return _apply(_log2, dtype, *args)
 
 
 def exp(x: ArrayLike) -> jax.Array:
@@ -360,9 +400,8 @@ def exp(x: ArrayLike) -> jax.Array:
     >>> float(pam.exp(jnp.float32(0.0))), round(float(pam.exp(jnp.float32(1.0))), 4)
     (1.0, 2.8854)
   """
-  (x,), dtype = _operands(x=x)
-  log2e = jnp.asarray(math.log2(math.e), dtype).astype(jnp.float32)
-  return _exp2_32(_multiply32(x, log2e), _MANTISSA_BITS[dtype]).astype(dtype)
+  args, dtype = _operands(x=x)
+  return _apply(_exp, dtype, *args)
 
 
 def log(x: ArrayLike) -> jax.Array:
@@ -374,9 +413,8 @@ def log(x: ArrayLike) -> jax.Array:
     >>> float(pam.log(jnp.float32(1.0))), round(float(pam.log(jnp.float32(2.0))), 4)
     (0.0, 0.7787)
   """
-  (x,), dtype = _operands(x=x)
-  log2e = jnp.asarray(math.log2(math.e), dtype).astype(jnp.float32)
-  return _divide32(_log2_32(x).astype(dtype).astype(jnp.float32), log2e).astype(dtype)
+  args, dtype = _operands(x=x)
+  return _apply(_log, dtype, *args)
 
 
 # ---- matmul -------------------------------------------------------------------------------------------------------
@@ -459,12 +497,20 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=Non
            [5.5 , 6.25]], dtype=float32)
   """
   (lhs, rhs), dtype = _operands(lhs=lhs, rhs=rhs)
-  (lc, rc), (lb, rb) = _check_dimension_numbers(dimension_numbers)
+  dimension_numbers = _check_dimension_numbers(dimension_numbers)
   out_dtype = dtype if preferred_element_type is None else jnp.dtype(preferred_element_type)
   if not jnp.issubdtype(out_dtype, jnp.floating):
     raise TypeError(f"preferred_element_type={out_dtype.name} must be a float dtype")
+  jax.eval_shape(functools.partial(lax.dot_general, dimension_numbers=dimension_numbers),
+                 jax.ShapeDtypeStruct(lhs.shape, dtype), jax.ShapeDtypeStruct(rhs.shape, dtype))
+  return _dot_general(lhs, rhs, dimension_numbers, dtype, out_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _dot_general(lhs, rhs, dimension_numbers, dtype, out_dtype) -> jax.Array:
+  """The PAM contraction as ``(B, M, K) @ (B, K, N)`` (see :func:`dot_general`)."""
   lhs, rhs = lhs.astype(dtype), rhs.astype(dtype)
-  out = jax.eval_shape(functools.partial(lax.dot_general, dimension_numbers=((lc, rc), (lb, rb))), lhs, rhs)
+  (lc, rc), (lb, rb) = dimension_numbers
   lc, lb = [a % lhs.ndim for a in lc], [a % lhs.ndim for a in lb]
   rc, rb = [a % rhs.ndim for a in rc], [a % rhs.ndim for a in rb]
   lf = [a for a in range(lhs.ndim) if a not in lc and a not in lb]
@@ -472,7 +518,8 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=Non
   size = lambda x, axes: math.prod(x.shape[a] for a in axes)
   x = jnp.transpose(lhs, lb + lf + lc).reshape(size(lhs, lb), size(lhs, lf), size(lhs, lc))
   y = jnp.transpose(rhs, rb + rc + rf).reshape(size(rhs, rb), size(rhs, rc), size(rhs, rf))
-  return _bmm(x, y).reshape(out.shape).astype(out_dtype)
+  shape = [lhs.shape[a] for a in lb + lf] + [rhs.shape[a] for a in rf]
+  return _bmm(x, y).reshape(shape).astype(out_dtype)
 
 
 def matmul(a: ArrayLike, b: ArrayLike) -> jax.Array:
