@@ -463,8 +463,8 @@ def _check_dimension_numbers(dimension_numbers) -> tuple[tuple[tuple[int, ...], 
                     "(lhs_batch, rhs_batch)), each a sequence of axes") from None
 
 
-def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=None,
-                preferred_element_type=None) -> jax.Array:
+def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=None, preferred_element_type=None,
+                out_sharding=None) -> jax.Array:
   """``jax.lax.dot_general`` with every product piecewise-affine (:func:`multiply`), accumulated in float32.
 
   The contraction is laid out as ``(B, M, K) @ (B, K, N)`` (batch axes, then the free axes, then the contracted
@@ -480,6 +480,7 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=Non
     dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))``.
     precision: accepted for the hook's signature and ignored (the products are PAM's, the sums float32).
     preferred_element_type: the output dtype (a float dtype); default the operands' common dtype.
+    out_sharding: must be None (nnx layers pass it): PAM matmuls leave sharding to the operands.
 
   Returns:
     The PAM contraction, of ``lax.dot_general``'s shape.
@@ -487,6 +488,7 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=Non
   Raises:
     TypeError: operands of other dtypes, malformed ``dimension_numbers``, shapes that do not contract, or a
       non-float ``preferred_element_type``.
+    ValueError: an ``out_sharding``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -496,6 +498,8 @@ def dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=Non
     Array([[8.  , 4.  ],
            [5.5 , 6.25]], dtype=float32)
   """
+  if out_sharding is not None:
+    raise ValueError(f"out_sharding={short(out_sharding)}: lpnum.pam.dot_general takes no output sharding")
   (lhs, rhs), dtype = _operands(lhs=lhs, rhs=rhs)
   dimension_numbers = _check_dimension_numbers(dimension_numbers)
   out_dtype = dtype if preferred_element_type is None else jnp.dtype(preferred_element_type)

@@ -315,6 +315,8 @@ def test_dot_general_and_matmul_bad_inputs():
     pam.dot_general(x, x.T, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
   with pytest.raises(TypeError, match="contracting dimensions"):
     pam.dot_general(x, x, (((1,), (0,)), ((), ())))
+  with pytest.raises(ValueError, match="out_sharding=1: lpnum.pam.dot_general takes no output sharding"):
+    pam.dot_general(x, x.T, (((1,), (0,)), ((), ())), out_sharding=1)
   with pytest.raises(ValueError, match=r"a of shape \(2, 3\) and b of shape \(2, 3\)"):
     pam.matmul(x, x)
   with pytest.raises(TypeError, match="a has dtype int32"):
