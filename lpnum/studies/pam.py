@@ -29,17 +29,25 @@ band).
 Reproduction notes (also :data:`NOTES`, stored in the JSON):
 
 * The paper's claim: PAM matmuls (forward and backward) train transformers with little to no loss and unchanged
-  hyper-parameters (DeiT-Tiny on CIFAR-10: about the baseline's accuracy; IWSLT14: within a fraction of a BLEU
-  point). Here, on a task that needs attention, with Adam's float32 hyper-parameters unchanged: see the numbers
-  below.
-* Full run (seeds 0 and 1, 600 steps each, mean): FULL_RUN_NUMBERS.
-* Why it can work: PAM's error is systematic (every product is underestimated by 0 to 11.1%, 3.9% on average
-  for uniform mantissas) but piecewise smooth and bounded, so a matmul is a slightly distorted, consistent linear
-  map that training adapts to; the backward matmuls being PAM too makes the gradient the paper's approximation,
-  not the forward's derivative, and training still converges.
-* Limits: 10^5 parameters and a synthetic task trained for hundreds of steps against the paper's ImageNet and
-  translation runs of days; the PAM matmul is emulated with integer operations on the CPU (about 30x slower than
-  float32 here, where the paper argues for hardware in which it would be cheaper than a float multiplier).
+  hyper-parameters (DeiT-Tiny on CIFAR-10 and ImageNet, a transformer on IWSLT14 De-En). Here: the same
+  hyper-parameters as float32 (Adam 1e-3, batch 64), on a task that needs attention.
+* Full run (seeds 0 and 1, 600 steps, 70,160 parameters; means): both recipes reach 100.00% test accuracy on the
+  1024 test sequences (chance 6.25%); final training loss 0.0043 with PAM against 0.0039 in float32; the
+  PAM-trained weights run with float32 matmuls also score 100.00%. The loss curves coincide except for a delay of
+  one or two curve points (20 to 40 steps) at the phase transition where the model finds the look-up (mean loss
+  over steps 181-200: 1.25 against 1.14 for seed 0, 2.09 against 1.81 for seed 1), then track each other within
+  about 10%. Reproduced at this scale: no accuracy lost, unchanged hyper-parameters. The task saturates, so a gap
+  below one test sequence (0.1 points) cannot show.
+* Quick run (seed 0, 200 steps, width 32, sequences of 8 tokens over 8 symbols): 100.00% for both, final loss
+  0.032 (PAM) against 0.026 (float32).
+* Why it can work: PAM's error is systematic (every product is underestimated by 0 to 11.1%, 3.85% on average
+  over uniform mantissas) but piecewise smooth and bounded, so a matmul is a slightly shrunk, consistent linear
+  map that training adapts to (LayerNorm undoes most of the shrinkage); the backward matmuls being PAM too makes
+  the gradient the paper's approximation, not the forward's derivative, and training still converges.
+* Limits: 7 x 10^4 parameters and a synthetic task trained for hundreds of steps, against the paper's ImageNet and
+  translation runs; the PAM matmul is emulated with integer operations on the CPU (a 1024x64 @ 64x128 matmul with
+  its two backward matmuls takes about 30x XLA's float32 dot; a full PAM run 147 s against 31 s on a loaded 2-core
+  machine), where the paper argues for hardware in which PAM is far cheaper than a float multiplier.
 """
 
 from __future__ import annotations
