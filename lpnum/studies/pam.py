@@ -42,7 +42,7 @@ Reproduction notes (also :data:`NOTES`, stored in the JSON):
   0.032 (PAM) against 0.026 (float32).
 * Why it can work: PAM's error is systematic (every product is underestimated by 0 to 11.1%, 3.85% on average
   over uniform mantissas) but piecewise smooth and bounded, so a matmul is a slightly shrunk, consistent linear
-  map that training adapts to (LayerNorm undoes most of the shrinkage); the backward matmuls being PAM too makes
+  map that training adapts to; the backward matmuls being PAM too makes
   the gradient the paper's approximation, not the forward's derivative, and training still converges.
 * Limits: 7 x 10^4 parameters and a synthetic task trained for hundreds of steps, against the paper's ImageNet and
   translation runs; the PAM matmul is emulated with integer operations on the CPU (a 1024x64 @ 64x128 matmul with
@@ -69,8 +69,9 @@ from lpnum.studies._common import arg_parser, parse_args
 from lpnum.zoo import data, train
 from lpnum.zoo import models as zoo
 
-__all__ = ["RECIPES", "MODEL", "QUICK_MODEL", "TASK", "QUICK_TASK", "STEPS", "QUICK_STEPS", "SEEDS", "BATCH_SIZE", "LEARNING_RATE",
-           "NOTES", "run_one", "summarize", "table", "plot", "main"]
+__all__ = ["RECIPES", "MODEL", "QUICK_MODEL", "TASK", "QUICK_TASK", "STEPS", "QUICK_STEPS", "SEEDS", "BATCH_SIZE",
+           "LEARNING_RATE", "TRAIN_SIZE", "TEST_SIZE", "CURVE_POINTS", "NOTES", "run_one", "summarize", "table",
+           "plot", "main"]
 
 #: Recipe name -> what it runs with PAM.
 RECIPES = {"float32": "float32 everywhere (baseline)",
