@@ -32,13 +32,13 @@ _EXPORTS = {
 
 #: Modules and subpackages reachable as attributes: the public namespaces of ``__all__``, the core's modules, and
 #: the layers, kernels and zoo (which import flax or Pallas, so only when first used).
-_MODULES = ("estimators", "mx", "nvfp4", "packing", "qdot", "blocks", "carrier", "description", "exact", "formats",
+_MODULES = ("estimators", "mx", "nvfp4", "packing", "pam", "qdot", "blocks", "carrier", "description", "exact", "formats",
             "hadamard", "qarray", "rounding", "scaled", "validate", "nn", "kernels", "zoo")
 
 __all__ = [
     "ALL_FORMATS", "BinaryFormat", "FloatFormat", "Format", "IntFormat", "Overflow", "PositFormat", "Rounding",
     "ShiftFormat", "Specials", "decode", "encode", "format_of", "get_format", "int_format", "p3109", "posit",
-    "quantize", "estimators", "qdot", "mx", "nvfp4", "packing", "Granularity", "per_block", "per_channel", "per_tensor",
+    "quantize", "estimators", "qdot", "mx", "nvfp4", "packing", "pam", "Granularity", "per_block", "per_channel", "per_tensor",
     "per_tile", "QArray", "Calibration", "ScaledFormat", "ScaleRule", "absmax", "dequantize", "fake_quantize", "mse",
     "percentile", "quantize_scaled", "BackwardQuant", "DotConfig", "Engine", "OperandQuant", "Scaling", "dot_general",
     "quantize_grad",
@@ -73,7 +73,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:
-  from lpnum import estimators, kernels, mx, nn, nvfp4, packing, qdot, zoo
+  from lpnum import estimators, kernels, mx, nn, nvfp4, packing, pam, qdot, zoo
   from lpnum.blocks import Granularity, per_block, per_channel, per_tensor, per_tile
   from lpnum.formats import (ALL_FORMATS, BinaryFormat, FloatFormat, Format, IntFormat, PositFormat, ShiftFormat,
                              Specials, format_of, get_format, int_format, p3109, posit)

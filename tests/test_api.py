@@ -22,7 +22,7 @@ def test_public_surface():
       "ShiftFormat", "Specials", "decode", "encode", "format_of", "get_format", "int_format", "p3109", "posit",
       "quantize",
       # scaled and block formats
-      "mx", "nvfp4", "packing", "estimators", "qdot", "Granularity", "per_block", "per_channel", "per_tensor", "per_tile", "QArray",
+      "mx", "nvfp4", "packing", "pam", "estimators", "qdot", "Granularity", "per_block", "per_channel", "per_tensor", "per_tile", "QArray",
       "Calibration", "ScaledFormat", "ScaleRule", "absmax", "dequantize", "fake_quantize", "mse", "percentile",
       "quantize_scaled",
       # the quantized matmul
