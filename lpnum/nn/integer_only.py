@@ -33,6 +33,7 @@ pooling; a Dense head). Other architectures compose :class:`IntegerLinear` and :
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -116,6 +117,7 @@ def _accumulate(x: jax.Array, weight: jax.Array, bias: jax.Array, strides: int) 
   return acc + bias
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def _float_layer(x: jax.Array, weight: jax.Array, bias: jax.Array, strides: int) -> jax.Array:
   """The float32 Dense or SAME Conv that :func:`_accumulate` computes in integers."""
   if weight.ndim == 4:
