@@ -17,6 +17,11 @@ Reported per model: test accuracy of float32, fake-quant and integer-only; agree
 predictions; the largest difference of their logits (in units of the largest fake-quant logit); and the integer
 program's op census: the StableHLO operations of ``jax.jit(program).lower(codes).as_text()`` and the element
 types found in it (only integers: i8, i32, ui32, i1).
+
+Reproduction notes (:data:`NOTES`, also the JSON's ``notes``): in the full run at seed 0 integer-only inference
+agrees with fake quantization on every test image for both models (MLP 96.4% float32 / fake-quant / integer-only;
+CNN 96.9% all three), as Jacob et al. 2018 and HAWQ-V3 claim: integer-only within a fraction of a point of fake
+quantization.
 """
 
 from __future__ import annotations
