@@ -257,7 +257,14 @@ class IntegerAdd:
   @classmethod
   def from_scales(cls, left_scale: float, right_scale: float, output_scale: float, *, relu: bool = True
                   ) -> IntegerAdd:
-    """The add of codes at ``left_scale`` and ``right_scale`` into codes at ``output_scale``."""
+    """The add of codes at ``left_scale`` and ``right_scale`` into codes at ``output_scale``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> add = IntegerAdd.from_scales(0.5, 0.25, 0.5, relu=False)
+      >>> add(jnp.array([10, -10], jnp.int8), jnp.array([4, 4], jnp.int8)).tolist()   # 5 + 1, -5 + 1
+      [12, -8]
+    """
     twice_max = 2.0 * max(float(left_scale), float(right_scale))
     reals = [left_scale / twice_max, right_scale / twice_max, twice_max / (2.0**ADD_LEFT_SHIFT * output_scale)]
     m, s = quantize_multiplier(np.array(reals, np.float64))
@@ -489,6 +496,15 @@ def integer_cnn(variables: dict[str, Any], calibration_x: ArrayLike) -> IntegerC
   Raises:
     TypeError: for variables that are not a linen variables dict, or non-float calibration data.
     ValueError: for variables without the zoo CNN's layers.
+
+  Example:
+    >>> import jax
+    >>> from lpnum.zoo.models import CNN
+    >>> x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+    >>> variables = jax.jit(lambda v: CNN(channels=(2,)).init(jax.random.key(1), v, train=False))(x)
+    >>> program = integer_cnn(variables, x)
+    >>> program.stem.weight.dtype, program.blocks[0].shortcut is None
+    (dtype('int8'), True)
   """
   params = _params(variables)
   stats = variables.get("batch_stats", {})
