@@ -49,10 +49,10 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from lpnum.qdot import DotConfig, dot_general
+from lpnum.qdot import BackwardQuant, DotConfig, OperandQuant, dot_general
 from lpnum.validate import as_array, as_float_array, check_axis, check_number, short
 
-__all__ = ["GELU_STD", "GELU_GRAD_RMS", "CONSTRAINTS", "scaled", "linear", "matmul", "gelu", "softmax",
+__all__ = ["GELU_STD", "GELU_GRAD_RMS", "CONSTRAINTS", "FP8_CAST", "scaled", "linear", "matmul", "gelu", "softmax",
            "layer_norm", "embedding", "residual_split", "residual_add", "scaled_dot_product_attention",
            "cross_entropy"]
 
@@ -62,6 +62,13 @@ GELU_STD = 0.5879149692126849
 GELU_GRAD_RMS = 0.6751672871587366
 #: The constraints an op's activation scales accept: ``"gmean"`` (one scale, forward and backward) or None.
 CONSTRAINTS = ("gmean", None)
+#: The paper's FP8 recipe as a matmul config: both forward operands cast to E4M3 and the output gradient of both
+#: backward matmuls to E5M2 (each backward matmul reusing the E4M3 forward operand), round to nearest even,
+#: saturating, with no scale of any kind (no loss scaling, no amax): ``scaling="none"`` everywhere.
+FP8_CAST = DotConfig(lhs=OperandQuant("float8_e4m3fn", scaling="none"),
+                     rhs=OperandQuant("float8_e4m3fn", scaling="none"),
+                     dlhs=BackwardQuant(grad=OperandQuant("float8_e5m2", scaling="none")),
+                     drhs=BackwardQuant(grad=OperandQuant("float8_e5m2", scaling="none")))
 
 
 # ---- the scaled identity ----------------------------------------------------------------------------------------
