@@ -101,10 +101,11 @@ class UnitEmbed(nn.Module):
 class UnitSelfAttention(nn.Module):
   """Unit-scaled multi-head self-attention over ``(batch, length, dim)``, without a mask.
 
-  ``UnitDense(dim)`` query, key and value projections (split into ``num_heads`` heads),
-  :func:`lpnum.unit_scaling.scaled_dot_product_attention`, and a ``UnitDense(dim)`` output projection (named
-  ``query``, ``key``, ``value``, ``out``). ``config`` quantizes the four projections (the attention products stay
-  float32, as in Flax's attention under :func:`lpnum.nn.quantize_model`).
+  One ``UnitDense(3 * dim)`` projection ``qkv`` (as the paper's implementation: its input gradient is the sum of
+  the three, and the fan-out of ``3 * dim`` scales it accordingly), split into queries, keys and values of
+  ``num_heads`` heads, :func:`lpnum.unit_scaling.scaled_dot_product_attention`, and a ``UnitDense(dim)`` output
+  projection ``out``. ``config`` quantizes both projections (the attention products stay float32, as in Flax's
+  attention under :func:`lpnum.nn.quantize_model`).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -122,7 +123,7 @@ class UnitSelfAttention(nn.Module):
     *lead, length, dim = jnp.shape(x)
     if dim % self.num_heads:
       raise ValueError(f"num_heads={self.num_heads} must divide the model width {dim}")
-    split = lambda name: UnitDense(dim, config=self.config, name=name)(x).reshape(
-        *lead, length, self.num_heads, dim // self.num_heads)
-    out = us.scaled_dot_product_attention(split("query"), split("key"), split("value"))
+    qkv = UnitDense(3 * dim, config=self.config, name="qkv")(x)
+    q, k, v = jnp.split(qkv.reshape(*lead, length, 3, self.num_heads, dim // self.num_heads), 3, axis=-3)
+    out = us.scaled_dot_product_attention(q[..., 0, :, :], k[..., 0, :, :], v[..., 0, :, :])
     return UnitDense(dim, config=self.config, name="out")(out.reshape(*lead, length, dim))
