@@ -45,7 +45,8 @@ class UnitTransformerBlock(_Probed):
     >>> from lpnum.zoo.unit_scaled import UnitTransformerBlock
     >>> block = UnitTransformerBlock(heads=2, mlp_dim=16)
     >>> x = jnp.ones((2, 5, 8))
-    >>> block.apply(block.init(jax.random.key(0), x), x).shape
+    >>> variables = jax.eval_shape(block.init, jax.random.key(0), x)
+    >>> jax.eval_shape(block.apply, variables, x).shape
     (2, 5, 8)
   """
   heads: int
@@ -90,7 +91,8 @@ class UnitTransformer(_Probed):
     >>> from lpnum.zoo.unit_scaled import UnitTransformer
     >>> model = UnitTransformer(vocab=12, length=6, dim=16, heads=2, layers=1, mlp_dim=32)
     >>> tokens = jnp.zeros((3, 6), jnp.int32)
-    >>> model.apply(model.init(jax.random.key(0), tokens), tokens).shape
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), tokens)
+    >>> jax.eval_shape(model.apply, variables, tokens).shape
     (3, 12)
   """
   vocab: int

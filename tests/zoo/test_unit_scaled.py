@@ -52,9 +52,9 @@ def test_every_op_of_the_unit_scaled_transformer_is_unit_scaled_at_init(unit_sta
 
 
 def standard_gradient_stds():
-  """The standard Transformer's module outputs' and gradients' standard deviations at initialization (the
-  gradients through zero perturbations added to every module's output by an interceptor)."""
-  model = Transformer(vocab=16, length=16)
+  """A one-block standard Transformer's module outputs' gradients' standard deviations at initialization (through
+  zero perturbations added to every module's output by an interceptor)."""
+  model = Transformer(vocab=16, length=16, dim=32, heads=2, layers=1, mlp_dim=64)
 
   def tap(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
@@ -76,7 +76,7 @@ def standard_gradient_stds():
 
 def test_the_standard_transformer_is_not_unit_scaled_its_gradients_reach_e5m2_subnormals():
   grads = standard_gradient_stds()
-  assert len(grads) > 20                              # every Dense, DenseGeneral, LayerNorm, Embed, block, attention
+  assert len(grads) > 12                              # every Dense, DenseGeneral, LayerNorm, Embed, block, attention
   assert max(grads.values()) < 0.05                   # every op's gradient is far below unit scale
   assert min(grads.values()) < 2.0 ** -14             # and some are below E5M2's smallest normal number
 
@@ -90,9 +90,10 @@ def test_the_twin_has_the_standard_transformers_parameter_count_and_outputs():
   assert jax.eval_shape(unit.apply, v_unit, TOKENS).shape == (256, 16)
 
 
+@pytest.mark.slow
 def test_fp8_toggle_changes_both_models_forward_passes():
   """FP8_CAST through the unit model's config and through quantize_model on the standard one both change the
-  forward pass (which layers are cast is tested in tests/nn/test_unit_scaling.py)."""
+  forward pass (which layers are cast is tested in tests/nn/test_unit_layers.py)."""
   x = TOKENS[:4]
   unit = UnitTransformer(vocab=16, length=16, dim=16, heads=2, layers=1, mlp_dim=32)
   variables = jax.jit(unit.init)(jax.random.key(0), x)
