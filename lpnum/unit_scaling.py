@@ -344,8 +344,8 @@ def scaled_dot_product_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike) -> ja
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from lpnum import unit_scaling as us
-    >>> q = k = v = jax.random.normal(jax.random.key(0), (8, 256, 1, 64))
-    >>> us.scaled_dot_product_attention(q, k, v).shape
+    >>> q = k = v = jax.ShapeDtypeStruct((8, 256, 1, 64), jnp.float32)
+    >>> jax.eval_shape(us.scaled_dot_product_attention, q, k, v).shape
     (8, 256, 1, 64)
   """
   q, k, v = as_float_array(q, "q"), as_float_array(k, "k"), as_float_array(v, "v")

@@ -112,7 +112,8 @@ class UnitSelfAttention(nn.Module):
     >>> from lpnum.nn.unit_scaling import UnitSelfAttention
     >>> layer = UnitSelfAttention(num_heads=2)
     >>> x = jnp.ones((3, 5, 8))
-    >>> layer.apply(layer.init(jax.random.key(0), x), x).shape
+    >>> variables = jax.eval_shape(layer.init, jax.random.key(0), x)
+    >>> jax.eval_shape(layer.apply, variables, x).shape
     (3, 5, 8)
   """
   num_heads: int

@@ -22,11 +22,10 @@ def named(tree):
   return {jax.tree_util.keystr(p, simple=True, separator="/"): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-@pytest.fixture(scope="module")
-def unit_stats():
+def unit_stats(layers):
   """Standard deviations of every tapped op's output (sow) and of the loss's gradient with respect to it
-  (perturbations), at initialization."""
-  model = UnitTransformer(vocab=16, length=16, probe=True)
+  (perturbations), at initialization, for the zoo-sized twin with ``layers`` blocks."""
+  model = UnitTransformer(vocab=16, length=16, layers=layers, probe=True)
   variables = jax.jit(model.init)(jax.random.key(0), TOKENS)
 
   def loss(params, perturbations):
@@ -39,10 +38,11 @@ def unit_stats():
           {k: float(jnp.std(v)) for k, v in named(grads).items()})
 
 
-def test_every_op_of_the_unit_scaled_transformer_is_unit_scaled_at_init(unit_stats):
-  acts, grads = unit_stats
+@pytest.mark.parametrize("layers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_every_op_of_the_unit_scaled_transformer_is_unit_scaled_at_init(layers):
+  acts, grads = unit_stats(layers)
   ops = {"embed", "final_norm", "pool", "logits"} | {
-      f"UnitTransformerBlock_{i}/{op}" for i in range(2)
+      f"UnitTransformerBlock_{i}/{op}" for i in range(layers)
       for op in ("attention_norm", "attention", "attention_residual", "mlp_norm", "mlp_in", "gelu", "mlp_out",
                  "mlp_residual")}
   assert set(acts) == set(grads) == ops
