@@ -32,8 +32,9 @@ _EXPORTS = {
 
 #: Modules and subpackages reachable as attributes: the public namespaces of ``__all__``, the core's modules, and
 #: the layers, kernels and zoo (which import flax or Pallas, so only when first used).
-_MODULES = ("estimators", "mx", "nvfp4", "packing", "pam", "qdot", "blocks", "carrier", "description", "exact", "formats",
-            "hadamard", "dyadic", "qarray", "rounding", "scaled", "validate", "nn", "kernels", "zoo")
+_MODULES = ("estimators", "mx", "nvfp4", "packing", "pam", "qdot", "blocks", "carrier", "description", "exact",
+            "formats", "hadamard", "dyadic", "qarray", "rounding", "scaled", "unit_scaling", "validate", "nn", "kernels",
+            "zoo")
 
 __all__ = [
     "ALL_FORMATS", "BinaryFormat", "FloatFormat", "Format", "IntFormat", "Overflow", "PositFormat", "Rounding",

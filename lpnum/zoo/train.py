@@ -8,8 +8,8 @@ Conventions: the module's ``__call__`` takes the input batch and, if it has such
 ``batch_stats``, say) is model state: mutable while fitting, carried between steps, never differentiated.
 
 Compiled programs are reused: the jitted initialization, training step and evaluation are cached on the model,
-the ``apply_fn`` and the optimizer (hashable arguments, compared as Python compares them: a bound method or a
-closure by identity), so a second :func:`fit` with the same ones on data of the same shapes runs the step
+the ``apply_fn``, the optimizer and the loss (hashable arguments, compared as Python compares them: a bound method
+or a closure by identity), so a second :func:`fit` with the same ones on data of the same shapes runs the step
 already compiled (it neither retraces nor recompiles it). Unhashable ones get a fresh jitted function per call.
 """
 
@@ -75,9 +75,9 @@ def _jitted_init(model: nn.Module) -> Callable[..., Any]:
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_step(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
-                 takes_train: bool) -> Callable[..., Any]:
-  return jax.jit(functools.partial(_step, apply_fn, optimizer, _train_kwargs(takes_train, True)))
+def _jitted_step(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation, takes_train: bool,
+                 loss: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., Any]:
+  return jax.jit(functools.partial(_step, apply_fn, optimizer, _train_kwargs(takes_train, True), loss))
 
 
 @functools.lru_cache(maxsize=32)
@@ -119,8 +119,8 @@ def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def fit(model: nn.Module, data: tuple[Any, Any], *, steps: int, batch_size: int = 128,
         optimizer: optax.GradientTransformation | None = None, seed: int = 0,
-        apply_fn: Callable[..., Any] | None = None,
-        variables: Any = None) -> tuple[dict[str, Any], list[float]]:
+        apply_fn: Callable[..., Any] | None = None, variables: Any = None,
+        loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> tuple[dict[str, Any], list[float]]:
   """Trains a classifier with softmax cross-entropy on integer labels for ``steps`` mini-batch updates.
 
   Batches come from :func:`lpnum.zoo.data.batches` (shuffled, every batch full, as many epochs as needed), and
@@ -138,6 +138,8 @@ def fit(model: nn.Module, data: tuple[Any, Any], *, steps: int, batch_size: int 
     apply_fn: called as ``apply_fn(variables, x, [train=True,] mutable=[...])`` in place of ``model.apply``.
     variables: start from these variables (a trained model's, say, to fine-tune it) instead of initializing
       the model; ``seed`` then only shuffles.
+    loss: ``loss(logits, labels)`` -> the scalar to minimize, in place of the mean softmax cross-entropy (the
+      unit-scaled :func:`lpnum.unit_scaling.cross_entropy`, say).
 
   Returns:
     ``(variables, losses)``: the trained variables (``params`` and model state) and each step's mean loss.
@@ -173,19 +175,21 @@ def fit(model: nn.Module, data: tuple[Any, Any], *, steps: int, batch_size: int 
     raise ValueError(f"variables ({type(variables).__name__}) must be a mapping with a 'params' collection")
   else:
     state = _start(variables, optimizer)
-  step = _cached(_jitted_step, apply_fn, optimizer, _takes_train(model))
+  if loss is not None and not callable(loss):
+    raise TypeError(f"loss={loss!r} must be a function loss(logits, labels) or None")
+  step = _cached(_jitted_step, apply_fn, optimizer, _takes_train(model), _loss if loss is None else loss)
   losses = []
   for _ in range(steps):
-    state, loss = step(state, *next(stream))
-    losses.append(loss)
+    state, value = step(state, *next(stream))
+    losses.append(value)
   return state.variables, [float(v) for v in jax.device_get(losses)]
 
 
-def _step(apply_fn, optimizer, train_kwargs, state: TrainState, x, y):
+def _step(apply_fn, optimizer, train_kwargs, loss, state: TrainState, x, y):
   def loss_fn(params):
     out, model_state = apply_fn({"params": params, **state.model_state}, x, **train_kwargs,
                                 mutable=list(state.model_state))
-    return _loss(out, y), model_state
+    return loss(out, y), model_state
 
   (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

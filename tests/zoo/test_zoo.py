@@ -299,6 +299,19 @@ def test_transformer_solves_the_sequence_task_and_needs_attention():
   assert 2 * chance < results[0] < 0.35
 
 
+def test_fit_minimizes_the_loss_it_is_given():
+  """loss= replaces the mean cross-entropy: a loss of twice the optax cross-entropy reports twice its values at the
+  first step (same initialization and batch), and its gradients are twice as large, which Adam divides out."""
+  x, y = data.digits("train", flat=True)
+  model = zoo.MLP(features=(8,))
+  twice = lambda logits, labels: 2 * optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  _, plain = train.fit(model, (x, y), steps=2, batch_size=32, seed=0)
+  _, doubled = train.fit(model, (x, y), steps=2, batch_size=32, seed=0, loss=twice)
+  assert doubled[0] == pytest.approx(2 * plain[0], rel=1e-6)
+  with pytest.raises(TypeError, match="loss='mse' must be a function"):
+    train.fit(model, (x, y), steps=1, loss="mse")
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda m, d: train.fit(m, d, steps=0), ValueError, "steps=0"),
     (lambda m, d: train.fit(m, d, steps=1.5), TypeError, "steps=1.5"),
