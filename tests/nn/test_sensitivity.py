@@ -68,11 +68,25 @@ def test_trace_matches_the_exact_hessian_trace_within_its_standard_error():
   assert est.mean_eigenvalue() == {p: est.trace[p] / est.n_params[p] for p in exact}
 
 
+def _coupled():
+  """Two kernels under a quadratic form with a dense, random Hessian A (cross-layer blocks included)."""
+  rng = np.random.default_rng(0)
+  m = rng.standard_normal((19, 19)).astype(np.float32)
+  a = m @ m.T / 19
+  params = {"a": {"kernel": jnp.ones((4, 3))}, "b": {"kernel": jnp.ones((5,)), "bias": jnp.ones(2)}}
+
+  def loss(p):
+    theta = jnp.concatenate([p["a"]["kernel"].ravel(), p["b"]["kernel"], p["b"]["bias"]])
+    return 0.5 * theta @ a @ theta
+
+  return params, loss, {"a": float(np.trace(a[:12, :12])), "b": float(np.trace(a[12:17, 12:17]))}
+
+
 def test_estimate_is_a_function_of_the_key_and_probe_count_not_the_chunk_or_the_loss_form():
-  params, loss, batch = _problem()
-  a = sens.hessian_trace(loss, params, jax.random.key(5), batch=batch, tol=1e-9, max_probes=40, chunk=8)
-  b = sens.hessian_trace(jax.jit(lambda p: loss(p, batch)), params, jax.random.key(5), tol=1e-9, max_probes=40,
-                         chunk=7)
+  params, loss, _ = _coupled()
+  a = sens.hessian_trace(lambda p, batch: loss(p) * batch, params, jax.random.key(5), batch=1.0, tol=1e-9,
+                         max_probes=40, chunk=8)
+  b = sens.hessian_trace(jax.jit(loss), params, jax.random.key(5), tol=1e-9, max_probes=40, chunk=7)
   assert a.probes == b.probes == 40
   for layer in a.trace:
     np.testing.assert_allclose(b.trace[layer], a.trace[layer], rtol=1e-5)
@@ -95,13 +109,13 @@ def test_a_diagonal_hessian_is_exact_from_one_probe_and_converges_at_once():
 
 
 def test_convergence_check_stops_once_the_relative_standard_error_is_below_tol():
-  params, loss, batch = _problem()
-  loose = sens.hessian_trace(loss, params, jax.random.key(6), batch=batch, tol=0.5, min_probes=8, chunk=8,
-                             max_probes=512)
-  assert loose.converged and loose.probes < 512 and loose.probes % 8 == 0
-  assert all(loose.stderr[p] <= 0.5 * abs(loose.trace[p]) for p in loose.trace)
-  tight = sens.hessian_trace(loss, params, jax.random.key(6), batch=batch, tol=1e-6, min_probes=8, chunk=8,
-                             max_probes=24)
+  params, loss, exact = _coupled()
+  loose = sens.hessian_trace(loss, params, jax.random.key(6), tol=0.1, min_probes=8, chunk=8, max_probes=4096)
+  assert loose.converged and 8 <= loose.probes < 4096 and loose.probes % 8 == 0
+  for p, t in exact.items():
+    assert loose.stderr[p] <= 0.1 * abs(loose.trace[p])
+    assert abs(loose.trace[p] - t) <= 4 * loose.stderr[p]
+  tight = sens.hessian_trace(loss, params, jax.random.key(6), tol=1e-6, min_probes=8, chunk=8, max_probes=24)
   assert not tight.converged and tight.probes == 24 and tight.tol == 1e-6
 
 
