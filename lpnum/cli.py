@@ -43,7 +43,7 @@ def formats_table(formats: Sequence[Format] | None = None) -> str:
 
 
 #: Studies ``lpnum study NAME`` runs (modules of lpnum.studies, each with ``main(argv)``).
-STUDIES = ("formats", "training", "accumulators", "scale_rules", "real_model")
+STUDIES = ("formats", "training", "accumulators", "scale_rules", "real_model", "format_search")
 
 #: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
 BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models", "eager", "minilm")

@@ -20,7 +20,9 @@ Hessian-vector product) until every layer's standard error is at most ``tol`` ti
 A layer is a module whose params hold a ``kernel`` (flax ``Dense``, ``DenseGeneral``, ``Conv``: what a
 :class:`lpnum.nn.Rule` quantizes), named by its module path (``"Dense_0"``, ``"ResidualBlock_1/Conv_0"``). ``Q_f``
 is the quantization :func:`lpnum.nn.ptq` applies to the kernel under the candidate's config (its weight format, in
-the 2-D view the layer multiplies by), dequantized: the weights the post-training-quantized model computes with.
+the 2-D view the layer multiplies by), dequantized: the weights the post-training-quantized model computes with
+(:func:`quantized_kernel`, one fused :func:`lpnum.fake_quantize` pass, equal bit for bit to ptq's quantize and
+dequantize).
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum.nn.ptq import _path_str, fake_quantized_params
-from lpnum.nn.rule import Rule
+from lpnum.nn.ptq import _path_str, weight_format
 from lpnum.qdot import DotConfig
+from lpnum.scaled import fake_quantize
 from lpnum.validate import check_int, check_key, check_number, short
 
-__all__ = ["HessianTrace", "layer_paths", "hessian_trace", "sensitivity"]
+__all__ = ["HessianTrace", "layer_paths", "hessian_trace", "quantized_kernel", "sensitivity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +206,35 @@ def _check_candidates(candidates) -> dict[str, DotConfig | None]:
   return dict(candidates)
 
 
+def quantized_kernel(kernel, config: DotConfig | None, *, contract: int | None = None) -> jax.Array:
+  """``Q_f(W)``: the kernel as :func:`lpnum.nn.ptq` quantizes it under ``config`` (its weight format, in the 2-D
+  view ``(prod(shape[:contract]), prod(shape[contract:]))``), dequantized to the kernel's shape and dtype.
+
+  Args:
+    kernel: a float kernel of at least 2 dimensions.
+    config: the candidate's :class:`lpnum.DotConfig` (None, or no weight format: the kernel unchanged).
+    contract: how many leading axes the layer contracts (:func:`lpnum.nn.kernel_views`); default all but the last.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> from lpnum.nn import sensitivity
+    >>> sensitivity.quantized_kernel(jnp.array([[0.5, 1.0], [0.3, -1.0]]), lpnum.DotConfig.weight_only("int2"))
+    Array([[ 0.5,  1. ],
+           [ 0.5, -1. ]], dtype=float32)
+  """
+  if config is not None and not isinstance(config, DotConfig):
+    raise TypeError(f"config={short(config)} must be a DotConfig or None")
+  w = jnp.asarray(kernel)
+  if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.floating):
+    raise ValueError(f"kernel of shape {w.shape}, dtype {w.dtype} must be a float array of at least 2 dimensions")
+  contract = w.ndim - 1 if contract is None else check_int("contract", contract, 1, w.ndim - 1)
+  fmt = weight_format(config)
+  if fmt is None:
+    return w
+  k = int(np.prod(w.shape[:contract]))
+  return fake_quantize(w.reshape(k, -1), fmt, pad=True).reshape(w.shape)
+
+
 def sensitivity(params, trace: HessianTrace | Mapping[str, float], candidates: Mapping[str, DotConfig | None], *,
                 views: Mapping[str, int] | None = None, kernel_name: str = "kernel") -> dict[str, dict[str, float]]:
   """HAWQ-V2's ``Omega_l(f) = Tr(H_l) / n_l * ||Q_f(W_l) - W_l||_2^2`` for every layer and candidate.
@@ -213,8 +244,8 @@ def sensitivity(params, trace: HessianTrace | Mapping[str, float], candidates: M
     trace: a :class:`HessianTrace`, or layer path -> ``Tr(H_l)`` (pass ``n_l`` to get the bare perturbation
       ``||Q_f(W_l) - W_l||^2``); its layers are the ones measured.
     candidates: label -> :class:`lpnum.DotConfig` whose weight format quantizes the kernel as :func:`lpnum.nn.ptq`
-      does (``None``: the layer stays float, ``Omega = 0``).
-    views: module path -> leading kernel axes the layer contracts, for :func:`lpnum.nn.ptq`
+      does (:func:`quantized_kernel`; ``None``: the layer stays float, ``Omega = 0``).
+    views: module path -> leading kernel axes the layer contracts, as for :func:`lpnum.nn.ptq`
       (:func:`lpnum.nn.kernel_views`); default: all but the last.
     kernel_name: the leaf name of kernels.
 
@@ -233,21 +264,19 @@ def sensitivity(params, trace: HessianTrace | Mapping[str, float], candidates: M
   traces = trace.trace if isinstance(trace, HessianTrace) else trace
   if not isinstance(traces, Mapping) or not traces:
     raise TypeError(f"trace={short(trace)} must be a HessianTrace or a non-empty mapping of layer paths to traces")
+  if views is not None and not isinstance(views, Mapping):
+    raise TypeError(f"views={short(views)} must be a mapping of module paths to ints (lpnum.nn.kernel_views)")
   paths = _layers(params, list(traces), kernel_name)
   traces = {p: check_number(f"trace[{p!r}]", traces[p]) for p in paths}
   kernels = _kernels(params, kernel_name)
-  sub = {p: {kernel_name: kernels[p]} for p in paths}
   out: dict[str, dict[str, float]] = {p: {} for p in paths}
-  for label, config in candidates.items():
-    if config is None:
-      quantized = sub
-    else:
+  for p in paths:
+    w = np.asarray(kernels[p], np.float64)
+    contract = None if views is None else views.get(p)
+    for label, config in candidates.items():
       try:
-        quantized = fake_quantized_params(sub, [Rule(".*", config)], kernel_name, views=views)
+        q = quantized_kernel(kernels[p], config, contract=contract)
       except ValueError as e:
-        raise ValueError(f"candidates[{label!r}]: {e}") from None
-    for p in paths:
-      w = np.asarray(kernels[p], np.float64)
-      err = float(np.sum((np.asarray(quantized[p][kernel_name], np.float64) - w) ** 2))
-      out[p][label] = traces[p] / w.size * err
+        raise ValueError(f"candidates[{label!r}] at {p}/{kernel_name}: {e}") from None
+      out[p][label] = traces[p] / w.size * float(np.sum((np.asarray(q, np.float64) - w) ** 2))
   return out
