@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import lpnum
+from lpnum import nn as lnn
 from lpnum.nn import sensitivity as sens
+from lpnum.nn.ptq import fake_quantized_params
 from lpnum.zoo.models import CNN, Transformer
 
 import mx_reference
@@ -240,3 +242,26 @@ def test_sensitivity_bad_inputs():
     sens.sensitivity(params, {"Dense_0": float("nan")}, CANDIDATES)
   with pytest.raises(TypeError, match="trace=.* must be a HessianTrace"):
     sens.sensitivity(params, {}, CANDIDATES)
+
+
+@pytest.mark.parametrize("label,layer,views", [("mxfp4", "blk/Conv_0", None),
+                                               pytest.param("int4_g8", "Dense_0", None, marks=pytest.mark.slow),
+                                               pytest.param("int8", "out", {"out": 2}, marks=pytest.mark.slow)])
+def test_quantized_kernel_is_what_ptq_stores(label, layer, views):
+  """Bit for bit the kernel that lpnum.nn.ptq packs, dequantized (K = 36 pads to the MX block of 32 along K)."""
+  params = {**_kernels(), "out": {"kernel": np.random.default_rng(2).standard_normal((6, 2, 5)).astype(np.float32)}}
+  config = {**CANDIDATES, **MORE_CANDIDATES}[label]
+  ptq_kernel = fake_quantized_params({layer: params[layer]}, [lnn.Rule(".*", config)], views=views)[layer]["kernel"]
+  got = sens.quantized_kernel(params[layer]["kernel"], config, contract=None if views is None else views[layer])
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(ptq_kernel))
+  assert got.shape == params[layer]["kernel"].shape
+
+
+def test_quantized_kernel_bad_inputs():
+  with pytest.raises(TypeError, match="config='int8' must be a DotConfig or None"):
+    sens.quantized_kernel(jnp.ones((2, 2)), "int8")
+  with pytest.raises(ValueError, match=r"kernel of shape \(3,\), dtype float32 must be a float array"):
+    sens.quantized_kernel(jnp.ones(3), CANDIDATES["int8"])
+  with pytest.raises(ValueError, match=r"contract=2 must be in \[1, 1\]"):
+    sens.quantized_kernel(jnp.ones((2, 2)), CANDIDATES["int8"], contract=2)
+  assert sens.quantized_kernel(jnp.ones((2, 2)), None) is not None
