@@ -301,6 +301,8 @@ def allocate(params, omega: Mapping[str, Mapping[str, float]], candidates: Mappi
     if not isinstance(omega[p], Mapping) or set(omega[p]) != set(labels):
       raise ValueError(f"omega[{p!r}] must give every candidate's sensitivity: {labels}, got "
                        f"{short(list(omega[p]) if isinstance(omega[p], Mapping) else omega[p])}")
+    for f in labels:
+      check_number(f"omega[{p!r}][{f!r}]", omega[p][f])
   max_bytes = check_number("max_bytes", max_bytes)
   if max_bops is not None:
     max_bops = check_number("max_bops", max_bops)
