@@ -68,7 +68,7 @@ def test_bytes_and_omega_against_independent_counts(quick):
         model["fixed_bytes"] // 4 + sum(model["n_params"].values()))
     for u in (r for r in model["records"] if r["kind"] == "uniform"):
       assert u["nbytes"] == model["fixed_bytes"] + sum(b[u["label"]] for b in model["layer_nbytes"].values())
-      assert u["nbytes"] < float_record["nbytes"] / 3
+      assert u["nbytes"] < float_record["nbytes"] / 2   # kernels shrink 4x or more; embeddings stay float
     for layer, row in model["omega"].items():
       if model["hessian"]["trace"][layer] > 0:
         assert all(v > 0 for v in row.values())
