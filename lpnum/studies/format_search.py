@@ -10,8 +10,9 @@ Setup
 
 Sensitivity
   Each layer's Hessian trace of the training loss (cross-entropy, evaluation mode, :data:`HESSIAN_EXAMPLES`
-  training examples; quick: :data:`QUICK_HESSIAN_EXAMPLES`) by :func:`lpnum.nn.sensitivity.hessian_trace` (Rademacher probes until every layer's relative
-  standard error is below :data:`TOL`, at most :data:`MAX_PROBES`; quick: :data:`QUICK_MAX_PROBES`), then each
+  training examples; quick: :data:`QUICK_HESSIAN_EXAMPLES`) by :func:`lpnum.nn.sensitivity.hessian_trace`
+  (Rademacher probes until every layer's relative standard error is below :data:`TOL`, at most :data:`MAX_PROBES`;
+  quick: :data:`QUICK_MAX_PROBES`), then each
   candidate's perturbation ``||Q_f(W_l) - W_l||^2`` by :func:`lpnum.nn.sensitivity.sensitivity` (the quantization
   :func:`lpnum.nn.ptq` applies), and HAWQ-V2's ``Omega_l(f) = Tr(H_l) / n_l * ||Q_f(W_l) - W_l||^2``.
 
