@@ -97,7 +97,8 @@ def test_layer_nbytes_are_the_hand_counted_bytes_of_codes_and_scales():
   # NVFP4: an E4M3 byte per 16 and one float32 tensor scale.
   assert got == {"Dense_0": {"int8": k * n + 4 * n, "int4": k * n // 2 + 4 * n,
                              "int4_g32": k * n // 2 + 4 * n * k // 32, "e4m3": k * n + 4 * n,
-                             "mxfp4": k * n // 2 + n * k // 32, "nvfp4": k * n // 2 + n * k // 16 + 4, "w8a8": k * n + 4 * n, "float32": 4 * k * n}}
+                             "mxfp4": k * n // 2 + n * k // 32, "nvfp4": k * n // 2 + n * k // 16 + 4,
+                             "w8a8": k * n + 4 * n, "float32": 4 * k * n}}
 
 
 def test_layer_nbytes_equal_what_ptq_stores():
