@@ -43,7 +43,8 @@ def formats_table(formats: Sequence[Format] | None = None) -> str:
 
 
 #: Studies ``lpnum study NAME`` runs (modules of lpnum.studies, each with ``main(argv)``).
-STUDIES = ("formats", "training", "accumulators", "scale_rules", "real_model", "pam", "integer_only", "unit_scaling")
+STUDIES = ("formats", "training", "accumulators", "scale_rules", "real_model", "format_search", "unit_scaling", "pam",
+           "integer_only")
 
 #: Benchmarks ``lpnum bench NAME`` runs (the scripts of the repository's benchmarks/ folder).
 BENCHMARKS = ("kernels", "formats", "scaled", "training_step", "models", "eager", "minilm")

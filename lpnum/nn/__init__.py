@@ -13,7 +13,9 @@ package plugs them into Flax:
   (import it as a module) saves and restores them with orbax.
 - :mod:`lpnum.nn.attention` (quantized attention, clipped softmax, gated attention, quantized einsum),
   :mod:`lpnum.nn.a2q_layers` (A2QDense), :mod:`lpnum.nn.mixed_precision`, :mod:`lpnum.nn.a2q`,
-  :mod:`lpnum.nn.comm`, :mod:`lpnum.nn.pam` (a model's matmuls with piecewise-affine multiplication): import them
+  :mod:`lpnum.nn.comm`, :mod:`lpnum.nn.sensitivity` (HAWQ-V2 per-layer Hessian sensitivity),
+  :mod:`lpnum.nn.allocation` (one format per layer by an exact ILP, as rules), :mod:`lpnum.nn.pam` (a model's matmuls
+  with piecewise-affine multiplication), :mod:`lpnum.nn.unit_scaling` and :mod:`lpnum.nn.integer_only`: import them
   as modules. The model zoo, data sets and training loop are :mod:`lpnum.zoo`.
 """
 
