@@ -171,10 +171,15 @@ def dequantize_kernel(x) -> jax.Array:
   """The float32 kernel, with its original shape, from a packed kernel (a raw QArray / PackedWeights: its 2-D
   view)."""
   value, shape = (x.value, x.shape) if isinstance(x, PackedKernel) else (x, None)
+  w = _dequantize_packed(value)
+  return w if shape is None else w.reshape(shape)
+
+
+@jax.jit  # eager calls reuse one compiled program per value structure (the conditional would recompile each time)
+def _dequantize_packed(value) -> jax.Array:
   # Computed in a conditional of two equal branches, so that it is materialized once: XLA CPU would otherwise fuse
   # the dequantization into a convolution and redo it for every output position.
-  w = per_block(_dequantize_value, jax.tree_util.tree_leaves(value)[0].size, value)
-  return w if shape is None else w.reshape(shape)
+  return per_block(_dequantize_value, jax.tree_util.tree_leaves(value)[0].size, value)
 
 
 def _dequantize_value(value) -> jax.Array:
