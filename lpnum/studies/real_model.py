@@ -110,9 +110,9 @@ ACCUMULATOR_SENTENCES, QUICK_ACCUMULATOR_SENTENCES = 16, 4
 #: Integer accumulator widths and float accumulator mantissa bits (full, quick).
 INT_BITS, QUICK_INT_BITS = (32, 20, 16, 14, 12), (14,)
 FLOAT_MANTISSAS, QUICK_FLOAT_MANTISSAS = (23, 10, 7, 5, 3), (7,)
-#: Padded lengths of the evaluation batches (few shapes: each costs a compile per setting; quick: one) and their
-#: size in tokens.
-BUCKETS, QUICK_BUCKETS = (32, 128), (128,)
+#: Padded lengths of the evaluation batches (few shapes: each costs a compile per setting; quick: one, which holds
+#: the quick sentences, at most 79 tokens; a longer sentence would get its own shape) and their size in tokens.
+BUCKETS, QUICK_BUCKETS = (32, 128), (80,)
 TOKENS_PER_BATCH = 2048
 #: Neighbours compared by recall@k.
 TOP_K = 10
