@@ -90,7 +90,7 @@ STOCHASTIC_REPEATS, QUICK_STOCHASTIC_REPEATS = 3, 1
 INT_INPUT_BITS = WEIGHT_BITS = 8
 
 NOTES = """\
-Reproduction notes (papers of /work/shared/PAPERS.md that this study touches).
+Reproduction notes (the papers lpnum reproduces that this study touches).
 
 A2Q: Accumulator-Aware Quantization (Colbert, Pappalardo, Petri-Koenig, ICCV 2023). Reported: constraining the L1
 norm of each output channel's integer weights to (2^(P-1) - 1) 2^(1 - N) guarantees that a P-bit accumulator never

@@ -105,7 +105,7 @@ QUICK_CANDIDATES = ("int8", "int4", "fp8_e4m3", "mxfp4", "nvfp4")
 INTEGER = ("int8", "int8_g32", "int4", "int4_g32", "mxint8")
 
 NOTES = """\
-Reproduction notes (papers of /work/shared/PAPERS.md that this study touches). Numbers: full run, seed 0.
+Reproduction notes (the papers lpnum reproduces that this study touches). Numbers: full run, seed 0.
 
 HAWQ-V2 / HAWQ-V3 (Dong et al., NeurIPS 2020; Yao et al., ICML 2021). Reported: a layer's average Hessian trace times
 its quantization perturbation ranks layers by sensitivity, and an integer linear program on it finds mixed-precision
