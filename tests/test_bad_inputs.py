@@ -298,6 +298,32 @@ ENTRIES += [
                                st.just(lpnum.DotConfig(rhs=lpnum.OperandQuant("int4", estimator=estimators.LSQ()))))}),
 ]
 
+# The paper methods (issue 19): piecewise-affine multiplication, dyadic requantization, unit scaling.
+_ACC = jnp.array([[300, -300], [25_000, 7]], jnp.int32)
+ENTRIES += [
+    Entry("pam.multiply", lpnum.pam.multiply, {"a": X, "b": X},
+          {"a": not_float_array(), "b": not_float_array()}, positional=("a", "b")),
+    Entry("pam.divide", lpnum.pam.divide, {"a": X, "b": X},
+          {"a": not_float_array(), "b": not_float_array()}, positional=("a", "b")),
+    Entry("pam.matmul", lpnum.pam.matmul, {"a": X, "b": X.T}, {"a": not_float_array(), "b": not_float_array()},
+          positional=("a", "b")),
+    Entry("dyadic.quantize_multiplier", lpnum.dyadic.quantize_multiplier, {"real": 0.25},
+          {"real": st.one_of(st.floats(max_value=0.0), st.just(float("nan")), st.just(float("inf")), _TEXT,
+                             _OBJECTS, st.none())}, positional=("real",)),
+    Entry("dyadic.requantize", lpnum.dyadic.requantize,
+          {"acc": _ACC, "multiplier": 1 << 30, "shift": 0},
+          {"acc": st.one_of(st.none(), _TEXT, _OBJECTS, st.just(X)),
+           "out_dtype": st.one_of(_TEXT.filter(lambda v: v not in ("int8", "uint8", "int16", "uint16")),
+                                  st.sampled_from([np.int32, np.float32, jnp.float8_e4m3fn, 3, object()]))},
+          positional=("acc", "multiplier", "shift")),
+    Entry("unit_scaling.scaled", lpnum.unit_scaling.scaled, {"x": X, "fwd_scale": 1.0, "bwd_scale": 1.0},
+          {"x": not_float_array(), "fwd_scale": st.one_of(_TEXT, _OBJECTS, st.none()),
+           "bwd_scale": st.one_of(_TEXT, _OBJECTS, st.none())}, positional=("x", "fwd_scale", "bwd_scale")),
+    Entry("unit_scaling.residual_add", lpnum.unit_scaling.residual_add, {"residual": X, "skip": X, "tau": 0.1},
+          {"tau": st.one_of(st.floats().filter(lambda v: not 0 <= v <= 1), st.just(float("nan")), _TEXT, _OBJECTS)},
+          positional=("residual", "skip", "tau")),
+]
+
 _CASES = [(e, arg) for e in ENTRIES for arg in e.bad]
 
 
