@@ -2,44 +2,89 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-from lpnum.kernels.packed_matmul import layout
+from lpnum.kernels.packed_matmul import dequant, layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.kernels.packed_matmul.reference import HIGHEST
 
-__all__ = ["xla_matmul", "WHOLE_DEQUANTIZE_ROWS"]
+__all__ = ["xla_matmul", "WHOLE_DEQUANTIZE_ROWS", "TILE_N"]
 
 
 #: From this many rows on, the XLA path dequantizes W whole and runs one dot: the dequantization pass is then
 #: small next to the matmul, and XLA's single large dot beats a scan of tile products.
 WHOLE_DEQUANTIZE_ROWS = 128
 
+#: At most this many output columns per tile of the small-M path, so that a decoded ``tile_k x TILE_N`` float32
+#: tile stays in the CPU's cache between its decoding and its product.
+TILE_N = 2048
+
 
 def xla_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
-  """``x2 (M, K) @ W`` in XLA. For M < WHOLE_DEQUANTIZE_ROWS, one layout tile of K at a time: each tile is
-  dequantized while it is in cache and multiplied at once, so the float32 weights are never written out whole
-  (faster for small M on the CPU: ``python -m benchmarks.kernels`` times decode-shaped matmuls); for larger M, W is
-  dequantized whole and multiplied in one dot."""
+  """``x2 (M, K) @ W`` in XLA.
+
+  For M < WHOLE_DEQUANTIZE_ROWS (decode-shaped matmuls, bound by the weight bytes), W is read once, tile by tile:
+  each ``tile_k x tn`` tile of packed codes is decoded while it is in cache and multiplied at once, so the float32
+  weights are never written out whole. Scales are decoded once per scale row, not per weight. For larger M, W is
+  dequantized whole and multiplied in one dot. ``python -m benchmarks.kernels`` times both regimes.
+  """
   k_pad, n_pad = w.padded_shape
+  x2 = jnp.pad(x2, ((0, 0), (0, k_pad - x2.shape[1])))
   if x2.shape[0] >= WHOLE_DEQUANTIZE_ROWS:
-    x2 = jnp.pad(x2, ((0, 0), (0, k_pad - x2.shape[1])))
     return jnp.dot(x2, layout.dequantize(w), precision=HIGHEST, preferred_element_type=jnp.float32)
-  tiles = k_pad // w.tile_k
-  x3 = jnp.pad(x2, ((0, 0), (0, k_pad - x2.shape[1]))).reshape(-1, tiles, w.tile_k).transpose(1, 0, 2)
-  per_column = w.group == k_pad
-  by_tile = lambda a: None if a is None or per_column else a.reshape(tiles, -1, n_pad)
-  group = w.tile_k if per_column else w.group
+  m, tk = x2.shape[0], w.tile_k
+  tn = _tile_n(n_pad)
+  group_rows = 1 if w.group == k_pad else tk // w.group  # scale rows per K tile
+  # Decoded once, per scale row; the barrier keeps XLA from fusing the decoding into every weight's product.
+  parts = jax.lax.optimization_barrier(_scale_rows(w))
+  xt = x2.reshape(m, k_pad // tk, tk).transpose(1, 0, 2)
 
-  def step(acc, inputs):
-    xt, planes, scales, zero = inputs
-    tile = dataclasses.replace(w, planes=planes, scales=w.scales if per_column else scales,
-                               zero_point=w.zero_point if per_column else zero, group=group)
-    return acc + jnp.dot(xt, layout.dequantize(tile), precision=HIGHEST, preferred_element_type=jnp.float32), None
+  def strip(j):  # output columns [j * tn, (j + 1) * tn)
+    def step(acc, inputs):
+      t, xk = inputs
+      tile = _decode_tile(w, parts, t, j * tn, tn, t * group_rows if w.group < k_pad else 0, group_rows)
+      return acc + jnp.dot(xk, tile, precision=HIGHEST, preferred_element_type=jnp.float32), None
 
-  planes = tuple(p.reshape(tiles, -1, n_pad) for p in w.planes)
-  acc0 = jnp.zeros((x2.shape[0], n_pad), jnp.float32)
-  return jax.lax.scan(step, acc0, (x3, planes, by_tile(w.scales), by_tile(w.zero_point)))[0]
+    return jax.lax.scan(step, jnp.zeros((m, tn), jnp.float32), (jnp.arange(k_pad // tk), xt))[0]
+
+  out = jax.lax.map(strip, jnp.arange(n_pad // tn))  # (strips, M, tn)
+  return out.transpose(1, 0, 2).reshape(m, n_pad)
+
+
+def _tile_n(n_pad: int) -> int:
+  """The widest multiple of 128 that divides ``n_pad`` and is at most TILE_N."""
+  blocks = n_pad // 128
+  return 128 * max(d for d in range(1, min(blocks, TILE_N // 128) + 1) if blocks % d == 0)
+
+
+def _scale_rows(w: PackedWeights) -> tuple:
+  """The scales' decoded parts and the zero points, one row per scale row (absent parts are None)."""
+  s = dequant.scale_parts(w.fmt, w.scales)
+  zero = None if w.zero_point is None else w.zero_point.astype(jnp.float32)
+  return (s.value, s.exponent, s.nan, zero)
+
+
+def _decode_tile(w: PackedWeights, parts: tuple, t, col, tn: int, row, group_rows: int) -> jax.Array:
+  """The float32 weights of K tile ``t``, columns ``[col, col + tn)``, as :func:`layout.dequantize` gives them."""
+  tk = w.tile_k
+  codes, low = None, 0
+  for plane, width in zip(w.planes, w.plane_bits):
+    p = 8 // width
+    b = jax.lax.dynamic_slice(plane, (t * (tk // p), col), (tk // p, tn)).astype(jnp.int32)
+    fields = (b[None] >> (width * jnp.arange(p, dtype=jnp.int32)[:, None, None])) & ((1 << width) - 1)
+    fields = fields.reshape(tk, tn) << low
+    codes = fields if codes is None else codes | fields
+    low += width
+  v = dequant.element_values(w.fmt.element, codes)
+
+  def expand(a):  # this tile's scale rows -> one row per row of K (or one row for all of them)
+    if a is None:
+      return None
+    a = jax.lax.dynamic_slice(a, (row, col), (group_rows, tn))
+    if group_rows == 1:
+      return a
+    return jnp.broadcast_to(a[:, None, :], (group_rows, tk // group_rows, tn)).reshape(tk, tn)
+
+  value, exponent, nan, zero = map(expand, parts)
+  return dequant.apply_scale(v, w.fmt, dequant.ScaleParts(value, exponent, nan), zero, w.tensor_scale)
