@@ -16,6 +16,11 @@ Targets (CPU, ratios in one run, at M = K = N = 1024 unless said):
 - (b) weight-only int8 and int4: at least 0.9x the throughput of the float32 jnp.dot.
 - (c) the emulated float accumulator matmul (bfloat16 and E5M6, nearest-even, sequential): at most 50x the
   float32 jnp.dot at 512^3.
+- (d) decode, M = 1, K = N = 8192: weight-only int4, MXFP4 and NVFP4 at least 3x the float32 jnp.dot's throughput,
+  int8 at least 2x.
+- (e) decode, M = 16, K = N = 8192: every weight-only format at least the float32 jnp.dot's throughput.
+
+The decode regime (M in 1, 4, 16; K = N in 4096, 8192) runs in quick mode too.
 
 Roofline: each (kernel, shape) has an arithmetic intensity, ``2 M K N`` FLOPs over the bytes it moves at least
 once: its operands as stored (float32 or bfloat16 x, int8 codes and their scales, packed weights with their scales)
@@ -51,6 +56,9 @@ FULL_M = (1, 16, 128, 1024)
 FULL_SIZES = (1024, 4096, 8192)
 QUICK_M = (1, 128)
 QUICK_SIZES = (1024,)
+#: The decode regime (few rows of x, large weights: bound by the weight bytes), in quick and full mode.
+DECODE_M = (1, 4, 16)
+DECODE_SIZES = (4096, 8192)
 TARGET_SHAPE = (1024, 1024, 1024)
 ACC_SIZE = 512
 #: Bytes of the float32 array copied (``x * 2``) to measure the memory-bandwidth roof.
@@ -164,7 +172,27 @@ def evaluate_targets(rows: list[dict], acc: dict) -> dict:
       "c": target("c", f"emulated float accumulators <= 50x the float32 jnp.dot at {ACC_SIZE}^3",
                   {name: ratio(median_s(meas), f32_acc) for name, meas in acc.items()
                    if name.startswith("float")}, 50.0, at_least=False),
+      **decode_targets(rows),
   }
+
+
+def decode_targets(rows: list[dict]) -> dict:
+  """Targets (d) and (e): weight-only throughput against the float32 dot at M = 1 and M = 16, K = N = the largest
+  decode size (absent when the run has no such shape)."""
+  size = max(DECODE_SIZES)
+  at = {m: {r["kernel"]: median_s(r["measurement"]) for r in rows if tuple(r["shape"]) == (m, size, size)}
+        for m in (1, 16)}
+  speed = lambda m, name: ratio(at[m].get("f32 dot"), at[m].get(name))
+  out = {}
+  if at[1]:
+    out["d_int8"] = target("d", f"decode M=1 K=N={size}: weight-only int8 throughput >= 2x the float32 jnp.dot",
+                           {"w int8": speed(1, "w int8")}, 2.0, at_least=True)
+    out["d_4bit"] = target("d", f"decode M=1 K=N={size}: int4, MXFP4, NVFP4 throughput >= 3x the float32 jnp.dot",
+                           {name: speed(1, name) for name in ("w int4 g128", "w mxfp4", "w nvfp4")}, 3.0, at_least=True)
+  if at[16]:
+    out["e"] = target("e", f"decode M=16 K=N={size}: every weight-only format >= the float32 jnp.dot",
+                      {name: speed(16, name) for name in WEIGHT_FORMATS}, 1.0, at_least=True)
+  return out
 
 
 def format_tables(rows: list[dict], acc: dict, roofs: dict) -> str:
@@ -243,11 +271,12 @@ def plot(rows: list[dict], roofs: dict, path: Path) -> Path | None:
 
 
 def main(argv=None) -> Path:
-  parser = arg_parser("kernels", __doc__, quick="M in (1, 128), K = N = 1024, 3 repeats",
+  parser = arg_parser("kernels", __doc__, quick="M in (1, 128), K = N = 1024, and the decode regime; 3 repeats",
                       repeats=QuickDefault(5, 3))
   args = parse_args(parser, argv)
   sizes, m_values = (QUICK_SIZES, QUICK_M) if args.quick else (FULL_SIZES, FULL_M)
   shapes = [(m, s, s) for s in sizes for m in m_values]
+  shapes += [(m, s, s) for s in DECODE_SIZES for m in DECODE_M if (m, s, s) not in shapes]
   if TARGET_SHAPE not in shapes:
     shapes.append(TARGET_SHAPE)
   rows = run_matmuls(shapes, args.repeats)

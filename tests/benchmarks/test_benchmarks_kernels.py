@@ -17,6 +17,8 @@ pytestmark = pytest.mark.slow
 def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(kernels, "QUICK_SIZES", (256,))
   monkeypatch.setattr(kernels, "QUICK_M", (4,))
+  monkeypatch.setattr(kernels, "DECODE_SIZES", (256,))
+  monkeypatch.setattr(kernels, "DECODE_M", (1, 16))
   monkeypatch.setattr(kernels, "TARGET_SHAPE", (4, 256, 256))
   monkeypatch.setattr(kernels, "ACC_SIZE", 32)
   monkeypatch.setattr(kernels, "BANDWIDTH_BYTES", 2**20)
@@ -31,15 +33,17 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
     m, k, n = r["shape"]
     assert r["bytes_moved"] > r["weight_bytes"] and r["intensity"] == 2 * m * k * n / r["bytes_moved"]
     if r["kernel"] == "f32 dot" or r["kernel"].startswith("w "):
-      # The weights as stored (packed codes and scales), a float32 x (4 x 256) and a float32 output (4 x 256).
-      assert r["bytes_moved"] == r["weight_bytes"] + 2 * 4 * 256 * 4
+      # The weights as stored (packed codes and scales), a float32 x (M x 256) and a float32 output (M x 256).
+      assert r["bytes_moved"] == r["weight_bytes"] + 2 * m * 256 * 4
+  assert {tuple(r["shape"]) for r in results["matmul"]} == {(4, 256, 256), (1, 256, 256), (16, 256, 256)}
   roofs = results["roofs"]
   benchmark_checks.check_measurement(roofs["bandwidth_measurement"], 1, statuses=("ok",))
   assert roofs["bandwidth_bytes_s"] > 0 and roofs["bandwidth_array_bytes"] == 2**20
   assert roofs["compute_flop_s"] == max(r["tflop_s"] for r in results["matmul"] if r["kernel"] == "f32 dot") * 1e12
   for m in results["accumulators"].values():
     benchmark_checks.check_measurement(m, 1, statuses=("ok",))
-  assert set(results["targets"]) == {"a", "b", "c"}
+  assert set(results["targets"]) == {"a", "b", "c", "d_int8", "d_4bit", "e"}
+  assert set(results["targets"]["e"]["values"]) == set(kernels.WEIGHT_FORMATS)
   assert all(t["status"] in ("PASS", "FAIL") for t in results["targets"].values())
   image = matplotlib.image.imread(tmp_path / "kernels.png")
   assert image.shape[:2] == (400, 1000)  # the roofline and one TFLOP/s-vs-M panel (K = N = 256), 5 x 4 in each
