@@ -73,6 +73,9 @@ def tile_shape(outputs: tuple[Output, ...], shape: tuple[int, int], platform: st
     if forced[a] and not forced[1 - a]:
       side[1 - a] = max(_MIN_SIDE[platform], min(base, _MAX_ELEMENTS[platform] // side[a]))
   side = [min(s, d) if not forced[a] else s for a, (s, d) in enumerate(zip(side, shape))]
+  for o in outputs:
+    if o.cast.axis is not None and side[o.cast.axis] % o.cast.size:
+      raise ValueError(f"x.shape[{o.cast.axis}]={shape[o.cast.axis]} does not hold whole blocks of {o.cast.size}")
   for a in (0, 1):
     if shape[a] % side[a]:
       raise ValueError(f"x.shape[{a}]={shape[a]} is not a multiple of the tile's {side[a]}")
