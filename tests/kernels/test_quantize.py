@@ -33,9 +33,13 @@ CASTS = {
     "int4_g32_0": lpnum.ScaledFormat("int4", lpnum.per_block(32, 0)),
     "fp8_tensor": lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_tensor()),
 }
-#: Casts whose Pallas faces run by default for both flavours (one per element width and scale kind); the others run
-#: the TPU flavour by default and the GPU flavour under -m slow.
+#: Casts checked by default (every element width, scale kind and block axis; the TPU flavour of the kernel); the
+#: others, and the GPU flavour of all, run under -m slow.
 QUICK = {"mxfp8_e4m3_-1", "mxfp6_e3m2_0", "mxfp4_e2m1_-1", "mxint8_0", "nvfp4_0", "int8_row", "fp8_tensor"}
+
+
+def _quick(keys, extra=()):
+  return [k if k in QUICK or k in extra else pytest.param(k, marks=pytest.mark.slow) for k in sorted(keys)]
 SHAPE = (64, 256)
 
 
@@ -73,7 +77,7 @@ def _kw(key: str) -> dict:
 
 
 # ---- the tile arithmetic is lpnum's, code for code -----------------------------------------------------------------
-@pytest.mark.parametrize("key", sorted(CASTS))
+@pytest.mark.parametrize("key", _quick(CASTS))
 def test_tile_cast_equals_quantize_scaled(key):
   fmt, x = CASTS[key], _data(key)
   c = tile.cast_of(fmt, x.shape, False)
@@ -92,8 +96,8 @@ def test_tile_cast_equals_quantize_scaled(key):
 # ---- every face, bit for bit ---------------------------------------------------------------------------------------
 def _faces():
   for key in sorted(CASTS):
-    yield pytest.param(key, "tpu", id=f"{key}-tpu")
-    yield pytest.param(key, "gpu", id=f"{key}-gpu", marks=() if key in QUICK else pytest.mark.slow)
+    yield pytest.param(key, "tpu", id=f"{key}-tpu", marks=() if key in QUICK else pytest.mark.slow)
+    yield pytest.param(key, "gpu", id=f"{key}-gpu", marks=() if key == "mxfp4_e2m1_-1" else pytest.mark.slow)
 
 
 @pytest.mark.parametrize("key, platform", list(_faces()))
@@ -112,27 +116,29 @@ def test_pallas_and_reference_equal_quantize_scaled_on_edge_data(key, platform):
           lpnum.quantize_scaled(x.T, fmt))
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float16])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(np.float16, marks=pytest.mark.slow)])
 def test_narrow_inputs(dtype):
-  x = jnp.asarray(np.where(np.isfinite(_data("mxfp8_e4m3_-1")), _data("mxfp8_e4m3_-1"), 0) * 2.0 ** -100).astype(
-      dtype) if dtype == np.float16 else jnp.asarray(_data("mxfp8_e4m3_-1")).astype(dtype)
-  for fmt in (CASTS["mxfp8_e4m3_-1"], CASTS["nvfp4_0"]):
-    q, qt = kq.quantize(x, fmt, transpose="both", implementation="pallas", platform="tpu", interpret=True)
-    _same(q, lpnum.quantize_scaled(x, fmt))
-    _same(qt, lpnum.quantize_scaled(x.T, fmt))
+  x = _data("mxfp8_e4m3_-1")[:32]
+  if dtype == np.float16:  # float16 holds the edge data's smaller magnitudes only
+    x = np.where(np.abs(x) < 6e4, x, np.float32(-1.0))
+  x = jnp.asarray(x).astype(dtype)
+  fmt = CASTS["nvfp4_0"]
+  q, qt = kq.quantize(x, fmt, transpose="both", implementation="pallas", platform="tpu", interpret=True)
+  _same(q, lpnum.quantize_scaled(x, fmt))
+  _same(qt, lpnum.quantize_scaled(x.T, fmt))
 
 
-def test_several_tiles_per_axis():
-  x = _edge("mxfp6_e2m3", (1024, 1024), 0, seed=3)
+@pytest.mark.parametrize("platform", ["tpu", pytest.param("gpu", marks=pytest.mark.slow)])
+def test_several_tiles_per_axis(platform):
+  x = _edge("mxfp6_e2m3", (1024, 128), 0, seed=3)
   fmt = CASTS["mxfp6_e2m3_0"]
-  for platform in ("tpu", "gpu"):
-    q, qt = kq.quantize(x, fmt, transpose="both", implementation="pallas", platform=platform, interpret=True)
-    _same(q, lpnum.quantize_scaled(x, fmt))
-    _same(qt, lpnum.quantize_scaled(x.T, fmt))
+  q, qt = kq.quantize(x, fmt, transpose="both", implementation="pallas", platform=platform, interpret=True)
+  _same(q, lpnum.quantize_scaled(x, fmt))
+  _same(qt, lpnum.quantize_scaled(x.T, fmt))
 
 
 # ---- independent references ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key", sorted(MX))
+@pytest.mark.parametrize("key", _quick(MX))
 def test_mx_codes_match_the_independent_reference(key):
   name, axis = key.rsplit("_", 1)
   x = _data(key)
@@ -175,9 +181,8 @@ def test_tensor_amax_given_is_one_read_and_means_delayed_scaling():
   x = _data("nvfp4_0", finite=True)
   fmt = CASTS["nvfp4_0"]
   own = np.float32(np.max(np.abs(x)))
-  for platform in ("tpu", "gpu"):
-    _same(kq.quantize(x, fmt, tensor_amax=own, implementation="pallas", platform=platform, interpret=True),
-          lpnum.quantize_scaled(x, fmt))
+  _same(kq.quantize(x, fmt, tensor_amax=own, implementation="pallas", platform="gpu", interpret=True),
+        lpnum.quantize_scaled(x, fmt))
   old = np.float32(own * 0.25)  # a stale amax: the largest blocks saturate
   q = kq.quantize(x, fmt, tensor_amax=old, implementation="pallas", platform="tpu", interpret=True)
   _same(q, lpnum.quantize_scaled(x, fmt, tensor_amax=old))
@@ -193,10 +198,6 @@ def test_under_jit():
                                     interpret=True))
   for got, t in zip(f(x), (False, True)):
     _same(got, lpnum.quantize_scaled(x.T if t else x, fmt))
-  g = jax.jit(lambda x, a: kq.quantize(x, CASTS["nvfp4_-1"], tensor_amax=a))
-  a = jnp.float32(3.0)
-  _same(g(jnp.asarray(_data("nvfp4_-1")), a), lpnum.quantize_scaled(_data("nvfp4_-1"), CASTS["nvfp4_-1"],
-                                                                    tensor_amax=a))
 
 
 def test_auto_runs_xla_on_the_cpu_and_takes_any_shape():
