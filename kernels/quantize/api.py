@@ -20,7 +20,7 @@ from lpnum.scaled.scales import scales_from_value, tensor_scale_of
 from lpnum.scaled.xla_cpu import abs_max, div
 from lpnum.validate import as_array, check_flag, short
 
-__all__ = ["quantize", "IMPLEMENTATIONS", "pallas_supports"]
+__all__ = ["quantize", "IMPLEMENTATIONS", "pallas_supports", "prepare", "run_pallas", "per_tensor_codes"]
 
 IMPLEMENTATIONS = ("auto", "pallas", "xla")
 
@@ -69,8 +69,32 @@ def quantize(x: ArrayLike, fmt: ScaledFormat | str, *, transpose: bool | str = F
     >>> q.scales.shape, qt.scales.shape, bool((q.data == lpnum.quantize_scaled(x, "mxfp8_e4m3").data).all())
     ((2, 1), (32, 1), True)
   """
+  if not (transpose is False or transpose is True or transpose == "both"):
+    raise ValueError(f"transpose={short(transpose)} must be False, True or 'both'")
+  sides = (False, True) if transpose == "both" else (bool(transpose),)
+  x, fmt, scale, tensor_amax, implementation, platform = prepare(
+      x, fmt, scale, tensor_amax, implementation, platform, interpret,
+      lambda fmt, shape, backend: pallas_supports(fmt, shape, sides, backend, scale))
+  if implementation == "pallas":
+    outputs = tuple(Output(cast_of(fmt, x.shape, t), t) for t in sides)
+    results, ideal, tensor = run_pallas(x, scale, tensor_amax, fmt, outputs, platform, interpret)
+    out = []
+    for o, (arrays, scales) in zip(outputs, results):
+      shape = x.shape[::-1] if o.transposed else x.shape
+      out.append(QArray(data=arrays[0], scales=per_tensor_codes(ideal, fmt) if scales is None else scales,
+                        zero_point=None, tensor_scale=tensor, fmt=fmt, shape=shape, dtype=np.dtype(x.dtype),
+                        block=fmt.granularity.block_shape(shape)))
+  else:
+    out = [xla_quantize(x, fmt, transpose=t, scale=scale, tensor_amax=tensor_amax) for t in sides]
+  return tuple(out) if transpose == "both" else out[0]
+
+
+def prepare(x, fmt, scale, tensor_amax, implementation: str, platform: str | None, interpret: bool, why_not,
+            default_axis: int = -1):
+  """Validates the arguments of a cast and picks the face; returns ``(x, fmt, scale, tensor_amax, implementation,
+  platform)``. ``why_not(fmt, x.shape, platform)`` says why the Pallas kernels cannot take the cast (None if they can)."""
   if isinstance(fmt, str):
-    fmt = presets.preset(fmt, arg="fmt")
+    fmt = presets.preset(fmt, axis=default_axis, arg="fmt")
   if not isinstance(fmt, ScaledFormat):
     raise TypeError(f"fmt={short(fmt)} must be a ScaledFormat or a scaled preset name")
   x = as_array(x)
@@ -78,8 +102,6 @@ def quantize(x: ArrayLike, fmt: ScaledFormat | str, *, transpose: bool | str = F
     raise TypeError(f"x must be float32, bfloat16 or float16, got dtype {x.dtype}")
   if x.ndim != 2:
     raise ValueError(f"x has shape {x.shape}; the cast kernels take 2-D tensors")
-  if not (transpose is False or transpose is True or transpose == "both"):
-    raise ValueError(f"transpose={short(transpose)} must be False, True or 'both'")
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={short(implementation)} must be one of {IMPLEMENTATIONS}")
   check_flag("interpret", interpret)
@@ -89,29 +111,24 @@ def quantize(x: ArrayLike, fmt: ScaledFormat | str, *, transpose: bool | str = F
   tensor_amax = _scalar("tensor_amax", tensor_amax)
   if tensor_amax is not None and not fmt.tensor_scale:
     raise ValueError(f"tensor_amax is for formats with a per-tensor scale (nvfp4); fmt={fmt.name} has none")
-  sides = (False, True) if transpose == "both" else (bool(transpose),)
   if interpret:
     implementation = "pallas"
   if implementation == "pallas":
     platform = _platform(platform, interpret)
-  elif implementation == "auto":
-    backend = jax.default_backend()
-    use = backend in ("gpu", "tpu") and pallas_supports(fmt, x.shape, sides, backend, scale) is None
-    implementation, platform = ("pallas", backend) if use else ("xla", None)
-  if implementation == "pallas":
-    why = pallas_supports(fmt, x.shape, sides, platform, scale)
+    why = why_not(fmt, x.shape, platform)
     if why is not None:
       raise ValueError(f"implementation='pallas' cannot cast x of shape {x.shape} to {fmt.name}: {why}")
-    out = _pallas(x, scale, tensor_amax, fmt, sides, platform, interpret)
-  else:
-    out = tuple(xla_quantize(x, fmt, transpose=t, scale=scale, tensor_amax=tensor_amax) for t in sides)
-  return out if transpose == "both" else out[0]
+  elif implementation == "auto":
+    backend = jax.default_backend()
+    use = backend in ("gpu", "tpu") and why_not(fmt, x.shape, backend) is None
+    implementation, platform = ("pallas", backend) if use else ("xla", None)
+  return x, fmt, scale, tensor_amax, implementation, platform
 
 
 def pallas_supports(fmt: ScaledFormat, shape: tuple[int, ...], sides: tuple[bool, ...], platform: str,
-                    scale=None) -> str | None:
+                    scale=None, *, tile_k: int | None = None, plane_widths: tuple[int, ...] = ()) -> str | None:
   """None if the Pallas kernels cast ``x`` of ``shape`` (and/or its transpose, ``sides``) to ``fmt``, else why
-  not."""
+  not (``tile_k``, ``plane_widths``: into the packed matmul's bit planes)."""
   el = fmt.element
   if not isinstance(el, FloatFormat | IntFormat):
     return f"element {el.name}: the kernels encode float and integer elements"
@@ -123,15 +140,19 @@ def pallas_supports(fmt: ScaledFormat, shape: tuple[int, ...], sides: tuple[bool
     casts = tuple(cast_of(fmt, shape, t) for t in sides)
     if scale is not None and any(c.axis is not None for c in casts):
       return "a given scale is for one scale per tensor"
-    tile_shape(tuple(Output(c, t) for c, t in zip(casts, sides)), shape, "gpu" if platform == "cuda" else platform)
+    tile_shape(tuple(Output(c, t, tile_k, plane_widths) for c, t in zip(casts, sides)), shape,
+               "gpu" if platform == "cuda" else platform)
   except ValueError as e:
     return str(e)
   return None
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _pallas(x, scale, tensor_amax, fmt: ScaledFormat, sides, platform: str, interpret: bool):
-  outputs = tuple(Output(cast_of(fmt, x.shape, t), t) for t in sides)
+def run_pallas(x, scale, tensor_amax, fmt: ScaledFormat, outputs: tuple[Output, ...], platform: str,
+               interpret: bool):
+  """The cast kernel over ``x`` with its first passes where needed (the per-tensor ideal scale without a given
+  ``scale``, the tensor's abs-max without ``tensor_amax``); returns ``pallas_cast``'s results, the per-tensor ideal
+  scale (or None) and the per-tensor scale (or None)."""
   ideal = None
   if any(o.cast.axis is None for o in outputs):
     ideal = scale if scale is not None else div(abs_max(x.astype(jnp.float32), None, keepdims=False),
@@ -144,14 +165,12 @@ def _pallas(x, scale, tensor_amax, fmt: ScaledFormat, sides, platform: str, inte
     tensor_amax = tensor_amax.reshape(1, 1)
     tensor = tensor_scale_of(tensor_amax.reshape(()), fmt)
   results = pallas_cast(x, outputs, platform=platform, interpret=interpret, ideal=ideal, tensor_amax=tensor_amax)
-  out = []
-  for o, (arrays, scales) in zip(outputs, results):
-    shape = x.shape[::-1] if o.transposed else x.shape
-    if scales is None:
-      scales = scales_from_value(ideal, fmt).codes.reshape(1, 1)
-    out.append(QArray(data=arrays[0], scales=scales, zero_point=None, tensor_scale=tensor, fmt=fmt, shape=shape,
-                      dtype=np.dtype(x.dtype), block=fmt.granularity.block_shape(shape)))
-  return tuple(out)
+  return results, ideal, tensor
+
+
+def per_tensor_codes(ideal: jax.Array, fmt: ScaledFormat) -> jax.Array:
+  """The ``(1, 1)`` scale code of one scale per tensor, from its ideal scale (as ``quantize_scaled`` rounds it)."""
+  return scales_from_value(ideal, fmt).codes.reshape(1, 1)
 
 
 def _scalar(name: str, value, positive: bool = False):
