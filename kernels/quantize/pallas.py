@@ -29,7 +29,8 @@ BASE_TILE = {"tpu": 512, "gpu": 64}
 
 #: The largest tile, in elements (per-channel scales make a tile span a whole axis; the other side shrinks).
 _MAX_ELEMENTS = {"tpu": 512 * 512, "gpu": 64 * 64 * 4}
-_MIN_SIDE = {"tpu": 32, "gpu": 1}
+#: The narrowest tile, rows and columns (TPU: uint8 codes fill (32, 128) tiles).
+_MIN_SIDE = {"tpu": (32, 128), "gpu": (1, 1)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ def tile_shape(outputs: tuple[Output, ...], shape: tuple[int, int], platform: st
     raise ValueError(f"tiles of {side[0]} x {side[1]} (whole blocks both ways) are too large for one kernel tile")
   for a in (0, 1):
     if forced[a] and not forced[1 - a]:
-      side[1 - a] = max(_MIN_SIDE[platform], min(base, _MAX_ELEMENTS[platform] // side[a]))
+      side[1 - a] = max(_MIN_SIDE[platform][1 - a], min(base, _MAX_ELEMENTS[platform] // side[a]))
   side = [min(s, d) if not forced[a] else s for a, (s, d) in enumerate(zip(side, shape))]
   for o in outputs:
     if o.cast.axis is not None and side[o.cast.axis] % o.cast.size:
@@ -140,9 +141,7 @@ def pallas_cast(x: jax.Array, outputs: tuple[Output, ...], *, platform: str, int
       if o.tile_k is None:
         parts = pack_bytes(codes, o.cast.fmt.element.bits)
       else:
-        parts = []
-        for per_tile in pack_planes(codes, o.plane_widths, o.tile_k):
-          parts.append(per_tile[0] if len(per_tile) == 1 else jnp.concatenate(per_tile, axis=0))
+        parts = pack_planes(codes, o.plane_widths, o.tile_k)
       for ref, part in zip(refs_o, parts):
         ref[...] = part
       if scale_tile is not None:

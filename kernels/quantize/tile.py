@@ -116,19 +116,17 @@ def pack_bytes(codes: jax.Array, bits: int) -> list[jax.Array]:
   return [((word >> np.int32(8 * k)) & np.int32(0xFF)).astype(jnp.uint8) for k in range(n_bytes)]
 
 
-def pack_planes(codes: jax.Array, plane_widths: tuple[int, ...], tile_k: int) -> list[list[jax.Array]]:
-  """int32 ``codes`` ``(rows, cols)`` (rows a multiple of ``tile_k``) in the packed matmul's bit planes: per
-  plane, per K tile of ``tile_k`` rows, the uint8 rows ``(tile_k * w / 8, cols)`` (field ``j`` of byte row ``r``
-  holds the plane's bits of row ``j * tile_k / p + r``, ``p = 8 / w``)."""
+def pack_planes(codes: jax.Array, plane_widths: tuple[int, ...], tile_k: int) -> list[jax.Array]:
+  """int32 ``codes`` ``(rows, cols)`` (rows a multiple of ``tile_k``) as the packed matmul's bit planes: per plane of
+  ``w`` bits, uint8 ``(rows * w / 8, cols)`` in which, within each K tile of ``tile_k`` rows, field ``j`` of byte
+  row ``r`` holds the plane's bits of row ``j * tile_k / p + r`` (``p = 8 / w``)."""
+  rows, cols = codes.shape
   planes, low = [], 0
   for w in plane_widths:
     p = 8 // w
     field = (codes >> np.int32(low)) & np.int32((1 << w) - 1)
-    per_tile = []
-    for t in range(codes.shape[0] // tile_k):
-      part = [field[t * tile_k + j * (tile_k // p):t * tile_k + (j + 1) * (tile_k // p)] << np.int32(w * j)
-              for j in range(p)]
-      per_tile.append(sum(part[1:], part[0]).astype(jnp.uint8))
-    planes.append(per_tile)
+    shifts = jax.lax.broadcasted_iota(jnp.int32, (1, p, 1, 1), 1) * np.int32(w)
+    fields = field.reshape(rows // tile_k, p, tile_k // p, cols) << shifts
+    planes.append(jnp.sum(fields, axis=1).reshape(rows // p, cols).astype(jnp.uint8))  # no overlap: sum == or
     low += w
   return planes
