@@ -231,6 +231,8 @@ def test_what_the_kernels_do_not_take():
     (lambda x: kq.quantize(x, "nvfp4", tensor_amax=np.ones(2, np.float32)), "tensor_amax must be a float scalar"),
     (lambda x: kq.quantize(x, CASTS["fp8_tensor"], scale=-1.0), r"scale=-1.0 must be finite and positive"),
     (lambda x: kq.quantize(x, "mxfp8_e4m3", implementation="pallas"), "needs a GPU or TPU"),
+    (lambda x: lpnum.quantize_scaled(x, "mxfp8_e4m3", tensor_amax=1.0), "tensor_amax is for formats"),
+    (lambda x: lpnum.quantize_scaled(x, "nvfp4", tensor_amax=np.ones(2)), "tensor_amax must be a float scalar"),
 ])
 def test_bad_inputs(call, match):
   with pytest.raises((ValueError, TypeError), match=match):
