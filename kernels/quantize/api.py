@@ -64,10 +64,10 @@ def quantize(x: ArrayLike, fmt: ScaledFormat | str, *, transpose: bool | str = F
   Example:
     >>> import jax.numpy as jnp, lpnum
     >>> from lpnum import kernels
-    >>> x = jnp.arange(64.0).reshape(2, 32)
+    >>> x = jnp.arange(2048.0).reshape(32, 64)
     >>> q, qt = kernels.quantize.quantize(x, "mxfp8_e4m3", transpose="both")
-    >>> q.scales.shape, qt.scales.shape, bool((q.data == lpnum.quantize_scaled(x, "mxfp8_e4m3").data).all())
-    ((2, 1), (32, 1), True)
+    >>> q.scales.shape, qt.scales.shape, bool((qt.data == lpnum.quantize_scaled(x.T, "mxfp8_e4m3").data).all())
+    ((32, 2), (64, 1), True)
   """
   if not (transpose is False or transpose is True or transpose == "both"):
     raise ValueError(f"transpose={short(transpose)} must be False, True or 'both'")
