@@ -92,7 +92,8 @@ def quantize(x: ArrayLike, fmt: ScaledFormat | str, *, transpose: bool | str = F
 def prepare(x, fmt, scale, tensor_amax, implementation: str, platform: str | None, interpret: bool, why_not,
             default_axis: int = -1):
   """Validates the arguments of a cast and picks the face; returns ``(x, fmt, scale, tensor_amax, implementation,
-  platform)``. ``why_not(fmt, x.shape, platform)`` says why the Pallas kernels cannot take the cast (None if they can)."""
+  platform)``. ``why_not(fmt, x.shape, platform)`` says why the Pallas kernels cannot take the cast (None if they
+  can)."""
   if isinstance(fmt, str):
     fmt = presets.preset(fmt, axis=default_axis, arg="fmt")
   if not isinstance(fmt, ScaledFormat):
