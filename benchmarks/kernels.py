@@ -30,6 +30,15 @@ and its output. The run measures the machine's two roofs: memory bandwidth from 
 so packed weights pay off there (small M); at high intensity the compute roof rules, and dequantization costs.
 Operands that fit in cache can beat the copy's bandwidth, and integer dots can beat the float32 compute roof.
 
+Casts (``lpnum.kernels.quantize``): for each cast of a bfloat16 ``(N, N)`` tensor (MXFP8, MXFP6, MXFP4, MXINT8,
+NVFP4 along rows; MXFP8 of ``x`` and ``x.T`` from one read, as training needs; FP8 per tensor with a given scale;
+int8 per row), the bytes moved per element by the XLA face and by the Pallas face against the ideal (one read of
+the input, one write of the codes and scales). XLA: ``bytes accessed`` of the compiled CPU program's cost analysis
+(XLA's count over its fused ops). Pallas: the program traced for TPU, counting each ``pallas_call``'s operands and
+results once (its BlockSpecs tile them without overlap) plus the XLA glue around it (reductions read their input;
+transposes and concatenations read and write). Counted at N = 8192 (lowering only); timed at N = 2048 (quick) or
+8192, the Pallas face only where a GPU or TPU is present.
+
 Writes ``kernels.json`` (each row's ``bytes_moved`` and ``intensity``, and the measured ``roofs``) and, when
 matplotlib is installed, ``kernels.png``: the roofline (achieved FLOP/s against intensity, log-log, one marker per
 kernel and shape, the two roofs drawn), then TFLOP/s against M, one panel per K = N.
@@ -270,6 +279,96 @@ def plot(rows: list[dict], roofs: dict, path: Path) -> Path | None:
   return path
 
 
+CAST_COUNT_SIZE = 8192
+CAST_SIZES = {True: 2048, False: 8192}
+
+
+def cast_candidates() -> dict:
+  """``name -> (fmt, keyword arguments of kernels.quantize.quantize)`` for the cast benchmark."""
+  return {
+      "mxfp8_e4m3": (lpnum.mx.format("mxfp8_e4m3"), {}),
+      "mxfp8_e4m3 x and x.T": (lpnum.mx.format("mxfp8_e4m3"), {"transpose": "both"}),
+      "mxfp6_e2m3": (lpnum.mx.format("mxfp6_e2m3"), {}),
+      "mxfp4_e2m1": (lpnum.mx.format("mxfp4_e2m1"), {}),
+      "mxint8": (lpnum.mx.format("mxint8"), {}),
+      "nvfp4 (tensor_amax given)": (lpnum.nvfp4.format(), {"tensor_amax": np.float32(8.0)}),
+      "nvfp4 (amax pass)": (lpnum.nvfp4.format(), {}),
+      "fp8 e4m3 per tensor (scale given)": (lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_tensor()),
+                                            {"scale": np.float32(0.01)}),
+      "int8 per row": (lpnum.ScaledFormat("int8", lpnum.per_channel(0)), {}),
+  }
+
+
+def ideal_cast_bytes(fmt, shape, dtype, sides: int) -> float:
+  """One read of the input and one write of the codes and scales (per side: ``x`` and/or ``x.T``), per element."""
+  block = fmt.granularity.block_shape(shape)
+  per_scale = np.dtype(fmt.scale_format.code_dtype).itemsize / np.prod(block)
+  return np.dtype(dtype).itemsize + sides * (fmt.element.bits / 8 + per_scale)
+
+
+def _traced_traffic(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    inner = eqn.params.get("jaxpr")
+    if eqn.primitive.name in ("pjit", "jit", "closed_call"):
+      total += _traced_traffic(getattr(inner, "jaxpr", inner))
+      continue
+    size = lambda vs: sum(int(np.prod(v.aval.shape)) * np.dtype(v.aval.dtype).itemsize for v in vs
+                          if hasattr(v.aval, "shape"))
+    if eqn.primitive.name in ("pallas_call", "transpose", "concatenate"):
+      total += size(eqn.invars) + size(eqn.outvars)
+    elif eqn.primitive.name.startswith("reduce"):
+      total += size(eqn.invars)
+  return total
+
+
+def cast_bytes(fmt, kw: dict, n: int) -> dict:
+  """Bytes per element moved by each face of one cast of a bfloat16 ``(n, n)`` tensor (see the module docstring)."""
+  x = jax.ShapeDtypeStruct((n, n), jnp.bfloat16)
+  xla = jax.jit(lambda x: kernels.quantize.quantize(x, fmt, implementation="xla", **kw)).lower(x).compile()
+  analysis = xla.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  pallas = jax.make_jaxpr(lambda x: kernels.quantize.quantize(x, fmt, implementation="pallas", platform="tpu",
+                                                              **kw))(x)
+  sides = 2 if kw.get("transpose") == "both" else 1
+  return {"ideal": ideal_cast_bytes(fmt, (n, n), jnp.bfloat16, sides),
+          "xla": float(analysis["bytes accessed"]) / n / n, "pallas": _traced_traffic(pallas.jaxpr) / n / n}
+
+
+def run_casts(quick: bool, repeats: int) -> list[dict]:
+  n = CAST_SIZES[quick]
+  x = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+  accelerator = jax.default_backend() in ("gpu", "tpu")
+  cands, rows = {}, []
+  for name, (fmt, kw) in progress(cast_candidates().items(), "casts"):
+    cands[f"{name} / xla"] = (jax.jit(lambda x, fmt=fmt, kw=kw: kernels.quantize.quantize(
+        x, fmt, implementation="xla", **kw)), (x,))
+    if accelerator:
+      cands[f"{name} / pallas"] = (jax.jit(lambda x, fmt=fmt, kw=kw: kernels.quantize.quantize(
+          x, fmt, implementation="pallas", **kw)), (x,))
+    rows.append({"cast": name, "bytes_per_element": cast_bytes(fmt, kw, CAST_COUNT_SIZE), "size": n})
+  measured = time_fns(cands, repeats=repeats)
+  for r in rows:
+    r["measurement"] = {face: measured.get(f"{r['cast']} / {face}") for face in ("xla", "pallas")}
+  return rows
+
+
+def format_casts(rows: list[dict]) -> str:
+  n = rows[0]["size"] if rows else 0
+  lines = [f"Casts of a bfloat16 tensor: bytes moved per element at {CAST_COUNT_SIZE}^2 (ideal: one read of x, one "
+           f"write of codes and scales); time at {n}^2"]
+  cells = []
+  for r in rows:
+    b, m = r["bytes_per_element"], r["measurement"]
+    cells.append({"cast": r["cast"], "ideal B/el": f"{b['ideal']:.3f}", "xla B/el": f"{b['xla']:.3f}",
+                  "xla / ideal": f"{b['xla'] / b['ideal']:.2f}", "pallas B/el": f"{b['pallas']:.3f}",
+                  "pallas / ideal": f"{b['pallas'] / b['ideal']:.2f}", "xla ms": ms(m["xla"]),
+                  "pallas ms": ms(m["pallas"])})
+  lines.append(table(("cast", "ideal B/el", "xla B/el", "xla / ideal", "pallas B/el", "pallas / ideal", "xla ms",
+                      "pallas ms"), cells))
+  return "\n".join(lines)
+
+
 def main(argv=None) -> Path:
   parser = arg_parser("kernels", __doc__, quick="M in (1, 128), K = N = 1024, and the decode regime; 3 repeats",
                       repeats=QuickDefault(5, 3))
@@ -283,13 +382,17 @@ def main(argv=None) -> Path:
   roofs = measure_roofs(rows, args.repeats)
   acc = run_accumulators(ACC_SIZE, args.repeats)
   targets = evaluate_targets(rows, acc)
+  casts = run_casts(args.quick, args.repeats)
   print(format_tables(rows, acc, roofs))
+  print()
+  print(format_casts(casts))
   print()
   print(format_targets(targets))
   path = write_json("kernels", {"config": {"repeats": args.repeats, "quick": args.quick, "shapes": shapes,
                                            "path": "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla",
                                            "accumulator_size": ACC_SIZE},
-                                "roofs": roofs, "matmul": rows, "accumulators": acc, "targets": targets}, args.out)
+                                "roofs": roofs, "matmul": rows, "accumulators": acc, "targets": targets,
+                                "casts": casts}, args.out)
   png = plot(rows, roofs, path.with_suffix(".png"))
   if png is not None:
     print(f"wrote {png}")

@@ -5,9 +5,14 @@ and a public API.
   :func:`pack_weights` rearranges a quantized ``(K, N)`` QArray into the kernel layout, :func:`matmul` multiplies
   (Pallas on GPU/TPU, XLA on the CPU).
 - :mod:`.accumulate`: matmuls with emulated low-bit accumulators (integer, float, aligned, exact) and A2Q's bound.
+- :mod:`.quantize`: fused casts of a 2-D tensor (and/or its transpose) into packed QArrays in one read
+  (:func:`lpnum.kernels.quantize.quantize`; MX, NVFP4, FP8 with a given scale, int8 per row);
+  :func:`quantize_weights` casts float weights straight into the packed matmul's layout (:mod:`.weights`).
 """
 
-from lpnum.kernels import accumulate, packed_matmul
+from lpnum.kernels import accumulate, packed_matmul, quantize
 from lpnum.kernels.packed_matmul import BlockSizes, PackedWeights, matmul, pack_weights, reference_matmul
+from lpnum.kernels.weights import quantize_weights
 
-__all__ = ["accumulate", "packed_matmul", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]
+__all__ = ["accumulate", "packed_matmul", "quantize", "BlockSizes", "PackedWeights", "matmul", "pack_weights",
+           "reference_matmul", "quantize_weights"]

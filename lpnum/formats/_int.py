@@ -101,7 +101,7 @@ class IntFormat(Format):
 
   def round_values(self, x, carrier, mode, overflow, rand, stochastic_bits, *, in_kernel: bool = False):
     c = carrier
-    if overflow is not Overflow.WRAP:
+    if overflow is not Overflow.WRAP and not in_kernel:  # round-to-integral: Triton lowers no round
       r = round_integral(x, mode)
       if r is not None:  # the float unit's exact rounding; NaN -> 0, -0 -> +0, inf saturates
         r = jnp.clip(r, jnp.asarray(self.min_value, c.dtype), jnp.asarray(self.max_finite, c.dtype))

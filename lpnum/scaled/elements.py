@@ -103,16 +103,17 @@ def _smallest_product(fmt: ScaledFormat) -> float:
   return 2.0 ** math.floor(math.log2(low))
 
 
-def round_elements(xb, s: Scales, fmt: ScaledFormat, mode: Rounding, rand, plain: bool = False) -> jax.Array:
+def round_elements(xb, s: Scales, fmt: ScaledFormat, mode: Rounding, rand, plain: bool = False, *,
+                   in_kernel: bool = False) -> jax.Array:
   """The elements: ``x / S`` rounded to the element format, as float32 values in element units (``plain``: see
-  ``by_scaling``)."""
+  ``by_scaling``; ``in_kernel``: only operations every Pallas lowering has, see ``Format.round_values``)."""
   el = fmt.element
   xn = xb * s.down.p if plain else scale_for_rounding(xb, s.down)
   q = xn if s.m is None else div(xn, s.m)
   if fmt.asymmetric:
-    r = INT_GRID.round_values(q, F32, mode, Overflow.SATURATE, rand, None) + s.zero
+    r = INT_GRID.round_values(q, F32, mode, Overflow.SATURATE, rand, None, in_kernel=in_kernel) + s.zero
     return jnp.clip(r, el.min_value, el.max_finite)
-  return el.round_values(q, F32, mode, Overflow.SATURATE, rand, None)
+  return el.round_values(q, F32, mode, Overflow.SATURATE, rand, None, in_kernel=in_kernel)
 
 
 #: The integer grid asymmetric elements are rounded on before the zero point is added.

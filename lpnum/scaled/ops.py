@@ -32,6 +32,7 @@ def quantize_scaled(
     rounding: str | Rounding = "nearest_even",
     key: jax.Array | None = None,
     pad: bool = False,
+    tensor_amax: ArrayLike | None = None,
 ) -> QArray:
   """Quantizes ``x`` to a block-scaled format; returns a :class:`~lpnum.qarray.QArray` (packed codes + scales).
 
@@ -45,6 +46,9 @@ def quantize_scaled(
     rounding: the element rounding mode (``nearest_even``, ``stochastic``...). Scales always follow the rule.
     key: for stochastic rounding.
     pad: pad a ragged last block with zeros instead of raising.
+    tensor_amax: for formats with a per-tensor scale (NVFP4): the abs-max it is computed from (a float32 scalar,
+      e.g. from delayed scaling's history) instead of ``x``'s own; block values beyond what the scales then
+      reach saturate.
 
   Example:
     >>> import jax.numpy as jnp, lpnum
@@ -54,13 +58,20 @@ def quantize_scaled(
   """
   x, fmt, mode, block, padded = _prepare(x, fmt, rounding, key, pad)
   scale = None if scale is None else check_positive("scale", scale)
-  return _quantize_jit(x, scale, key, fmt, mode, block, padded)
+  if tensor_amax is not None:
+    if not fmt.tensor_scale:
+      raise ValueError(f"tensor_amax is for formats with a per-tensor scale (nvfp4); fmt={fmt.name} has none")
+    tensor_amax = as_array(tensor_amax)
+    if tensor_amax.shape != () or not jnp.issubdtype(tensor_amax.dtype, jnp.floating):
+      raise ValueError(f"tensor_amax must be a float scalar, got shape {tensor_amax.shape} dtype {tensor_amax.dtype}")
+    tensor_amax = tensor_amax.astype(jnp.float32)
+  return _quantize_jit(x, scale, key, tensor_amax, fmt, mode, block, padded)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _quantize_jit(x, scale, key, fmt, mode, block, padded) -> QArray:
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _quantize_jit(x, scale, key, tensor_amax, fmt, mode, block, padded) -> QArray:
   xb = blocks.to_blocks(x.astype(jnp.float32), block, padded)
-  s = scales_of(xb, fmt, scale)
+  s = scales_of(xb, fmt, scale, tensor_amax)
   rand = _rand(key, mode, x.shape, block, padded)
 
   def encode(plain, xb, s):

@@ -21,7 +21,8 @@ from lpnum.scaled.elements import INT_GRID, Scales, apply_scale, round_elements
 from lpnum.scaled.format import MIN_NORMAL, Calibration, ScaledFormat, ScaleRule, absmax, pow2_range, significand_bits
 from lpnum.scaled.xla_cpu import abs_max, div, max_min, per_block
 
-__all__ = ["scales_from_codes", "scales_of", "compute_scales", "block_range", "decode_f32", "range_is_absmax"]
+__all__ = ["scales_from_codes", "scales_of", "compute_scales", "block_range", "decode_f32", "range_is_absmax",
+           "scales_from_range", "scales_from_value", "tensor_scale_of"]
 
 
 def scales_from_codes(fmt: ScaledFormat, codes, zero, tensor) -> Scales:
@@ -33,13 +34,14 @@ def scales_from_codes(fmt: ScaledFormat, codes, zero, tensor) -> Scales:
   return general_scales(codes, decode_f32(sf, codes), fmt, zero, tensor)
 
 
-def general_scales(codes, value, fmt: ScaledFormat, zero, tensor) -> Scales:
-  """Scales of block scale values ``value`` (and a per-tensor scale)."""
+def general_scales(codes, value, fmt: ScaledFormat, zero, tensor, *, in_kernel: bool = False) -> Scales:
+  """Scales of block scale values ``value`` (and a per-tensor scale); ``in_kernel``: inside a Pallas kernel, where
+  the per-block work is already apart from the element pass (no ``per_block``)."""
   if tensor is None:
     m, e = split_scale(value)
     return Scales(codes, m, e, None, zero, None, value)
-  m, e = split_scale(per_block(lambda v, t: multiply(v, t, significand_bits(fmt.scale_format)), value.size, value,
-                           tensor))
+  product = lambda v, t: multiply(v, t, significand_bits(fmt.scale_format))
+  m, e = split_scale(product(value, tensor) if in_kernel else per_block(product, value.size, value, tensor))
   tm, te = split_scale(tensor)
   return Scales(codes, m, e, None, zero, tensor, value, tm, te)
 
@@ -89,13 +91,14 @@ def range_is_absmax(cal: Calibration) -> bool:
   return not (cal.kind == "percentile" and cal.q < 100)
 
 
-def scales_of(xb: jax.Array, fmt: ScaledFormat, given) -> Scales:
-  """Per-block scales, computed once per block (:func:`~lpnum.scaled.xla_cpu.per_block`)."""
-  s = per_block(lambda v, g: compute_scales(v, fmt, g), xb.size, xb, given)
+def scales_of(xb: jax.Array, fmt: ScaledFormat, given, tensor_amax=None) -> Scales:
+  """Per-block scales, computed once per block (:func:`~lpnum.scaled.xla_cpu.per_block`); ``tensor_amax``: the
+  abs-max the per-tensor scale is computed from (default: ``xb``'s)."""
+  s = per_block(lambda v, g, t: compute_scales(v, fmt, g, t), xb.size, xb, given, tensor_amax)
   return per_block(lambda v: v.with_factors(fmt), xb.size, s)
 
 
-def compute_scales(xb: jax.Array, fmt: ScaledFormat, given) -> Scales:
+def compute_scales(xb: jax.Array, fmt: ScaledFormat, given, tensor_amax=None) -> Scales:
   axes = blocks.block_axes(xb.ndim // 2)
   shape = tuple(1 if i in axes else d for i, d in enumerate(xb.shape))
   if given is not None:
@@ -110,26 +113,39 @@ def compute_scales(xb: jax.Array, fmt: ScaledFormat, given) -> Scales:
     return _asymmetric_scales(xb, fmt, axes)
   if fmt.calibration.kind == "mse":
     return _mse_scales(xb, fmt, axes)
-  return scales_from_range(block_range(xb, fmt, axes), fmt, xb)
+  return scales_from_range(block_range(xb, fmt, axes), fmt, xb, tensor_amax)
 
 
-def scales_from_range(r: jax.Array, fmt: ScaledFormat, xb: jax.Array) -> Scales:
-  sf = fmt.scale_format
+def scales_from_range(r: jax.Array, fmt: ScaledFormat, xb: jax.Array | None, tensor_amax=None, *,
+                      in_kernel: bool = False) -> Scales:
+  """The Scales of blocks whose ranges are ``r``; the per-tensor scale from ``tensor_amax``, else from ``xb``'s
+  abs-max (``in_kernel``: see :func:`scales_from_value`)."""
   if fmt.pow2:
     return pow2_scales(r, fmt)
   tensor = None
   ideal = div(r, jnp.float32(fmt.element_max))
   if fmt.tensor_scale:  # the tensor's abs-max; where r holds the blocks' abs-maxes, theirs (one pass fewer over x)
-    amax = abs_max(r if range_is_absmax(fmt.calibration) else xb, None, keepdims=False) if xb.size else (
-        jnp.float32(0))
-    tensor = jnp.maximum(div(amax, jnp.float32(fmt.element_max * sf.max_finite)), jnp.float32(MIN_NORMAL))
-    tensor = jnp.where(jnp.isnan(amax), jnp.float32(1), tensor)
+    if tensor_amax is not None:
+      amax = tensor_amax
+    else:
+      amax = abs_max(r if range_is_absmax(fmt.calibration) else xb, None, keepdims=False) if xb.size else (
+          jnp.float32(0))
+    tensor = tensor_scale_of(amax, fmt)
     ideal = div(ideal, tensor)
-  return scales_from_value(ideal, fmt, tensor)
+  return scales_from_value(ideal, fmt, tensor, in_kernel=in_kernel)
 
 
-def scales_from_value(ideal: jax.Array, fmt: ScaledFormat, tensor=None) -> Scales:
-  """Rounds ideal scales into the scale format (with the rule) and splits them for the arithmetic."""
+def tensor_scale_of(amax: jax.Array, fmt: ScaledFormat) -> jax.Array:
+  """The per-tensor scale (NVFP4's second level) of a tensor whose abs-max is ``amax``: ``amax / (element max *
+  scale format max)``, at least 2^-126; 1 where ``amax`` is NaN."""
+  tensor = jnp.maximum(div(amax, jnp.float32(fmt.element_max * fmt.scale_format.max_finite)),
+                       jnp.float32(MIN_NORMAL))
+  return jnp.where(jnp.isnan(amax), jnp.float32(1), tensor)
+
+
+def scales_from_value(ideal: jax.Array, fmt: ScaledFormat, tensor=None, *, in_kernel: bool = False) -> Scales:
+  """Rounds ideal scales into the scale format (with the rule) and splits them for the arithmetic (``in_kernel``:
+  with the operations every Pallas lowering has, see ``Format.round_values`` and :func:`general_scales`)."""
   sf = fmt.scale_format
   if fmt.pow2:  # a given scale: the nearest value of the scale format
     codes = encode(ideal, sf)
@@ -139,9 +155,9 @@ def scales_from_value(ideal: jax.Array, fmt: ScaledFormat, tensor=None) -> Scale
   clamped = jnp.clip(ideal, jnp.float32(lo), jnp.float32(sf.max_finite))
   clamped = jnp.where(jnp.isnan(ideal), ideal, clamped)
   mode = Rounding.UP if fmt.scale_rule is ScaleRule.RCEIL else Rounding.NEAREST_EVEN
-  rounded = sf.round_values(clamped, F32, mode, Overflow.SATURATE, None, None)  # as encode() rounds
+  rounded = sf.round_values(clamped, F32, mode, Overflow.SATURATE, None, None, in_kernel=in_kernel)  # as encode()
   value = jnp.where(jnp.isnan(rounded), jnp.float32(np.nan), rounded)  # its decoded value: NaN codes decode to +NaN
-  return general_scales(sf.encode_values(rounded, F32), value, fmt, None, tensor)
+  return general_scales(sf.encode_values(rounded, F32), value, fmt, None, tensor, in_kernel=in_kernel)
 
 
 def pow2_scales(r: jax.Array, fmt: ScaledFormat) -> Scales:
@@ -189,7 +205,8 @@ def _pow2_from_exponent(e: jax.Array, a: jax.Array, fmt: ScaledFormat) -> Scales
   e = jnp.where(special, 0, jnp.clip(e, lo, hi))
   codes = encode(jax.lax.bitcast_convert_type(F32.pow2_bits(e), jnp.float32), sf)
   if sf.has_nan:
-    nan_code = encode(jnp.float32(np.nan), sf)
+    with jax.ensure_compile_time_eval():  # a constant (Pallas's Triton lowering takes no computation on literals)
+      nan_code = np.asarray(encode(jnp.float32(np.nan), sf))[()]
     codes = jnp.where(special, nan_code, codes)
   return Scales(codes, None, e, special if sf.has_nan else None)
 

@@ -22,6 +22,8 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(kernels, "TARGET_SHAPE", (4, 256, 256))
   monkeypatch.setattr(kernels, "ACC_SIZE", 32)
   monkeypatch.setattr(kernels, "BANDWIDTH_BYTES", 2**20)
+  monkeypatch.setattr(kernels, "CAST_COUNT_SIZE", 1024)
+  monkeypatch.setattr(kernels, "CAST_SIZES", {True: 512, False: 512})
   path = kernels.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
   results = benchmark_checks.load_document(path, "kernels")
   assert results["config"]["path"] == "xla"
@@ -45,6 +47,17 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   assert set(results["targets"]) == {"a", "b", "c", "d_int8", "d_4bit", "e"}
   assert set(results["targets"]["e"]["values"]) == set(kernels.WEIGHT_FORMATS)
   assert all(t["status"] in ("PASS", "FAIL") for t in results["targets"].values())
+  casts = {r["cast"]: r for r in results["casts"]}
+  assert set(casts) == set(kernels.cast_candidates())
+  for r in casts.values():
+    benchmark_checks.check_measurement(r["measurement"]["xla"], 1, statuses=("ok",))
+    assert r["measurement"]["pallas"] is None  # the CPU: no accelerator to time the kernel on
+    b = r["bytes_per_element"]
+    assert b["xla"] > b["ideal"] > 0 and b["pallas"] >= b["ideal"]
+  # bfloat16 in, then MXFP4's 4-bit codes and one E8M0 byte per 32 elements: 2 + 0.5 + 1/32.
+  assert casts["mxfp4_e2m1"]["bytes_per_element"]["ideal"] == 2 + 0.5 + 1 / 32
+  assert casts["mxfp8_e4m3 x and x.T"]["bytes_per_element"]["pallas"] < 1.05 * casts["mxfp8_e4m3 x and x.T"][
+      "bytes_per_element"]["ideal"]
   image = matplotlib.image.imread(tmp_path / "kernels.png")
   assert image.shape[:2] == (400, 1000)  # the roofline and one TFLOP/s-vs-M panel (K = N = 256), 5 x 4 in each
   assert image.std() > 0
@@ -53,4 +66,5 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   assert [(r["kernel"], float(r["intensity"])) for r in rows] == [(r["kernel"], r["intensity"])
                                                                   for r in results["matmul"]]
   out = capsys.readouterr().out
+  assert "ideal B/el" in out
   assert "weight GB/s" in out and "FLOP/B" in out and "Roofs of this run" in out and "kernels_matmul.csv" in out
