@@ -47,7 +47,6 @@ formats both win layers (FP4/MX at small budgets, int8/MXINT8 at large ones).
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -61,7 +60,7 @@ import optax
 import lpnum
 from lpnum import nn as lnn
 from lpnum.nn import allocation, sensitivity
-from lpnum.results import progress, save_figure, write_json
+from lpnum.results import save_figure, write_json
 from lpnum.studies._common import arg_parser, parse_args
 from lpnum.zoo import data, models as zoo, train
 

@@ -16,7 +16,7 @@ import pytest
 
 import lpnum
 
-from scaled_reference import TINY, amax_of_blocks, blocks_of, float_elements, int_elements, mse_search, ref_fp8, ref_int
+from scaled_reference import TINY, float_elements, int_elements, mse_search, ref_fp8, ref_int
 
 F32 = np.float32
 
