@@ -179,7 +179,11 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: Config) -> jax.Array:
   lead = xq.shape[:-1]
   vx = dequant.int8_values(xq.fmt.element, xq.data, lambda: xq.element_codes).reshape(-1, k)
   if cfg.implementation == "xla":
-    vw = dequant.int8_values(w.fmt.element, w.planes[0], lambda: layout.unpack_codes(w))[:k]
+    k_pad = w.padded_shape[0]
+    if w.planes[0].dtype == jnp.int8:  # the stored plane is the int8 values: multiplied as it is, no copy
+      vx, vw = jnp.pad(vx, ((0, 0), (0, k_pad - k))), w.planes[0]
+    else:
+      vw = dequant.element_values(w.fmt.element, layout.unpack_codes(w)[:k]).astype(jnp.int8)
     acc = jnp.dot(vx, vw, preferred_element_type=jnp.int32)
   else:
     acc = pallas_matmul(vx, w, platform=cfg.platform, blocks=cfg.blocks, interpret=cfg.interpret,
