@@ -305,6 +305,26 @@ def test_w8a8_lowers(platform, call):
                          lpnum.ScaledFormat("int8", lpnum.per_channel(0)))
 
 
+@pytest.mark.parametrize("x_format", [None, lpnum.ScaledFormat("int8", lpnum.per_channel(0))], ids=["w-only", "w8a8"])
+def test_the_platform_is_chosen_when_lowered(x_format):
+  # A CPU host exports the TPU kernel for tpu, the Triton kernel for cuda and the XLA path for cpu, as
+  # accumulate.matmul does; "pallas" without a platform exports either kernel.
+  q = jax.eval_shape(lambda: lpnum.quantize_scaled(jnp.zeros((512, 256)), WEIGHT_FORMATS["int8"]))
+  w = jax.eval_shape(kernels.pack_weights, q)
+  x = jax.ShapeDtypeStruct((8, 512), jnp.float32)
+  checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  for implementation in ("auto", "pallas"):
+    fn = jax.jit(lambda x, w: kernels.matmul(x, w, x_format=x_format, implementation=implementation))
+    for platform, call in (("tpu", "tpu_custom_call"), ("cuda", "xla.gpu.triton"), ("cpu", None)):
+      if call is None and implementation == "pallas":
+        with pytest.raises((NotImplementedError, ValueError)):  # no kernel for the CPU
+          export.export(fn, platforms=[platform])(x, w)
+        continue
+      text = export.export(fn, platforms=[platform], disabled_checks=checks)(x, w).mlir_module()
+      assert ("tpu_custom_call" in text, "xla.gpu.triton" in text) == (call == "tpu_custom_call",
+                                                                       call == "xla.gpu.triton")
+
+
 def test_tpu_rejects_layouts_with_too_few_scale_rows_per_tile():
   q = _weights(lpnum.ScaledFormat("int4", lpnum.per_block(128, 0)), k=2048, n=128)
   w = kernels.pack_weights(q, tile_k=512)
@@ -328,8 +348,6 @@ def test_bad_inputs_raise_clear_errors():
     kernels.matmul(x, q, implementation="cuda")
   with pytest.raises(ValueError, match="platform="):
     kernels.matmul(x, q, implementation="pallas", platform="rocm", interpret=True)
-  with pytest.raises(ValueError, match="needs a GPU or TPU"):
-    kernels.matmul(x, q, implementation="pallas")
   with pytest.raises(TypeError, match="x_format"):
     kernels.matmul(x, q, x_format="int8")
   with pytest.raises(ValueError, match="x_format is for float x"):
