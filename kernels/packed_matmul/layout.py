@@ -59,7 +59,8 @@ class PackedWeights:
   :func:`pack_weights`.
 
   Attributes:
-    planes: bit planes (uint8; int8 for int8 elements, see :func:`plane_dtype`), each ``(K_pad * w / 8, N_pad)`` for a plane of ``w`` bits.
+    planes: bit planes (uint8; int8 for int8 elements, see :func:`plane_dtype`), each ``(K_pad * w / 8, N_pad)``
+      for a plane of ``w`` bits.
     scales: scale codes, ``(K_pad / group, N_pad)``.
     zero_point: int32 zero points like ``scales``, or None.
     tensor_scale: the float32 per-tensor scale, or None.
