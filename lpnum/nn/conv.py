@@ -16,13 +16,14 @@ per-channel scales sit outside the sums the convolution adds up (layouts follow 
 forward-quantized operands (``BackwardQuant(operand='same')``) and may quantize ``g``.
 
 ``engine='int'`` (integer or FP8 elements, per-tensor or per-channel scales) convolves the codes, int8 x int8 ->
-int32 (FP8 x FP8 -> float32), then scales: ``y[n, ..., o] = (acc * s_lhs[n]) * s_rhs[o]``. Its VJP runs both
-transposed convolutions on codes as well, with the operands re-quantized in each backward view as
-:func:`lpnum.dot_general` does for its backward matmuls: ``dlhs`` convolves ``g`` (per example) with the kernel
-quantized per input feature, ``dx[n, ..., c] = (acc * s_g[n]) * s_w[c]``; ``drhs`` convolves the input quantized
-per input feature with ``g`` per output feature, ``dw[..., i, o] = (acc * s_x[i]) * s_g[o]`` (with feature groups,
-``s_x`` of the input feature that ``i`` reads in ``o``'s group). Gradients pass straight through the forward
-quantizers. A backward convolution without a quantized ``g`` (or operand) runs in float32.
+int32 (FP8 x FP8 -> float32; E5M2 gradients meet E4M3 codes in bfloat16, which holds both exactly), then scales:
+``y[n, ..., o] = (acc * s_lhs[n]) * s_rhs[o]``. Its VJP runs both transposed convolutions on codes as well, with
+the operands re-quantized in each backward view as :func:`lpnum.dot_general` does for its backward matmuls:
+``dlhs`` convolves ``g`` (per example) with the kernel quantized per input feature,
+``dx[n, ..., c] = (acc * s_g[n]) * s_w[c]``; ``drhs`` convolves the input quantized per input feature with ``g``
+per output feature, ``dw[..., i, o] = (acc * s_x[i]) * s_g[o]`` (with feature groups, ``s_x`` of the input
+feature that ``i`` reads in ``o``'s group). Gradients pass straight through the forward quantizers. A backward
+convolution without a quantized ``g`` (or operand) runs in float32.
 """
 
 from __future__ import annotations
@@ -207,6 +208,14 @@ def _along(s: jax.Array, axis: int, ndim: int) -> jax.Array:
   return s.reshape(shape)
 
 
+def _common(p: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Codes of two FP8 formats (E5M2 gradients with E4M3 operands) as bfloat16, which holds both exactly: XLA's
+  convolutions take operands of one dtype."""
+  if p.dtype == q.dtype:
+    return p, q
+  return p.astype(jnp.bfloat16), q.astype(jnp.bfloat16)
+
+
 def _int_conv(conv: _Conv, cfg: DotConfig, lhs, rhs, state, key):
   """The ``engine='int'`` convolution and its VJP, both on codes (see the module docs)."""
   if conv.batch_groups != 1:
@@ -233,7 +242,7 @@ def _int_conv(conv: _Conv, cfg: DotConfig, lhs, rhs, state, key):
     k1, k2 = (None, None) if key is None else tuple(jax.random.split(key))
     gc, sg = _View("lhs", os_[0], os_[1]).codes(g, bwd.grad, key=k1)
     bc, sb = _View("rhs", rs[1], rs[0]).codes(b, op, key=k2)
-    acc = conv.transpose_lhs(gc, bc, out_type(gc)).astype(jnp.float32)
+    acc = conv.transpose_lhs(*_common(gc, bc), out_type(gc)).astype(jnp.float32)
     if sb.ndim:
       sb = jnp.tile(sb, conv.groups)
     return (acc * _along(sg, ls[0], acc.ndim)) * _along(sb, ls[1], acc.ndim)
@@ -249,7 +258,7 @@ def _int_conv(conv: _Conv, cfg: DotConfig, lhs, rhs, state, key):
     k1, k2 = (None, None) if key is None else tuple(jax.random.split(key))
     ac, sa = _View("lhs", ls[1], None).codes(a, op, key=k1)
     gc, sg = _View("rhs", os_[1], None).codes(g, bwd.grad, key=k2)
-    acc = conv.transpose_rhs(ac, gc, out_type(ac)).astype(jnp.float32)
+    acc = conv.transpose_rhs(*_common(ac, gc), out_type(ac)).astype(jnp.float32)
     if sa.ndim:  # the input feature that kernel entry (i, o) reads: i in o's feature group
       i_n, o_n = conv.rhs_shape[rs[1]], conv.rhs_shape[rs[0]]
       read = (jnp.arange(o_n)[None, :] // (o_n // conv.groups)) * i_n + jnp.arange(i_n)[:, None]

@@ -105,6 +105,13 @@ def operand_codes(x: jax.Array, oq: OperandQuant, role: str, scale: jax.Array | 
   Returns:
     The values as int8 (or the FP8 dtype) with x's shape, and the float32 scales: ``(M, 1)`` for lhs, ``(1, N)``
     for rhs, or a scalar (per tensor); ``x ~ values * scales``.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> values, scales = lpnum.qdot.operand_codes(jnp.array([[1.0, -0.5], [0.25, 2.0]]),
+    ...                                           lpnum.OperandQuant("int8", lpnum.per_channel()), "lhs")
+    >>> values.tolist(), (scales * 127).tolist()
+    ([[127, -64], [16, 127]], [[1.0], [2.0]])
   """
   fmt = oq.format_for(role)
   el = oq.element

@@ -14,10 +14,11 @@ import conv_reference as cref
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
-from scaled_reference import ref_int
+from scaled_reference import ref_fp8, ref_int
 from testing import F32, data, ramp
 
 import lpnum
@@ -145,6 +146,27 @@ def test_w8a8_conv_runs_int8_convolutions_forward_and_backward():
   assert len(convs) == 3
   for lhs, rhs, out in convs:
     assert lhs.endswith("xi8>") and rhs.endswith("xi8>") and out.endswith("xi32>"), (lhs, rhs, out)
+
+
+def test_fp8_int_engine_convolves_fp8_codes():
+  e4m3 = lpnum.OperandQuant("float8_e4m3fn", granularity=lpnum.per_channel())
+  grad = lpnum.BackwardQuant(grad=lpnum.OperandQuant("float8_e5m2", granularity=lpnum.per_channel()), operand=e4m3)
+  cfg = lpnum.DotConfig(lhs=e4m3, rhs=e4m3, dlhs=grad, drhs=grad, engine="int")
+  conv = _quant_conv(4, (3, 3), cfg, strides=2, use_bias=False)
+  x = data((2, 8, 8, 3), 47)
+  params = jax.jit(conv.init)(jax.random.key(0), x)["params"]
+  w = np.asarray(params["kernel"])
+  qx = ref_fp8(x.reshape(2, -1), ml_dtypes.float8_e4m3fn, (1, 8 * 8 * 3)).reshape(x.shape)
+  qw = np.moveaxis(ref_fp8(w.reshape(-1, 4).T, ml_dtypes.float8_e4m3fn, (1, 27)), 0, 1).reshape(w.shape)
+  want = nn.Conv(4, (3, 3), strides=2, use_bias=False).apply({"params": {"kernel": qw}}, qx)
+  np.testing.assert_allclose(np.asarray(jax.jit(conv.apply)({"params": params}, x)), np.asarray(want), rtol=1e-5,
+                             atol=1e-5)
+  loss = lambda p, x: jnp.sum(conv.apply({"params": p}, x) ** 2)
+  fwd, *bwd = _convs_in(jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x))
+  assert fwd[0].endswith("xf8E4M3FN>") and fwd[1].endswith("xf8E4M3FN>") and fwd[2].endswith("xf32>")
+  # E5M2 gradients meet E4M3 codes in bfloat16, which holds both exactly.
+  assert len(bwd) == 2 and all(a.endswith("xbf16>") and b.endswith("xbf16>") and o.endswith("xf32>")
+                               for a, b, o in bwd)
 
 
 @pytest.mark.slow
