@@ -202,6 +202,20 @@ def test_nnx_w8a8_conv_matches_linen():
   np.testing.assert_array_equal(np.asarray(y) - np.asarray(layer.bias[...]), want)
 
 
+def test_ptq_packed_kernel_runs_the_w8a8_convolution():
+  # The packed int8 kernel's values re-quantize to the same codes and scales (abs-max per output feature).
+  conv = nn.Conv(4, (3, 3), strides=2, use_bias=False)
+  x = data((2, 8, 8, 3), 48)
+  params = jax.jit(conv.init)(jax.random.key(0), x)["params"]
+  rules = [lnn.Rule(".*", W8A8)]
+  y = jax.jit(lnn.quantize_model(conv, rules).apply)({"params": lnn.ptq(params, rules)}, x)
+  qx, sx = _codes(x, 0)
+  qw, sw = _codes(np.asarray(params["kernel"]), 3)
+  pads = [cref.same_padding(8, 3, 2)] * 2
+  want = (cref.conv(qx, qw, (2, 2), pads).astype(F32) * sx[:, None, None, None]) * sw
+  np.testing.assert_array_equal(np.asarray(y), want)
+
+
 # ---- granularities of the fake-quantized convolution -------------------------------------------------------------
 @pytest.mark.parametrize("stride, padding", [(1, "SAME"), (2, "SAME"), (3, "VALID")])
 def test_lhs_per_channel_is_per_example_and_blocks_run_along_input_features(stride, padding):
