@@ -238,7 +238,11 @@ def matmul(a: ArrayLike, b: ArrayLike, accumulator: Accumulator, *, chunk: int |
     order: ``"sequential"`` or (integer accumulators, no chunks) ``"pairwise"``.
     key: ``jax.random.key`` for stochastic rounding (required then, unused otherwise).
     return_stats: also return an :class:`AccumulatorStats`.
-    implementation: ``"auto"``, ``"pallas"``, ``"pallas_tpu"``, ``"pallas_gpu"``, ``"xla"`` or ``"reference"``.
+    implementation: ``"auto"`` (Pallas on TPU and GPU, XLA elsewhere), ``"pallas"`` (the TPU or GPU kernel),
+      ``"pallas_tpu"``, ``"pallas_gpu"``, ``"xla"`` or ``"reference"``. For ``"auto"`` and ``"pallas"`` the
+      platform is chosen when the program is lowered (``jax.lax.platform_dependent``), as
+      :func:`lpnum.kernels.matmul` does: a function traced on a CPU host and exported for ``tpu`` or ``cuda``
+      carries that platform's kernel; lowering ``"pallas"`` for the CPU is an error.
     block_sizes: (bm, bn) output tile of the Pallas kernels; TPU: multiples of 128 (default (128, 128)), GPU:
       powers of 2 (default (32, 32)).
     interpret: run the Pallas kernel in interpret mode (any host).
@@ -266,8 +270,6 @@ def matmul(a: ArrayLike, b: ArrayLike, accumulator: Accumulator, *, chunk: int |
     raise TypeError(f"interpret={interpret!r} must be a bool")
   if interpret and implementation not in ("pallas", "pallas_tpu", "pallas_gpu"):
     raise ValueError(f"interpret=True is for the Pallas backends, not implementation={implementation!r}")
-  if implementation == "auto":
-    implementation = "xla" if jax.default_backend() == "cpu" else "pallas"
   if block_sizes is not None:
     _check_blocks(block_sizes, implementation)
   return _finish(a, b, plan, key, return_stats, implementation, block_sizes, interpret)
@@ -407,5 +409,6 @@ def _run(a, b, words, plan, implementation, block_sizes, interpret):
     target = "gpu" if implementation == "pallas_gpu" else "tpu"
     return pallas(plan, a, b, words, target=target, block=block_sizes, interpret=interpret)
   kernel = {t: functools.partial(pallas, plan, target=t, block=None, interpret=False) for t in ("tpu", "gpu")}
+  default = functools.partial(xla, plan) if implementation == "auto" else None
   return jax.lax.platform_dependent(a, b, words, tpu=kernel["tpu"], cuda=kernel["gpu"], rocm=kernel["gpu"],
-                                    default=kernel["tpu"])
+                                    default=default)

@@ -37,9 +37,12 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     w: PackedWeights (:func:`lpnum.kernels.pack_weights`), or a 2-D QArray ``(K, N)`` (packed on the fly).
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
-    implementation: ``"auto"`` (Pallas on GPU/TPU, XLA otherwise), ``"pallas"`` or ``"xla"``.
-    platform: the Pallas flavour, ``"tpu"`` or ``"gpu"``/``"cuda"`` (default: the default backend's; on the CPU
-      only with ``interpret=True``, where either flavour runs).
+    implementation: ``"auto"`` (Pallas on GPU/TPU, XLA elsewhere), ``"pallas"`` or ``"xla"``. The platform is
+      chosen when the program is lowered (``jax.lax.platform_dependent``), as :func:`lpnum.kernels.accumulate.matmul`
+      does: a function traced on a CPU host and exported for ``tpu`` or ``cuda`` carries that platform's kernel;
+      lowering ``"pallas"`` for a platform without a kernel (the CPU) is an error.
+    platform: fix the Pallas flavour at trace time, ``"tpu"`` or ``"gpu"``/``"cuda"`` (default None: chosen when
+      lowered; with ``interpret=True``, the default backend's flavour, TPU on the CPU).
     block_sizes: BlockSizes overriding the backend's tile sizes.
     interpret: run the Pallas kernel in interpret mode (tests on the CPU).
     grad_format: round the output cotangent to this format (a Format or ScaledFormat) in the backward pass.
@@ -63,12 +66,10 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     raise TypeError(f"block_sizes={block_sizes!r} must be a BlockSizes")
   w = _as_packed(w)
   x_float, xq = _check_x(x, x_format, w)
-  if implementation == "auto":
-    implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") and not interpret else "xla"
   if interpret:
     implementation = "pallas"
-  if implementation == "pallas":
-    platform = _platform(platform, interpret)
+  if platform is not None or interpret:
+    platform = _platform(platform)
   cfg = Config(implementation, platform, block_sizes or BlockSizes(), interpret, x_format)
   return _matmul_jit(x_float if xq is None else xq, w, cfg, grad_format)
 
@@ -118,19 +119,24 @@ def _check_x(x, x_format, w: PackedWeights):
   return (None, x) if isinstance(x, QArray) else (x, None)
 
 
-def _platform(platform, interpret: bool) -> str:
+def _platform(platform) -> str:
+  """The Pallas flavour fixed at trace time: ``platform``, else the default backend's (TPU on other hosts)."""
   if platform is None:
-    platform = jax.default_backend()
-    if platform not in ("tpu", "gpu"):
-      if not interpret:
-        raise ValueError(f"implementation='pallas' needs a GPU or TPU (default backend: {platform}); use interpret=True "
-                         "or platform='tpu'/'gpu' with interpret=True")
-      platform = "tpu"
-  if platform == "cuda":
-    platform = "gpu"
-  if platform not in ("tpu", "gpu"):
-    raise ValueError(f"platform={platform!r} must be 'tpu', 'gpu' or 'cuda'")
-  return platform
+    platform = jax.default_backend() if jax.default_backend() in ("tpu", "gpu") else "tpu"
+  return "gpu" if platform == "cuda" else platform
+
+
+def _dispatch(cfg: Config, xla_fn, pallas_fn, *args):
+  """``xla_fn(*args)`` or ``pallas_fn(flavour)(*args)`` as ``cfg`` says; without a fixed platform the choice is
+  made when the program is lowered: the TPU kernel on ``tpu``, the GPU kernel on ``cuda`` and ``rocm``, and XLA
+  elsewhere for ``"auto"``."""
+  if cfg.implementation == "xla":
+    return xla_fn(*args)
+  if cfg.platform is not None:
+    return pallas_fn(cfg.platform)(*args)
+  gpu = pallas_fn("gpu")
+  return jax.lax.platform_dependent(*args, tpu=pallas_fn("tpu"), cuda=gpu, rocm=gpu,
+                                    default=xla_fn if cfg.implementation == "auto" else None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -165,12 +171,12 @@ def _forward(x, w: PackedWeights, cfg: Config) -> jax.Array:
     xf, out_dtype = x, x.dtype
   lead, k = xf.shape[:-1], xf.shape[-1]
   x2 = xf.reshape(-1, k)
-  if cfg.implementation == "xla":
-    y = xla_matmul(x2.astype(jnp.float32), w)
-  else:
-    y = pallas_matmul(x2, w, platform=cfg.platform, blocks=cfg.blocks, interpret=cfg.interpret,
-                      integer=False)
-  return y[:x2.shape[0], :w.shape[1]].reshape(*lead, w.shape[1]).astype(out_dtype)
+  m, n = x2.shape[0], w.shape[1]
+  y = _dispatch(cfg, lambda x2, w: xla_matmul(x2.astype(jnp.float32), w)[:m, :n],
+                lambda flavour: lambda x2, w: pallas_matmul(x2, w, platform=flavour, blocks=cfg.blocks,
+                                                            interpret=cfg.interpret, integer=False)[:m, :n],
+                x2, w)
+  return y.reshape(*lead, n).astype(out_dtype)
 
 
 def _int_matmul(xq: QArray, w: PackedWeights, cfg: Config) -> jax.Array:
@@ -178,14 +184,21 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: Config) -> jax.Array:
   k, n = w.shape
   lead = xq.shape[:-1]
   vx = dequant.int8_values(xq.fmt.element, xq.data, lambda: xq.element_codes).reshape(-1, k)
-  if cfg.implementation == "xla":
-    vw = dequant.int8_values(w.fmt.element, w.planes[0], lambda: layout.unpack_codes(w))[:k]
-    acc = jnp.dot(vx, vw, preferred_element_type=jnp.int32)
-  else:
-    acc = pallas_matmul(vx, w, platform=cfg.platform, blocks=cfg.blocks, interpret=cfg.interpret,
-                        integer=True)
+  m = vx.shape[0]
+  acc = _dispatch(cfg, _xla_int_dot, lambda flavour: lambda vx, w: pallas_matmul(
+      vx, w, platform=flavour, blocks=cfg.blocks, interpret=cfg.interpret, integer=True)[:m, :n], vx, w)
   sx = dequant.row_scales(xq).reshape(-1, 1)
-  sw = dequant.apply_scale(jnp.float32(1), w.fmt, dequant.scale_parts(w.fmt, w.scales[:1]), None,
+  sw = dequant.apply_scale(jnp.float32(1), w.fmt, dequant.scale_parts(w.fmt, w.scales[:1, :n]), None,
                             w.tensor_scale)
-  y = (acc[:vx.shape[0]].astype(jnp.float32) * sx) * sw
-  return y[:, :n].reshape(*lead, n)
+  y = (acc.astype(jnp.float32) * sx) * sw
+  return y.reshape(*lead, n)
+
+
+def _xla_int_dot(vx: jax.Array, w: PackedWeights) -> jax.Array:
+  """``vx (M, K) int8 @ W`` with int32 accumulation, ``(M, N)``."""
+  k, n = w.shape
+  if w.planes[0].dtype == jnp.int8:  # the stored plane is the int8 values: multiplied as it is, no copy
+    vx, vw = jnp.pad(vx, ((0, 0), (0, w.padded_shape[0] - k))), w.planes[0]
+  else:
+    vw = dequant.element_values(w.fmt.element, layout.unpack_codes(w)[:k]).astype(jnp.int8)
+  return jnp.dot(vx, vw, preferred_element_type=jnp.int32)[:, :n]

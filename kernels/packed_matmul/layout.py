@@ -13,6 +13,8 @@ Layout, for element codes of ``b`` bits and a K tile of ``tile_k`` rows:
   in bit field ``j`` (bits ``w*j`` to ``w*j + w - 1``), the plane's bits of the code at row ``j * tile_k / p + r``.
   So field ``j`` of the whole tile is the contiguous K range ``[j * tile_k / p, (j + 1) * tile_k / p)``, and a
   kernel multiplies it with a contiguous slice of ``x``: no interleaving, no lane shuffles.
+- Planes are uint8, except the one plane of two's complement 8-bit integers (int8, not narrow), which is int8:
+  its bytes are the codes and also the values, so the integer (W8A8) path multiplies the stored plane as it is.
 - K is padded to whole tiles and N to a multiple of 128 with the code 0 and with scales of 1; ``x`` is padded
   with zeros along K, so the padding adds exact zeros.
 - Scales keep one row per K group (``group`` rows of K share a row; per-channel and per-tensor scales have one row
@@ -33,15 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import description
+from lpnum.formats import IntFormat
 from lpnum.kernels.packed_matmul import dequant
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat
 
-__all__ = ["PackedWeights", "pack_weights", "DEFAULT_TILE_K", "LAYOUT_VERSION"]
+__all__ = ["PackedWeights", "pack_weights", "plane_dtype", "DEFAULT_TILE_K", "LAYOUT_VERSION"]
 
 #: The version of the kernel layout described in the module docstring; in every description.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 #: K rows per layout tile; a multiple of 128 * (codes per byte) keeps every field a whole number of lane tiles.
 DEFAULT_TILE_K = 512
@@ -56,7 +59,8 @@ class PackedWeights:
   :func:`pack_weights`.
 
   Attributes:
-    planes: uint8 bit planes, each ``(K_pad * w / 8, N_pad)`` for a plane of ``w`` bits.
+    planes: bit planes (uint8; int8 for int8 elements, see :func:`plane_dtype`), each ``(K_pad * w / 8, N_pad)``
+      for a plane of ``w`` bits.
     scales: scale codes, ``(K_pad / group, N_pad)``.
     zero_point: int32 zero points like ``scales``, or None.
     tensor_scale: the float32 per-tensor scale, or None.
@@ -125,6 +129,14 @@ def plane_bits(bits: int) -> tuple[int, ...]:
   return tuple(w for w in (4, 2, 1) if bits & w)
 
 
+def plane_dtype(fmt: ScaledFormat) -> np.dtype:
+  """The dtype of the planes of ``fmt``'s elements: int8 for two's complement 8-bit integers (the plane holds
+  their values), uint8 otherwise."""
+  el = fmt.element
+  signed8 = isinstance(el, IntFormat) and el.bits == 8 and el.signed and not el.narrow
+  return np.dtype(np.int8 if signed8 else np.uint8)
+
+
 def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
   """Rearranges a 2-D QArray ``(K, N)`` (K the reduction axis) into the kernel layout.
 
@@ -180,6 +192,8 @@ def _pack(q: QArray, tile_k: int, group: int | None) -> PackedWeights:
   n_pad = math.ceil(max(n, 1) / _N_ALIGN) * _N_ALIGN
   codes = jnp.pad(q.element_codes.astype(jnp.int32), ((0, k_pad - k), (0, n_pad - n)))
   planes = _split_planes(codes, bits, tile_k)
+  if plane_dtype(fmt) == np.int8:
+    planes = (jax.lax.bitcast_convert_type(planes[0], jnp.int8),)
   group = group or k_pad
   one = encode(jnp.float32(1.0), fmt.scale_format)
   scales = _expand(q.scales, bn, n, k_pad // group, n_pad, one)

@@ -54,7 +54,7 @@ def pallas_matmul(x2: jax.Array, w: PackedWeights, *, platform: str, blocks: Blo
   if not integer and not bf16_exact(x2.dtype, w.fmt):
     x2 = x2.astype(jnp.float32)
   spec = TileSpec(w.fmt, w.plane_bits, w.tile_k, w.group, integer, x2.dtype == jnp.bfloat16,
-                   w.zero_point is not None, w.tensor_scale is not None)
+                   w.zero_point is not None, w.tensor_scale is not None, w.planes[0].dtype == jnp.int8)
   extras = []
   if w.zero_point is not None:
     extras.append(w.zero_point)
@@ -84,6 +84,7 @@ class TileSpec:
   bf16: bool
   zero: bool
   tensor: bool
+  int8_plane: bool
 
   @property
   def chunk(self) -> int:
@@ -100,6 +101,10 @@ def tile_product(spec: TileSpec, load_x, load_plane, load_scale, load_zero, tens
   c = spec.chunk
   acc = None
   for q in range(spec.tile_k // c):
+    if spec.integer and spec.int8_plane:  # the int8 plane holds the values: no decoding
+      part = jnp.dot(load_x(q * c, c), load_plane(0, q * c, c), preferred_element_type=jnp.int32)
+      acc = part if acc is None else acc + part
+      continue
     codes, low = None, 0
     for i, width in enumerate(spec.plane_bits):
       rows = spec.tile_k * width // 8

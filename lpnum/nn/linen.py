@@ -79,11 +79,20 @@ class QuantDotGeneral(nn.Module):
 class QuantConv(nn.Module):
   """A ``conv_general_dilated`` module for the ``conv_general_dilated_cls`` hook of ``nn.Conv``.
 
-  The convolution is seen as its im2col matmul: lhs rows are output positions (``per_channel()`` = a scale per
-  position), K runs over the kernel window and the input features (blocks of g along the input features), rhs
-  columns are the output features (``per_channel()`` = per output feature). Backward: ``dlhs``/``drhs`` quantize
-  the output gradient (per position for ``per_channel()``) and reuse the forward-quantized operands; ``engine``
-  must be ``"fake"`` (XLA's convolutions take no integer operands on every platform).
+  Granularities are those of the convolution's matmul views (:mod:`lpnum.nn.conv`): lhs ``per_channel()`` is a
+  scale per example and ``per_block(g)`` a scale per g input features of one pixel; rhs ``per_channel()`` is a scale
+  per output feature. ``engine='int'`` (e.g. :meth:`lpnum.DotConfig.w8a8`) runs the forward and both backward
+  convolutions as int8 x int8 -> int32 convolutions and scales their outputs; ``engine='fake'`` quantizes,
+  dequantizes and convolves in float32.
+
+  Example:
+    >>> import functools, jax, jax.numpy as jnp, flax.linen as nn, lpnum
+    >>> from lpnum import nn as lnn
+    >>> conv = nn.Conv(4, (3, 3), conv_general_dilated_cls=functools.partial(lnn.linen.QuantConv,
+    ...                                                                      config=lpnum.DotConfig.w8a8()))
+    >>> x = jnp.ones((2, 8, 8, 3))
+    >>> conv.apply(conv.init(jax.random.key(0), x), x).shape
+    (2, 8, 8, 4)
   """
 
   config: DotConfig

@@ -93,8 +93,8 @@ class QuantDotGeneral(_Quantizer):
 
 
 class QuantConv(_Quantizer):
-  """A quantized ``conv_general_dilated`` for ``nnx.Conv(..., conv_general_dilated=...)`` (as
-  :class:`lpnum.nn.linen.QuantConv`)."""
+  """A quantized ``conv_general_dilated`` for ``nnx.Conv(..., conv_general_dilated=...)``: granularities and engines
+  as :class:`lpnum.nn.linen.QuantConv` (``engine='int'`` convolves int8 codes forward and backward)."""
 
   def __call__(self, lhs, rhs, *args, **kwargs):
     return conv_call(self.config, lhs, rhs, self._state, self._key, args, kwargs)

@@ -151,9 +151,9 @@ def _packed(fmt: ScaledFormat, shape, tile_k: int, group: int, leaves: list,
   if target is not None and got != want:
     raise ValueError(f"the checkpoint of this PackedWeights has leaves {got}; the target's are {want}")
   dtypes = [np.dtype(a.dtype) for a in planes] + [np.dtype(w.scales.dtype)]
-  if dtypes != [np.dtype(np.uint8)] * n + [np.dtype(fmt.scale_format.code_dtype)]:
+  if dtypes != [layout.plane_dtype(fmt)] * n + [np.dtype(fmt.scale_format.code_dtype)]:
     raise ValueError(f"the checkpoint of this PackedWeights has plane and scale dtypes {dtypes}; format {fmt.name} "
-                     f"needs uint8 planes and {np.dtype(fmt.scale_format.code_dtype)} scales")
+                     f"needs {layout.plane_dtype(fmt)} planes and {np.dtype(fmt.scale_format.code_dtype)} scales")
   return w
 
 

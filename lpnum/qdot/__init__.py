@@ -4,8 +4,8 @@ rounds a cotangent anywhere in a model."""
 
 from lpnum.qdot.config import SAME, Accumulator, BackwardQuant, DotConfig, Engine, OperandQuant, Scaling
 from lpnum.qdot.ops import (OperandState, PackedOperand, amax, dot_general, normalize_dimension_numbers,
-                            quantize_grad, quantize_operand, rotated_operands, scale_from_amax)
+                            operand_codes, quantize_grad, quantize_operand, rotated_operands, scale_from_amax)
 
 __all__ = ["SAME", "Accumulator", "BackwardQuant", "DotConfig", "Engine", "OperandQuant", "Scaling", "OperandState",
-           "PackedOperand", "amax", "dot_general", "normalize_dimension_numbers", "quantize_grad",
+           "PackedOperand", "amax", "dot_general", "normalize_dimension_numbers", "operand_codes", "quantize_grad",
            "quantize_operand", "rotated_operands", "scale_from_amax"]

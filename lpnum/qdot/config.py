@@ -46,9 +46,9 @@ class Engine(ParsedEnum):
   """Which arithmetic runs the quantized matmuls.
 
   * ``fake``: quantize-dequantize, float32 matmuls (any formats).
-  * ``int``: the matmuls run on the element codes (int8 x int8 -> int32, or FP8 x FP8 -> float32), then the
-    scales; both operands of every quantized matmul need integer (at most 8 bits) or FP8 formats with per-tensor or
-    per-channel scales.
+  * ``int``: the matmuls (and convolutions) run on the element codes (int8 x int8 -> int32, or FP8 x FP8 ->
+    float32), then the scales; both operands of every quantized matmul need integer (at most 8 bits) or FP8 formats
+    with per-tensor or per-channel scales.
   * ``kernel``: weights packed by :func:`lpnum.nn.ptq` run through :func:`lpnum.kernels.matmul`.
   """
 

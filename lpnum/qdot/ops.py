@@ -36,7 +36,7 @@ from lpnum.scaled import ScaledFormat, fake_quantize, quantize_scaled
 from lpnum.scaled.presets import PRESETS, preset
 from lpnum.validate import as_float_array, check_axis, short
 
-__all__ = ["dot_general", "OperandState", "PackedOperand", "quantize_operand", "quantize_grad",
+__all__ = ["dot_general", "OperandState", "PackedOperand", "quantize_operand", "operand_codes", "quantize_grad",
            "normalize_dimension_numbers", "rotated_operands", "amax", "scale_from_amax"]
 
 
@@ -91,8 +91,28 @@ def quantize_operand(x: jax.Array, oq: OperandQuant | None, role: str, *, scale:
   return est(x, fmt, rounding=oq.rounding.value, key=key, scale=scale, pad=True)
 
 
-def _codes(x: jax.Array, oq: OperandQuant, role: str, scale, key) -> tuple[jax.Array, jax.Array]:
-  """The element values as int8 (or the FP8 dtype) and the scales, broadcastable against the matmul output."""
+def operand_codes(x: jax.Array, oq: OperandQuant, role: str, scale: jax.Array | None = None,
+                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """A 2-D matmul operand as ``engine='int'`` multiplies it: its element values and their scales.
+
+  Args:
+    x: ``(M, K)`` for ``role='lhs'``, ``(K, N)`` for ``role='rhs'``.
+    oq: the operand's OperandQuant: integer (at most 8 bits) or FP8 elements, per-tensor or per-channel scales.
+    role: ``"lhs"`` or ``"rhs"``.
+    scale: the per-tensor scale for ``delayed``/``static`` scaling.
+    key: for stochastic rounding.
+
+  Returns:
+    The values as int8 (or the FP8 dtype) with x's shape, and the float32 scales: ``(M, 1)`` for lhs, ``(1, N)``
+    for rhs, or a scalar (per tensor); ``x ~ values * scales``.
+
+  Example:
+    >>> import jax.numpy as jnp, lpnum
+    >>> values, scales = lpnum.qdot.operand_codes(jnp.array([[1.0, -0.5], [0.25, 2.0]]),
+    ...                                           lpnum.OperandQuant("int8", lpnum.per_channel()), "lhs")
+    >>> values.tolist(), (scales * 127).tolist()
+    ([[127, -64], [16, 127]], [[1.0], [2.0]])
+  """
   fmt = oq.format_for(role)
   el = oq.element
   key = key if oq.rounding is Rounding.STOCHASTIC else None
@@ -107,8 +127,8 @@ def _codes(x: jax.Array, oq: OperandQuant, role: str, scale, key) -> tuple[jax.A
 
 def _int_mm(a, b, ta: OperandQuant, tb: OperandQuant, key, accumulator=None) -> jax.Array:
   ka, kb = (None, None) if key is None else tuple(jax.random.split(key))
-  ac, sa = _codes(a, ta, "lhs", None, ka)
-  bc, sb = _codes(b, tb, "rhs", None, kb)
+  ac, sa = operand_codes(a, ta, "lhs", None, ka)
+  bc, sb = operand_codes(b, tb, "rhs", None, kb)
   return _scaled_int_dot(ac, bc, sa, sb, accumulator)
 
 
@@ -141,8 +161,8 @@ def _qmm(a, b, qa, qb, state, key, cfg):
 def _qmm_forward(a, b, qa, qb, state, key, cfg: DotConfig):
   if cfg.engine is Engine.INT:
     ka, kb = (None, None) if key is None else tuple(jax.random.split(jax.random.fold_in(key, 0)))
-    ac, sa = _codes(a, cfg.lhs, "lhs", state.lhs_scale, ka)
-    bc, sb = _codes(b, cfg.rhs, "rhs", state.rhs_scale, kb)
+    ac, sa = operand_codes(a, cfg.lhs, "lhs", state.lhs_scale, ka)
+    bc, sb = operand_codes(b, cfg.rhs, "rhs", state.rhs_scale, kb)
     return _scaled_int_dot(ac, bc, sa, sb, cfg.accumulator)
   if cfg.accumulator is not None:
     return cfg.accumulator.accumulate(qa.astype(jnp.float32), qb.astype(jnp.float32))

@@ -756,6 +756,18 @@ LOWERING = [
 SLOW_LOWERING = ("int20-wrap-pairwise", "int24-chunked", "e5m6-chunked", "exact-bf16", "exact-f32")
 
 
+def test_the_platform_is_chosen_when_lowered():
+  # As lpnum.kernels.matmul: "auto" exports the TPU kernel for tpu, the Triton kernel for cuda, XLA for cpu.
+  args = [jax.ShapeDtypeStruct((8, 256), jnp.int8), jax.ShapeDtypeStruct((256, 128), jnp.int8)]
+  fn = jax.jit(lambda a, b: matmul(a, b, IntAccumulator(16)))
+  checks = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  found = {}
+  for platform in ("tpu", "cuda", "cpu"):
+    text = jax.export.export(fn, platforms=[platform], disabled_checks=checks)(*args).mlir_module()
+    found[platform] = ("tpu_custom_call" in text, "xla.gpu.triton" in text)
+  assert found == {"tpu": (True, False), "cuda": (False, True), "cpu": (False, False)}
+
+
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 @pytest.mark.parametrize("name, acc, da, db, kw", [
     pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0] in SLOW_LOWERING else []) for case in LOWERING])

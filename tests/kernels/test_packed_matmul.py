@@ -128,6 +128,30 @@ def test_layout_bit_fields_follow_the_documented_order():
   np.testing.assert_array_equal(plane[:, 0], (codes[:128, 0] | (codes[128:, 0] << 4)).astype(np.uint8))
 
 
+def test_int8_planes_are_the_int8_values_and_other_planes_uint8():
+  q = _weights(WEIGHT_FORMATS["int8"], k=512, n=128)
+  w = kernels.pack_weights(q)
+  assert w.planes[0].dtype == np.int8
+  values = np.asarray(lpnum.decode(q.element_codes, "int8")).astype(np.int8)  # lpnum's own decoding table
+  np.testing.assert_array_equal(np.asarray(w.planes[0]), values)
+  for name in ("uint4_zp", "int2", "ternary", "fp8_e5m2"):
+    assert all(p.dtype == np.uint8 for p in kernels.pack_weights(_weights(WEIGHT_FORMATS[name])).planes)
+  narrow = lpnum.ScaledFormat("int8_narrow", lpnum.per_channel(1))
+  assert kernels.pack_weights(_weights(narrow)).planes[0].dtype == np.uint8
+
+
+def test_w8a8_xla_path_multiplies_the_stored_int8_plane():
+  # The weights reach the int8 x int8 -> int32 dot as stored: no bitcast, convert or slice of the plane.
+  w = kernels.pack_weights(_weights(WEIGHT_FORMATS["int8"], k=300, n=130))
+  xq = lpnum.quantize_scaled(np.ones((4, 300), np.float32), lpnum.ScaledFormat("int8", lpnum.per_channel(0)))
+  jaxpr = jax.make_jaxpr(lambda x, w: kernels.matmul(x, w, implementation="xla"))(xq, w).jaxpr
+  inner = next(e for e in jaxpr.eqns if e.primitive.name in ("pjit", "jit")).params["jaxpr"].jaxpr
+  plane = inner.invars[len(jax.tree.leaves(xq))]
+  dots = [e for e in inner.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) == 1 and dots[0].invars[1] is plane
+  assert [v.aval.dtype for v in dots[0].invars] == [np.int8, np.int8] and dots[0].outvars[0].aval.dtype == np.int32
+
+
 # ---- matmul faces against references ----------------------------------------------------------------------------
 FORMAT_FACES = [pytest.param(name, backend, platform,
                              marks=() if backend == "xla" or name in QUICK else pytest.mark.slow)
@@ -281,6 +305,26 @@ def test_w8a8_lowers(platform, call):
                          lpnum.ScaledFormat("int8", lpnum.per_channel(0)))
 
 
+@pytest.mark.parametrize("x_format", [None, lpnum.ScaledFormat("int8", lpnum.per_channel(0))], ids=["w-only", "w8a8"])
+def test_the_platform_is_chosen_when_lowered(x_format):
+  # A CPU host exports the TPU kernel for tpu, the Triton kernel for cuda and the XLA path for cpu, as
+  # accumulate.matmul does; "pallas" without a platform exports either kernel.
+  q = jax.eval_shape(lambda: lpnum.quantize_scaled(jnp.zeros((512, 256)), WEIGHT_FORMATS["int8"]))
+  w = jax.eval_shape(kernels.pack_weights, q)
+  x = jax.ShapeDtypeStruct((8, 512), jnp.float32)
+  checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  for implementation in ("auto", "pallas"):
+    fn = jax.jit(lambda x, w: kernels.matmul(x, w, x_format=x_format, implementation=implementation))
+    for platform, call in (("tpu", "tpu_custom_call"), ("cuda", "xla.gpu.triton"), ("cpu", None)):
+      if call is None and implementation == "pallas":
+        with pytest.raises((NotImplementedError, ValueError)):  # no kernel for the CPU
+          export.export(fn, platforms=[platform])(x, w)
+        continue
+      text = export.export(fn, platforms=[platform], disabled_checks=checks)(x, w).mlir_module()
+      assert ("tpu_custom_call" in text, "xla.gpu.triton" in text) == (call == "tpu_custom_call",
+                                                                       call == "xla.gpu.triton")
+
+
 def test_tpu_rejects_layouts_with_too_few_scale_rows_per_tile():
   q = _weights(lpnum.ScaledFormat("int4", lpnum.per_block(128, 0)), k=2048, n=128)
   w = kernels.pack_weights(q, tile_k=512)
@@ -304,8 +348,6 @@ def test_bad_inputs_raise_clear_errors():
     kernels.matmul(x, q, implementation="cuda")
   with pytest.raises(ValueError, match="platform="):
     kernels.matmul(x, q, implementation="pallas", platform="rocm", interpret=True)
-  with pytest.raises(ValueError, match="needs a GPU or TPU"):
-    kernels.matmul(x, q, implementation="pallas")
   with pytest.raises(TypeError, match="x_format"):
     kernels.matmul(x, q, x_format="int8")
   with pytest.raises(ValueError, match="x_format is for float x"):
