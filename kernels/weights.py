@@ -62,7 +62,7 @@ def quantize_weights(w: ArrayLike, fmt: ScaledFormat | str, *, tile_k: int | Non
   if implementation == "xla":
     return pack_weights(quantize_scaled(x, fmt, scale=scale, tensor_amax=tensor_amax), tile_k=tile_k)
   t = target["w"]
-  output = Output(cast_of(fmt, x.shape, False), False, t.tile_k, t.plane_bits)
+  output = Output(cast_of(fmt, x.shape, False), False, t.tile_k, t.plane_bits, t.planes[0].dtype)
   ((planes, scales),), ideal, tensor = run_pallas(x, scale, tensor_amax, fmt, (output,), platform, interpret)
   if scales is None:
     scales = jnp.broadcast_to(per_tensor_codes(ideal, fmt), (1, x.shape[1]))

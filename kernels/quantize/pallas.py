@@ -15,6 +15,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
@@ -36,12 +37,14 @@ _MIN_SIDE = {"tpu": (32, 128), "gpu": (1, 1)}
 @dataclasses.dataclass(frozen=True)
 class Output:
   """One operand written by the kernel: ``x`` quantized with ``cast`` (``transposed``: ``x.T``), its codes as
-  QArray bytes (``tile_k=None``) or as the packed matmul's bit planes with K tiles of ``tile_k`` rows."""
+  QArray bytes (``tile_k=None``) or as the packed matmul's bit planes with K tiles of ``tile_k`` rows, of
+  ``plane_dtype`` (:func:`lpnum.kernels.packed_matmul.layout.plane_dtype`: int8 for int8 elements)."""
 
   cast: Cast
   transposed: bool = False
   tile_k: int | None = None
   plane_widths: tuple[int, ...] = ()
+  plane_dtype: np.dtype = np.dtype(np.uint8)
 
 
 def tile_shape(outputs: tuple[Output, ...], shape: tuple[int, int], platform: str) -> tuple[int, int]:
@@ -112,7 +115,7 @@ def pallas_cast(x: jax.Array, outputs: tuple[Output, ...], *, platform: str, int
       arrays = [(jax.ShapeDtypeStruct((r, width), jnp.uint8), pl.BlockSpec((sr, block_w), index))
                 for _ in range(1 if n_bytes == 1 else n_bytes)]
     else:
-      arrays = [(jax.ShapeDtypeStruct((r * w // 8, cl), jnp.uint8), pl.BlockSpec((sr * w // 8, sc), index))
+      arrays = [(jax.ShapeDtypeStruct((r * w // 8, cl), o.plane_dtype), pl.BlockSpec((sr * w // 8, sc), index))
                 for w in o.plane_widths]
     scale_tile = None
     if c.axis is not None:
@@ -141,7 +144,7 @@ def pallas_cast(x: jax.Array, outputs: tuple[Output, ...], *, platform: str, int
       if o.tile_k is None:
         parts = pack_bytes(codes, o.cast.fmt.element.bits)
       else:
-        parts = pack_planes(codes, o.plane_widths, o.tile_k)
+        parts = pack_planes(codes, o.plane_widths, o.tile_k, o.plane_dtype)
       for ref, part in zip(refs_o, parts):
         ref[...] = part
       if scale_tile is not None:

@@ -116,10 +116,12 @@ def pack_bytes(codes: jax.Array, bits: int) -> list[jax.Array]:
   return [((word >> np.int32(8 * k)) & np.int32(0xFF)).astype(jnp.uint8) for k in range(n_bytes)]
 
 
-def pack_planes(codes: jax.Array, plane_widths: tuple[int, ...], tile_k: int) -> list[jax.Array]:
+def pack_planes(codes: jax.Array, plane_widths: tuple[int, ...], tile_k: int,
+                dtype: np.dtype = np.dtype(np.uint8)) -> list[jax.Array]:
   """int32 ``codes`` ``(rows, cols)`` (rows a multiple of ``tile_k``) as the packed matmul's bit planes: per plane of
-  ``w`` bits, uint8 ``(rows * w / 8, cols)`` in which, within each K tile of ``tile_k`` rows, field ``j`` of byte
-  row ``r`` holds the plane's bits of row ``j * tile_k / p + r`` (``p = 8 / w``)."""
+  ``w`` bits, ``(rows * w / 8, cols)`` bytes in which, within each K tile of ``tile_k`` rows, field ``j`` of byte
+  row ``r`` holds the plane's bits of row ``j * tile_k / p + r`` (``p = 8 / w``); uint8, or int8 (the same bits)
+  when ``dtype`` is int8."""
   rows, cols = codes.shape
   planes, low = [], 0
   for w in plane_widths:
@@ -127,6 +129,9 @@ def pack_planes(codes: jax.Array, plane_widths: tuple[int, ...], tile_k: int) ->
     field = (codes >> np.int32(low)) & np.int32((1 << w) - 1)
     shifts = jax.lax.broadcasted_iota(jnp.int32, (1, p, 1, 1), 1) * np.int32(w)
     fields = field.reshape(rows // tile_k, p, tile_k // p, cols) << shifts
-    planes.append(jnp.sum(fields, axis=1).reshape(rows // p, cols).astype(jnp.uint8))  # no overlap: sum == or
+    byte = jnp.sum(fields, axis=1).reshape(rows // p, cols)  # no overlap: sum == or
+    if dtype == np.int8:
+      byte = (byte << np.int32(24)) >> np.int32(24)  # the same 8 bits, sign-extended: an exact int8 conversion
+    planes.append(byte.astype(dtype))
     low += w
   return planes
