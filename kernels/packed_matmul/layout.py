@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum import description
-from lpnum.kernels.packed_matmul import dequant
+from lpnum.kernels import dequant
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat
