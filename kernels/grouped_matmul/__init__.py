@@ -9,13 +9,12 @@ dequantize(W_e)`` with float32 products and float32 accumulation, rounded once t
 :func:`lpnum.dequantize` wherever they are normal float32 numbers, so the faces differ only in the order of the
 float32 additions.
 
-Faces: :func:`reference_grouped_matmul` (a loop over experts on the stacked QArray), the XLA path (dequantize once,
-``jax.lax.ragged_dot``: what runs on the CPU) and the Pallas kernels (TPU through Mosaic, GPU through Triton),
+Faces: :func:`reference_grouped_matmul` (a loop over experts on the stacked QArray), the XLA path (a scan over
+experts that dequantizes each in the loop: what runs on the CPU) and the Pallas kernels (TPU through Mosaic, GPU through Triton),
 which read each expert's packed tiles and dequantize them in VMEM/registers. :func:`grouped_matmul` dispatches.
 
-The VJP: ``dlhs = ragged_dot(g, dequantize(W)^T)``; packed weights get no gradient. Training that needs gradients
-of the float expert weights fake-quantizes them (straight-through) and multiplies with ``jax.lax.ragged_dot``: that
-is what :class:`lpnum.nn.GroupedDense` does under a quantization rule before :func:`lpnum.nn.ptq` packs it.
+The VJP: ``dlhs = ragged_dot(g, dequantize(W)^T)`` (the XLA face); packed weights get no gradient. Training that needs gradients
+of the float expert weights fake-quantizes them (straight-through) and multiplies them as floats: that is what :class:`lpnum.nn.GroupedDense` does under a quantization rule before :func:`lpnum.nn.ptq` packs it.
 
 Modules: :mod:`.layout` (the stacked QArray and the packed layout), :mod:`.reference`, :mod:`.xla`,
 :mod:`.pallas` and :mod:`.api` (the dispatcher and the VJP).

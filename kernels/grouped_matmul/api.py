@@ -10,10 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum.kernels.grouped_matmul import layout
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights, pack_experts
 from lpnum.kernels.grouped_matmul.pallas import BlockSizes, pallas_grouped_matmul
-from lpnum.kernels.grouped_matmul.reference import HIGHEST
 from lpnum.kernels.grouped_matmul.xla import xla_grouped_matmul
 from lpnum.qarray import QArray
 from lpnum.validate import as_array, check_flag, short
@@ -121,12 +119,10 @@ def _fwd(lhs, rhs, group_sizes, cfg):
 
 
 def _bwd(cfg, res, g):
-  """``dlhs = ragged_dot(g, dequantize(W)^T)``; the packed weights and the group sizes get no gradient."""
+  """``dlhs = ragged_dot(g, dequantize(W)^T)`` (the XLA face); the packed weights and the group sizes get no
+  gradient."""
   rhs, group_sizes = res
-  _, k, n = rhs.shape
-  wt = jnp.swapaxes(layout.dequantize(rhs)[:, :k, :n], 1, 2)
-  dlhs = jax.lax.ragged_dot(g.astype(jnp.float32), wt, group_sizes, precision=HIGHEST,
-                            preferred_element_type=jnp.float32).astype(g.dtype)
+  dlhs = xla_grouped_matmul(g.astype(jnp.float32), rhs, group_sizes, transpose=True).astype(g.dtype)
   zeros = lambda a: np.zeros(a.shape, jax.dtypes.float0) if not jnp.issubdtype(a.dtype, jnp.floating) \
       else jnp.zeros_like(a)
   return dlhs, jax.tree.map(zeros, rhs), zeros(group_sizes)
