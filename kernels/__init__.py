@@ -5,9 +5,11 @@ and a public API.
   :func:`pack_weights` rearranges a quantized ``(K, N)`` QArray into the kernel layout, :func:`matmul` multiplies
   (Pallas on GPU/TPU, XLA on the CPU).
 - :mod:`.accumulate`: matmuls with emulated low-bit accumulators (integer, float, aligned, exact) and A2Q's bound.
+- :mod:`.grouped_matmul`: ``jax.lax.ragged_dot`` with packed per-expert weights, for mixture-of-experts layers.
+- :mod:`.dequant`: the in-kernel decoding of element and scale codes that the ops share.
 """
 
-from lpnum.kernels import accumulate, packed_matmul
+from lpnum.kernels import accumulate, grouped_matmul, packed_matmul
 from lpnum.kernels.packed_matmul import BlockSizes, PackedWeights, matmul, pack_weights, reference_matmul
 
-__all__ = ["accumulate", "packed_matmul", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]
+__all__ = ["accumulate", "grouped_matmul", "packed_matmul", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]

@@ -29,10 +29,10 @@ from lpnum.kernels import dequant
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat, quantize_scaled
-from lpnum.validate import as_array, short
+from lpnum.validate import as_array, check_flag, short
 
-__all__ = ["GroupedWeights", "quantize_experts", "pack_experts", "expert", "dequantize", "plane_bits",
-           "DEFAULT_TILE_K", "LAYOUT_VERSION"]
+__all__ = ["GroupedWeights", "quantize_experts", "pack_experts", "expert", "is_stacked", "kernels_decode",
+           "dequantize", "plane_bits", "DEFAULT_TILE_K", "LAYOUT_VERSION"]
 
 #: The version of the layout described in the module docstring; in every description.
 LAYOUT_VERSION = 1
@@ -105,7 +105,7 @@ def plane_bits(bits: int) -> tuple[int, ...]:
   return tuple(w for w in (4, 2, 1) if bits & w)
 
 
-def quantize_experts(w, fmt: ScaledFormat) -> QArray:
+def quantize_experts(w, fmt: ScaledFormat, *, pad: bool = False) -> QArray:
   """Quantizes ``(E, K, N)`` expert weights, each expert on its own, into a stacked QArray.
 
   Each expert's ``(K, N)`` matrix is ``lpnum.quantize_scaled(w[e], fmt)``: scales along K as ``fmt`` says
@@ -115,6 +115,7 @@ def quantize_experts(w, fmt: ScaledFormat) -> QArray:
   Args:
     w: float ``(E, K, N)`` weights.
     fmt: the weight format.
+    pad: pad a last partial block along K with zeros (as ``quantize_scaled``'s ``pad``).
 
   Returns:
     The stacked QArray (``expert(q, e)`` is expert ``e``'s QArray).
@@ -131,12 +132,41 @@ def quantize_experts(w, fmt: ScaledFormat) -> QArray:
     raise ValueError(f"w must be float (E, K, N) expert weights, got shape {w.shape}, dtype {w.dtype}")
   if not isinstance(fmt, ScaledFormat):
     raise TypeError(f"fmt={short(fmt)} must be a ScaledFormat")
-  return jax.vmap(lambda a: quantize_scaled(a, fmt))(w)
+  check_flag("pad", pad)
+  return jax.vmap(lambda a: quantize_scaled(a, fmt, pad=pad))(w)
+
+
+def is_stacked(q) -> bool:
+  """Whether ``q`` is a stacked QArray of experts (:func:`quantize_experts`)."""
+  return isinstance(q, QArray) and len(q.shape) == 2 and q.data.ndim == 3
 
 
 def expert(q: QArray, e: int) -> QArray:
   """Expert ``e``'s ``(K, N)`` QArray of a stacked QArray (:func:`quantize_experts`)."""
   return jax.tree.map(lambda a: a[e], q)
+
+
+def kernels_decode(q: QArray) -> bool:
+  """Whether :func:`pack_experts` takes the stacked QArray ``q`` (its formats and blocks)."""
+  try:
+    _check(q)
+  except ValueError:
+    return False
+  return True
+
+
+def _check(q: QArray) -> None:
+  if not is_stacked(q):
+    raise ValueError(f"q must be a stacked QArray of (K, N) experts (data (E, K, ...)), got shape {q.shape} with "
+                     f"data of shape {q.data.shape}: quantize (E, K, N) weights with layout.quantize_experts")
+  dequant.check_element(q.fmt.element)
+  dequant.check_scale(q.fmt)
+  k, bk = q.shape[0], q.block[0]
+  if bk < k and bk < 8:
+    raise ValueError(f"q's blocks are {bk} rows along K (axis 0); the kernels need scales shared by at least 8 "
+                     "rows of K: quantize with blocks along axis 0 (e.g. mx.format(name, axis=0))")
+  if q.block[1] != 1 and bk != k:
+    raise ValueError(f"q's blocks are {q.block}; the kernels take blocks along K (axis 0) or per-channel scales")
 
 
 def pack_experts(q: QArray, *, tile_k: int | None = None) -> GroupedWeights:
@@ -161,20 +191,9 @@ def pack_experts(q: QArray, *, tile_k: int | None = None) -> GroupedWeights:
   """
   if not isinstance(q, QArray):
     raise TypeError(f"q must be a stacked QArray (layout.quantize_experts), got {type(q).__name__}")
-  if len(q.shape) != 2 or q.data.ndim != 3:
-    raise ValueError(f"q must be a stacked QArray of (K, N) experts (data (E, K, ...)), got shape {q.shape} with "
-                     f"data of shape {q.data.shape}: quantize (E, K, N) weights with layout.quantize_experts")
-  fmt = q.fmt
-  dequant.check_element(fmt.element)
-  dequant.check_scale(fmt)
-  k, _ = q.shape
-  bk = q.block[0]
+  _check(q)
+  fmt, k, bk = q.fmt, q.shape[0], q.block[0]
   grouped = bk < k
-  if grouped and bk < 8:
-    raise ValueError(f"q's blocks are {bk} rows along K (axis 0); the kernels need scales shared by at least 8 "
-                     "rows of K: quantize with blocks along axis 0 (e.g. mx.format(name, axis=0))")
-  if q.block[1] != 1 and bk != k:
-    raise ValueError(f"q's blocks are {q.block}; the kernels take blocks along K (axis 0) or per-channel scales")
   bits = fmt.element.bits
   unit = 128 * (8 // min(plane_bits(bits)))
   if tile_k is None:

@@ -14,7 +14,8 @@ package plugs them into Flax:
 - :mod:`lpnum.nn.attention` (quantized attention, clipped softmax, gated attention, quantized einsum),
   :mod:`lpnum.nn.a2q_layers` (A2QDense), :mod:`lpnum.nn.mixed_precision`, :mod:`lpnum.nn.a2q`,
   :mod:`lpnum.nn.comm`, :mod:`lpnum.nn.sensitivity` (HAWQ-V2 per-layer Hessian sensitivity),
-  :mod:`lpnum.nn.allocation` (one format per layer by an exact ILP, as rules), :mod:`lpnum.nn.pam` (a model's matmuls
+  :mod:`lpnum.nn.allocation` (one format per layer by an exact ILP, as rules), :mod:`lpnum.nn.grouped` (the
+  expert bank of mixture-of-experts layers, which rules and PTQ quantize per expert), :mod:`lpnum.nn.pam` (a model's matmuls
   with piecewise-affine multiplication), :mod:`lpnum.nn.unit_scaling` and :mod:`lpnum.nn.integer_only`: import them
   as modules. The model zoo, data sets and training loop are :mod:`lpnum.zoo`.
 """
