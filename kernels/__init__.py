@@ -12,4 +12,5 @@ and a public API.
 from lpnum.kernels import accumulate, grouped_matmul, packed_matmul
 from lpnum.kernels.packed_matmul import BlockSizes, PackedWeights, matmul, pack_weights, reference_matmul
 
-__all__ = ["accumulate", "grouped_matmul", "packed_matmul", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]
+__all__ = ["accumulate", "grouped_matmul", "packed_matmul", "BlockSizes", "PackedWeights", "matmul", "pack_weights",
+           "reference_matmul"]
