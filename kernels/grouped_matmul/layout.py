@@ -13,6 +13,9 @@ once, into :class:`GroupedWeights`, the layout the kernels decode with shifts an
 - K is padded to whole tiles and N to a multiple of 128 with the code 0 and scales of 1 (activations are padded
   with zeros along K, so the padding adds exact zeros).
 - Scales keep one row per K group and one column per output column (NVFP4's blocks are along K, one column each).
+
+This is layout version :data:`LAYOUT_VERSION`; :meth:`GroupedWeights.describe` records it with the format, so a
+checkpoint cannot be restored into expert weights of another format or layout (:mod:`lpnum.description`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lpnum import description
 from lpnum.kernels import dequant
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
@@ -43,7 +47,7 @@ DEFAULT_TILE_K = 512
 _N_ALIGN = 128
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 @dataclasses.dataclass(frozen=True)
 class GroupedWeights:
   """Quantized ``(E, K, N)`` expert weights in the kernel layout (module docstring); make them with
@@ -58,6 +62,8 @@ class GroupedWeights:
     shape: ``(E, K, N)`` (static).
     tile_k: K rows per layout tile (static).
     group: K rows sharing a scale row (static; ``K_pad`` for per-channel scales).
+    checkpoint_tag: the empty pytree child whose key carries the description's fingerprint (as
+      :class:`lpnum.QArray`'s).
   """
 
   planes: tuple[jax.Array, ...]
@@ -68,17 +74,25 @@ class GroupedWeights:
   shape: tuple[int, int, int]
   tile_k: int
   group: int
+  checkpoint_tag: object = dataclasses.field(default=None, repr=False, compare=False)
 
   def tree_flatten(self):
-    return (self.planes, self.scales, self.zero_point, self.tensor_scale), (self.fmt, self.shape, self.tile_k,
-                                                                            self.group)
+    return (self.planes, self.scales, self.zero_point, self.tensor_scale, self.checkpoint_tag), (
+        self.fmt, self.shape, self.tile_k, self.group)
+
+  def tree_flatten_with_keys(self):
+    children, aux = self.tree_flatten()
+    keys = (*map(jax.tree_util.GetAttrKey, ("planes", "scales", "zero_point", "tensor_scale")), _tag(*aux))
+    return list(zip(keys, children)), aux
 
   @classmethod
   def tree_unflatten(cls, aux, leaves):
-    return cls(*leaves, *aux)
+    *arrays, slot = leaves
+    return cls(*arrays, *aux, slot)
 
   def describe(self) -> dict:
-    """What the codes mean, as JSON-able data: type, layout version, format, shape, ``tile_k`` and ``group``."""
+    """What the codes mean, as JSON-able data: type, layout version, format, shape, ``tile_k`` and ``group``
+    (see :mod:`lpnum.description`)."""
     return {"type": "GroupedWeights", "layout_version": LAYOUT_VERSION, "format": self.fmt.describe(),
             "shape": list(self.shape), "tile_k": self.tile_k, "group": self.group}
 
@@ -96,6 +110,11 @@ class GroupedWeights:
     """Bytes held: planes, scales, zero points and tensor scales."""
     leaves = [*self.planes, self.scales, self.zero_point, self.tensor_scale]
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in leaves if a is not None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag(fmt: ScaledFormat, shape: tuple[int, int, int], tile_k: int, group: int):
+  return description.tag(GroupedWeights((), None, None, None, fmt, shape, tile_k, group).describe())
 
 
 def plane_bits(bits: int) -> tuple[int, ...]:

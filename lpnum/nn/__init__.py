@@ -8,8 +8,8 @@ package plugs them into Flax:
   and static scales, learned LSQ steps and PACT clips).
 - :func:`quantize_model` with :class:`Rule`: quantize an existing model by module paths.
 - :func:`ptq`: post-training quantization of a params tree into packed kernels.
-- :mod:`lpnum.nn.serialization`: importing :mod:`lpnum.nn` registers QArray, PackedWeights and QuantizedKernel with
-  ``flax.serialization``, each with its description (the core does not import flax); :mod:`lpnum.nn.checkpoint`
+- :mod:`lpnum.nn.serialization`: importing :mod:`lpnum.nn` registers QArray, PackedWeights, GroupedWeights and
+  QuantizedKernel with ``flax.serialization``, each with its description (the core does not import flax); :mod:`lpnum.nn.checkpoint`
   (import it as a module) saves and restores them with orbax.
 - :mod:`lpnum.nn.attention` (quantized attention, clipped softmax, gated attention, quantized einsum),
   :mod:`lpnum.nn.a2q_layers` (A2QDense), :mod:`lpnum.nn.mixed_precision`, :mod:`lpnum.nn.a2q`,
