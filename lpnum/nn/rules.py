@@ -4,7 +4,7 @@ A :class:`Rule` pairs a regular expression over module paths (``"Dense_0"``, ``"
 ``"MultiHeadDotProductAttention_0/query"``) with a :class:`~lpnum.DotConfig`; the first rule that matches a
 layer's path (``re.fullmatch``) decides, and ``config=None`` keeps a layer float. Quantizable layers: linen
 ``Dense``, ``DenseGeneral``, ``Conv`` and lpnum's expert bank :class:`~lpnum.nn.grouped.GroupedDense`; nnx
-``Linear``, ``LinearGeneral`` and ``Conv``.
+``Linear``, ``LinearGeneral``, ``Conv`` and :class:`~lpnum.nn.grouped.NnxGroupedDense`.
 
 linen: :func:`quantize_model` returns a :class:`QuantizedModel` whose ``init``/``apply`` run the stock model
 under ``nn.intercept_methods``: each matched layer runs as a clone of itself with lpnum's dot_general (or conv)
@@ -29,7 +29,7 @@ from flax.linen import dtypes as linen_dtypes
 
 from lpnum.nn import linen as _linen
 from lpnum.nn import nnx as _nnx
-from lpnum.nn.grouped import GroupedDense
+from lpnum.nn.grouped import GroupedDense, NnxGroupedDense, check_grouped_config
 from lpnum.nn.ptq import EXPERTS, PackedKernel, QuantizedKernel, check_rule, ptq
 from lpnum.nn.rule import Rule, as_rules, match
 
@@ -40,6 +40,7 @@ _LINEN_CONV = (nn.Conv,)
 _LINEN_GROUPED = (GroupedDense,)
 _NNX_DOT = (nnx.Linear, nnx.LinearGeneral)
 _NNX_CONV = (nnx.Conv,)
+_NNX_GROUPED = (NnxGroupedDense,)
 
 
 def promote_dtype(*args, dtype=None, inexact: bool = True) -> list[Any]:
@@ -127,7 +128,7 @@ def _check_used(rules: Sequence[Rule], used: set) -> None:
   for rule in rules:
     if rule not in used:
       raise ValueError(f"rule {rule.pattern!r} matches no quantizable layer (Dense, DenseGeneral, Conv, GroupedDense; "
-                       "nnx Linear, LinearGeneral, Conv) of the model")
+                       "nnx Linear, LinearGeneral, Conv, NnxGroupedDense) of the model")
 
 
 def quantize_model(model, rules):
@@ -157,7 +158,7 @@ def quantize_model(model, rules):
   if isinstance(model, nnx.Module):
     used: set = set()
     for path, node in nnx.iter_graph(model):
-      if not isinstance(node, _NNX_DOT + _NNX_CONV):
+      if not isinstance(node, _NNX_DOT + _NNX_CONV + _NNX_GROUPED):
         continue
       where = "/".join(map(str, path))
       rule = match(rules, where)
@@ -166,6 +167,10 @@ def quantize_model(model, rules):
       config = None if rule is None else rule.config
       check_rule(where, node.kernel[...], config)
       if config is None:
+        continue
+      if isinstance(node, _NNX_GROUPED):
+        check_grouped_config(config)
+        node.config = config
         continue
       node.promote_dtype = _nnx_promote_dtype
       if isinstance(node, _NNX_DOT):
@@ -204,8 +209,8 @@ def kernel_views(model, *args, **kwargs) -> dict[str, int | str]:
     {'query': 1, 'key': 1, 'value': 1, 'out': 2}
   """
   if isinstance(model, nnx.Module):
-    return {"/".join(map(str, path)): _contracted(node) for path, node in nnx.iter_graph(model)
-            if isinstance(node, _NNX_DOT + _NNX_CONV)}
+    return {"/".join(map(str, path)): EXPERTS if isinstance(node, _NNX_GROUPED) else _contracted(node)
+            for path, node in nnx.iter_graph(model) if isinstance(node, _NNX_DOT + _NNX_CONV + _NNX_GROUPED)}
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen or flax.nnx Module, got {type(model).__name__}")
   views: dict[str, int | str] = {}
@@ -227,13 +232,14 @@ def kernel_views(model, *args, **kwargs) -> dict[str, int | str]:
 
 def ptq_nnx(model: nnx.Module, rules, **kwargs) -> nnx.Module:
   """Post-training quantization of an nnx model in place: the matched layers' kernels become packed
-  :class:`~lpnum.nn.QuantizedKernel` values and the layers run lpnum's dot_general (or conv) on them.
+  :class:`~lpnum.nn.QuantizedKernel` values and the layers run lpnum's dot_general (or conv) on them; an
+  :class:`~lpnum.nn.grouped.NnxGroupedDense` expert bank is packed per expert and runs the grouped matmul.
 
   ``kwargs`` go to :func:`lpnum.nn.ptq`. Returns the model.
   """
   rules = as_rules(rules)
   layers = {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
-            if isinstance(node, _NNX_DOT + _NNX_CONV)}
+            if isinstance(node, _NNX_DOT + _NNX_CONV + _NNX_GROUPED)}
   kernels = {path: {"kernel": node.kernel[...]} for path, node in layers.items()}
   quantized = ptq(kernels, rules, views=kernel_views(model), **kwargs)
   for path, node in layers.items():
