@@ -31,17 +31,37 @@ WEIGHT_FORMATS = {
 QUICK = {"int4_g32", "mxfp4", "nvfp4"}
 FORMAT_PARAMS = [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow) for n in WEIGHT_FORMATS]
 FACES = [("xla", None), ("pallas", "tpu"), ("pallas", "gpu")]
+FACE_IDS = ["xla", "pallas-tpu", "pallas-gpu"]
+
+
+def _faces(*default: str) -> list:
+  """FACES as parameters: those named in ``default`` in the default run, the others under -m slow (CI's slow line
+  runs this file)."""
+  return [pytest.param(*face, id=i, marks=() if i in default else pytest.mark.slow) for face, i in zip(FACES, FACE_IDS)]
+
+
+#: The default run multiplies each format with the XLA face and with one Pallas flavour; -m slow runs every pair.
+_QUICK_FACES = {("xla", n) for n in QUICK} | {("pallas-tpu", "int4_g32"), ("pallas-tpu", "mxfp4"),
+                                               ("pallas-gpu", "nvfp4")}
+FACE_FORMAT_PARAMS = [pytest.param(*face, n, id=f"{i}-{n}", marks=() if (i, n) in _QUICK_FACES else pytest.mark.slow)
+                      for face, i in zip(FACES, FACE_IDS) for n in WEIGHT_FORMATS]
 #: Ragged sizes over 5 experts and 70 rows: an empty first and middle group, groups that do not fill a 16-row tile,
 #: one that spans tiles, and 9 rows past the last group.
 SIZES = (0, 5, 30, 0, 26)
 
 
 @functools.lru_cache(maxsize=None)
-def _experts(fmt, e=5, k=200, n=136, seed=0):
-  """Quantized Student-t(4) expert weights (cached) and their per-expert dequantization by lpnum.dequantize."""
+def _quantized(fmt, e=5, k=200, n=136, seed=0):
+  """Quantized Student-t(4) expert weights (cached)."""
   w = np.random.default_rng(seed).standard_t(4, (e, k, n)).astype(np.float32)
-  q = gm.quantize_experts(jnp.asarray(w), fmt) if k % 32 == 0 else _padded(w, fmt)
-  return q, np.stack([np.asarray(lpnum.dequantize(gm.expert(q, i))) for i in range(e)])
+  return gm.quantize_experts(jnp.asarray(w), fmt) if k % 32 == 0 else _padded(w, fmt)
+
+
+@functools.lru_cache(maxsize=None)
+def _experts(fmt, e=5, k=200, n=136, seed=0):
+  """Quantized expert weights (cached) and each expert's lpnum.dequantize (vmapped over the experts)."""
+  q = _quantized(fmt, e, k, n, seed)
+  return q, np.asarray(jax.jit(jax.vmap(lpnum.dequantize))(q))
 
 
 def _padded(w, fmt):
@@ -83,7 +103,7 @@ def test_layout_dequantizes_each_expert_as_lpnum_dequantize(name):
   q, wf = _experts(WEIGHT_FORMATS[name])
   w = gm.pack_experts(q)
   e, k, n = w.shape
-  got = np.asarray(layout.dequantize(w))
+  got = np.asarray(jax.jit(layout.dequantize)(w))
   np.testing.assert_array_equal(got[:, :k, :n], wf)
   assert np.all(got[:, k:] == 0) and np.all(got[:, :, n:] == 0)
   np.testing.assert_array_equal(np.asarray(layout.unpack_codes(w))[:, :k, :n],
@@ -91,15 +111,13 @@ def test_layout_dequantizes_each_expert_as_lpnum_dequantize(name):
 
 
 def test_packed_weights_hold_the_packed_bytes():
-  q, _ = _experts(WEIGHT_FORMATS["mxfp4"], k=512, n=256)
-  w = gm.pack_experts(q)
+  w = gm.pack_experts(_quantized(WEIGHT_FORMATS["mxfp4"]))  # (5, 200, 136): K padded to a 512-row tile, N to 256
   assert w.planes[0].dtype == jnp.uint8 and w.planes[0].shape == (5, 256, 256)
   assert w.nbytes == 5 * (512 * 256 // 2 + 512 // 32 * 256)
 
 
 # ---- the faces -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FORMAT_PARAMS)
-@pytest.mark.parametrize("backend, platform", FACES, ids=["xla", "pallas-tpu", "pallas-gpu"])
+@pytest.mark.parametrize("backend, platform, name", FACE_FORMAT_PARAMS)
 def test_faces_match_the_dense_per_expert_computation(name, backend, platform):
   q, wf = _experts(WEIGHT_FORMATS[name])
   x = np.random.default_rng(1).normal(size=(70, 200)).astype(np.float32)
@@ -108,7 +126,7 @@ def test_faces_match_the_dense_per_expert_computation(name, backend, platform):
   _check_close(y, x, wf, SIZES)
 
 
-@pytest.mark.parametrize("backend, platform", FACES, ids=["xla", "pallas-tpu", "pallas-gpu"])
+@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-tpu"))
 def test_reference_and_faces_on_several_k_tiles_and_bfloat16(backend, platform):
   q, wf = _experts(WEIGHT_FORMATS["int4_g32"], e=3, k=1024, n=128)
   w = gm.pack_experts(q, tile_k=256)
@@ -124,14 +142,14 @@ def test_reference_and_faces_on_several_k_tiles_and_bfloat16(backend, platform):
 
 
 @pytest.mark.parametrize("sizes", [(0, 0, 0), (16, 0, 0), (0, 0, 16), (1, 1, 14)], ids=str)
-@pytest.mark.parametrize("backend, platform", FACES, ids=["xla", "pallas-tpu", "pallas-gpu"])
+@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-tpu", "pallas-gpu"))
 def test_empty_and_single_groups(sizes, backend, platform):
   q, wf = _experts(WEIGHT_FORMATS["int8"], e=3, k=64, n=8)
   x = np.random.default_rng(3).normal(size=(16, 64)).astype(np.float32)
   _check_close(_run(x, q, sizes, backend, platform), x, wf, sizes)
 
 
-@pytest.mark.parametrize("backend, platform", FACES, ids=["xla", "pallas-tpu", "pallas-gpu"])
+@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-tpu"))
 def test_nan_weights_reach_only_their_experts_rows(backend, platform):
   w = np.random.default_rng(4).normal(size=(3, 64, 8)).astype(np.float32)
   w[1, 3, 2] = np.inf  # MXFP4: the block holding it gets the NaN scale, so expert 1's column 2 is NaN
@@ -151,7 +169,7 @@ def test_nan_weights_reach_only_their_experts_rows(backend, platform):
 def test_visits_cover_every_tile_and_group_once():
   sizes = np.array([0, 5, 30, 0, 26, 0])
   tiles, bm = 5, 16
-  tile_ids, group_ids = map(np.asarray, visits(jnp.asarray(sizes), tiles, bm))
+  tile_ids, group_ids = map(np.asarray, jax.jit(visits, static_argnums=(1, 2))(jnp.asarray(sizes), tiles, bm))
   assert len(tile_ids) == tiles + len(sizes) - 1 and np.all(np.diff(tile_ids) >= 0)
   ends = np.cumsum(sizes)
   want = [(t, g) for t in range(tiles) for g in range(len(sizes))
@@ -162,7 +180,7 @@ def test_visits_cover_every_tile_and_group_once():
 
 
 # ---- transforms ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend, platform", FACES, ids=["xla", "pallas-tpu", "pallas-gpu"])
+@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-gpu"))
 def test_gradient_of_lhs_is_the_transposed_grouped_product(backend, platform):
   q, wf = _experts(WEIGHT_FORMATS["nvfp4"], e=3, k=64, n=32)
   x = np.random.default_rng(5).normal(size=(20, 64)).astype(np.float32)
@@ -183,8 +201,14 @@ def test_weights_and_sizes_get_no_gradient_and_jit_matches_eager():
 
 
 # ---- lowering for real hardware ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", WEIGHT_FORMATS)
-@pytest.mark.parametrize("platform, call", [("tpu", "tpu_custom_call"), ("cuda", "xla.gpu.triton")])
+#: By default: every format for cuda, and for tpu an 8-bit plane and a 4-bit one with the tensor scale (-m slow: all).
+LOWERING_PARAMS = [
+    pytest.param(name, platform, call, marks=pytest.mark.slow if platform == "tpu" and name not in ("int8", "nvfp4")
+                 else ()) for platform, call in (("tpu", "tpu_custom_call"), ("cuda", "xla.gpu.triton"))
+    for name in WEIGHT_FORMATS]
+
+
+@pytest.mark.parametrize("name, platform, call", LOWERING_PARAMS)
 def test_lowers_for_tpu_and_cuda_with_8_experts_at_4096(name, platform, call):
   fmt = WEIGHT_FORMATS[name]
   if name == "int4_g32":
@@ -197,7 +221,7 @@ def test_lowers_for_tpu_and_cuda_with_8_experts_at_4096(name, platform, call):
 
 
 def test_tpu_rejects_layouts_with_too_few_scale_rows_per_tile():
-  q, _ = _experts(lpnum.ScaledFormat("int4", lpnum.per_block(128, 0)), e=2, k=2048, n=128)
+  q = _quantized(lpnum.ScaledFormat("int4", lpnum.per_block(128, 0)), e=2, k=2048, n=128)
   w = gm.pack_experts(q, tile_k=512)
   with pytest.raises(ValueError, match="tile_k=1024"):
     gm.grouped_matmul(np.ones((4, 2048), np.float32), w, jnp.array([2, 2]), platform="tpu", interpret=True)
