@@ -11,6 +11,12 @@ Kernels: weight-only int8 (per channel), int4 (groups of 128), MXFP8, MXFP4 and 
 x per row, int8 W per channel) both with x already quantized (the kernel alone) and quantized in the call. At
 512^3 it also times the emulated low-precision accumulators of ``lpnum.kernels.accumulate``.
 
+Grouped matmul (mixture of experts): ``lpnum.kernels.grouped_matmul`` with packed per-expert weights (int8 per
+channel, int4 per group of 128, MXFP4, NVFP4, FP8 E4M3 per channel) side by side with its XLA baselines on the same
+shapes: ``jax.lax.ragged_dot`` in float32 and bfloat16 and a float32 loop over the experts (each expert's product
+kept for its rows). E = 8 experts with ragged group sizes (one empty), M tokens in (64, 512), K = N = 4096 (quick:
+M = 64, K = N = 1024); the table gives the time, the speed against ``ragged_dot`` in float32 and the weight bytes.
+
 Targets (CPU, ratios in one run, at M = K = N = 1024 unless said):
 
 - (a) W8A8 with x already quantized: at least the throughput of XLA's int8 x int8 -> int32 dot, and of that dot
@@ -57,6 +63,7 @@ import numpy as np
 import lpnum
 from lpnum import kernels
 from lpnum.kernels import accumulate
+from lpnum.kernels import grouped_matmul as gm
 from lpnum.results import progress
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
@@ -375,6 +382,80 @@ def format_casts(rows: list[dict]) -> str:
                   "pallas ms": ms(m["pallas"])})
   lines.append(table(("cast", "ideal B/el", "xla B/el", "xla / ideal", "pallas B/el", "pallas / ideal", "xla ms",
                       "pallas ms"), cells))
+GROUPED_EXPERTS = 8
+#: ``(M tokens, K = N)`` of the grouped-matmul section.
+GROUPED_FULL = ((64, 4096), (512, 4096))
+GROUPED_QUICK = ((64, 1024),)
+#: Relative group sizes of the experts: ragged, one expert without tokens.
+GROUP_WEIGHTS = (3, 1, 0, 2, 5, 1, 4, 2)
+GROUPED_FORMATS = {
+    "int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
+    "int4 g128": lpnum.ScaledFormat("int4", lpnum.per_block(128, 0)),
+    "mxfp4": lpnum.mx.format("mxfp4_e2m1", axis=0),
+    "nvfp4": lpnum.nvfp4.format(axis=0),
+    "fp8 e4m3": lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_channel(1)),
+}
+
+
+def group_sizes(m: int, experts: int) -> np.ndarray:
+  """``m`` rows split over ``experts`` in the proportions of ``GROUP_WEIGHTS`` (cycled), the remainder to the last."""
+  weights = np.resize(np.asarray(GROUP_WEIGHTS), experts)
+  sizes = m * weights // weights.sum()
+  sizes[-1] += m - sizes.sum()
+  return sizes.astype(np.int32)
+
+
+def _expert_loop(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
+  """The float32 loop over experts: each expert's product with every row, kept for its rows."""
+  ends = jnp.cumsum(sizes)
+  rows = jnp.arange(x.shape[0])[:, None]
+  y = jnp.zeros((x.shape[0], w.shape[2]), jnp.float32)
+  for e in range(w.shape[0]):
+    y = jnp.where((rows >= ends[e] - sizes[e]) & (rows < ends[e]), jnp.dot(x, w[e]), y)
+  return y
+
+
+def grouped_candidates(experts: int, m: int, k: int, n: int) -> tuple[dict, dict]:
+  """The grouped-matmul candidates at one shape and the weight bytes each reads."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(experts, k, n)), jnp.float32)
+  sizes = jnp.asarray(group_sizes(m, experts))
+  ragged = jax.jit(lambda x, w, s: jax.lax.ragged_dot(x, w, s))
+  cands = {"ragged_dot f32": (ragged, (x, w, sizes)),
+           "ragged_dot bf16": (ragged, (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), sizes)),
+           "f32 expert loop": (jax.jit(_expert_loop), (x, w, sizes))}
+  nbytes = {"ragged_dot f32": 4 * w.size, "ragged_dot bf16": 2 * w.size, "f32 expert loop": 4 * w.size}
+  grouped = jax.jit(gm.grouped_matmul)
+  for name, fmt in GROUPED_FORMATS.items():
+    gw = gm.pack_experts(gm.quantize_experts(w, fmt))
+    cands[f"grouped {name}"] = (grouped, (x, gw, sizes))
+    nbytes[f"grouped {name}"] = gw.nbytes
+  return cands, nbytes
+
+
+def run_grouped(shapes, experts: int, repeats: int) -> list[dict]:
+  rows = []
+  for m, size in progress(shapes, "grouped matmul shapes"):
+    cands, nbytes = grouped_candidates(experts, m, size, size)
+    for name, meas in time_fns(cands, repeats=repeats).items():
+      rows.append({"shape": [experts, m, size, size], "kernel": name, "measurement": meas,
+                   "weight_bytes": nbytes[name], "group_sizes": group_sizes(m, experts).tolist()})
+    print(f"grouped E={experts} M={m} K=N={size} done", flush=True)
+  return rows
+
+
+def format_grouped(rows: list[dict]) -> str:
+  lines = []
+  for shape in dict.fromkeys(tuple(r["shape"]) for r in rows):
+    e, m, k, n = shape
+    at = [r for r in rows if tuple(r["shape"]) == shape]
+    lines.append(f"\nGrouped matmul, E={e} experts, M={m} tokens (group sizes {at[0]['group_sizes']}), K={k} N={n}")
+    base = next(median_s(r["measurement"]) for r in at if r["kernel"] == "ragged_dot f32")
+    lines.append(table(("kernel", "ms", "vs ragged_dot f32", "weight MB"),
+                       [{"kernel": r["kernel"], "ms": ms(r["measurement"]),
+                         "vs ragged_dot f32": times(ratio(base, median_s(r["measurement"]))),
+                         "weight MB": f"{r['weight_bytes'] / 2**20:.1f}"} for r in at]))
   return "\n".join(lines)
 
 
@@ -390,9 +471,12 @@ def main(argv=None) -> Path:
   rows = run_matmuls(shapes, args.repeats)
   roofs = measure_roofs(rows, args.repeats)
   acc = run_accumulators(ACC_SIZE, args.repeats)
+  grouped = run_grouped(GROUPED_QUICK if args.quick else GROUPED_FULL, GROUPED_EXPERTS, args.repeats)
   targets = evaluate_targets(rows, acc)
   casts = run_casts(args.quick, args.repeats)
   print(format_tables(rows, acc, roofs))
+  print()
+  print(format_grouped(grouped))
   print()
   print(format_casts(casts))
   print()
@@ -401,7 +485,7 @@ def main(argv=None) -> Path:
                                            "path": "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla",
                                            "accumulator_size": ACC_SIZE},
                                 "roofs": roofs, "matmul": rows, "accumulators": acc, "targets": targets,
-                                "casts": casts}, args.out)
+                                "casts": casts, "grouped": grouped}, args.out)
   png = plot(rows, roofs, path.with_suffix(".png"))
   if png is not None:
     print(f"wrote {png}")

@@ -8,11 +8,13 @@ and a public API.
 - :mod:`.quantize`: fused casts of a 2-D tensor (and/or its transpose) into packed QArrays in one read
   (:func:`lpnum.kernels.quantize.quantize`; MX, NVFP4, FP8 with a given scale, int8 per row);
   :func:`quantize_weights` casts float weights straight into the packed matmul's layout (:mod:`.weights`).
+- :mod:`.grouped_matmul`: ``jax.lax.ragged_dot`` with packed per-expert weights, for mixture-of-experts layers.
+- :mod:`.dequant`: the in-kernel decoding of element and scale codes that the ops share.
 """
 
-from lpnum.kernels import accumulate, packed_matmul, quantize
+from lpnum.kernels import accumulate, grouped_matmul, packed_matmul, quantize
 from lpnum.kernels.packed_matmul import BlockSizes, PackedWeights, matmul, pack_weights, reference_matmul
 from lpnum.kernels.weights import quantize_weights
 
-__all__ = ["accumulate", "packed_matmul", "quantize", "BlockSizes", "PackedWeights", "matmul", "pack_weights",
-           "reference_matmul", "quantize_weights"]
+__all__ = ["accumulate", "grouped_matmul", "packed_matmul", "quantize", "BlockSizes", "PackedWeights", "matmul",
+           "pack_weights", "reference_matmul", "quantize_weights"]

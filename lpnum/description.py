@@ -1,7 +1,7 @@
 """Self-describing checkpoints: the canonical description of a quantized array and how two are compared.
 
-Every stored quantized value (:class:`lpnum.QArray`, the kernel layout :class:`lpnum.kernels.PackedWeights`, the
-PTQ box :class:`lpnum.nn.QuantizedKernel`) has a ``describe()``: a small JSON-able dict holding its type, its layout
+Every stored quantized value (:class:`lpnum.QArray`, the kernel layouts :class:`lpnum.kernels.PackedWeights` and
+:class:`lpnum.kernels.grouped_matmul.GroupedWeights`, the PTQ box :class:`lpnum.nn.QuantizedKernel`) has a ``describe()``: a small JSON-able dict holding its type, its layout
 version, and everything that decides what its codes mean (element format, granularity and block, scale format and
 rule, tensor scale, zero point, shape, dtype). Descriptions also record display names and the calibration, which
 rebuild the format exactly but do not change what the codes mean: :func:`essential` drops them, and two values are

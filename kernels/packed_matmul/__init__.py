@@ -4,7 +4,7 @@ Semantics (what every face computes):
 
 - **Weight-only** (x in float32/bfloat16/float16): ``y = x @ dequantize(W)`` with float32 products and float32
   accumulation, where ``dequantize`` is :func:`lpnum.dequantize` (weights that are normal float32 numbers are
-  bit-identical; see :mod:`lpnum.kernels.packed_matmul.dequant`). Only the order of the float32 additions differs between the
+  bit-identical; see :mod:`lpnum.kernels.dequant`). Only the order of the float32 additions differs between the
   faces, so results agree to float32 summation error.
 - **Quantized x** (``x`` a QArray, or ``x_format`` given): ``y = dequantize(x) @ dequantize(W)`` as above (FP8 x
   FP8, MX x MX...), except for the integer path: integer x with one scale per row (or per tensor) and integer W
@@ -21,7 +21,8 @@ The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets n
 rounds the cotangent ``g`` first (:func:`lpnum.qdot.quantize_grad`).
 
 Faces, one module each: :mod:`.reference`, :mod:`.xla`, :mod:`.pallas`, and :mod:`.api` (the dispatcher and the
-VJP); :mod:`.layout` is the packed weight layout and :mod:`.dequant` the in-kernel decoding they share.
+VJP); :mod:`.layout` is the packed weight layout and :mod:`lpnum.kernels.dequant` the in-kernel decoding (shared
+with the other kernel ops).
 """
 
 from lpnum.kernels.packed_matmul.api import IMPLEMENTATIONS, matmul

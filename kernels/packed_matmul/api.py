@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum.kernels.packed_matmul import dequant, layout
+from lpnum.kernels import dequant
+from lpnum.kernels.packed_matmul import layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
 from lpnum.kernels.packed_matmul.pallas import BlockSizes, pallas_matmul
 from lpnum.kernels.packed_matmul.reference import HIGHEST, integer_path

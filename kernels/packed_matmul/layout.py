@@ -36,7 +36,7 @@ import numpy as np
 
 from lpnum import description
 from lpnum.formats import IntFormat
-from lpnum.kernels.packed_matmul import dequant
+from lpnum.kernels import dequant
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat

@@ -13,7 +13,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
 from lpnum.formats import FloatFormat
-from lpnum.kernels.packed_matmul import dequant
+from lpnum.kernels import dequant
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.kernels.packed_matmul.reference import HIGHEST
 from lpnum.scaled import ScaledFormat

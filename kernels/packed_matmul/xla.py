@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lpnum.kernels.packed_matmul import dequant, layout
+from lpnum.kernels import dequant
+from lpnum.kernels.packed_matmul import layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.kernels.packed_matmul.reference import HIGHEST
 

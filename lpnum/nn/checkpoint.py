@@ -1,7 +1,8 @@
 """Orbax checkpoints of trees holding QArrays and packed kernels, with their descriptions.
 
 :func:`save` writes the tree's state dict (:mod:`lpnum.nn.serialization`: the array leaves of every QArray,
-PackedWeights and QuantizedKernel plus its ``"description"`` leaf) with orbax's ``StandardCheckpointer``;
+PackedWeights, GroupedWeights and QuantizedKernel plus its ``"description"`` leaf) with orbax's
+``StandardCheckpointer``;
 :func:`restore` reads the leaves back exactly as stored (no cast to a target's dtype) and then restores them into
 ``target``, refusing a stored description that differs from the target's (the error names both), or, without a
 target, rebuilds every value from its description.

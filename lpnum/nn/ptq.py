@@ -26,6 +26,7 @@ from flax.core import meta
 
 from lpnum import description
 from lpnum.estimators import STE
+from lpnum.kernels.grouped_matmul import layout as _grouped
 from lpnum.kernels.packed_matmul import layout as _layout
 from lpnum.kernels import matmul as _kernel_matmul
 from lpnum.nn.rule import as_rules, match
@@ -37,7 +38,13 @@ from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 from lpnum.scaled.xla_cpu import per_block
 from lpnum.validate import check_flag, short
 
-__all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_nbytes", "weight_format", "check_rule"]
+__all__ = ["QuantizedKernel", "ptq", "is_packed", "dequantize_kernel", "params_nbytes", "weight_format", "check_rule",
+           "EXPERTS"]
+
+#: The ``views`` entry of an expert bank's ``(E, K, N)`` kernel (:class:`lpnum.nn.grouped.GroupedDense`): each
+#: expert is quantized on its own in its ``(K, N)`` view and packed as
+#: :class:`lpnum.kernels.grouped_matmul.GroupedWeights` (contract 1: axis 1, K, of each expert).
+EXPERTS = "experts"
 
 
 class PackedKernel:
@@ -110,7 +117,8 @@ class QuantizedKernel(meta.AxisMetadata):
     shape: the float kernel's shape.
     dtype: the float kernel's dtype.
     contract: how many leading axes of the kernel the layer contracts: the 2-D view is
-      ``(prod(shape[:contract]), prod(shape[contract:]))``.
+      ``(prod(shape[:contract]), prod(shape[contract:]))`` (an expert bank's value, GroupedWeights or a stacked
+      QArray, holds ``(K, N)`` views of its experts, and ``contract`` is 1).
     checkpoint_tag: the empty pytree child whose key carries the description's fingerprint (as
       :class:`lpnum.QArray`'s).
   """
@@ -164,7 +172,7 @@ class QuantizedKernel(meta.AxisMetadata):
 
 def is_packed(x) -> bool:
   """Whether ``x`` is a packed kernel as a layer sees it (or a raw QArray / PackedWeights)."""
-  return isinstance(x, PackedKernel | QArray | _layout.PackedWeights)
+  return isinstance(x, PackedKernel | QArray | _layout.PackedWeights | _grouped.GroupedWeights)
 
 
 def dequantize_kernel(x) -> jax.Array:
@@ -186,6 +194,11 @@ def _dequantize_value(value) -> jax.Array:
   if isinstance(value, _layout.PackedWeights):
     k, n = value.shape
     return _layout.dequantize(value)[:k, :n]
+  if isinstance(value, _grouped.GroupedWeights):
+    _, k, n = value.shape
+    return _grouped.dequantize(value)[:, :k, :n]
+  if _grouped.is_stacked(value):
+    return jax.vmap(lambda q: dequantize(q, jnp.float32))(value)
   return dequantize(value, jnp.float32)
 
 
@@ -253,7 +266,8 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
   Args:
     params: the float params tree (``variables["params"]``).
     rules: :class:`lpnum.nn.Rule` values (or ``(pattern, config)`` pairs).
-    views: module path -> number of leading kernel axes the layer contracts (:func:`lpnum.nn.kernel_views`).
+    views: module path -> number of leading kernel axes the layer contracts, or :data:`EXPERTS` for an expert
+      bank's ``(E, K, N)`` kernel, quantized per expert along K (:func:`lpnum.nn.kernel_views` gives both).
     kernel_name: the leaf name of kernels.
     layout: ``"auto"`` (kernel layout where its padding costs under 1%, else QArray), ``"kernel"`` or
       ``"qarray"``.
@@ -304,6 +318,8 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.floating):
       raise ValueError(f"{where}/{kernel_name}: cannot quantize a kernel of shape {w.shape}, dtype {w.dtype}")
     contract = w.ndim - 1 if views is None else views.get(where, w.ndim - 1)
+    if contract == EXPERTS:
+      return _experts_kernel(where, w, fmt, leaf)
     if isinstance(contract, bool) or not isinstance(contract, int) or not 1 <= contract < w.ndim:
       raise ValueError(f"views[{where!r}]={contract!r} must be an int in [1, {w.ndim}) for a kernel of shape "
                        f"{w.shape}")
@@ -321,6 +337,26 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     if donate and isinstance(leaf, jax.Array):
       leaf.delete()
     del w
+    if on_leaf is not None:
+      on_leaf(where)
+    return out
+
+  def _experts_kernel(where, w, fmt, leaf):
+    if w.ndim != 3:
+      raise ValueError(f"{where}/{kernel_name}: views marks it {EXPERTS!r}, so it must be (E, K, N), got shape "
+                       f"{w.shape}")
+    try:
+      q = _grouped.quantize_experts(w, fmt, pad=True)
+      value = q
+      if layout == "kernel" or (layout == "auto" and _grouped.kernels_decode(q)):
+        value = _grouped.pack_experts(q)
+      if layout == "auto" and value.nbytes > 1.01 * q.nbytes:  # as for Dense kernels: padding must cost under 1%
+        value = q
+    except ValueError as e:
+      raise ValueError(f"{where}/{kernel_name}: {e}") from None
+    out = QuantizedKernel(value, w.shape, w.dtype, 1)
+    if donate and isinstance(leaf, jax.Array):
+      leaf.delete()
     if on_leaf is not None:
       on_leaf(where)
     return out

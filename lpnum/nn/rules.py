@@ -3,7 +3,8 @@
 A :class:`Rule` pairs a regular expression over module paths (``"Dense_0"``, ``"block1/Conv_1"``,
 ``"MultiHeadDotProductAttention_0/query"``) with a :class:`~lpnum.DotConfig`; the first rule that matches a
 layer's path (``re.fullmatch``) decides, and ``config=None`` keeps a layer float. Quantizable layers: linen
-``Dense``, ``DenseGeneral`` and ``Conv``; nnx ``Linear``, ``LinearGeneral`` and ``Conv``.
+``Dense``, ``DenseGeneral``, ``Conv`` and lpnum's expert bank :class:`~lpnum.nn.grouped.GroupedDense`; nnx
+``Linear``, ``LinearGeneral``, ``Conv`` and :class:`~lpnum.nn.grouped.NnxGroupedDense`.
 
 linen: :func:`quantize_model` returns a :class:`QuantizedModel` whose ``init``/``apply`` run the stock model
 under ``nn.intercept_methods``: each matched layer runs as a clone of itself with lpnum's dot_general (or conv)
@@ -28,15 +29,18 @@ from flax.linen import dtypes as linen_dtypes
 
 from lpnum.nn import linen as _linen
 from lpnum.nn import nnx as _nnx
-from lpnum.nn.ptq import PackedKernel, QuantizedKernel, check_rule, ptq
+from lpnum.nn.grouped import GroupedDense, NnxGroupedDense, check_grouped_config
+from lpnum.nn.ptq import EXPERTS, PackedKernel, QuantizedKernel, check_rule, ptq
 from lpnum.nn.rule import Rule, as_rules, match
 
 __all__ = ["Rule", "QuantizedModel", "quantize_model", "promote_dtype", "kernel_views", "ptq_nnx"]
 
 _LINEN_DOT = (nn.Dense, nn.DenseGeneral)
 _LINEN_CONV = (nn.Conv,)
+_LINEN_GROUPED = (GroupedDense,)
 _NNX_DOT = (nnx.Linear, nnx.LinearGeneral)
 _NNX_CONV = (nnx.Conv,)
+_NNX_GROUPED = (NnxGroupedDense,)
 
 
 def promote_dtype(*args, dtype=None, inexact: bool = True) -> list[Any]:
@@ -63,7 +67,9 @@ class QuantizedModel:
 
   def _interceptor(self, used: set, next_fun, args, kwargs, context):
     module = context.module
-    if context.method_name != "__call__" or not isinstance(module, _LINEN_DOT + _LINEN_CONV):
+    if context.method_name != "__call__" or not isinstance(module, _LINEN_DOT + _LINEN_CONV + _LINEN_GROUPED):
+      return next_fun(*args, **kwargs)
+    if isinstance(module, _LINEN_GROUPED) and module.config is not None:
       return next_fun(*args, **kwargs)
     if isinstance(module, _LINEN_DOT) and module.dot_general_cls is not None:
       return next_fun(*args, **kwargs)
@@ -78,6 +84,8 @@ class QuantizedModel:
       check_rule(path, module.scope.get_variable("params", "kernel"), config)
     if config is None:
       return next_fun(*args, **kwargs)
+    if isinstance(module, _LINEN_GROUPED):
+      return module.clone(parent=module.scope, config=config)(*args, **kwargs)
     if isinstance(module, _LINEN_DOT):
       hook = dict(dot_general_cls=functools.partial(_linen.QuantDotGeneral, config=config))
     else:
@@ -119,8 +127,8 @@ class QuantizedModel:
 def _check_used(rules: Sequence[Rule], used: set) -> None:
   for rule in rules:
     if rule not in used:
-      raise ValueError(f"rule {rule.pattern!r} matches no quantizable layer (Dense, DenseGeneral, Conv; nnx "
-                       "Linear, LinearGeneral, Conv) of the model")
+      raise ValueError(f"rule {rule.pattern!r} matches no quantizable layer (Dense, DenseGeneral, Conv, GroupedDense; "
+                       "nnx Linear, LinearGeneral, Conv, NnxGroupedDense) of the model")
 
 
 def quantize_model(model, rules):
@@ -150,7 +158,7 @@ def quantize_model(model, rules):
   if isinstance(model, nnx.Module):
     used: set = set()
     for path, node in nnx.iter_graph(model):
-      if not isinstance(node, _NNX_DOT + _NNX_CONV):
+      if not isinstance(node, _NNX_DOT + _NNX_CONV + _NNX_GROUPED):
         continue
       where = "/".join(map(str, path))
       rule = match(rules, where)
@@ -159,6 +167,10 @@ def quantize_model(model, rules):
       config = None if rule is None else rule.config
       check_rule(where, node.kernel[...], config)
       if config is None:
+        continue
+      if isinstance(node, _NNX_GROUPED):
+        check_grouped_config(config)
+        node.config = config
         continue
       node.promote_dtype = _nnx_promote_dtype
       if isinstance(node, _NNX_DOT):
@@ -182,8 +194,9 @@ def _contracted(module) -> int:
   return 1
 
 
-def kernel_views(model, *args, **kwargs) -> dict[str, int]:
-  """For :func:`lpnum.nn.ptq`: each quantizable layer's path -> how many leading kernel axes it contracts.
+def kernel_views(model, *args, **kwargs) -> dict[str, int | str]:
+  """For :func:`lpnum.nn.ptq`: each quantizable layer's path -> how many leading kernel axes it contracts
+  (:data:`lpnum.nn.ptq.EXPERTS` for a :class:`~lpnum.nn.grouped.GroupedDense`: per expert along K).
 
   A linen model is traced abstractly (``jax.eval_shape`` of ``model.init(key, *args, **kwargs)``: no params are
   made); an nnx model is read directly (``args`` unused).
@@ -196,14 +209,16 @@ def kernel_views(model, *args, **kwargs) -> dict[str, int]:
     {'query': 1, 'key': 1, 'value': 1, 'out': 2}
   """
   if isinstance(model, nnx.Module):
-    return {"/".join(map(str, path)): _contracted(node) for path, node in nnx.iter_graph(model)
-            if isinstance(node, _NNX_DOT + _NNX_CONV)}
+    return {"/".join(map(str, path)): EXPERTS if isinstance(node, _NNX_GROUPED) else _contracted(node)
+            for path, node in nnx.iter_graph(model) if isinstance(node, _NNX_DOT + _NNX_CONV + _NNX_GROUPED)}
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen or flax.nnx Module, got {type(model).__name__}")
-  views: dict[str, int] = {}
+  views: dict[str, int | str] = {}
 
   def record(next_fun, args_, kwargs_, context):
-    if context.method_name == "__call__" and isinstance(context.module, _LINEN_DOT + _LINEN_CONV):
+    if context.method_name == "__call__" and isinstance(context.module, _LINEN_GROUPED):
+      views["/".join(context.module.scope.path)] = EXPERTS
+    elif context.method_name == "__call__" and isinstance(context.module, _LINEN_DOT + _LINEN_CONV):
       views["/".join(context.module.scope.path)] = _contracted(context.module)
     return next_fun(*args_, **kwargs_)
 
@@ -217,13 +232,14 @@ def kernel_views(model, *args, **kwargs) -> dict[str, int]:
 
 def ptq_nnx(model: nnx.Module, rules, **kwargs) -> nnx.Module:
   """Post-training quantization of an nnx model in place: the matched layers' kernels become packed
-  :class:`~lpnum.nn.QuantizedKernel` values and the layers run lpnum's dot_general (or conv) on them.
+  :class:`~lpnum.nn.QuantizedKernel` values and the layers run lpnum's dot_general (or conv) on them; an
+  :class:`~lpnum.nn.grouped.NnxGroupedDense` expert bank is packed per expert and runs the grouped matmul.
 
   ``kwargs`` go to :func:`lpnum.nn.ptq`. Returns the model.
   """
   rules = as_rules(rules)
   layers = {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
-            if isinstance(node, _NNX_DOT + _NNX_CONV)}
+            if isinstance(node, _NNX_DOT + _NNX_CONV + _NNX_GROUPED)}
   kernels = {path: {"kernel": node.kernel[...]} for path, node in layers.items()}
   quantized = ptq(kernels, rules, views=kernel_views(model), **kwargs)
   for path, node in layers.items():

@@ -1,4 +1,5 @@
-"""flax.serialization for lpnum's array types, QArray, PackedWeights and QuantizedKernel, with their descriptions.
+"""flax.serialization for lpnum's array types, QArray, PackedWeights, GroupedWeights and QuantizedKernel, with their
+descriptions.
 
 The core (:mod:`lpnum`) does not import flax; importing :mod:`lpnum.nn` registers these types, so that
 ``flax.serialization.to_bytes`` / ``to_state_dict`` save each as its array leaves plus a ``"description"`` leaf
@@ -26,6 +27,8 @@ import numpy as np
 from flax import serialization
 
 from lpnum import description
+from lpnum.kernels.grouped_matmul import layout as grouped_layout
+from lpnum.kernels.grouped_matmul.layout import GroupedWeights
 from lpnum.kernels.packed_matmul import layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.nn.ptq import QuantizedKernel
@@ -103,7 +106,15 @@ def _qarray(fmt: ScaledFormat, shape, dtype, block, arrays: dict) -> QArray:
   q = QArray(jnp.asarray(arrays["data"]), jnp.asarray(arrays["scales"]),
              _needed("zero_point", arrays, fmt.asymmetric, "QArray", fmt),
              _needed("tensor_scale", arrays, fmt.tensor_scale, "QArray", fmt), fmt, shape, np.dtype(dtype), block)
-  q.check()
+  if grouped_layout.is_stacked(q):  # a bank of experts (QuantizedKernel of an expert bank): each expert's QArray
+    experts = {np.shape(a)[0] for a in (q.data, q.scales, q.zero_point, q.tensor_scale) if a is not None}
+    if len(experts) != 1:
+      raise ValueError(f"the checkpoint of this stacked QArray has leaves with {sorted(experts)} experts; they must "
+                       "agree")
+    for e in range(q.data.shape[0]):
+      grouped_layout.expert(q, e).check()
+  else:
+    q.check()
   return q
 
 
@@ -113,12 +124,12 @@ def _packed_fields(fmt: ScaledFormat) -> tuple[str, ...]:
           *(["tensor_scale"] if fmt.tensor_scale else []))
 
 
-def _packed_to_state(w: PackedWeights) -> dict:
+def _packed_to_state(w: PackedWeights | GroupedWeights) -> dict:
   """The array leaves by position (planes, scales, then the zero points and the tensor scale if any)."""
   return _with_description({str(i): leaf for i, leaf in enumerate(_leaves(w))}, w.describe())
 
 
-def _packed_leaves(state: Any) -> list:
+def _packed_leaves(state: Any, kind: str) -> list:
   """The stored leaves in order: by position (lpnum's state dicts), or by name (orbax of the keyed pytree)."""
   arrays = _arrays(state, ())
   if "planes" in arrays:
@@ -126,38 +137,39 @@ def _packed_leaves(state: Any) -> list:
     planes = [planes[k] for k in sorted(planes, key=int)] if isinstance(planes, dict) else list(planes)
     return [*planes, *(arrays[k] for k in ("scales", "zero_point", "tensor_scale") if k in arrays)]
   if any(not k.isdigit() for k in arrays) or set(arrays) != {str(i) for i in range(len(arrays))}:
-    raise ValueError(f"the checkpoint of this PackedWeights has leaves {sorted(arrays)}, not 0, 1, ...")
+    raise ValueError(f"the checkpoint of this {kind} has leaves {sorted(arrays)}, not 0, 1, ...")
   return [arrays[str(i)] for i in range(len(arrays))]
 
 
-def _packed_from_state(w: PackedWeights, state: Any) -> PackedWeights:
+def _packed_from_state(w: PackedWeights | GroupedWeights, state: Any) -> PackedWeights | GroupedWeights:
   _check(w.describe(), state)
-  return _packed(w.fmt, tuple(w.shape), w.tile_k, w.group, _packed_leaves(state), w)
+  return _packed(type(w), w.fmt, tuple(w.shape), w.tile_k, w.group, _packed_leaves(state, type(w).__name__), w)
 
 
-def _packed(fmt: ScaledFormat, shape, tile_k: int, group: int, leaves: list,
-            target: PackedWeights | None = None) -> PackedWeights:
-  fields = _packed_fields(fmt)
+def _packed(cls: type, fmt: ScaledFormat, shape, tile_k: int, group: int, leaves: list, target=None):
+  """A ``cls`` (PackedWeights or GroupedWeights: the same leaves, per expert for the latter) from its stored leaves,
+  checked against ``target``'s leaves if given, else against the dtypes ``fmt`` needs."""
+  kind, fields = cls.__name__, _packed_fields(fmt)
   if len(leaves) != len(fields):
-    raise ValueError(f"the checkpoint of this PackedWeights has {len(leaves)} leaves; format {fmt.name} in the "
+    raise ValueError(f"the checkpoint of this {kind} has {len(leaves)} leaves; format {fmt.name} in the "
                      f"kernel layout has {len(fields)} ({', '.join(fields)})")
   leaves = [jnp.asarray(a) for a in leaves]
   n = len(layout.plane_bits(fmt.element.bits))
   planes, rest = tuple(leaves[:n]), dict(zip(fields[n:], leaves[n:]))
-  w = PackedWeights(planes, rest["scales"], rest.get("zero_point"), rest.get("tensor_scale"), fmt, shape, tile_k,
-                    group)
+  w = cls(planes, rest["scales"], rest.get("zero_point"), rest.get("tensor_scale"), fmt, shape, tile_k, group)
   want = [(a.shape, a.dtype) for a in ([] if target is None else _leaves(target))]
   got = [(a.shape, a.dtype) for a in _leaves(w)]
   if target is not None and got != want:
-    raise ValueError(f"the checkpoint of this PackedWeights has leaves {got}; the target's are {want}")
+    raise ValueError(f"the checkpoint of this {kind} has leaves {got}; the target's are {want}")
   dtypes = [np.dtype(a.dtype) for a in planes] + [np.dtype(w.scales.dtype)]
-  if dtypes != [layout.plane_dtype(fmt)] * n + [np.dtype(fmt.scale_format.code_dtype)]:
-    raise ValueError(f"the checkpoint of this PackedWeights has plane and scale dtypes {dtypes}; format {fmt.name} "
-                     f"needs {layout.plane_dtype(fmt)} planes and {np.dtype(fmt.scale_format.code_dtype)} scales")
+  plane = layout.plane_dtype(fmt) if cls is PackedWeights else np.dtype(np.uint8)
+  if dtypes != [plane] * n + [np.dtype(fmt.scale_format.code_dtype)]:
+    raise ValueError(f"the checkpoint of this {kind} has plane and scale dtypes {dtypes}; format {fmt.name} "
+                     f"needs {plane} planes and {np.dtype(fmt.scale_format.code_dtype)} scales")
   return w
 
 
-def _leaves(w: PackedWeights) -> list:
+def _leaves(w: PackedWeights | GroupedWeights) -> list:
   return [a for a in (*w.planes, w.scales, w.zero_point, w.tensor_scale) if a is not None]
 
 
@@ -180,7 +192,8 @@ def _rebuild(desc: dict, state: dict) -> Any:
       raise ValueError(f"the checkpoint of a QuantizedKernel holds a {type(value).__name__}, its description says "
                        f"{desc['value_type']}")
     return QuantizedKernel(value, tuple(desc["shape"]), desc["dtype"], desc["contract"])
-  supported = {"QArray": LAYOUT_VERSION, "PackedWeights": layout.LAYOUT_VERSION}
+  supported = {"QArray": LAYOUT_VERSION, "PackedWeights": layout.LAYOUT_VERSION,
+               "GroupedWeights": grouped_layout.LAYOUT_VERSION}
   if kind not in supported:
     raise ValueError(f"a description of type {kind!r}; this lpnum restores {sorted(supported)} and QuantizedKernel")
   if version != supported[kind]:
@@ -190,7 +203,8 @@ def _rebuild(desc: dict, state: dict) -> Any:
   if kind == "QArray":
     value = _qarray(fmt, tuple(desc["shape"]), desc["dtype"], tuple(desc["block"]), _arrays(state, ()))
   else:
-    value = _packed(fmt, tuple(desc["shape"]), desc["tile_k"], desc["group"], _packed_leaves(state))
+    cls = PackedWeights if kind == "PackedWeights" else GroupedWeights
+    value = _packed(cls, fmt, tuple(desc["shape"]), desc["tile_k"], desc["group"], _packed_leaves(state, kind))
   description.check_same(desc, value.describe(), "the checkpoint")
   return value
 
@@ -202,7 +216,8 @@ def restore_state(state: Any, target: Any = None) -> Any:
     state: a state dict (``flax.serialization.to_state_dict``, ``msgpack_restore`` of ``to_bytes``, or what
       :func:`lpnum.nn.checkpoint.restore` reads).
     target: a tree of the expected structure and formats (concrete or ``jax.eval_shape``'d), or None: every dict
-      holding a ``"description"`` leaf becomes the QArray, PackedWeights or QuantizedKernel it describes, the
+      holding a ``"description"`` leaf becomes the QArray, PackedWeights, GroupedWeights or QuantizedKernel it
+      describes, the
       rest stays as stored.
 
   Returns:
@@ -239,4 +254,5 @@ def restore_state(state: Any, target: Any = None) -> Any:
 
 serialization.register_serialization_state(QArray, _qarray_to_state, _qarray_from_state)
 serialization.register_serialization_state(PackedWeights, _packed_to_state, _packed_from_state)
+serialization.register_serialization_state(GroupedWeights, _packed_to_state, _packed_from_state)
 serialization.register_serialization_state(QuantizedKernel, _kernel_to_state, _kernel_from_state)

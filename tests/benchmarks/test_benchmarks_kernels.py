@@ -24,6 +24,8 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(kernels, "BANDWIDTH_BYTES", 2**20)
   monkeypatch.setattr(kernels, "CAST_COUNT_SIZE", 1024)
   monkeypatch.setattr(kernels, "CAST_SIZES", {True: 512, False: 512})
+  monkeypatch.setattr(kernels, "GROUPED_QUICK", ((16, 256),))
+  monkeypatch.setattr(kernels, "GROUPED_EXPERTS", 4)
   path = kernels.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
   results = benchmark_checks.load_document(path, "kernels")
   assert results["config"]["path"] == "xla"
@@ -68,3 +70,15 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert "ideal B/el" in out
   assert "weight GB/s" in out and "FLOP/B" in out and "Roofs of this run" in out and "kernels_matmul.csv" in out
+  grouped = results["grouped"]
+  assert {r["kernel"] for r in grouped} == {"ragged_dot f32", "ragged_dot bf16", "f32 expert loop"} | {
+      f"grouped {name}" for name in kernels.GROUPED_FORMATS}
+  for r in grouped:
+    benchmark_checks.check_measurement(r["measurement"], 1, statuses=("ok",))
+    assert r["shape"] == [4, 16, 256, 256] and sum(r["group_sizes"]) == 16 and 0 in r["group_sizes"]
+  weight_bytes = {r["kernel"]: r["weight_bytes"] for r in grouped}
+  assert weight_bytes["ragged_dot f32"] == 4 * 256 * 256 * 4 == 2 * weight_bytes["ragged_dot bf16"]
+  # int4 in groups of 128: K padded to one tile of 8 groups (1024 rows), half a byte per code, 8 uint32 scale rows.
+  assert weight_bytes["grouped int4 g128"] == 4 * (1024 * 256 // 2 + 8 * 256 * 4)
+  assert "Grouped matmul, E=4 experts, M=16 tokens" in out and "vs ragged_dot f32" in out
+  assert (tmp_path / "kernels_grouped.csv").exists()

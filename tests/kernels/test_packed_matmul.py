@@ -17,7 +17,7 @@ from jax import export
 
 import lpnum
 from lpnum import kernels
-from lpnum.kernels.packed_matmul import dequant as _dequant
+from lpnum.kernels import dequant as _dequant
 from lpnum.kernels.packed_matmul import layout
 
 WEIGHT_FORMATS = {

@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import lpnum
+from lpnum.kernels import grouped_matmul as gm
 from lpnum.kernels import pack_weights
 from lpnum.nn import checkpoint
 
@@ -60,3 +61,24 @@ def test_plain_orbax_restore_of_an_lpnum_checkpoint_fails(tmp_path):
   checkpoint.save(tmp_path / "ckpt", {"w": MXFP4})
   with ocp.StandardCheckpointer() as ckpt, pytest.raises(ValueError, match="description"):
     ckpt.restore(tmp_path / "ckpt", {"w": MXFP4})
+
+
+def test_expert_banks_through_orbax_with_and_without_lpnum(tmp_path):
+  """GroupedWeights as PackedWeights: lpnum's checkpoint names both formats; a plain orbax restore into another
+  format fails on the fingerprint key."""
+  experts = jnp.stack([X, -X, 2 * X])
+  tree = {"up": gm.pack_experts(gm.quantize_experts(experts, INT4_G32.fmt)), "b": jnp.arange(3.0)}
+  mx = {**tree, "up": gm.pack_experts(gm.quantize_experts(experts, MXFP4.fmt))}
+  checkpoint.save(tmp_path / "ckpt", tree)
+  _same_leaves(checkpoint.restore(tmp_path / "ckpt", tree), tree)
+  _same_leaves(checkpoint.restore(tmp_path / "ckpt"), tree)
+  with pytest.raises(ValueError, match=r"holds GroupedWeights int4_g32 .* target is GroupedWeights mxfp4_e2m1"):
+    checkpoint.restore(tmp_path / "ckpt", mx)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "plain", tree)
+  with ocp.StandardCheckpointer() as ckpt:
+    _same_leaves(ckpt.restore(tmp_path / "plain", tree), tree)
+    with pytest.raises(ValueError, match="lpnum_format_"):
+      ckpt.restore(tmp_path / "plain", mx)
+  with pytest.raises(ValueError, match=r"fingerprint lpnum_format_\w+, but the target is GroupedWeights mxfp4_e2m1"):
+    checkpoint.restore(tmp_path / "plain", mx)

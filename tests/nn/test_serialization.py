@@ -15,6 +15,7 @@ from flax import serialization
 import lpnum
 from lpnum import description
 from lpnum import nn as lnn
+from lpnum.kernels import grouped_matmul as gm
 from lpnum.kernels import pack_weights
 from lpnum.nn.serialization import restore_state
 from lpnum.scaled import presets
@@ -173,3 +174,55 @@ def test_bad_descriptions_are_refused():
     restore_state({**state, "description": np.frombuffer(b"\xff{", np.uint8)})
   with pytest.raises(ValueError, match="1-D uint8"):
     restore_state({**state, "description": np.zeros(3, np.int32)})
+
+
+#: Expert banks in the grouped-matmul layout (three experts of (128, 64), each quantized on its own along K).
+GROUPED = {name: gm.pack_experts(gm.quantize_experts(jnp.asarray(np.random.default_rng(2).standard_normal(
+    (3, 128, 64)).astype(np.float32)), KERNEL_FORMATS[name])) for name in ("mxfp4_e2m1", "nvfp4", "int4_g32")}
+
+
+@pytest.mark.parametrize("target", list(GROUPED))
+@pytest.mark.parametrize("stored", list(GROUPED))
+def test_grouped_layout_pairs(stored, target):
+  blob = serialization.to_bytes({"experts": GROUPED[stored]})
+  if stored == target:
+    _same_leaves(serialization.from_bytes({"experts": GROUPED[target]}, blob), {"experts": GROUPED[stored]})
+    back = restore_state(serialization.msgpack_restore(blob))["experts"]
+    assert isinstance(back, gm.GroupedWeights) and back.describe() == GROUPED[stored].describe()
+    _same_leaves(back, GROUPED[stored])
+  else:
+    with pytest.raises(ValueError, match=_mismatch(stored, target)):
+      serialization.from_bytes({"experts": GROUPED[target]}, blob)
+
+
+def test_grouped_layout_of_another_tile_or_expert_count_is_refused():
+  q = gm.quantize_experts(jnp.ones((3, 128, 64)), KERNEL_FORMATS["int4_g32"])
+  blob = serialization.to_bytes(gm.pack_experts(q))
+  with pytest.raises(ValueError, match="they differ in tile_k"):
+    serialization.from_bytes(gm.pack_experts(q, tile_k=1024), blob)
+  with pytest.raises(ValueError, match="they differ in shape"):
+    serialization.from_bytes(gm.pack_experts(gm.quantize_experts(jnp.ones((2, 128, 64)), KERNEL_FORMATS["int4_g32"])),
+                             blob)
+  desc = description.decode(serialization.to_state_dict(GROUPED["nvfp4"])["description"])
+  assert desc["type"] == "GroupedWeights" and desc["layout_version"] == gm.layout.LAYOUT_VERSION
+  assert desc["shape"] == [3, 128, 64] and (desc["tile_k"], desc["group"]) == (512, 16)
+  old = _without_description(serialization.to_state_dict(GROUPED["nvfp4"]))
+  with pytest.warns(UserWarning, match="no format description"):
+    _same_leaves(serialization.from_state_dict(GROUPED["nvfp4"], old), GROUPED["nvfp4"])
+
+
+def test_ptq_expert_banks_round_trip_in_both_layouts():
+  """Expert-bank kernels after ptq: GroupedWeights (layout="kernel") or stacked QArrays (layout="qarray")."""
+  w = jnp.asarray(np.random.default_rng(3).standard_normal((3, 128, 64)).astype(np.float32))
+  rule = lnn.Rule(".*", lpnum.DotConfig.weight_only("mxfp4_e2m1"))
+  for layout, kind in (("kernel", gm.GroupedWeights), ("qarray", lpnum.QArray)):
+    packed = lnn.ptq({"up": {"kernel": w}}, [rule], views={"up": "experts"}, layout=layout)
+    blob = serialization.to_bytes(packed)
+    back = restore_state(serialization.msgpack_restore(blob))
+    assert type(back["up"]["kernel"].value) is kind
+    _same_leaves(back, packed)
+    _same_leaves(serialization.from_bytes(packed, blob), packed)
+  other = lnn.ptq({"up": {"kernel": w}}, [lnn.Rule(".*", lpnum.DotConfig.weight_only("int4"))],
+                  views={"up": "experts"}, layout="qarray")
+  with pytest.raises(ValueError, match=r"holds QArray mxfp4_e2m1 .* target is QArray int4"):
+    serialization.from_bytes(other, blob)
