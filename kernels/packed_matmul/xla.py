@@ -10,32 +10,34 @@ from lpnum.kernels.packed_matmul import layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.kernels.packed_matmul.reference import HIGHEST
 
-__all__ = ["xla_matmul", "WHOLE_DEQUANTIZE_ROWS", "TILE_N"]
+__all__ = ["xla_matmul", "WHOLE_DEQUANTIZE_ROWS", "TILE_BYTES"]
 
 
 #: From this many rows on, the XLA path dequantizes W whole and runs one dot: the dequantization pass is then
 #: small next to the matmul, and XLA's single large dot beats a scan of tile products.
 WHOLE_DEQUANTIZE_ROWS = 128
 
-#: At most this many output columns per tile of the small-M path, so that a decoded ``tile_k x TILE_N`` float32
-#: tile stays in the CPU's cache between its decoding and its product.
-TILE_N = 2048
+#: At most this many bytes of decoded float32 weights per tile of the small-M path (``tile_k`` rows by as many
+#: columns as fit), so that a tile stays in the CPU's cache between its decoding and its product. Measured on a 2-core
+#: CPU with a 32 MiB L3 at K = N = 8192: 8 MiB tiles beat 4 and 16 MiB ones at M = 1 and 16.
+TILE_BYTES = 8 << 20
 
 
 def xla_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
   """``x2 (M, K) @ W`` in XLA.
 
   For M < WHOLE_DEQUANTIZE_ROWS (decode-shaped matmuls, bound by the weight bytes), W is read once, tile by tile:
-  each ``tile_k x tn`` tile of packed codes is decoded while it is in cache and multiplied at once, so the float32
-  weights are never written out whole. Scales are decoded once per scale row, not per weight. For larger M, W is
-  dequantized whole and multiplied in one dot. ``python -m benchmarks.kernels`` times both regimes.
+  each ``tile_k x tn`` tile of packed codes (at most TILE_BYTES once decoded) is decoded while it is in cache and
+  multiplied at once, so the float32 weights are never written out whole. Scales are decoded once per scale row,
+  not per weight. For larger M, W is dequantized whole and multiplied in one dot. ``python -m benchmarks.kernels``
+  times both regimes.
   """
   k_pad, n_pad = w.padded_shape
   x2 = jnp.pad(x2, ((0, 0), (0, k_pad - x2.shape[1])))
   if x2.shape[0] >= WHOLE_DEQUANTIZE_ROWS:
     return jnp.dot(x2, layout.dequantize(w), precision=HIGHEST, preferred_element_type=jnp.float32)
   m, tk = x2.shape[0], w.tile_k
-  tn = _tile_n(n_pad)
+  tn = _tile_n(n_pad, TILE_BYTES // (4 * tk))
   group_rows = 1 if w.group == k_pad else tk // w.group  # scale rows per K tile
   # Decoded once, per scale row; the barrier keeps XLA from fusing the decoding into every weight's product.
   parts = jax.lax.optimization_barrier(_scale_rows(w))
@@ -53,10 +55,10 @@ def xla_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
   return out.transpose(1, 0, 2).reshape(m, n_pad)
 
 
-def _tile_n(n_pad: int) -> int:
-  """The widest multiple of 128 that divides ``n_pad`` and is at most TILE_N."""
+def _tile_n(n_pad: int, widest: int) -> int:
+  """The widest multiple of 128 that divides ``n_pad`` and is at most ``widest`` (128 at least)."""
   blocks = n_pad // 128
-  return 128 * max(d for d in range(1, min(blocks, TILE_N // 128) + 1) if blocks % d == 0)
+  return 128 * max(d for d in range(1, max(1, min(blocks, widest // 128)) + 1) if blocks % d == 0)
 
 
 def _scale_rows(w: PackedWeights) -> tuple:

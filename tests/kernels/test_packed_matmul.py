@@ -179,6 +179,22 @@ def test_xla_path_for_many_rows_dequantizes_whole(name):
   _check_close(_run(x, kernels.pack_weights(q), "xla", None), x, _dequantized(WEIGHT_FORMATS[name]))
 
 
+@pytest.mark.parametrize("name", ["int8", "uint4_zp", "int4_g32", "fp8_e5m2", "mxfp4_e2m1", "nvfp4", "nvfp4_tile"])
+def test_xla_decode_path_over_several_column_strips_and_k_tiles(monkeypatch, name):
+  """The small-M XLA path with tiles of 128 columns: several strips of N (the last one of padding) and several K
+  tiles, each tile's scale rows (groups, per channel, per tensor, 2-D tiles, zero points) matched to its weights."""
+  from lpnum.kernels.packed_matmul import xla
+
+  fmt = WEIGHT_FORMATS[name]
+  q = _weights(fmt, k=1100, n=300)
+  w = kernels.pack_weights(q)
+  monkeypatch.setattr(xla, "TILE_BYTES", 4 * w.tile_k * 128)
+  assert w.padded_shape[0] // w.tile_k >= 2 and w.padded_shape[1] == 384
+  x = np.random.default_rng(3).normal(size=(3, 1100)).astype(np.float32)
+  y = jax.jit(xla.xla_matmul)(jnp.asarray(x), w)[:, :300]
+  _check_close(y, x, _dequantized(fmt, k=1100, n=300))
+
+
 @pytest.mark.parametrize("name", ["mxfp4_e2m1", "mxfp8_e4m3", "int8"])
 @pytest.mark.parametrize("backend, platform", FACES)
 def test_bfloat16_activations(name, backend, platform):
