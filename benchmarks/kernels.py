@@ -382,6 +382,9 @@ def format_casts(rows: list[dict]) -> str:
                   "pallas ms": ms(m["pallas"])})
   lines.append(table(("cast", "ideal B/el", "xla B/el", "xla / ideal", "pallas B/el", "pallas / ideal", "xla ms",
                       "pallas ms"), cells))
+  return "\n".join(lines)
+
+
 GROUPED_EXPERTS = 8
 #: ``(M tokens, K = N)`` of the grouped-matmul section.
 GROUPED_FULL = ((64, 4096), (512, 4096))
