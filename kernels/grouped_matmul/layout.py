@@ -6,10 +6,8 @@ per channel, int4 per group, MXFP4, NVFP4 with a tensor scale per expert, FP8 pe
 of one expert's shape ``(K, N)`` whose arrays carry a leading expert axis. :func:`pack_experts` rearranges that,
 once, into :class:`GroupedWeights`, the layout the kernels decode with shifts and masks only:
 
-- ``b``-bit codes are split into planes of 4, 2 and 1 bits (8-bit codes: one plane); a plane of ``w`` bits holds
-  ``p = 8 / w`` codes per byte. Within each K tile of ``tile_k`` rows, byte row ``r``, bit field ``j`` holds the
-  code of row ``j * tile_k / p + r``, so field ``j`` of a tile is one contiguous K range and multiplies a
-  contiguous slice of the activations (the scheme of :mod:`lpnum.kernels.packed_matmul.layout`, per expert).
+- Each expert's codes are split into bit planes along K, tile by tile, as :mod:`lpnum.kernels.planes` describes
+  (the scheme of :mod:`lpnum.kernels.packed_matmul.layout`, per expert; all planes uint8).
 - K is padded to whole tiles and N to a multiple of 128 with the code 0 and scales of 1 (activations are padded
   with zeros along K, so the padding adds exact zeros).
 - Scales keep one row per K group and one column per output column (NVFP4's blocks are along K, one column each).
@@ -20,16 +18,14 @@ checkpoint cannot be restored into expert weights of another format or layout (:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from lpnum import description
 from lpnum.kernels import dequant
+from lpnum.kernels.planes import DEFAULT_TILE_K, PlanedWeights, default_tile_k, plane_bits, split_planes, unpack
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat, quantize_scaled
@@ -41,15 +37,11 @@ __all__ = ["GroupedWeights", "quantize_experts", "pack_experts", "expert", "is_s
 #: The version of the layout described in the module docstring; in every description.
 LAYOUT_VERSION = 1
 
-#: K rows per layout tile (a multiple of 128 codes per byte of the narrowest plane).
-DEFAULT_TILE_K = 512
-
 _N_ALIGN = 128
 
 
 @jax.tree_util.register_pytree_with_keys_class
-@dataclasses.dataclass(frozen=True)
-class GroupedWeights:
+class GroupedWeights(PlanedWeights):
   """Quantized ``(E, K, N)`` expert weights in the kernel layout (module docstring); make them with
   :func:`pack_experts`.
 
@@ -66,62 +58,12 @@ class GroupedWeights:
       :class:`lpnum.QArray`'s).
   """
 
-  planes: tuple[jax.Array, ...]
-  scales: jax.Array
-  zero_point: jax.Array | None
-  tensor_scale: jax.Array | None
-  fmt: ScaledFormat
-  shape: tuple[int, int, int]
-  tile_k: int
-  group: int
-  checkpoint_tag: object = dataclasses.field(default=None, repr=False, compare=False)
-
-  def tree_flatten(self):
-    return (self.planes, self.scales, self.zero_point, self.tensor_scale, self.checkpoint_tag), (
-        self.fmt, self.shape, self.tile_k, self.group)
-
-  def tree_flatten_with_keys(self):
-    children, aux = self.tree_flatten()
-    keys = (*map(jax.tree_util.GetAttrKey, ("planes", "scales", "zero_point", "tensor_scale")), _tag(*aux))
-    return list(zip(keys, children)), aux
-
-  @classmethod
-  def tree_unflatten(cls, aux, leaves):
-    *arrays, slot = leaves
-    return cls(*arrays, *aux, slot)
-
-  def describe(self) -> dict:
-    """What the codes mean, as JSON-able data: type, layout version, format, shape, ``tile_k`` and ``group``
-    (see :mod:`lpnum.description`)."""
-    return {"type": "GroupedWeights", "layout_version": LAYOUT_VERSION, "format": self.fmt.describe(),
-            "shape": list(self.shape), "tile_k": self.tile_k, "group": self.group}
-
-  @property
-  def plane_bits(self) -> tuple[int, ...]:
-    return plane_bits(self.fmt.element.bits)
+  LAYOUT_VERSION = LAYOUT_VERSION
 
   @property
   def padded_shape(self) -> tuple[int, int]:
     """``(K_pad, N_pad)``."""
     return (self.scales.shape[1] * self.group, self.scales.shape[2])
-
-  @property
-  def nbytes(self) -> int:
-    """Bytes held: planes, scales, zero points and tensor scales."""
-    leaves = [*self.planes, self.scales, self.zero_point, self.tensor_scale]
-    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in leaves if a is not None)
-
-
-@functools.lru_cache(maxsize=1024)
-def _tag(fmt: ScaledFormat, shape: tuple[int, int, int], tile_k: int, group: int):
-  return description.tag(GroupedWeights((), None, None, None, fmt, shape, tile_k, group).describe())
-
-
-def plane_bits(bits: int) -> tuple[int, ...]:
-  """The plane widths a ``bits``-bit code is split into, lowest bits first (6 -> (4, 2))."""
-  if bits == 8:
-    return (8,)
-  return tuple(w for w in (4, 2, 1) if bits & w)
 
 
 def quantize_experts(w, fmt: ScaledFormat, *, pad: bool = False) -> QArray:
@@ -213,14 +155,7 @@ def pack_experts(q: QArray, *, tile_k: int | None = None) -> GroupedWeights:
   _check(q)
   fmt, k, bk = q.fmt, q.shape[0], q.block[0]
   grouped = bk < k
-  bits = fmt.element.bits
-  unit = 128 * (8 // min(plane_bits(bits)))
-  if tile_k is None:
-    tile_k = max(DEFAULT_TILE_K, unit, 8 * bk if grouped else 0)
-  if isinstance(tile_k, bool) or not isinstance(tile_k, int) or tile_k <= 0 or tile_k % unit:
-    raise ValueError(f"tile_k={tile_k!r} must be a positive multiple of {unit} for {bits}-bit elements")
-  if grouped and tile_k % bk:
-    raise ValueError(f"tile_k={tile_k} must be a multiple of the group size {bk} (q's blocks along K)")
+  tile_k = default_tile_k(tile_k, fmt.element.bits, bk if grouped else None)
   return _pack(q, tile_k, bk if grouped else None)
 
 
@@ -232,7 +167,7 @@ def _pack(q: QArray, tile_k: int, group: int | None) -> GroupedWeights:
   n_pad = math.ceil(max(n, 1) / _N_ALIGN) * _N_ALIGN
   codes = jax.vmap(lambda one: one.element_codes)(q).astype(jnp.int32)
   codes = jnp.pad(codes, ((0, 0), (0, k_pad - k), (0, n_pad - n)))
-  planes = _split_planes(codes, fmt.element.bits, tile_k)
+  planes = split_planes(codes, fmt.element.bits, tile_k)
   group = group or k_pad
   rows = k_pad // group
   one = encode(jnp.float32(1.0), fmt.scale_format)
@@ -243,30 +178,9 @@ def _pack(q: QArray, tile_k: int, group: int | None) -> GroupedWeights:
   return GroupedWeights(planes, scales, zero, tensor, fmt, (e, k, n), tile_k, group)
 
 
-def _split_planes(codes: jax.Array, bits: int, tile_k: int) -> tuple[jax.Array, ...]:
-  e, k_pad, n_pad = codes.shape
-  planes, low = [], 0
-  for w in plane_bits(bits):
-    p = 8 // w
-    field = ((codes >> low) & ((1 << w) - 1)).reshape(e, k_pad // tile_k, p, tile_k // p, n_pad)
-    byte = sum(field[:, :, j] << (w * j) for j in range(p))
-    planes.append(byte.reshape(e, k_pad // p, n_pad).astype(jnp.uint8))
-    low += w
-  return tuple(planes)
-
-
 def unpack_codes(w: GroupedWeights) -> jax.Array:
   """The int32 element codes ``(E, K_pad, N_pad)`` (the inverse of the plane split)."""
-  e = w.shape[0]
-  k_pad, n_pad = w.padded_shape
-  codes, low = jnp.zeros((e, k_pad, n_pad), jnp.int32), 0
-  for plane, width in zip(w.planes, w.plane_bits):
-    p = 8 // width
-    b = plane.astype(jnp.int32).reshape(e, k_pad // w.tile_k, 1, w.tile_k // p, n_pad)
-    fields = (b >> (width * jnp.arange(p, dtype=jnp.int32)[:, None, None])) & ((1 << width) - 1)
-    codes = codes | (fields.reshape(e, k_pad, n_pad) << low)
-    low += width
-  return codes
+  return unpack(w.planes, w.fmt.element.bits, w.tile_k)
 
 
 def dequantize(w: GroupedWeights) -> jax.Array:

@@ -7,12 +7,8 @@ are the same (plus padding to whole tiles), so the weights still cross memory at
 
 Layout, for element codes of ``b`` bits and a K tile of ``tile_k`` rows:
 
-- ``b`` is split into bit planes of 4, 2 and 1 bits (``b = 6``: a 4-bit plane holding bits 0-3 and a 2-bit plane
-  holding bits 4-5; ``b = 8``: one 8-bit plane).
-- A plane of ``w`` bits holds ``p = 8 / w`` codes per byte. Within each K tile, byte row ``r`` of the plane holds,
-  in bit field ``j`` (bits ``w*j`` to ``w*j + w - 1``), the plane's bits of the code at row ``j * tile_k / p + r``.
-  So field ``j`` of the whole tile is the contiguous K range ``[j * tile_k / p, (j + 1) * tile_k / p)``, and a
-  kernel multiplies it with a contiguous slice of ``x``: no interleaving, no lane shuffles.
+- The codes are split into bit planes along K, tile by tile, as :mod:`lpnum.kernels.planes` describes: field ``j``
+  of a tile's bytes is one contiguous K range, which a kernel multiplies with a contiguous slice of ``x``.
 - Planes are uint8, except the one plane of two's complement 8-bit integers (int8, not narrow), which is int8:
   its bytes are the codes and also the values, so the integer (W8A8) path multiplies the stored plane as it is.
 - K is padded to whole tiles and N to a multiple of 128 with the code 0 and with scales of 1; ``x`` is padded
@@ -26,7 +22,6 @@ checkpoint cannot be restored into weights of another format or layout (:mod:`lp
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -34,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum import description
 from lpnum.formats import IntFormat
 from lpnum.kernels import dequant
+from lpnum.kernels.planes import DEFAULT_TILE_K, PlanedWeights, default_tile_k, split_planes, unpack
 from lpnum.qarray import QArray
 from lpnum.quantize import encode
 from lpnum.scaled import ScaledFormat
@@ -46,15 +41,11 @@ __all__ = ["PackedWeights", "pack_weights", "plane_dtype", "DEFAULT_TILE_K", "LA
 #: The version of the kernel layout described in the module docstring; in every description.
 LAYOUT_VERSION = 2
 
-#: K rows per layout tile; a multiple of 128 * (codes per byte) keeps every field a whole number of lane tiles.
-DEFAULT_TILE_K = 512
-
 _N_ALIGN = 128
 
 
 @jax.tree_util.register_pytree_with_keys_class
-@dataclasses.dataclass(frozen=True)
-class PackedWeights:
+class PackedWeights(PlanedWeights):
   """Quantized ``(K, N)`` weights in the kernel layout (see the module docstring); make one with
   :func:`pack_weights`.
 
@@ -72,61 +63,11 @@ class PackedWeights:
       :class:`lpnum.QArray`'s).
   """
 
-  planes: tuple[jax.Array, ...]
-  scales: jax.Array
-  zero_point: jax.Array | None
-  tensor_scale: jax.Array | None
-  fmt: ScaledFormat
-  shape: tuple[int, int]
-  tile_k: int
-  group: int
-  checkpoint_tag: object = dataclasses.field(default=None, repr=False, compare=False)
-
-  def tree_flatten(self):
-    return (self.planes, self.scales, self.zero_point, self.tensor_scale, self.checkpoint_tag), (
-        self.fmt, self.shape, self.tile_k, self.group)
-
-  def tree_flatten_with_keys(self):
-    children, aux = self.tree_flatten()
-    keys = (*map(jax.tree_util.GetAttrKey, ("planes", "scales", "zero_point", "tensor_scale")), _tag(*aux))
-    return list(zip(keys, children)), aux
-
-  @classmethod
-  def tree_unflatten(cls, aux, leaves):
-    *arrays, slot = leaves
-    return cls(*arrays, *aux, slot)
-
-  def describe(self) -> dict:
-    """What the codes mean, as JSON-able data: type, layout version, format, shape, ``tile_k`` and ``group``
-    (see :mod:`lpnum.description`)."""
-    return {"type": "PackedWeights", "layout_version": LAYOUT_VERSION, "format": self.fmt.describe(),
-            "shape": list(self.shape), "tile_k": self.tile_k, "group": self.group}
-
-  @property
-  def plane_bits(self) -> tuple[int, ...]:
-    return plane_bits(self.fmt.element.bits)
+  LAYOUT_VERSION = LAYOUT_VERSION
 
   @property
   def padded_shape(self) -> tuple[int, int]:
     return (self.scales.shape[0] * self.group, self.scales.shape[1])
-
-  @property
-  def nbytes(self) -> int:
-    """Bytes held: planes, scales, zero points and the per-tensor scale."""
-    leaves = [*self.planes, self.scales, self.zero_point, self.tensor_scale]
-    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in leaves if a is not None)
-
-
-@functools.lru_cache(maxsize=1024)
-def _tag(fmt: ScaledFormat, shape: tuple[int, int], tile_k: int, group: int):
-  return description.tag(PackedWeights((), None, None, None, fmt, shape, tile_k, group).describe())
-
-
-def plane_bits(bits: int) -> tuple[int, ...]:
-  """The plane widths a ``bits``-bit code is split into, lowest bits first (6 -> (4, 2))."""
-  if bits == 8:
-    return (8,)
-  return tuple(w for w in (4, 2, 1) if bits & w)
 
 
 def plane_dtype(fmt: ScaledFormat) -> np.dtype:
@@ -173,14 +114,7 @@ def pack_weights(q: QArray, *, tile_k: int | None = None) -> PackedWeights:
   if grouped and bk < 8:
     raise ValueError(f"q's blocks are {bk} rows along K (axis 0); the kernels need scales shared by at least 8 "
                      "rows of K: quantize the weights with blocks along axis 0 (e.g. mx.format(name, axis=0))")
-  bits = fmt.element.bits
-  unit = 128 * (8 // min(plane_bits(bits)))
-  if tile_k is None:
-    tile_k = max(DEFAULT_TILE_K, unit, 8 * bk if grouped else 0)
-  if isinstance(tile_k, bool) or not isinstance(tile_k, int) or tile_k <= 0 or tile_k % unit:
-    raise ValueError(f"tile_k={tile_k!r} must be a positive multiple of {unit} for {bits}-bit elements")
-  if grouped and tile_k % bk:
-    raise ValueError(f"tile_k={tile_k} must be a multiple of the group size {bk} (q's blocks along K)")
+  tile_k = default_tile_k(tile_k, fmt.element.bits, bk if grouped else None)
   return _pack(q, tile_k, bk if grouped else None)
 
 
@@ -191,27 +125,14 @@ def _pack(q: QArray, tile_k: int, group: int | None) -> PackedWeights:
   k_pad = math.ceil(max(k, 1) / tile_k) * tile_k
   n_pad = math.ceil(max(n, 1) / _N_ALIGN) * _N_ALIGN
   codes = jnp.pad(q.element_codes.astype(jnp.int32), ((0, k_pad - k), (0, n_pad - n)))
-  planes = _split_planes(codes, bits, tile_k)
+  split = split_planes(codes, bits, tile_k)
   if plane_dtype(fmt) == np.int8:
-    planes = (jax.lax.bitcast_convert_type(planes[0], jnp.int8),)
+    split = (jax.lax.bitcast_convert_type(split[0], jnp.int8),)
   group = group or k_pad
   one = encode(jnp.float32(1.0), fmt.scale_format)
   scales = _expand(q.scales, bn, n, k_pad // group, n_pad, one)
   zero = None if q.zero_point is None else _expand(q.zero_point, bn, n, k_pad // group, n_pad, 0)
-  return PackedWeights(planes, scales, zero, q.tensor_scale, fmt, (k, n), tile_k, group)
-
-
-def _split_planes(codes: jax.Array, bits: int, tile_k: int) -> tuple[jax.Array, ...]:
-  k_pad, n_pad = codes.shape
-  planes, low = [], 0
-  for w in plane_bits(bits):
-    p = 8 // w
-    field = (codes >> low) & ((1 << w) - 1)
-    field = field.reshape(k_pad // tile_k, p, tile_k // p, n_pad)
-    byte = sum(field[:, j] << (w * j) for j in range(p))
-    planes.append(byte.reshape(k_pad // p, n_pad).astype(jnp.uint8))
-    low += w
-  return tuple(planes)
+  return PackedWeights(split, scales, zero, q.tensor_scale, fmt, (k, n), tile_k, group)
 
 
 def _expand(a: jax.Array, bn: int, n: int, rows: int, n_pad: int, fill) -> jax.Array:
@@ -223,15 +144,7 @@ def _expand(a: jax.Array, bn: int, n: int, rows: int, n_pad: int, fill) -> jax.A
 
 def unpack_codes(w: PackedWeights) -> jax.Array:
   """The int32 element codes ``(K_pad, N_pad)`` of a PackedWeights (the inverse of the plane split)."""
-  k_pad, n_pad = w.padded_shape
-  codes, low = jnp.zeros((k_pad, n_pad), jnp.int32), 0
-  for plane, width in zip(w.planes, w.plane_bits):
-    p = 8 // width
-    b = plane.astype(jnp.int32).reshape(k_pad // w.tile_k, 1, w.tile_k // p, n_pad)
-    fields = (b >> (width * jnp.arange(p, dtype=jnp.int32)[:, None, None])) & ((1 << width) - 1)
-    codes = codes | (fields.reshape(k_pad, n_pad) << low)
-    low += width
-  return codes
+  return unpack(w.planes, w.fmt.element.bits, w.tile_k)
 
 
 def dequantize(w: PackedWeights) -> jax.Array:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lpnum.kernels import dequant
+from lpnum.kernels.planes import unpack
 from lpnum.kernels.packed_matmul import layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.kernels.packed_matmul.reference import HIGHEST
@@ -71,14 +72,8 @@ def _scale_rows(w: PackedWeights) -> tuple:
 def _decode_tile(w: PackedWeights, parts: tuple, t, col, tn: int, row, group_rows: int) -> jax.Array:
   """The float32 weights of K tile ``t``, columns ``[col, col + tn)``, as :func:`layout.dequantize` gives them."""
   tk = w.tile_k
-  codes, low = None, 0
-  for plane, width in zip(w.planes, w.plane_bits):
-    p = 8 // width
-    b = jax.lax.dynamic_slice(plane, (t * (tk // p), col), (tk // p, tn)).astype(jnp.int32)
-    fields = (b[None] >> (width * jnp.arange(p, dtype=jnp.int32)[:, None, None])) & ((1 << width) - 1)
-    fields = fields.reshape(tk, tn) << low
-    codes = fields if codes is None else codes | fields
-    low += width
+  codes = unpack([jax.lax.dynamic_slice(plane, (t * (tk * width // 8), col), (tk * width // 8, tn))
+                  for plane, width in zip(w.planes, w.plane_bits)], w.fmt.element.bits, tk)
   v = dequant.element_values(w.fmt.element, codes)
 
   def expand(a):  # this tile's scale rows -> one row per row of K (or one row for all of them)

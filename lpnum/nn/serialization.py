@@ -31,6 +31,7 @@ from lpnum.kernels.grouped_matmul import layout as grouped_layout
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights
 from lpnum.kernels.packed_matmul import layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights
+from lpnum.kernels.planes import plane_bits
 from lpnum.nn.ptq import QuantizedKernel
 from lpnum.qarray import LAYOUT_VERSION, QArray
 from lpnum.scaled import ScaledFormat
@@ -119,7 +120,7 @@ def _qarray(fmt: ScaledFormat, shape, dtype, block, arrays: dict) -> QArray:
 
 
 def _packed_fields(fmt: ScaledFormat) -> tuple[str, ...]:
-  n = len(layout.plane_bits(fmt.element.bits))
+  n = len(plane_bits(fmt.element.bits))
   return (*(str(i) for i in range(n)), "scales", *(["zero_point"] if fmt.asymmetric else []),
           *(["tensor_scale"] if fmt.tensor_scale else []))
 
@@ -154,7 +155,7 @@ def _packed(cls: type, fmt: ScaledFormat, shape, tile_k: int, group: int, leaves
     raise ValueError(f"the checkpoint of this {kind} has {len(leaves)} leaves; format {fmt.name} in the "
                      f"kernel layout has {len(fields)} ({', '.join(fields)})")
   leaves = [jnp.asarray(a) for a in leaves]
-  n = len(layout.plane_bits(fmt.element.bits))
+  n = len(plane_bits(fmt.element.bits))
   planes, rest = tuple(leaves[:n]), dict(zip(fields[n:], leaves[n:]))
   w = cls(planes, rest["scales"], rest.get("zero_point"), rest.get("tensor_scale"), fmt, shape, tile_k, group)
   want = [(a.shape, a.dtype) for a in ([] if target is None else _leaves(target))]
