@@ -26,24 +26,10 @@ from jax.experimental.pallas import triton as pltriton
 from lpnum.kernels import dequant
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights
 from lpnum.kernels.grouped_matmul.reference import HIGHEST
+from lpnum.kernels.tiles import BlockSizes, chunk_codes, chunk_rows, rows_for_chunk, scale_rows
 from lpnum.scaled import ScaledFormat
 
 __all__ = ["BlockSizes", "pallas_grouped_matmul", "visits"]
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockSizes:
-  """Tile sizes of the Pallas kernels (rows of lhs per tile, output columns per tile); K tiles come from the
-  weights' layout (``GroupedWeights.tile_k``). None picks the backend's default."""
-
-  block_m: int | None = None
-  block_n: int | None = None
-
-  def __post_init__(self) -> None:
-    for name in ("block_m", "block_n"):
-      v = getattr(self, name)
-      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 8 or v & (v - 1)):
-        raise ValueError(f"{name}={v!r} must be a power of two >= 8")
 
 
 DEFAULT_BLOCKS = {"tpu": (128, 256), "gpu": (64, 64)}
@@ -60,13 +46,11 @@ class TileSpec:
 
   @property
   def chunk(self) -> int:
-    """K rows dequantized per dot: one bit field of the narrowest plane."""
-    return self.tile_k * min(self.plane_bits) // 8
+    return chunk_rows(self.plane_bits, self.tile_k)
 
   @property
   def scale_rows(self) -> int:
-    """Rows of the scale array per K tile (1 for per-column scales)."""
-    return self.tile_k // self.group if self.group <= self.tile_k else 1
+    return scale_rows(self.group, self.tile_k)
 
 
 def tile_product(spec: TileSpec, load_x, load_plane, load_scale, load_zero, tensor) -> jax.Array:
@@ -78,27 +62,13 @@ def tile_product(spec: TileSpec, load_x, load_plane, load_scale, load_zero, tens
   c = spec.chunk
   acc = None
   for q in range(spec.tile_k // c):
-    codes, low = None, 0
-    for i, width in enumerate(spec.plane_bits):
-      field, off = divmod(q * c, spec.tile_k * width // 8)
-      f = (load_plane(i, off, c).astype(jnp.int32) >> (width * field)) & ((1 << width) - 1)
-      codes = f << low if codes is None else codes | (f << low)
-      low += width
-    v = dequant.element_values(spec.fmt.element, codes)
-    rows = lambda load: _rows_for_chunk(load, q * c, c, spec.group)
+    v = dequant.element_values(spec.fmt.element, chunk_codes(spec.plane_bits, spec.tile_k, load_plane, q * c, c))
+    rows = lambda load: rows_for_chunk(load, q * c, c, spec.group)
     zero = rows(load_zero) if spec.zero else None
     w_tile = dequant.apply_scale(v, spec.fmt, dequant.scale_parts(spec.fmt, rows(load_scale)), zero, tensor)
     part = jnp.dot(load_x(q * c, c), w_tile, preferred_element_type=jnp.float32, precision=HIGHEST)
     acc = part if acc is None else acc + part
   return acc
-
-
-def _rows_for_chunk(load, start: int, size: int, group: int) -> jax.Array:
-  """Scale rows for tile rows ``[start, start + size)``, broadcast to ``(size, bn)``."""
-  if group >= size:
-    return load(start // group, 1)
-  s = load(start // group, size // group)
-  return jnp.broadcast_to(s[:, None, :], (size // group, group, s.shape[-1])).reshape(size, s.shape[-1])
 
 
 def bounds(group_sizes: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -16,24 +16,10 @@ from lpnum.formats import FloatFormat
 from lpnum.kernels import dequant
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.kernels.packed_matmul.reference import HIGHEST
+from lpnum.kernels.tiles import BlockSizes, chunk_codes, chunk_rows, rows_for_chunk, scale_rows
 from lpnum.scaled import ScaledFormat
 
 __all__ = ["BlockSizes", "pallas_matmul"]
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockSizes:
-  """Tile sizes of the Pallas kernels (rows of x per tile, output columns per tile); K tiles come from the
-  weights' layout (``PackedWeights.tile_k``). None picks the backend's default."""
-
-  block_m: int | None = None
-  block_n: int | None = None
-
-  def __post_init__(self) -> None:
-    for name in ("block_m", "block_n"):
-      v = getattr(self, name)
-      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 8 or v & (v - 1)):
-        raise ValueError(f"{name}={v!r} must be a power of two >= 8")
 
 
 DEFAULT_BLOCKS = {"tpu": (256, 256), "gpu": (64, 64)}
@@ -88,8 +74,7 @@ class TileSpec:
 
   @property
   def chunk(self) -> int:
-    """K rows dequantized per dot: one bit field of the narrowest plane."""
-    return self.tile_k * min(self.plane_bits) // 8
+    return chunk_rows(self.plane_bits, self.tile_k)
 
 
 def tile_product(spec: TileSpec, load_x, load_plane, load_scale, load_zero, tensor) -> jax.Array:
@@ -105,14 +90,7 @@ def tile_product(spec: TileSpec, load_x, load_plane, load_scale, load_zero, tens
       part = jnp.dot(load_x(q * c, c), load_plane(0, q * c, c), preferred_element_type=jnp.int32)
       acc = part if acc is None else acc + part
       continue
-    codes, low = None, 0
-    for i, width in enumerate(spec.plane_bits):
-      rows = spec.tile_k * width // 8
-      field, off = divmod(q * c, rows)
-      f = (load_plane(i, off, c).astype(jnp.int32) >> (width * field)) & ((1 << width) - 1)
-      codes = f << low if codes is None else codes | (f << low)
-      low += width
-    v = dequant.element_values(spec.fmt.element, codes)
+    v = dequant.element_values(spec.fmt.element, chunk_codes(spec.plane_bits, spec.tile_k, load_plane, q * c, c))
     if spec.integer:
       w_tile = v.astype(jnp.int8)
       part = jnp.dot(load_x(q * c, c), w_tile, preferred_element_type=jnp.int32)
@@ -126,19 +104,6 @@ def tile_product(spec: TileSpec, load_x, load_plane, load_scale, load_zero, tens
         part = jnp.dot(load_x(q * c, c), w_tile, preferred_element_type=jnp.float32, precision=HIGHEST)
     acc = part if acc is None else acc + part
   return acc
-
-
-def rows_for_chunk(load, start: int, size: int, group: int) -> jax.Array:
-  """Scale rows for tile rows ``[start, start + size)``, broadcast to ``(size, bn)``."""
-  if group >= size:
-    return load(start // group, 1)
-  s = load(start // group, size // group)
-  return jnp.broadcast_to(s[:, None, :], (size // group, group, s.shape[-1])).reshape(size, s.shape[-1])
-
-
-def scale_rows(group: int, tile_k: int) -> int:
-  """Rows of the scale array per K tile (1 for per-column scales)."""
-  return tile_k // group if group <= tile_k else 1
 
 
 def call_tpu(spec, operands, out_shape, bm, bn, out_dtype, interpret):
