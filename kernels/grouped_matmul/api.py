@@ -13,12 +13,11 @@ import numpy as np
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights, pack_experts
 from lpnum.kernels.grouped_matmul.pallas import BlockSizes, pallas_grouped_matmul
 from lpnum.kernels.grouped_matmul.xla import xla_grouped_matmul
+from lpnum.kernels.tiles import IMPLEMENTATIONS, check_dispatch, pallas_platform
 from lpnum.qarray import QArray
-from lpnum.validate import as_array, check_flag, short
+from lpnum.validate import as_array
 
 __all__ = ["grouped_matmul", "IMPLEMENTATIONS"]
-
-IMPLEMENTATIONS = ("auto", "pallas", "xla")
 
 _LHS_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 
@@ -53,13 +52,7 @@ def grouped_matmul(lhs, rhs, group_sizes, *, implementation: str = "auto", platf
     >>> gm.grouped_matmul(jnp.ones((3, 4)), w, jnp.array([1, 2])).tolist()
     [[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]]
   """
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={short(implementation)} must be one of {IMPLEMENTATIONS}")
-  check_flag("interpret", interpret)
-  if platform is not None and platform not in ("tpu", "gpu", "cuda"):
-    raise ValueError(f"platform={short(platform)} must be None, 'tpu', 'gpu' or 'cuda'")
-  if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
-    raise TypeError(f"block_sizes={short(block_sizes)} must be a BlockSizes")
+  check_dispatch(implementation, platform, interpret, block_sizes)
   if isinstance(rhs, QArray):
     rhs = pack_experts(rhs)
   if not isinstance(rhs, GroupedWeights):
@@ -80,7 +73,7 @@ def grouped_matmul(lhs, rhs, group_sizes, *, implementation: str = "auto", platf
   if implementation == "auto":
     implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
   if implementation == "pallas":
-    platform = _platform(platform, interpret)
+    platform = pallas_platform(platform, interpret)
   cfg = Config(implementation, platform, block_sizes or BlockSizes(), interpret)
   return _grouped_jit(lhs, rhs, group_sizes.astype(jnp.int32), cfg)
 
@@ -91,17 +84,6 @@ class Config:
   platform: str | None
   blocks: BlockSizes
   interpret: bool
-
-
-def _platform(platform, interpret: bool) -> str:
-  if platform is None:
-    platform = jax.default_backend()
-    if platform not in ("tpu", "gpu"):
-      if not interpret:
-        raise ValueError(f"implementation='pallas' needs a GPU or TPU (default backend: {platform}); use "
-                         "interpret=True (with platform='tpu' or 'gpu')")
-      platform = "tpu"
-  return "gpu" if platform == "cuda" else platform
 
 
 @functools.partial(jax.jit, static_argnums=(3,))

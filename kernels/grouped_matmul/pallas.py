@@ -15,7 +15,6 @@ of the product, so NaN or inf weights of one expert never reach another expert's
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ from jax.experimental.pallas import triton as pltriton
 from lpnum.kernels import dequant
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights
 from lpnum.kernels.grouped_matmul.reference import HIGHEST
-from lpnum.kernels.tiles import BlockSizes, chunk_codes, chunk_rows, rows_for_chunk, scale_rows
+from lpnum.kernels.tiles import BlockSizes, chunk_codes, chunk_rows, grid_blocks, rows_for_chunk, scale_rows
 from lpnum.scaled import ScaledFormat
 
 __all__ = ["BlockSizes", "pallas_grouped_matmul", "visits"]
@@ -96,12 +95,7 @@ def pallas_grouped_matmul(x: jax.Array, w: GroupedWeights, group_sizes: jax.Arra
   """``x (M, K)`` times the experts as one pallas_call; returns ``(M_pad, N_pad)`` float32."""
   m, k = x.shape
   k_pad, n_pad = w.padded_shape
-  dm, dn = DEFAULT_BLOCKS[platform]
-  bm = blocks.block_m or min(dm, max(16, 1 << (max(m, 1) - 1).bit_length()))
-  bn = blocks.block_n or math.gcd(dn, n_pad)
-  if n_pad % bn:
-    raise ValueError(f"block_n={bn} must divide the padded N={n_pad}")
-  m_pad = math.ceil(max(m, 1) / bm) * bm
+  bm, bn, m_pad = grid_blocks(m, n_pad, blocks, DEFAULT_BLOCKS[platform])
   x = jnp.pad(x.astype(jnp.float32), ((0, m_pad - m), (0, k_pad - k)))
   spec = TileSpec(w.fmt, w.plane_bits, w.tile_k, w.group, w.zero_point is not None, w.tensor_scale is not None)
   extras = [] if w.zero_point is None else [w.zero_point]

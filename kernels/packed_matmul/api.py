@@ -16,14 +16,13 @@ from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
 from lpnum.kernels.packed_matmul.pallas import BlockSizes, pallas_matmul
 from lpnum.kernels.packed_matmul.reference import HIGHEST, integer_path
 from lpnum.kernels.packed_matmul.xla import xla_matmul
+from lpnum.kernels.tiles import IMPLEMENTATIONS, check_dispatch
 from lpnum.qarray import QArray
 from lpnum.qdot import quantize_grad
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
-from lpnum.validate import as_array, check_flag, short
+from lpnum.validate import as_array, short
 
 __all__ = ["matmul", "IMPLEMENTATIONS"]
-
-IMPLEMENTATIONS = ("auto", "pallas", "xla")
 
 
 X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
@@ -58,13 +57,7 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     >>> kernels.matmul(jnp.arange(4.0)[None], kernels.pack_weights(wq)).tolist()
     [[0.0, 1.0, 2.0, 3.0]]
   """
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={implementation!r} must be one of {IMPLEMENTATIONS}")
-  check_flag("interpret", interpret)
-  if platform is not None and platform not in ("tpu", "gpu", "cuda"):
-    raise ValueError(f"platform={short(platform)} must be None, 'tpu', 'gpu' or 'cuda'")
-  if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
-    raise TypeError(f"block_sizes={block_sizes!r} must be a BlockSizes")
+  check_dispatch(implementation, platform, interpret, block_sizes)
   w = _as_packed(w)
   x_float, xq = _check_x(x, x_format, w)
   if interpret:

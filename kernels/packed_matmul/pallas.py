@@ -4,7 +4,6 @@ GPU (Triton: the K loop inside), which reads the packed weight tiles and dequant
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ from lpnum.formats import FloatFormat
 from lpnum.kernels import dequant
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 from lpnum.kernels.packed_matmul.reference import HIGHEST
-from lpnum.kernels.tiles import BlockSizes, chunk_codes, chunk_rows, rows_for_chunk, scale_rows
+from lpnum.kernels.tiles import BlockSizes, chunk_codes, chunk_rows, grid_blocks, rows_for_chunk, scale_rows
 from lpnum.scaled import ScaledFormat
 
 __all__ = ["BlockSizes", "pallas_matmul"]
@@ -30,12 +29,7 @@ def pallas_matmul(x2: jax.Array, w: PackedWeights, *, platform: str, blocks: Blo
   """``x2 (M, K) @ W`` as one pallas_call; returns ``(M_pad, N_pad)`` float32 (int32 on the integer path)."""
   m, k = x2.shape
   k_pad, n_pad = w.padded_shape
-  dm, dn = DEFAULT_BLOCKS[platform]
-  bm = blocks.block_m or min(dm, max(16, 1 << (max(m, 1) - 1).bit_length()))
-  bn = blocks.block_n or math.gcd(dn, n_pad)
-  if n_pad % bn:
-    raise ValueError(f"block_n={bn} must divide the padded N={n_pad}")
-  m_pad = math.ceil(max(m, 1) / bm) * bm
+  bm, bn, m_pad = grid_blocks(m, n_pad, blocks, DEFAULT_BLOCKS[platform])
   x2 = jnp.pad(x2, ((0, m_pad - m), (0, k_pad - k)))
   if not integer and not bf16_exact(x2.dtype, w.fmt):
     x2 = x2.astype(jnp.float32)

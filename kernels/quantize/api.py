@@ -14,15 +14,14 @@ from lpnum.formats import FloatFormat, IntFormat
 from lpnum.kernels.quantize.pallas import Output, pallas_cast, tile_shape
 from lpnum.kernels.quantize.tile import cast_of
 from lpnum.kernels.quantize.xla import xla_quantize
+from lpnum.kernels.tiles import IMPLEMENTATIONS, check_dispatch, pallas_platform
 from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat, presets
 from lpnum.scaled.scales import scales_from_value, tensor_scale_of
 from lpnum.scaled.xla_cpu import abs_max, div
-from lpnum.validate import as_array, check_flag, short
+from lpnum.validate import as_array, short
 
 __all__ = ["quantize", "IMPLEMENTATIONS", "pallas_supports", "prepare", "run_pallas", "per_tensor_codes"]
-
-IMPLEMENTATIONS = ("auto", "pallas", "xla")
 
 _X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 
@@ -103,11 +102,7 @@ def prepare(x, fmt, scale, tensor_amax, implementation: str, platform: str | Non
     raise TypeError(f"x must be float32, bfloat16 or float16, got dtype {x.dtype}")
   if x.ndim != 2:
     raise ValueError(f"x has shape {x.shape}; the cast kernels take 2-D tensors")
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={short(implementation)} must be one of {IMPLEMENTATIONS}")
-  check_flag("interpret", interpret)
-  if platform is not None and platform not in ("tpu", "gpu", "cuda"):
-    raise ValueError(f"platform={short(platform)} must be None, 'tpu', 'gpu' or 'cuda'")
+  check_dispatch(implementation, platform, interpret)
   scale = _scalar("scale", scale, positive=True)
   tensor_amax = _scalar("tensor_amax", tensor_amax)
   if tensor_amax is not None and not fmt.tensor_scale:
@@ -115,7 +110,7 @@ def prepare(x, fmt, scale, tensor_amax, implementation: str, platform: str | Non
   if interpret:
     implementation = "pallas"
   if implementation == "pallas":
-    platform = _platform(platform, interpret)
+    platform = pallas_platform(platform, interpret)
     why = why_not(fmt, x.shape, platform)
     if why is not None:
       raise ValueError(f"implementation='pallas' cannot cast x of shape {x.shape} to {fmt.name}: {why}")
@@ -183,14 +178,3 @@ def _scalar(name: str, value, positive: bool = False):
   if positive and not isinstance(v, jax.core.Tracer) and not (np.isfinite(float(v)) and float(v) > 0):
     raise ValueError(f"{name}={float(v)!r} must be finite and positive")
   return v.astype(jnp.float32)
-
-
-def _platform(platform: str | None, interpret: bool) -> str:
-  if platform is None:
-    platform = jax.default_backend()
-    if platform not in ("tpu", "gpu"):
-      if not interpret:
-        raise ValueError(f"implementation='pallas' needs a GPU or TPU (default backend: {platform}); use "
-                         "interpret=True, or platform='tpu'/'gpu' with interpret=True")
-      platform = "tpu"
-  return "gpu" if platform == "cuda" else platform
