@@ -6,9 +6,10 @@ per-channel scales sit outside the sums the convolution adds up (layouts follow 
 
 - lhs, the input: one row per example, K = the example's pixels x input features, features innermost.
   ``per_channel()`` is one scale per example (a Dense layer's per token), ``per_block(g)`` a scale per g input
-  features of one pixel (g divides C).
+  features of one pixel (the last block partial where g does not divide C).
 - rhs, the kernel: K = window x input features, N = output features. ``per_channel()`` is one scale per output
-  feature, ``per_block(g)`` one per g input features at one window position (g divides I).
+  feature, ``per_block(g)`` one per g consecutive rows of K (input features at one window position when g divides
+  I).
 - the output gradient ``g``: for ``dlhs`` the lhs of ``g @ rhs.T`` (per example; blocks of output features), for
   ``drhs`` the rhs of ``lhs.T @ g`` (per output feature; K = examples x output positions).
 
@@ -54,7 +55,7 @@ def conv_call(cfg: DotConfig, lhs, rhs, state_fn, key_fn, args, kwargs):
     if cfg.engine is Engine.FAKE:
       cfg = dataclasses.replace(cfg, rhs=None)
   conv = _Conv.of(lhs, rhs, args, kwargs)
-  lhs_view, rhs_view = conv.lhs_view(cfg.lhs), conv.rhs_view(cfg.rhs)
+  lhs_view, rhs_view = conv.lhs_view(), conv.rhs_view()
   state = state_fn(lhs_view.of(lhs), rhs_view.of(rhs))
   keys = [None] * 3
   if cfg.needs_key:
@@ -90,22 +91,20 @@ class _View:
     return jnp.transpose(v.reshape([shape[i] for i in perm]), np.argsort(perm))
 
   def fake(self, x, oq: OperandQuant | None, **kw) -> jax.Array:
-    """``x`` quantized and dequantized in this view (with its estimator's gradient)."""
+    """``x`` quantized and dequantized in this view (with its estimator's gradient). Blocks of lhs run along the
+    input features of one pixel, a partial last block where they do not divide the features."""
     if oq is None:
       return x
+    if self.role == "lhs" and self.last is not None and oq.granularity.kind == "block":
+      v = jnp.moveaxis(x, self.last, -1)
+      q = quantize_operand(v.reshape(-1, v.shape[-1]), oq, self.role, **kw)
+      return jnp.moveaxis(q.reshape(v.shape), -1, self.last)
     return self.back(quantize_operand(self.of(x), oq, self.role, **kw), x.shape)
 
   def codes(self, x, oq: OperandQuant, scale=None, key=None) -> tuple[jax.Array, jax.Array]:
     """``x``'s element values in its own layout and its scales along ``free`` (a vector, or a scalar)."""
     values, s = operand_codes(self.of(x), oq, self.role, scale, key)
     return self.back(values, x.shape), s.reshape(-1) if s.ndim else s
-
-  def check_blocks(self, oq: OperandQuant | None, shape, what: str) -> None:
-    if oq is not None and oq.granularity.kind == "block" and self.last is not None:
-      size, features = oq.granularity.sizes[0], shape[self.last]
-      if features % size:
-        raise ValueError(f"QuantConv: {what}.granularity={oq.granularity} runs along the {features} features of "
-                         f"axis {self.last} of shape {tuple(shape)}: the block size must divide them")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,15 +149,11 @@ class _Conv:
         precision=self.precision, preferred_element_type=out_type or self.preferred_element_type)
 
   # ---- the matmul views of the operands ---------------------------------------------------------------------------
-  def lhs_view(self, oq) -> _View:
-    view = _View("lhs", self.dn.lhs_spec[0], self.dn.lhs_spec[1])
-    view.check_blocks(oq, self.lhs_shape, "lhs")
-    return view
+  def lhs_view(self) -> _View:
+    return _View("lhs", self.dn.lhs_spec[0], self.dn.lhs_spec[1])
 
-  def rhs_view(self, oq) -> _View:
-    view = _View("rhs", self.dn.rhs_spec[0], self.dn.rhs_spec[1])
-    view.check_blocks(oq, self.rhs_shape, "rhs")
-    return view
+  def rhs_view(self) -> _View:
+    return _View("rhs", self.dn.rhs_spec[0], self.dn.rhs_spec[1])
 
   # ---- the transposed convolutions (dlhs, drhs) -------------------------------------------------------------------
   def _dilated(self, g_shape):
@@ -220,7 +215,7 @@ def _int_conv(conv: _Conv, cfg: DotConfig, lhs, rhs, state, key):
   """The ``engine='int'`` convolution and its VJP, both on codes (see the module docs)."""
   if conv.batch_groups != 1:
     raise ValueError(f"QuantConv engine='int': batch_group_count={conv.batch_groups} must be 1")
-  lv, rv = conv.lhs_view(cfg.lhs), conv.rhs_view(cfg.rhs)
+  lv, rv = conv.lhs_view(), conv.rhs_view()
   ls, rs, os_ = conv.dn
   out_type = lambda codes: jnp.int32 if codes.dtype == jnp.int8 else jnp.float32
 

@@ -232,6 +232,19 @@ def test_lhs_per_channel_is_per_example_and_blocks_run_along_input_features(stri
     np.testing.assert_allclose(np.asarray(jax.jit(conv.apply)(v, x)), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+def test_lhs_blocks_that_do_not_divide_the_input_features_end_in_a_partial_block():
+  """Blocks of 2 over 3 input features: per pixel, features (0, 1) share a scale and feature 2 has its own (a
+  grayscale or RGB first layer under an MX rule quantizes as it always did)."""
+  x = data((2, 6, 6, 3), 45)
+  pixels = x.reshape(-1, 3)
+  qx = np.concatenate([ref_int(pixels[:, :2], 8, (1, 2))[0], ref_int(pixels[:, 2:], 8, (1, 1))[0]], axis=1)
+  cfg = lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", lpnum.per_block(2)))
+  conv = _quant_conv(4, (3, 3), cfg)
+  v = jax.jit(conv.init)(jax.random.key(0), x)
+  want = nn.Conv(4, (3, 3)).apply(v, qx.reshape(x.shape))
+  np.testing.assert_allclose(np.asarray(jax.jit(conv.apply)(v, x)), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_rhs_per_channel_is_per_output_feature_in_fake_mode():
   x = data((2, 7, 7, 3), 44)
   cfg = lpnum.DotConfig(rhs=lpnum.OperandQuant("int4", lpnum.per_channel()))
@@ -246,9 +259,6 @@ def test_rhs_per_channel_is_per_output_feature_in_fake_mode():
 # ---- bad configs ---------------------------------------------------------------------------------------------------
 def test_bad_conv_configs_raise_clear_errors():
   x = data((2, 6, 6, 3), 45)
-  blocks = lpnum.DotConfig(lhs=lpnum.OperandQuant("int8", lpnum.per_block(2)))
-  with pytest.raises(ValueError, match=r"lhs.granularity=.* 3 features"):
-    _quant_conv(4, (3, 3), blocks).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="engine='kernel'"):
     _quant_conv(4, (3, 3), lpnum.DotConfig(rhs="int8", engine="kernel")).init(jax.random.key(0), x)
   hook = lnn.make_conv_general_dilated(W8A8)
