@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_flag", "check_int", "check_number", "check_axis", "check_key", "check_positive", "as_array",
+__all__ = ["check_flag", "check_int", "check_number", "check_axis", "check_key", "check_positive",
+           "check_float_scalar", "as_array",
            "as_float_array", "as_dtype", "is_concrete", "short", "host_float64", "float32_with_warning"]
 
 
@@ -156,6 +157,19 @@ def check_positive(name: str, value: object, *, learned: bool = False) -> jax.Ar
   if isinstance(array, np.ndarray | np.generic):
     return jnp.asarray(np.asarray(array, np.float32))
   return array if jnp.issubdtype(array.dtype, jnp.floating) else array.astype(jnp.float32)
+
+
+def check_float_scalar(name: str, value: object, *, positive: bool = False) -> jax.Array | None:
+  """``value`` (None, or a 0-d float array or number) as a float32 scalar; ``positive``: where concrete, it must be
+  finite and positive."""
+  if value is None:
+    return None
+  v = as_array(value)
+  if v.shape != () or not jnp.issubdtype(v.dtype, jnp.floating):
+    raise ValueError(f"{name} must be a float scalar, got shape {v.shape} dtype {v.dtype}")
+  if positive and is_concrete(v) and not (np.isfinite(float(v)) and float(v) > 0):
+    raise ValueError(f"{name}={float(v)!r} must be finite and positive")
+  return v.astype(jnp.float32)
 
 
 def as_dtype(name: str, value: object, allowed: Collection[np.dtype]) -> np.dtype:

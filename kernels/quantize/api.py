@@ -19,7 +19,7 @@ from lpnum.qarray import QArray
 from lpnum.scaled import ScaledFormat, presets
 from lpnum.scaled.scales import scales_from_value, tensor_scale_of
 from lpnum.scaled.xla_cpu import abs_max, div
-from lpnum.validate import as_array, short
+from lpnum.validate import as_array, check_float_scalar, short
 
 __all__ = ["quantize", "IMPLEMENTATIONS", "pallas_supports", "prepare", "run_pallas", "per_tensor_codes"]
 
@@ -103,8 +103,8 @@ def prepare(x, fmt, scale, tensor_amax, implementation: str, platform: str | Non
   if x.ndim != 2:
     raise ValueError(f"x has shape {x.shape}; the cast kernels take 2-D tensors")
   check_dispatch(implementation, platform, interpret)
-  scale = _scalar("scale", scale, positive=True)
-  tensor_amax = _scalar("tensor_amax", tensor_amax)
+  scale = check_float_scalar("scale", scale, positive=True)
+  tensor_amax = check_float_scalar("tensor_amax", tensor_amax)
   if tensor_amax is not None and not fmt.tensor_scale:
     raise ValueError(f"tensor_amax is for formats with a per-tensor scale (nvfp4); fmt={fmt.name} has none")
   if interpret:
@@ -167,14 +167,3 @@ def run_pallas(x, scale, tensor_amax, fmt: ScaledFormat, outputs: tuple[Output, 
 def per_tensor_codes(ideal: jax.Array, fmt: ScaledFormat) -> jax.Array:
   """The ``(1, 1)`` scale code of one scale per tensor, from its ideal scale (as ``quantize_scaled`` rounds it)."""
   return scales_from_value(ideal, fmt).codes.reshape(1, 1)
-
-
-def _scalar(name: str, value, positive: bool = False):
-  if value is None:
-    return None
-  v = as_array(value)
-  if v.shape != () or not jnp.issubdtype(v.dtype, jnp.floating):
-    raise ValueError(f"{name} must be a float scalar, got shape {v.shape} dtype {v.dtype}")
-  if positive and not isinstance(v, jax.core.Tracer) and not (np.isfinite(float(v)) and float(v) > 0):
-    raise ValueError(f"{name}={float(v)!r} must be finite and positive")
-  return v.astype(jnp.float32)

@@ -14,7 +14,8 @@ from lpnum import blocks, packing
 from lpnum.carrier import F32, INPUT_CARRIERS
 from lpnum.qarray import QArray
 from lpnum.rounding import Rounding, check_rounding_key, random_bits
-from lpnum.validate import as_array, as_dtype, check_flag, check_positive, float32_with_warning, host_float64, short
+from lpnum.validate import (as_array, as_dtype, check_flag, check_float_scalar, check_positive, float32_with_warning,
+                            host_float64, short)
 from lpnum.scaled import presets
 from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
 from lpnum.scaled.format import ScaledFormat
@@ -61,10 +62,7 @@ def quantize_scaled(
   if tensor_amax is not None:
     if not fmt.tensor_scale:
       raise ValueError(f"tensor_amax is for formats with a per-tensor scale (nvfp4); fmt={fmt.name} has none")
-    tensor_amax = as_array(tensor_amax)
-    if tensor_amax.shape != () or not jnp.issubdtype(tensor_amax.dtype, jnp.floating):
-      raise ValueError(f"tensor_amax must be a float scalar, got shape {tensor_amax.shape} dtype {tensor_amax.dtype}")
-    tensor_amax = tensor_amax.astype(jnp.float32)
+    tensor_amax = check_float_scalar("tensor_amax", tensor_amax)
   return _quantize_jit(x, scale, key, tensor_amax, fmt, mode, block, padded)
 
 
