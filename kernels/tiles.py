@@ -37,12 +37,12 @@ class BlockSizes:
         raise ValueError(f"{name}={v!r} must be a power of two >= 8")
 
 
-def check_dispatch(implementation, platform, interpret, block_sizes=None) -> None:
-  """Raises ValueError/TypeError naming the argument unless ``implementation`` is one of IMPLEMENTATIONS,
-  ``platform`` None, ``"tpu"``, ``"gpu"`` or ``"cuda"``, ``interpret`` a bool and ``block_sizes`` None or a
-  BlockSizes."""
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={short(implementation)} must be one of {IMPLEMENTATIONS}")
+def check_dispatch(implementation, platform, interpret, block_sizes=None, implementations=IMPLEMENTATIONS) -> None:
+  """Raises ValueError/TypeError naming the argument unless ``implementation`` is one of ``implementations`` (the
+  op's faces), ``platform`` None, ``"tpu"``, ``"gpu"`` or ``"cuda"``, ``interpret`` a bool and ``block_sizes``
+  None or a BlockSizes."""
+  if not isinstance(implementation, str) or implementation not in implementations:
+    raise ValueError(f"implementation={short(implementation)} must be one of {implementations}")
   check_flag("interpret", interpret)
   if platform is not None and platform not in ("tpu", "gpu", "cuda"):
     raise ValueError(f"platform={short(platform)} must be None, 'tpu', 'gpu' or 'cuda'")

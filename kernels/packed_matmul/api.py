@@ -1,5 +1,6 @@
-"""The public face of the packed matmul: :func:`matmul` picks a face (Pallas on GPU and TPU, XLA elsewhere) and
-defines the VJP. The semantics are in :mod:`lpnum.kernels.packed_matmul`."""
+"""The public face of the packed matmul: :func:`matmul` picks a face (Pallas on GPU and TPU; on the CPU the native
+kernel for few rows of x, XLA otherwise) and defines the VJP. The semantics are in
+:mod:`lpnum.kernels.packed_matmul`."""
 
 from __future__ import annotations
 
@@ -11,18 +12,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum.kernels import dequant
-from lpnum.kernels.packed_matmul import layout
+from lpnum.kernels.packed_matmul import cpu, layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
 from lpnum.kernels.packed_matmul.pallas import BlockSizes, pallas_matmul
 from lpnum.kernels.packed_matmul.reference import HIGHEST, integer_path
-from lpnum.kernels.packed_matmul.xla import xla_matmul
-from lpnum.kernels.tiles import IMPLEMENTATIONS, check_dispatch
+from lpnum.kernels.packed_matmul.xla import WHOLE_DEQUANTIZE_ROWS, xla_matmul
+from lpnum.kernels import tiles
+from lpnum.kernels.tiles import check_dispatch
 from lpnum.qarray import QArray
 from lpnum.qdot import quantize_grad
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 from lpnum.validate import as_array, short
 
-__all__ = ["matmul", "IMPLEMENTATIONS"]
+__all__ = ["matmul", "IMPLEMENTATIONS", "NATIVE_ROWS"]
+
+#: The faces ``implementation=`` picks: the kernel ops' (``"auto"``, ``"pallas"``, ``"xla"``) and ``"native"``, the
+#: compiled CPU kernel (:mod:`lpnum.kernels.packed_matmul.cpu`).
+IMPLEMENTATIONS = (*tiles.IMPLEMENTATIONS, "native")
+
+#: On the CPU, ``"auto"`` runs the native kernel (where it is built and takes the format) for x with fewer rows
+#: than this, and the XLA path from here on (XLA's one large dot of the dequantized weights wins there).
+NATIVE_ROWS = WHOLE_DEQUANTIZE_ROWS
 
 
 X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
@@ -37,10 +47,13 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     w: PackedWeights (:func:`lpnum.kernels.pack_weights`), or a 2-D QArray ``(K, N)`` (packed on the fly).
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
-    implementation: ``"auto"`` (Pallas on GPU/TPU, XLA elsewhere), ``"pallas"`` or ``"xla"``. The platform is
-      chosen when the program is lowered (``jax.lax.platform_dependent``), as :func:`lpnum.kernels.accumulate.matmul`
-      does: a function traced on a CPU host and exported for ``tpu`` or ``cuda`` carries that platform's kernel;
-      lowering ``"pallas"`` for a platform without a kernel (the CPU) is an error.
+    implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel for fewer than NATIVE_ROWS rows of
+      x, XLA otherwise), ``"pallas"``, ``"xla"`` or ``"native"`` (the compiled CPU kernel for any M; an error where
+      it cannot be built or does not take the format). The platform is chosen when the program is lowered
+      (``jax.lax.platform_dependent``), as :func:`lpnum.kernels.accumulate.matmul` does: a function traced on a CPU
+      host and exported for ``tpu`` or ``cuda`` carries that platform's kernel; lowering ``"pallas"`` for a platform
+      without a kernel (the CPU) is an error. The native kernel is an FFI custom call that exists only in the
+      process that built it: export for ``cpu`` with ``implementation="xla"``.
     platform: fix the Pallas flavour at trace time, ``"tpu"`` or ``"gpu"``/``"cuda"`` (default None: chosen when
       lowered; with ``interpret=True``, the default backend's flavour, TPU on the CPU).
     block_sizes: BlockSizes overriding the backend's tile sizes.
@@ -57,8 +70,10 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     >>> kernels.matmul(jnp.arange(4.0)[None], kernels.pack_weights(wq)).tolist()
     [[0.0, 1.0, 2.0, 3.0]]
   """
-  check_dispatch(implementation, platform, interpret, block_sizes)
+  check_dispatch(implementation, platform, interpret, block_sizes, IMPLEMENTATIONS)
   w = _as_packed(w)
+  if implementation == "native":
+    _check_native(w)
   x_float, xq = _check_x(x, x_format, w)
   if interpret:
     implementation = "pallas"
@@ -113,6 +128,29 @@ def _check_x(x, x_format, w: PackedWeights):
   return (None, x) if isinstance(x, QArray) else (x, None)
 
 
+def _check_native(w: PackedWeights) -> None:
+  if not cpu.supported(w):
+    raise ValueError(f"implementation='native': the native CPU kernel does not take {w.fmt.scale_format.name} "
+                     f"scales stored as {w.scales.dtype}; use implementation='xla'")
+  if not cpu.available():
+    raise ValueError("implementation='native': the native CPU kernel is not available (LPNUM_NATIVE=0, or its "
+                     "build failed: see the warning); use implementation='xla'")
+
+
+def _cpu_matmul(x2: jax.Array, w: PackedWeights, implementation: str) -> jax.Array:
+  """``x2 @ W`` on the CPU: the native kernel where ``implementation`` asks for it (``"native"``, or ``"auto"``
+  with fewer than NATIVE_ROWS rows, the CPU as the default backend, and the kernel built and taking the format),
+  else the XLA path. ``(M, N_pad)`` float32."""
+  m = x2.shape[0]
+  native = implementation == "native" or (
+      implementation == "auto" and m < NATIVE_ROWS and jax.default_backend() == "cpu" and cpu.supported(w)
+      and cpu.available())
+  x2 = x2.astype(jnp.float32)
+  if not native:
+    return xla_matmul(x2, w)
+  return cpu.cpu_matmul(jnp.pad(x2, ((0, 0), (0, w.padded_shape[0] - x2.shape[1]))), w)
+
+
 def _platform(platform) -> str:
   """The Pallas flavour fixed at trace time: ``platform``, else the default backend's (TPU on other hosts)."""
   if platform is None:
@@ -124,7 +162,7 @@ def _dispatch(cfg: Config, xla_fn, pallas_fn, *args):
   """``xla_fn(*args)`` or ``pallas_fn(flavour)(*args)`` as ``cfg`` says; without a fixed platform the choice is
   made when the program is lowered: the TPU kernel on ``tpu``, the GPU kernel on ``cuda`` and ``rocm``, and XLA
   elsewhere for ``"auto"``."""
-  if cfg.implementation == "xla":
+  if cfg.implementation in ("xla", "native"):
     return xla_fn(*args)
   if cfg.platform is not None:
     return pallas_fn(cfg.platform)(*args)
@@ -166,7 +204,7 @@ def _forward(x, w: PackedWeights, cfg: Config) -> jax.Array:
   lead, k = xf.shape[:-1], xf.shape[-1]
   x2 = xf.reshape(-1, k)
   m, n = x2.shape[0], w.shape[1]
-  y = _dispatch(cfg, lambda x2, w: xla_matmul(x2.astype(jnp.float32), w)[:m, :n],
+  y = _dispatch(cfg, lambda x2, w: _cpu_matmul(x2, w, cfg.implementation)[:m, :n],
                 lambda flavour: lambda x2, w: pallas_matmul(x2, w, platform=flavour, blocks=cfg.blocks,
                                                             interpret=cfg.interpret, integer=False)[:m, :n],
                 x2, w)

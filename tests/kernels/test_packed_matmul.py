@@ -18,7 +18,7 @@ from jax import export
 import lpnum
 from lpnum import kernels
 from lpnum.kernels import dequant as _dequant
-from lpnum.kernels.packed_matmul import layout
+from lpnum.kernels.packed_matmul import cpu as packed_cpu, layout
 
 WEIGHT_FORMATS = {
     "int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
@@ -323,12 +323,14 @@ def test_w8a8_lowers(platform, call):
 
 @pytest.mark.parametrize("x_format", [None, lpnum.ScaledFormat("int8", lpnum.per_channel(0))], ids=["w-only", "w8a8"])
 def test_the_platform_is_chosen_when_lowered(x_format):
-  # A CPU host exports the TPU kernel for tpu, the Triton kernel for cuda and the XLA path for cpu, as
-  # accumulate.matmul does; "pallas" without a platform exports either kernel.
+  # A CPU host exports the TPU kernel for tpu, the Triton kernel for cuda and the CPU path for cpu, as
+  # accumulate.matmul does; "pallas" without a platform exports either kernel. ("auto" on the CPU may be lpnum's
+  # native custom call, allowed here; test_xla_exports_for_cpu_without_custom_calls checks "xla".)
   q = jax.eval_shape(lambda: lpnum.quantize_scaled(jnp.zeros((512, 256)), WEIGHT_FORMATS["int8"]))
   w = jax.eval_shape(kernels.pack_weights, q)
   x = jax.ShapeDtypeStruct((8, 512), jnp.float32)
-  checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton"),
+            export.DisabledSafetyCheck.custom_call(packed_cpu.TARGET)]
   for implementation in ("auto", "pallas"):
     fn = jax.jit(lambda x, w: kernels.matmul(x, w, x_format=x_format, implementation=implementation))
     for platform, call in (("tpu", "tpu_custom_call"), ("cuda", "xla.gpu.triton"), ("cpu", None)):
@@ -339,6 +341,17 @@ def test_the_platform_is_chosen_when_lowered(x_format):
       text = export.export(fn, platforms=[platform], disabled_checks=checks)(x, w).mlir_module()
       assert ("tpu_custom_call" in text, "xla.gpu.triton" in text) == (call == "tpu_custom_call",
                                                                        call == "xla.gpu.triton")
+
+
+@pytest.mark.parametrize("x_format", [None, lpnum.ScaledFormat("int8", lpnum.per_channel(0))], ids=["w-only", "w8a8"])
+def test_xla_exports_for_cpu_without_custom_calls(x_format):
+  # implementation="xla" is the self-contained CPU artifact: no custom call at all, so the default safety checks
+  # pass and any process can run it.
+  q = jax.eval_shape(lambda: lpnum.quantize_scaled(jnp.zeros((512, 256)), WEIGHT_FORMATS["int4"]))
+  w = jax.eval_shape(kernels.pack_weights, q)
+  fn = jax.jit(lambda x, w: kernels.matmul(x, w, x_format=x_format, implementation="xla"))
+  text = export.export(fn, platforms=["cpu"])(jax.ShapeDtypeStruct((1, 512), jnp.float32), w).mlir_module()
+  assert "custom_call" not in text
 
 
 def test_tpu_rejects_layouts_with_too_few_scale_rows_per_tile():

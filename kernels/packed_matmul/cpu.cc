@@ -1,0 +1,451 @@
+// The packed matmul's native CPU face: y (M, N_pad) = x (M, K_pad) @ W for few rows of x, reading W's bit planes
+// once and decoding each weight in registers right before its multiply-add.
+//
+// W's layout is lpnum.kernels.planes': per K tile of tile_k rows, a plane of w bits holds in byte row r, bit field
+// j, the code of tile row j * (tile_k * w / 8) + r; planes are row-major with N_pad columns. A code's value comes
+// from a table of the element format's values (computed in Python by lpnum.kernels.dequant, so every format the
+// layout holds decodes here exactly as there), and the weight is
+//   plain: value * scale
+//   full:  (((value - zero) * scale) * tensor) * post
+// the operations and order of lpnum.kernels.dequant.apply_scale (post is 2^element_exponent for general scales;
+// power-of-two scales arrive with the element exponent folded in, as the exact float32 2^t). Scales come as uint8
+// codes with a 256-entry table of their values, or as float32 values; both have one row per K group.
+//
+// The work is split by blocks of 64 output columns over XLA's intra-op thread pool (the calling thread takes
+// blocks too, so the call never waits on a busy pool). Within a block, rows of x are taken MB at a time; for each K
+// tile the block's scale rows are decoded once, then each byte row of a plane is loaded once and its fields are
+// decoded, scaled and accumulated into MB x NV vectors held in registers.
+//
+// Built and loaded by lpnum.kernels.native; called from lpnum.kernels.packed_matmul.cpu.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int kMinItem = 1024;  // output columns per work item, at least (wider ones stream better)
+constexpr int kAlign = 128;
+constexpr int kAhead = 256;  // software prefetch distance along a plane's row, in bytes  // N_pad is a multiple of this
+
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+typedef uint8_t vu8 __attribute__((vector_size(kLanes)));
+typedef int8_t vs8 __attribute__((vector_size(kLanes)));
+
+// How a code becomes its value: a gather from the table (any format), one permute of a 16-entry table (4-bit
+// codes), or a conversion where the table is the identity on int8 or uint8 codes.
+enum Decode : int32_t { kGather = 0, kTable16 = 1, kInt8 = 2, kUint8 = 3 };
+
+struct Problem {
+  const float* x;
+  int64_t m, k_pad, n_pad;
+  const uint8_t* planes[3];
+  int widths[3];
+  int nplanes;
+  int tile_k, group;
+  const float* table;
+  const uint8_t* scale_codes;  // with scale_table, or
+  const float* scale_table;
+  const float* scale_pre;      // or null: a factor applied before the scale, (v * pre) * scale, as dequantize
+                               // applies powers of two outside float32's normal range in two normal factors
+  int32_t exp_lo, exp_hi, exp_offset;  // codes in [exp_lo, exp_hi] have the value 2^(code + exp_offset)
+  const float* scale_values;   // float32 scale values
+  const float* zero;           // or null
+  float tensor, post;
+  bool factor;        // whether chunk sums may be scaled once (see scalable)
+  float s_min, s_max;
+  float* out;
+};
+
+// 16 bytes widened to int32 lanes (sign-extended when is_signed). Widening through GCC's generic vectors is
+// scalarized, so x86 with AVX-512 uses the instructions directly.
+inline vi load_codes(const uint8_t* p, bool is_signed) {
+#if defined(__AVX512F__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<vi>(is_signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b));
+#else
+  vi c;
+  for (int l = 0; l < kLanes; ++l) c[l] = is_signed ? static_cast<int8_t>(p[l]) : p[l];
+  return c;
+#endif
+}
+
+template <int DEC>
+inline vf decode(vi c, const float* table, vf table16) {
+  if constexpr (DEC == kTable16) {
+#if defined(__AVX512F__)
+    return reinterpret_cast<vf>(_mm512_permutexvar_ps(reinterpret_cast<__m512i>(c), reinterpret_cast<__m512>(table16)));
+#else
+    return __builtin_shuffle(table16, c);
+#endif
+  } else if constexpr (DEC == kInt8 || DEC == kUint8) {
+    return __builtin_convertvector(c, vf);
+  } else {
+#if defined(__AVX512F__)
+    return reinterpret_cast<vf>(_mm512_i32gather_ps(reinterpret_cast<__m512i>(c), table, 4));
+#else
+    vf v;
+    for (int l = 0; l < kLanes; ++l) v[l] = table[c[l]];
+    return v;
+#endif
+  }
+}
+
+inline vf load_vf(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(vf));
+  return v;
+}
+
+inline bool all_lanes(vi mask) {
+#if defined(__AVX512F__)
+  return _mm512_cmpeq_epi32_mask(reinterpret_cast<__m512i>(mask), _mm512_set1_epi32(-1)) == 0xFFFF;
+#else
+  bool ok = true;
+  for (int l = 0; l < kLanes; ++l) ok &= mask[l] != 0;
+  return ok;
+#endif
+}
+
+// The float32 scales of scale row g for the 16 columns from col, and their `pre` factors (see Problem). uint8
+// codes whose values are 2^(code + offset) with pre = 1 (E8M0's normal codes and their kin) become float32 exponent
+// fields directly where every lane is such a code; other codes are looked up in the tables.
+inline vf scale_vec(const Problem& p, int64_t g, int64_t col, vf* pre) {
+  const int64_t off = g * p.n_pad + col;
+  *pre = vf{} + 1.0f;
+  if (!p.scale_codes) return load_vf(p.scale_values + off);
+  const vi c = load_codes(p.scale_codes + off, false);
+  if (all_lanes((c >= p.exp_lo) & (c <= p.exp_hi))) return reinterpret_cast<vf>((c + (p.exp_offset + 127)) << 23);
+#if defined(__AVX512F__)
+  const __m512i idx = reinterpret_cast<__m512i>(c);
+  if (p.scale_pre) *pre = reinterpret_cast<vf>(_mm512_i32gather_ps(idx, p.scale_pre, 4));
+  return reinterpret_cast<vf>(_mm512_i32gather_ps(idx, p.scale_table, 4));
+#else
+  vf s;
+  for (int l = 0; l < kLanes; ++l) {
+    s[l] = p.scale_table[c[l]];
+    if (p.scale_pre) (*pre)[l] = p.scale_pre[c[l]];
+  }
+  return s;
+#endif
+}
+
+inline int64_t scale_row(const Problem& p, int64_t k) { return p.group < p.k_pad ? k / p.group : 0; }
+
+// Whether a chunk's sum of x * (v - zero) may be multiplied by its combined scales S once, instead of scaling every
+// weight: true when each lane's |S| is 0 or within [s_min, s_max], the range (set per call from x's and the
+// elements' magnitudes) where every x * v, v * S and x * v * S is a finite normal float32. Then for power-of-two S
+// the products are the same rounded numbers, only summed in another order, and for other S each product takes at
+// most two more roundings: both within the float32 summation bound. NaN or infinite S never qualify, nor do
+// scales applied in two factors (pre != 1).
+inline bool scalable(const Problem& p, vf S, vf pre) {
+  const vf a = reinterpret_cast<vf>(reinterpret_cast<vi>(S) & 0x7fffffff);
+  return p.factor && all_lanes((pre == 1.0f) & ((a == 0.0f) | ((a >= p.s_min) & (a <= p.s_max))));
+}
+
+// One pass over `chunk` byte rows from r0 of K tile t (MULTI: `chunk` K rows from r0), for rows [m0, m0 + MB) of
+// x and columns [c0, c0 + cw): adds into out. The chunk lies within one scale group per bit field. Where its
+// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by S = scale (* tensor * post)
+// once; elsewhere each weight is computed as dequantize computes it and the products are summed. The MB x NV
+// partial sums stay in registers over the chunk.
+// MULTI is the generic path, for codes split over several planes or held in 2- and 1-bit planes.
+template <int MB, int NV, int DEC, bool FULL, bool MULTI>
+void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r0, int chunk) {
+  constexpr int w = DEC == kTable16 ? 4 : 8;  // single planes: 4-bit tables or 8-bit codes
+  constexpr int per_byte = MULTI ? 1 : 8 / w;
+  const int tk = p.tile_k;
+  const int rows = tk / per_byte;
+  const bool is_signed = DEC == kInt8;
+  vf table16 = {};
+  if constexpr (DEC == kTable16) table16 = load_vf(p.table);
+  const vf tensor = vf{} + p.tensor, post = vf{} + p.post;
+  const float* xt = p.x + m0 * p.k_pad + t * tk;
+
+  for (int64_t col = c0; col < c0 + cw; col += NV * kLanes) {
+    vf s[per_byte][NV], pre[per_byte][NV], z[per_byte][NV], S[per_byte][NV];
+    bool factor = true;
+    for (int j = 0; j < per_byte; ++j) {
+      const int64_t g = scale_row(p, t * tk + j * rows + r0);
+      for (int c = 0; c < NV; ++c) {
+        s[j][c] = scale_vec(p, g, col + c * kLanes, &pre[j][c]);
+        z[j][c] = FULL && p.zero ? load_vf(p.zero + g * p.n_pad + col + c * kLanes) : vf{};
+        S[j][c] = FULL ? (s[j][c] * tensor) * post : s[j][c];
+        factor &= scalable(p, S[j][c], pre[j][c]);
+      }
+    }
+    vf part[per_byte][MB][NV] = {};
+    auto rows_of_chunk = [&](auto scaled_elements) {
+      for (int r = r0; r < r0 + chunk; ++r) {
+        vi bytes[NV];
+        if constexpr (MULTI) {  // the code of K row r, gathered from its field in every plane
+          for (int c = 0; c < NV; ++c) bytes[c] = vi{};
+          int low = 0;
+          for (int i = 0; i < p.nplanes; ++i) {
+            const int pw = p.widths[i];
+            const int prows = tk * pw / 8;
+            const int field = r / prows;
+            const uint8_t* src = p.planes[i] + (t * prows + r % prows) * p.n_pad + col;
+            for (int c = 0; c < NV; ++c)
+              bytes[c] |= ((load_codes(src + c * kLanes, false) >> (pw * field)) & ((1 << pw) - 1)) << low;
+            low += pw;
+          }
+        } else {
+          const uint8_t* src = p.planes[0] + (t * rows + r) * p.n_pad + col;
+          // Prefetch kAhead bytes further along the row, or at the start of the next chunk's same row (the next
+          // tile's first rows follow this tile's last ones).
+          for (int line = 0; line < NV * kLanes; line += 64) {
+            const int64_t ahead = col - c0 + line + kAhead;
+            __builtin_prefetch(ahead < cw ? src + line + kAhead : src + chunk * p.n_pad + line + kAhead - cw);
+          }
+          for (int c = 0; c < NV; ++c) bytes[c] = load_codes(src + c * kLanes, is_signed);
+        }
+#pragma GCC unroll 2
+        for (int j = 0; j < per_byte; ++j) {
+          float xs[MB];
+          for (int mm = 0; mm < MB; ++mm) xs[mm] = xt[mm * p.k_pad + j * rows + r];
+#pragma GCC unroll 8
+          for (int c = 0; c < NV; ++c) {
+            // 16-entry permutes read the low 4 bits only: field 0 needs no mask, field 1 a shift.
+            const vi code = (w == 4 && j == 1) ? bytes[c] >> 4 : bytes[c];
+            vf v = decode<DEC>(code, p.table, table16);
+            if constexpr (FULL) v = v - z[j][c];
+            if constexpr (decltype(scaled_elements)::value) {
+              v = FULL ? (((v * pre[j][c]) * s[j][c]) * tensor) * post : (v * pre[j][c]) * s[j][c];
+            }
+#pragma GCC unroll 8
+            for (int mm = 0; mm < MB; ++mm) part[j][mm][c] += xs[mm] * v;
+          }
+        }
+      }
+    };
+    if (factor) {
+      rows_of_chunk(std::false_type{});
+    } else {
+      rows_of_chunk(std::true_type{});
+      for (int j = 0; j < per_byte; ++j)
+        for (int c = 0; c < NV; ++c) S[j][c] = vf{} + 1.0f;
+    }
+    for (int mm = 0; mm < MB; ++mm) {
+      float* o = p.out + (m0 + mm) * p.n_pad + col;
+      for (int c = 0; c < NV; ++c) {
+        vf sum = load_vf(o + c * kLanes);
+        for (int j = 0; j < per_byte; ++j) sum += part[j][mm][c] * S[j][c];
+        std::memcpy(o + c * kLanes, &sum, sizeof(vf));
+      }
+    }
+  }
+}
+
+using PassFn = void (*)(const Problem&, int64_t, int64_t, int64_t, int64_t, int, int);
+
+template <int MB, int NV>
+PassFn pick(int dec, bool full, bool multi) {
+  if (multi) return full ? pass<MB, NV, kGather, true, true> : pass<MB, NV, kGather, false, true>;
+  switch (dec) {
+    case kTable16:
+      return full ? pass<MB, NV, kTable16, true, false> : pass<MB, NV, kTable16, false, false>;
+    case kInt8:
+      return full ? pass<MB, NV, kInt8, true, false> : pass<MB, NV, kInt8, false, false>;
+    case kUint8:
+      return full ? pass<MB, NV, kUint8, true, false> : pass<MB, NV, kUint8, false, false>;
+    default:
+      return full ? pass<MB, NV, kGather, true, false> : pass<MB, NV, kGather, false, false>;
+  }
+}
+
+struct Plan {
+  PassFn fns[4];  // for 8, 4, 2 and 1 rows of x at a time
+  int chunk;      // byte rows (MULTI: K rows) per pass: divides the group size and the rows of every field
+  int64_t item;   // output columns per work item
+};
+
+// Columns [c0, c0 + cw), all rows of x and all of K: out's block is zeroed, then accumulated K tile by K tile,
+// chunk by chunk, the rows of x taken 8, 4, 2, 1 at a time over the same chunk (still in L1).
+void run_item(const Problem& p, const Plan& plan, int64_t c0, int64_t cw, bool multi) {
+  for (int64_t m = 0; m < p.m; ++m) std::memset(p.out + m * p.n_pad + c0, 0, cw * sizeof(float));
+  const int rows = multi ? p.tile_k : p.tile_k * p.widths[0] / 8;
+  for (int64_t t = 0; t < p.k_pad / p.tile_k; ++t) {
+    for (int r0 = 0; r0 < rows; r0 += plan.chunk) {
+      for (int64_t m0 = 0; m0 < p.m;) {
+        const int64_t left = p.m - m0;
+        const int which = left >= 8 ? 0 : left >= 4 ? 1 : left >= 2 ? 2 : 3;
+        plan.fns[which](p, m0, c0, cw, t, r0, plan.chunk);
+        m0 += 8 >> which;
+      }
+    }
+  }
+}
+
+struct Progress {
+  std::atomic<int64_t> next{0};
+  int64_t done = 0;
+  int64_t total = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+// Takes items (plan.item columns each) until none is left.
+void drain(const Problem& p, const Plan& plan, Progress& progress, bool multi) {
+  int64_t ran = 0;
+  for (int64_t i; (i = progress.next.fetch_add(1)) < progress.total; ++ran) {
+    const int64_t c0 = i * plan.item;
+    run_item(p, plan, c0, std::min<int64_t>(plan.item, p.n_pad - c0), multi);
+  }
+  if (ran) {
+    std::lock_guard<std::mutex> lock(progress.mu);
+    progress.done += ran;
+    if (progress.done == progress.total) progress.cv.notify_all();
+  }
+}
+
+ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer plane0, ffi::AnyBuffer plane1,
+                        ffi::AnyBuffer plane2, ffi::Buffer<ffi::F32> table, ffi::AnyBuffer scales,
+                        ffi::Buffer<ffi::F32> scale_table, ffi::Buffer<ffi::F32> scale_pre,
+                        ffi::Buffer<ffi::F32> zero, ffi::Buffer<ffi::F32> tensor,
+                        ffi::ResultBuffer<ffi::F32> out, int32_t bits, int32_t tile_k, int32_t group,
+                        int32_t decode_kind, int32_t full, float post, float vmax, float vmin,
+                        int32_t exp_lo, int32_t exp_hi, int32_t exp_offset) {
+  auto xd = x.dimensions();
+  auto od = out->dimensions();
+  if (xd.size() != 2 || od.size() != 2 || xd[0] != od[0])
+    return ffi::Error::InvalidArgument("lpnum packed matmul: x must be (M, K_pad) and out (M, N_pad)");
+  Problem p{};
+  p.x = x.typed_data();
+  p.m = xd[0];
+  p.k_pad = xd[1];
+  p.n_pad = od[1];
+  p.tile_k = tile_k;
+  p.group = group;
+  p.table = table.typed_data();
+  p.out = out->typed_data();
+  if (p.n_pad % kAlign || tile_k <= 0 || p.k_pad % tile_k || group <= 0 || (group <= tile_k && tile_k % group))
+    return ffi::Error::InvalidArgument("lpnum packed matmul: inconsistent tile_k, group or padded shape");
+  const ffi::AnyBuffer* given[3] = {&plane0, &plane1, &plane2};
+  int low = 0;
+  for (int w : {4, 2, 1, 8}) {
+    const bool has = w == 8 ? bits == 8 : (bits != 8 && (bits & w));
+    if (!has) continue;
+    const ffi::AnyBuffer& b = *given[p.nplanes];
+    if (b.element_count() != static_cast<size_t>(p.k_pad / 8 * w * p.n_pad))
+      return ffi::Error::InvalidArgument("lpnum packed matmul: a plane does not match x's K and the output's N");
+    p.planes[p.nplanes] = static_cast<const uint8_t*>(b.untyped_data());
+    p.widths[p.nplanes++] = w;
+    low += w;
+  }
+  if (low != bits || p.nplanes == 0) return ffi::Error::InvalidArgument("lpnum packed matmul: bad element bits");
+  const int64_t scale_rows = group <= tile_k ? p.k_pad / group : 1;
+  if (scales.element_count() != static_cast<size_t>(scale_rows * p.n_pad))
+    return ffi::Error::InvalidArgument("lpnum packed matmul: scales do not match the weights");
+  if (scales.element_type() == ffi::DataType::U8) {
+    if (scale_table.element_count() != 256)
+      return ffi::Error::InvalidArgument("lpnum packed matmul: uint8 scales need a 256-entry table");
+    p.scale_codes = static_cast<const uint8_t*>(scales.untyped_data());
+    p.scale_table = scale_table.typed_data();
+    if (scale_pre.element_count() && scale_pre.element_count() != 256)
+      return ffi::Error::InvalidArgument("lpnum packed matmul: the pre-factor table must have 256 entries");
+    p.scale_pre = scale_pre.element_count() ? scale_pre.typed_data() : nullptr;
+    if (exp_lo <= exp_hi && (exp_lo < 0 || exp_hi > 255 || exp_lo + exp_offset < -126 || exp_hi + exp_offset > 127))
+      return ffi::Error::InvalidArgument("lpnum packed matmul: bad power-of-two scale code range");
+    p.exp_lo = exp_lo;
+    p.exp_hi = exp_hi;
+    p.exp_offset = exp_offset;
+  } else if (scales.element_type() == ffi::DataType::F32) {
+    p.scale_values = static_cast<const float*>(scales.untyped_data());
+  } else {
+    return ffi::Error::InvalidArgument("lpnum packed matmul: scales must be uint8 codes or float32 values");
+  }
+  if (zero.element_count()) {
+    if (zero.element_count() != static_cast<size_t>(scale_rows * p.n_pad))
+      return ffi::Error::InvalidArgument("lpnum packed matmul: zero points do not match the scales");
+    p.zero = zero.typed_data();
+  }
+  p.tensor = tensor.element_count() ? tensor.typed_data()[0] : 1.0f;
+  p.post = post;
+  if (!(vmax >= vmin && vmin > 0)) return ffi::Error::InvalidArgument("lpnum packed matmul: bad value range");
+  // The largest and smallest nonzero finite |x|: with the elements' range they bound every product.
+  float x_max = 0.0f, x_min = __builtin_inff();
+  for (int64_t i = 0; i < p.m * p.k_pad; ++i) {
+    const float a = __builtin_fabsf(p.x[i]);
+    if (a <= 0x1.fffffep127f) {
+      x_max = std::max(x_max, a);
+      if (a > 0.0f) x_min = std::min(x_min, a);
+    }
+  }
+  const double lo = 0x1p-125, hi = 0x1p126;
+  const double big = double{vmax} * std::max(1.0, double{x_max}), small = double{vmin} * std::min(1.0, double{x_min});
+  p.factor = double{x_max} * vmax <= hi && double{x_min} * vmin >= lo;
+  p.s_max = static_cast<float>(hi / big);
+  p.s_min = static_cast<float>(lo / small);
+  const bool multi = bits != 4 && bits != 8;  // the generic path: several planes, or 2- and 1-bit ones
+  if (table.element_count() != (size_t{1} << bits) || (decode_kind == kTable16 && (bits != 4 || multi)) ||
+      ((decode_kind == kInt8 || decode_kind == kUint8) && bits != 8))
+    return ffi::Error::InvalidArgument("lpnum packed matmul: the value table does not fit the element bits");
+  const bool is_full = full != 0;
+  if (p.m == 0) return ffi::Error::Success();
+
+  Plan plan;
+  plan.fns[0] = pick<8, 1>(decode_kind, is_full, multi);
+  plan.fns[1] = pick<4, 2>(decode_kind, is_full, multi);
+  plan.fns[2] = pick<2, 4>(decode_kind, is_full, multi);
+  plan.fns[3] = pick<1, 8>(decode_kind, is_full, multi);
+  // Byte rows per pass (measured on a 2-core AMD EPYC at K = N = 8192: 32 for 4-bit planes, 8 for 8-bit ones).
+  plan.chunk = std::gcd(bits == 4 ? 32 : 8, group);
+  auto progress = std::make_shared<Progress>();
+  // One slab of columns per thread (at least kMinItem wide): how the columns are split does not change any sum.
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t per_thread = (p.n_pad + threads - 1) / threads;
+  plan.item = std::max<int64_t>(kMinItem, (per_thread + kAlign - 1) / kAlign * kAlign);
+  progress->total = (p.n_pad + plan.item - 1) / plan.item;
+  const int64_t helpers = std::min(threads, progress->total) - 1;
+  for (int64_t i = 0; i < helpers; ++i)
+    pool.Schedule([p, plan, progress, multi] { drain(p, plan, *progress, multi); });
+  drain(p, plan, *progress, multi);
+  std::unique_lock<std::mutex> lock(progress->mu);
+  progress->cv.wait(lock, [&] { return progress->done == progress->total; });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("bits")
+                                  .Attr<int32_t>("tile_k")
+                                  .Attr<int32_t>("group")
+                                  .Attr<int32_t>("decode")
+                                  .Attr<int32_t>("full")
+                                  .Attr<float>("post")
+                                  .Attr<float>("vmax")
+                                  .Attr<float>("vmin")
+                                  .Attr<int32_t>("exp_lo")
+                                  .Attr<int32_t>("exp_hi")
+                                  .Attr<int32_t>("exp_offset"));

@@ -1,0 +1,195 @@
+"""The native CPU face of the packed matmul (``cpu.cc``): decode-shaped products (few rows of x) that read the
+packed weights once and decode each weight in registers next to its multiply-add.
+
+The C++ kernel knows no formats: it takes a table of the element format's values and a table (or array) of the
+scales' values, both computed here by :mod:`lpnum.kernels.dequant`, and applies them with the operations and order
+of :func:`lpnum.kernels.dequant.apply_scale`. Every weight it multiplies is therefore the float32 that
+:func:`lpnum.kernels.packed_matmul.layout.dequantize` gives; only the order of the float32 sums differs from the
+XLA face (both stay within the reference's float32 summation bound).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lpnum.kernels import dequant, native
+from lpnum.kernels.packed_matmul.layout import PackedWeights
+
+__all__ = ["cpu_matmul", "supported", "available", "TARGET"]
+
+#: The FFI target name of the kernel.
+TARGET = "lpnum_packed_matmul"
+
+_SOURCE = pathlib.Path(__file__).with_name("cpu.cc")
+
+# The decode kinds of cpu.cc: a table gather, a 16-entry permute, or int8 / uint8 codes that are their values.
+_GATHER, _TABLE16, _INT8, _UINT8 = range(4)
+
+
+def available() -> bool:
+  """True when the native kernel is built and registered (on first call; False if native kernels are off or
+  the build failed, see :mod:`lpnum.kernels.native`)."""
+  return native.load(_SOURCE, {TARGET: "LpnumPackedMatmul"})
+
+
+def supported(w: PackedWeights) -> bool:
+  """True when the kernel takes ``w``'s format: every element format of the layout, and scales stored as uint8
+  codes (E8M0, E4M3, ...) or general float scales (power-of-two scales must be exact float32 numbers)."""
+  return _scale_table(w.fmt, np.dtype(w.scales.dtype)) is not None
+
+
+def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
+  """``x2 (M, K_pad) float32 @ W``: ``(M, N_pad)`` float32. ``w`` must be :func:`supported`, and the kernel
+  :func:`available`."""
+  if not available():
+    raise ValueError("the native CPU kernel is not available (LPNUM_NATIVE=0, or its build failed: see the "
+                     "warning)")
+  fmt = w.fmt
+  table, kind = _element_table(fmt.element)
+  vmax, vmin = _value_range(table, w.zero_point is not None, fmt.element.bits)
+  tables = _scale_table(fmt, np.dtype(w.scales.dtype))
+  if tables is None:
+    raise ValueError(f"the native CPU kernel does not take scales of {fmt.scale_format.name} stored as "
+                     f"{w.scales.dtype}")
+  pow2, scale_table, pre = tables
+  exp_lo, exp_hi, exp_offset = _exponent_codes(scale_table, pre)
+  pre = np.zeros((0,), np.float32) if pre is None or np.all(pre == 1) else pre
+  scales = w.scales
+  if scale_table is None:  # wide scale codes: their float32 values, one per scale row and column
+    scales = dequant.scale_parts(fmt, w.scales).value
+    scale_table = np.zeros((0,), np.float32)
+  zero = jnp.zeros((0,), jnp.float32) if w.zero_point is None else w.zero_point.astype(jnp.float32)
+  tensor = jnp.zeros((0,), jnp.float32)
+  post = np.float32(1)
+  if not pow2:
+    if w.tensor_scale is not None:
+      tensor = jnp.reshape(w.tensor_scale, (-1,))[:1].astype(jnp.float32)
+    post = np.float32(2.0 ** fmt.element_exponent)
+  full = w.zero_point is not None or tensor.shape[0] > 0 or post != 1
+  planes = [*w.planes] + [jnp.zeros((0,), jnp.uint8)] * (3 - len(w.planes))
+  m, (_, n_pad) = x2.shape[0], w.padded_shape
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n_pad), jnp.float32), vmap_method="sequential")
+  return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor,
+              bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),
+              decode=np.int32(kind), full=np.int32(full), post=post, vmax=vmax, vmin=vmin,
+              exp_lo=np.int32(exp_lo), exp_hi=np.int32(exp_hi), exp_offset=np.int32(exp_offset))
+
+
+def _exponent_codes(table: np.ndarray | None, pre: np.ndarray | None) -> tuple[int, int, int]:
+  """``(lo, hi, offset)``: the longest run of codes ``lo..hi`` whose scale values are the normal float32
+  ``2^(code + offset)`` with no pre-factor (E8M0's codes 1-254), which the kernel decodes from the code without a
+  table lookup; ``(1, 0, 0)`` (empty) when there is none."""
+  best = (1, 0, 0)
+  if table is None:
+    return best
+  with np.errstate(divide="ignore", invalid="ignore"):
+    e = np.log2(table.astype(np.float64))
+  codes = np.arange(table.size)
+  ok = np.isfinite(e) & (e == np.round(e)) & (e >= -126) & (e <= 127) & (True if pre is None else pre == 1)
+  offset = np.where(ok, np.round(np.nan_to_num(e)) - codes, np.nan)
+  start = 0
+  for c in range(1, table.size + 1):
+    if c == table.size or not ok[c] or offset[c] != offset[start]:
+      if ok[start] and c - 1 - start > best[1] - best[0]:
+        best = (start, c - 1, int(offset[start]))
+      start = c
+  return best
+
+
+def _value_range(table: np.ndarray, zero_point: bool, bits: int) -> tuple[np.float32, np.float32]:
+  """The largest and the smallest nonzero ``|value - zero point|`` over finite values (zero points are integers
+  below 2^bits, so with them the differences are nonzero integers)."""
+  a = np.abs(table[np.isfinite(table)].astype(np.float64))
+  vmax = (a.max(initial=0.0) + (1 << bits) if zero_point else a.max(initial=0.0)) or 1.0
+  vmin = 1.0 if zero_point else a[a > 0].min(initial=1.0)
+  return np.float32(vmax), np.float32(min(vmin, vmax))
+
+
+@functools.lru_cache(maxsize=256)
+def _element_table(element) -> tuple[np.ndarray, int]:
+  """The float32 values of every code of ``element`` and the kernel's decode kind for them."""
+  codes = np.arange(1 << element.bits, dtype=np.int32)
+  with jax.ensure_compile_time_eval():
+    table = np.asarray(dequant.element_values(element, jnp.asarray(codes)), np.float32)
+  kind = _GATHER
+  if element.bits == 4:
+    kind = _TABLE16
+  elif element.bits == 8 and np.array_equal(table, codes.astype(np.int8).astype(np.float32)):
+    kind = _INT8
+  elif element.bits == 8 and np.array_equal(table, codes.astype(np.float32)):
+    kind = _UINT8
+  return table, kind
+
+
+@functools.lru_cache(maxsize=256)
+def _scale_table(fmt, dtype: np.dtype):
+  """``(pow2, table, pre)`` for scales stored as ``dtype``: the float32 value of every uint8 code (``table``; None
+  for wider codes, decoded in XLA) and, for power-of-two scales, the factor ``pre`` that multiplies the element
+  first: :func:`lpnum.kernels.dequant.apply_scale` computes ``v * 2^t`` as ``(v * 2^(t - c)) * 2^c`` with ``c``
+  clipped to float32's normal exponents, so ``pre = 2^(t - c)`` (1 for most codes) and ``table = 2^c``. None when
+  the kernel cannot take the scales (power-of-two scales wider than 8 bits)."""
+  if dtype != np.uint8:
+    return None if fmt.pow2 else (False, None, None)
+  with jax.ensure_compile_time_eval():
+    parts = dequant.scale_parts(fmt, jnp.arange(256, dtype=jnp.uint8))
+    if not fmt.pow2:
+      return False, np.asarray(parts.value, np.float32), None
+    t, nan = np.asarray(parts.exponent), np.asarray(parts.nan)
+  t = np.where(nan, 0, t)
+  c = np.clip(t, -126, 127)
+  table = np.where(nan, np.float32(np.nan), np.ldexp(1.0, c).astype(np.float32))
+  pre = np.ldexp(1.0, t - c).astype(np.float32)
+  if np.any(pre == 0) or np.any(np.isinf(pre)):
+    return None
+  return True, table, pre
+
+
+def _exponent_codes(table: np.ndarray | None, pre: np.ndarray | None) -> tuple[int, int, int]:
+  """``(lo, hi, offset)``: the longest run of codes ``lo..hi`` whose scale values are the normal float32
+  ``2^(code + offset)`` with no pre-factor (E8M0's codes 1-254), which the kernel decodes from the code without a
+  table lookup; ``(1, 0, 0)`` (empty) when there is none."""
+  best = (1, 0, 0)
+  if table is None:
+    return best
+  with np.errstate(divide="ignore", invalid="ignore"):
+    e = np.log2(table.astype(np.float64))
+  codes = np.arange(table.size)
+  ok = np.isfinite(e) & (e == np.round(e)) & (e >= -126) & (e <= 127) & (True if pre is None else pre == 1)
+  offset = np.where(ok, np.round(np.nan_to_num(e)) - codes, np.nan)
+  start = 0
+  for c in range(1, table.size + 1):
+    if c == table.size or not ok[c] or offset[c] != offset[start]:
+      if ok[start] and c - 1 - start > best[1] - best[0]:
+        best = (start, c - 1, int(offset[start]))
+      start = c
+  return best
+
+
+def _value_range(table: np.ndarray, zero_point: bool, bits: int) -> tuple[np.float32, np.float32]:
+  """The largest and the smallest nonzero ``|value - zero point|`` over finite values (zero points are integers
+  below 2^bits, so with them the differences are nonzero integers)."""
+  a = np.abs(table[np.isfinite(table)].astype(np.float64))
+  vmax = (a.max(initial=0.0) + (1 << bits) if zero_point else a.max(initial=0.0)) or 1.0
+  vmin = 1.0 if zero_point else a[a > 0].min(initial=1.0)
+  return np.float32(vmax), np.float32(min(vmin, vmax))
+
+
+@functools.lru_cache(maxsize=256)
+def _element_table(element) -> tuple[np.ndarray, int]:
+  """The float32 values of every code of ``element`` and the kernel's decode kind for them."""
+  codes = np.arange(1 << element.bits, dtype=np.int32)
+  with jax.ensure_compile_time_eval():
+    table = np.asarray(dequant.element_values(element, jnp.asarray(codes)), np.float32)
+  kind = _GATHER
+  if element.bits == 4:
+    kind = _TABLE16
+  elif element.bits == 8 and np.array_equal(table, codes.astype(np.int8).astype(np.float32)):
+    kind = _INT8
+  elif element.bits == 8 and np.array_equal(table, codes.astype(np.float32)):
+    kind = _UINT8
+  return table, kind
