@@ -1,0 +1,233 @@
+"""The packed matmul's native CPU face (kernels/packed_matmul/cpu.cc), against float64 NumPy products of the
+weights as ``lpnum.dequantize`` gives them (the float32 summation bound), and its non-finite results against the
+XLA face's; the build and fallback of :mod:`lpnum.kernels.native`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+import lpnum
+from lpnum import kernels
+from lpnum.kernels import native
+from lpnum.kernels.packed_matmul import cpu, layout
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="the native CPU kernel did not build (warned)")
+
+FORMATS = {
+    "int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
+    "int8_narrow": lpnum.ScaledFormat(lpnum.int_format(8, narrow=True), lpnum.per_channel(1)),
+    "uint8": lpnum.ScaledFormat("uint8", lpnum.per_block(64, 0), asymmetric=True),
+    "int4_g128": lpnum.ScaledFormat("int4", lpnum.per_block(128, 0)),
+    "uint4_zp": lpnum.ScaledFormat("uint4", lpnum.per_block(32, 0), asymmetric=True),
+    "int3": lpnum.ScaledFormat("int3", lpnum.per_block(16, 0)),
+    "int2": lpnum.ScaledFormat("int2", lpnum.per_channel(1)),
+    "ternary": lpnum.ScaledFormat("int2_narrow", lpnum.per_channel(1)),
+    "fp8_e4m3": lpnum.ScaledFormat("float8_e4m3fn", lpnum.per_channel(1)),
+    "fp8_e5m2_bf16": lpnum.ScaledFormat("float8_e5m2", lpnum.per_tensor(), "bfloat16"),
+    "fp4_fp16": lpnum.ScaledFormat("float4_e2m1fn", lpnum.per_block(32, 0), "float16"),
+    **{name: lpnum.mx.format(name, axis=0) for name in lpnum.mx.NAMES},
+    "nvfp4": lpnum.nvfp4.format(axis=0),
+    "nvfp4_tile": lpnum.nvfp4.format(tile=True),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _weights(name, k=200, n=136, seed=0):
+  w = np.random.default_rng(seed).standard_t(4, (k, n)).astype(np.float32)
+  return lpnum.quantize_scaled(jnp.asarray(w), FORMATS[name], pad=True)
+
+
+def _exact(x, wf, out_eps):
+  """float64 ``x @ wf`` and its float32 summation bound (plus the output's rounding)."""
+  xf, wf = np.asarray(x, np.float64), np.asarray(wf, np.float64)
+  with np.errstate(invalid="ignore", over="ignore"):
+    exact = xf @ wf
+    # The last term: products below float32's normal range flush to zero (as in XLA's own dot on this CPU).
+    bound = ((xf.shape[-1] + 2) * 2.0 ** -23 * (np.abs(xf) @ np.abs(wf)) + out_eps * np.abs(exact)
+             + xf.shape[-1] * 2.0 ** -126)
+  return exact, bound
+
+
+def _check(y, x, q, like=None, out_eps=2.0 ** -24):
+  """``y`` within the bound of the exact product with ``lpnum.dequantize(q)``; with ``like`` (the XLA face), the
+  weights are those the kernels decode (``layout.dequantize``: subnormal weights flush, as in any float32 product)
+  and where ``like`` is not finite ``y`` is the same value."""
+  y = np.asarray(y, np.float64)
+  if like is None:
+    exact, bound = _exact(x, lpnum.dequantize(q), out_eps)
+    finite = np.isfinite(exact)
+  else:
+    w = kernels.pack_weights(q)
+    exact, bound = _exact(x, np.asarray(layout.dequantize(w))[:q.shape[0], :q.shape[1]], out_eps)
+    finite = np.isfinite(np.asarray(like))
+    np.testing.assert_array_equal(y[~finite], np.asarray(like, np.float64)[~finite])
+  with np.errstate(invalid="ignore"):
+    err = np.abs(y - exact)
+  assert np.all(err[finite] <= bound[finite]), f"max error/bound {np.max(err[finite] / bound[finite])}"
+
+
+def _native(x, w, **kw):
+  return kernels.matmul(x, w, implementation="native", **kw)
+
+
+# ---- every format, every row-block size -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_every_format_within_the_summation_bound(name):
+  q = _weights(name)
+  w = kernels.pack_weights(q)
+  x = np.random.default_rng(1).standard_normal((17, 200)).astype(np.float32)
+  fn = jax.jit(_native)
+  for m in (1, 2, 3, 5, 9, 17):  # rows of x taken 8, 4, 2 and 1 at a time
+    _check(fn(x[:m], w), x[:m], q)
+
+
+@pytest.mark.parametrize("name", ["int4_g128", "mxfp8_e4m3", "mxfp6_e2m3"])
+def test_several_k_tiles_and_column_items(name):
+  # K = 1100: three K tiles of 512 (the last mostly padding); N = 1300: items of 1024 columns and a partial one.
+  q = _weights(name, k=1100, n=1300)
+  x = np.random.default_rng(2).standard_normal((6, 1100)).astype(np.float32)
+  _check(jax.jit(_native)(x, kernels.pack_weights(q)), x, q)
+
+
+def test_int8_and_int4_sums_are_exact_on_small_integers():
+  # Integer weights and activations small enough that every float32 partial sum is exact: the result is exact.
+  rng = np.random.default_rng(3)
+  for fmt in (FORMATS["int8"], FORMATS["int4_g128"]):
+    wi = rng.integers(-7, 8, (512, 256)).astype(np.float32)
+    wi[::128] = 127 if fmt.element.bits == 8 else 7  # every column's and group's max: scales of 1
+    q = lpnum.quantize_scaled(jnp.asarray(wi), fmt)
+    x = rng.integers(-3, 4, (4, 512)).astype(np.float32)
+    want = x.astype(np.float64) @ np.asarray(lpnum.dequantize(q), np.float64)
+    np.testing.assert_array_equal(np.asarray(_native(x, kernels.pack_weights(q))), want)
+
+
+# ---- non-finite and extreme values -------------------------------------------------------------------------------
+def _with_scale_codes(q, codes):
+  return dataclasses.replace(q, scales=jnp.asarray(codes, q.scales.dtype))
+
+
+def test_extreme_e8m0_scales_match_the_xla_face():
+  # Per column: 2^-127 (applied in two normal factors, as dequantize does), NaN, 2^127 (6 * 2^127 overflows to inf),
+  # 2^-126, and ordinary scales; the kernel's denormals-are-zero threads must not lose the 2^-127 weights.
+  q = _weights("mxfp4_e2m1", k=256, n=136)
+  codes = np.array(q.scales)
+  codes[:, 0], codes[:, 1], codes[:, 2], codes[:, 3] = 0, 255, 254, 1
+  codes[3, 4] = 255  # one NaN block in an otherwise ordinary column
+  q = _with_scale_codes(q, codes)
+  w = kernels.pack_weights(q)
+  x = np.random.default_rng(4).standard_normal((3, 256)).astype(np.float32)
+  like = kernels.matmul(x, w, implementation="xla")
+  y = _native(x, w)
+  assert np.isnan(np.asarray(y)[:, 1]).all() and np.isnan(np.asarray(y)[:, 4]).all()
+  assert np.all(np.asarray(y)[:, 0] != 0)  # 6 * 2^-127 and the like are normal float32 weights
+  _check(y, x, q, like)
+
+
+@pytest.mark.parametrize("name", ["mxfp4_e2m1", "int4_g128", "nvfp4", "fp8_e5m2_bf16", "uint4_zp"])
+def test_extreme_activations_match_the_xla_face(name):
+  # inf, NaN, 1e38 (x * v overflows), subnormal and zero activations: chunks whose sums cannot be scaled once fall
+  # back to scaling every weight; non-finite results are those of the XLA face.
+  q = _weights(name)
+  w = kernels.pack_weights(q)
+  x = np.random.default_rng(5).standard_normal((6, 200)).astype(np.float32)
+  x[0, 3], x[1, 7], x[2, 11], x[3, :] = np.inf, np.nan, 1e38, 1e-40
+  x[4, :] = 0.0
+  x[5, ::2] = -0.0
+  like = kernels.matmul(x, w, implementation="xla")
+  _check(_native(x, w), x, q, like)
+
+
+def test_zero_weights_and_signed_zeros():
+  q = lpnum.quantize_scaled(jnp.zeros((256, 128)), FORMATS["mxfp8_e5m2"])
+  y = np.asarray(_native(-np.ones((1, 256), np.float32), kernels.pack_weights(q)))
+  assert not y.any() and not np.isnan(y).any()
+
+
+# ---- transformations -----------------------------------------------------------------------------------------------
+def test_jit_vmap_and_grad_agree_with_the_xla_face():
+  q = _weights("mxfp4_e2m1")
+  w = kernels.pack_weights(q)
+  x = np.random.default_rng(6).standard_normal((4, 3, 200)).astype(np.float32)
+  batched = jax.jit(jax.vmap(lambda xb: _native(xb, w)))(x)
+  for i in range(4):
+    _check(batched[i], x[i], q)
+  loss = lambda impl: lambda xb: jnp.sum(kernels.matmul(xb, w, implementation=impl) ** 2)
+  g_native, g_xla = jax.grad(loss("native"))(x[0]), jax.grad(loss("xla"))(x[0])
+  np.testing.assert_allclose(g_native, g_xla, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_activations_keep_their_dtype(dtype):
+  q = _weights("int8")
+  x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 200)), dtype)
+  y = _native(x, kernels.pack_weights(q))
+  assert y.dtype == dtype
+  _check(np.asarray(y, np.float32), np.asarray(x, np.float32), q, out_eps=2.0 ** -8)
+
+
+def test_auto_runs_the_native_kernel_below_native_rows_only():
+  from lpnum.kernels.packed_matmul.api import NATIVE_ROWS
+  q = _weights("int4_g128")
+  w = kernels.pack_weights(q)
+  for m, native_call in ((1, True), (NATIVE_ROWS - 1, True), (NATIVE_ROWS, False)):
+    x = jax.ShapeDtypeStruct((m, 200), jnp.float32)
+    text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(x, w).as_text()
+    assert (cpu.TARGET in text) == native_call, m
+
+
+def test_native_export_needs_its_custom_call_allowed():
+  q = _weights("int8")
+  w = kernels.pack_weights(q)
+  fn = jax.jit(lambda x, w: kernels.matmul(x, w, implementation="native"))
+  x = jax.ShapeDtypeStruct((1, 200), jnp.float32)
+  with pytest.raises(ValueError, match="custom calls"):
+    export.export(fn, platforms=["cpu"])(x, w)
+  exp = export.export(fn, platforms=["cpu"], disabled_checks=[export.DisabledSafetyCheck.custom_call(cpu.TARGET)])
+  xv = np.ones((1, 200), np.float32)
+  _check(exp(x, w).call(xv, w), xv, q)
+
+
+# ---- the build ----------------------------------------------------------------------------------------------------
+def test_native_off_falls_back_and_native_raises(monkeypatch):
+  monkeypatch.setenv("LPNUM_NATIVE", "0")
+  q = _weights("int8")
+  w = kernels.pack_weights(q)
+  x = np.ones((1, 200), np.float32)
+  text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(x, w).as_text()
+  assert cpu.TARGET not in text
+  with pytest.raises(ValueError, match="implementation='native'"):
+    kernels.matmul(x, w, implementation="native")
+
+
+def test_a_failed_build_warns_once_and_reports_false(tmp_path, monkeypatch):
+  source = tmp_path / "broken.cc"
+  source.write_text("this is not C++\n")
+  monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
+  with pytest.warns(RuntimeWarning, match="could not build the native CPU kernel broken.cc"):
+    assert native.load(source, {"lpnum_test_broken": "Nothing"}) is False
+  assert native.load(source, {"lpnum_test_broken": "Nothing"}) is False  # cached: no second warning
+
+
+def test_the_library_is_built_once_and_reused(tmp_path, monkeypatch):
+  source = tmp_path / "copy.cc"
+  shutil.copy(cpu._SOURCE, source)
+  monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
+  built = native._build(source)
+  stamp = built.stat().st_mtime_ns
+  assert native._build(source) == built and built.stat().st_mtime_ns == stamp
+  assert [p.name for p in (tmp_path / "cache").iterdir()] == [built.name]  # no temporary files left
+
+
+def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
+  with pytest.raises(OSError):
+    native._build(cpu._SOURCE)
