@@ -4,8 +4,9 @@
 sweep of shapes (M in 1, 16, 128, 1024; K = N in 1024, 4096, 8192), every kernel side by side in one run with the
 unquantized ``jnp.dot`` in float32 and bfloat16 and XLA's own int8 x int8 -> int32 dot (alone, and followed by the
 per-row and per-column scaling W8A8 does), and prints the time, the effective GB/s of weight bytes read and the
-TFLOP/s. ``lpnum.kernels.matmul`` runs its default path: the Pallas kernels on a GPU or TPU, the XLA implementation
-on the CPU (the JSON records which).
+TFLOP/s. ``lpnum.kernels.matmul`` runs its default path: the Pallas kernels on a GPU or TPU; on the CPU the native
+kernel (C++ through XLA's FFI) below ``NATIVE_ROWS`` rows of x and the XLA implementation from there (the JSON
+records which). On the CPU, shapes with fewer rows also time each weight-only format's XLA path ("(XLA path)").
 
 Kernels: weight-only int8 (per channel), int4 (groups of 128), MXFP8, MXFP4 and NVFP4 with float32 x; W8A8 (int8
 x per row, int8 W per channel) both with x already quantized (the kernel alone) and quantized in the call. At
@@ -64,6 +65,7 @@ import lpnum
 from lpnum import kernels
 from lpnum.kernels import accumulate
 from lpnum.kernels import grouped_matmul as gm
+from lpnum.kernels.packed_matmul import NATIVE_ROWS
 from lpnum.results import progress
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
@@ -109,10 +111,15 @@ def matmul_candidates(m: int, k: int, n: int) -> tuple[dict, dict]:
                                       (xi, wi, sx, sw))
   nbytes["int8 dot + scales (XLA)"] = k * n
   mm = jax.jit(kernels.matmul)
+  mm_xla = jax.jit(lambda x, w: kernels.matmul(x, w, implementation="xla"))
+  native_face = jax.default_backend() == "cpu" and m < NATIVE_ROWS
   for name, fmt in WEIGHT_FORMATS.items():
     pw = kernels.pack_weights(lpnum.quantize_scaled(w, fmt))
     cands[name] = (mm, (x, pw))
     nbytes[name] = pw.nbytes
+    if native_face:
+      cands[f"{name} (XLA path)"] = (mm_xla, (x, pw))
+      nbytes[f"{name} (XLA path)"] = pw.nbytes
   pw8 = kernels.pack_weights(lpnum.quantize_scaled(w, WEIGHT_FORMATS["w int8"]))
   xq = lpnum.quantize_scaled(x, X_INT8)
   cands["W8A8 (x quantized)"] = (mm, (xq, pw8))
@@ -485,7 +492,8 @@ def main(argv=None) -> Path:
   print()
   print(format_targets(targets))
   path = write_json("kernels", {"config": {"repeats": args.repeats, "quick": args.quick, "shapes": shapes,
-                                           "path": "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla",
+                                           "path": ("pallas" if jax.default_backend() in ("gpu", "tpu") else
+                                                    f"native below {NATIVE_ROWS} rows, xla from there"),
                                            "accumulator_size": ACC_SIZE},
                                 "roofs": roofs, "matmul": rows, "accumulators": acc, "targets": targets,
                                 "casts": casts, "grouped": grouped}, args.out)

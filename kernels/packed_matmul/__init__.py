@@ -12,22 +12,26 @@ Semantics (what every face computes):
   ``y = (float32(acc) * sx) * sw`` (W8A8). The integer path is bit-exact across faces.
 - The output has x's float dtype (float32 accumulation, rounded once).
 
-Faces: :func:`~lpnum.kernels.packed_matmul.reference.reference_matmul` (the obvious jnp version on the QArray), the XLA path (dequantize once, one
-``jnp.dot``; what runs on the CPU) and the Pallas kernels (TPU through Mosaic, GPU through Triton), which read
-the packed weight tiles and dequantize them tile by tile in VMEM/registers. :func:`matmul` dispatches: Pallas on
-GPU and TPU, XLA elsewhere; ``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the CPU.
+Faces: :func:`~lpnum.kernels.packed_matmul.reference.reference_matmul` (the obvious jnp version on the QArray), the
+XLA path (for few rows, a scan of tiles decoded in cache and multiplied at once; from 128 rows, dequantize once and
+one ``jnp.dot``), the native CPU kernel (C++ through XLA's FFI, compiled on first use: it reads the packed bytes once
+and decodes each weight in registers next to its multiply-add) and the Pallas kernels (TPU through Mosaic, GPU
+through Triton), which read the packed weight tiles and dequantize them tile by tile in VMEM/registers.
+:func:`matmul` dispatches: Pallas on GPU and TPU; on the CPU the native kernel below ``NATIVE_ROWS`` rows of x
+(where it builds), XLA otherwise; ``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the
+CPU.
 
 The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets no gradient). ``grad_format``
 rounds the cotangent ``g`` first (:func:`lpnum.qdot.quantize_grad`).
 
-Faces, one module each: :mod:`.reference`, :mod:`.xla`, :mod:`.pallas`, and :mod:`.api` (the dispatcher and the
-VJP); :mod:`.layout` is the packed weight layout and :mod:`lpnum.kernels.dequant` the in-kernel decoding (shared
+Faces, one module each: :mod:`.reference`, :mod:`.xla`, :mod:`.cpu` (with ``cpu.cc``), :mod:`.pallas`, and
+:mod:`.api` (the dispatcher and the VJP); :mod:`.layout` is the packed weight layout and :mod:`lpnum.kernels.dequant` the in-kernel decoding (shared
 with the other kernel ops).
 """
 
-from lpnum.kernels.packed_matmul.api import IMPLEMENTATIONS, matmul
+from lpnum.kernels.packed_matmul.api import IMPLEMENTATIONS, NATIVE_ROWS, matmul
 from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
 from lpnum.kernels.packed_matmul.pallas import BlockSizes
 from lpnum.kernels.packed_matmul.reference import reference_matmul
 
-__all__ = ["IMPLEMENTATIONS", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]
+__all__ = ["IMPLEMENTATIONS", "NATIVE_ROWS", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]

@@ -5,16 +5,20 @@
 // j, the code of tile row j * (tile_k * w / 8) + r; planes are row-major with N_pad columns. A code's value comes
 // from a table of the element format's values (computed in Python by lpnum.kernels.dequant, so every format the
 // layout holds decodes here exactly as there), and the weight is
-//   plain: value * scale
-//   full:  (((value - zero) * scale) * tensor) * post
-// the operations and order of lpnum.kernels.dequant.apply_scale (post is 2^element_exponent for general scales;
-// power-of-two scales arrive with the element exponent folded in, as the exact float32 2^t). Scales come as uint8
-// codes with a 256-entry table of their values, or as float32 values; both have one row per K group.
+//   plain: (value * pre) * scale
+//   full:  ((((value - zero) * pre) * scale) * tensor) * post
+// the operations and order of lpnum.kernels.dequant.apply_scale: post is 2^element_exponent for general scales;
+// power-of-two scales arrive with the element exponent folded in, as two normal float32 factors pre and scale
+// where 2^t is not a normal float32 (pre is 1 elsewhere). Scales come as uint8 codes with a 256-entry table of
+// their values, or as float32 values; both have one row per K group.
 //
-// The work is split by blocks of 64 output columns over XLA's intra-op thread pool (the calling thread takes
-// blocks too, so the call never waits on a busy pool). Within a block, rows of x are taken MB at a time; for each K
-// tile the block's scale rows are decoded once, then each byte row of a plane is loaded once and its fields are
-// decoded, scaled and accumulated into MB x NV vectors held in registers.
+// Work: the output columns are cut into one slab per thread of XLA's intra-op pool (the calling thread takes slabs
+// too, so the call never waits on a busy pool); how they are cut changes no sum. Within a slab, K is walked tile by
+// tile and chunk by chunk (byte rows within one scale group per bit field); each chunk's byte rows are loaded once,
+// with a software prefetch ahead along the row, and rows of x are taken 8, 4, 2 or 1 at a time over the chunk
+// while it is in L1, their partial sums held in registers. A chunk's sum of x * (value - zero) is multiplied by its
+// combined scale once where that rounds like scaling every weight (see scalable); otherwise every weight is
+// computed as above.
 //
 // Built and loaded by lpnum.kernels.native; called from lpnum.kernels.packed_matmul.cpu.
 
