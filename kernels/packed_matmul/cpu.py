@@ -20,7 +20,7 @@ import numpy as np
 from lpnum.kernels import dequant, native
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 
-__all__ = ["cpu_matmul", "supported", "available", "TARGET"]
+__all__ = ["cpu_matmul", "supported", "streams", "available", "TARGET"]
 
 #: The FFI target name of the kernel.
 TARGET = "lpnum_packed_matmul"
@@ -41,6 +41,13 @@ def supported(w: PackedWeights) -> bool:
   """True when the kernel takes ``w``'s format: every element format of the layout, and scales stored as uint8
   codes (E8M0, E4M3, ...) or general float scales (power-of-two scales must be exact float32 numbers)."""
   return _scale_table(w.fmt, np.dtype(w.scales.dtype)) is not None
+
+
+def streams(w: PackedWeights) -> bool:
+  """True when the kernel decodes ``w``'s elements without a table lookup per weight (4-bit codes, and 8-bit
+  integers): there it beats the XLA path. Other formats (FP8, FP6, 2- and 3-bit codes) gather every value from a
+  table, which the CPU does slowly, and ``"auto"`` leaves them to XLA."""
+  return _element_table(w.fmt.element)[1] != _GATHER
 
 
 def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:

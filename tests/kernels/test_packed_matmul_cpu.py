@@ -177,7 +177,7 @@ def test_auto_runs_the_native_kernel_below_native_rows_only():
   from lpnum.kernels.packed_matmul.api import NATIVE_ROWS
   q = _weights("int4_g128")
   w = kernels.pack_weights(q)
-  for m, native_call in ((1, True), (NATIVE_ROWS - 1, True), (NATIVE_ROWS, False)):
+  for m, native_call in ((1, True), (NATIVE_ROWS - 1, True), (NATIVE_ROWS, False)):  # int4: streamed
     x = jax.ShapeDtypeStruct((m, 200), jnp.float32)
     text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(x, w).as_text()
     assert (cpu.TARGET in text) == native_call, m
@@ -197,14 +197,18 @@ def test_native_export_needs_its_custom_call_allowed():
 
 # ---- the build ----------------------------------------------------------------------------------------------------
 def test_native_off_falls_back_and_native_raises(monkeypatch):
+  # LPNUM_NATIVE is read when a function is traced: shapes of their own here, and the caches cleared after.
   monkeypatch.setenv("LPNUM_NATIVE", "0")
-  q = _weights("int8")
+  q = _weights("int8", k=72, n=40)
   w = kernels.pack_weights(q)
-  x = np.ones((1, 200), np.float32)
-  text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(x, w).as_text()
-  assert cpu.TARGET not in text
-  with pytest.raises(ValueError, match="implementation='native'"):
-    kernels.matmul(x, w, implementation="native")
+  x = np.ones((1, 72), np.float32)
+  try:
+    text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(x, w).as_text()
+    assert cpu.TARGET not in text
+    with pytest.raises(ValueError, match="implementation='native'"):
+      kernels.matmul(x, w, implementation="native")
+  finally:
+    jax.clear_caches()
 
 
 def test_a_failed_build_warns_once_and_reports_false(tmp_path, monkeypatch):
@@ -231,3 +235,11 @@ def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
   with pytest.raises(OSError):
     native._build(cpu._SOURCE)
+
+
+def test_auto_leaves_table_formats_to_xla():
+  # FP8 and FP6 decode through a table gather per weight, which the XLA path beats: "auto" does not take them.
+  for name, native_call in (("mxfp8_e4m3", False), ("mxfp6_e3m2", False), ("nvfp4", True), ("int8", True)):
+    w = kernels.pack_weights(_weights(name))
+    text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(jax.ShapeDtypeStruct((1, 200), jnp.float32), w).as_text()
+    assert (cpu.TARGET in text) == native_call, name
