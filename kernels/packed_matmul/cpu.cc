@@ -69,7 +69,8 @@ struct Problem {
   const float* scale_table;
   const float* scale_pre;      // or null: a factor applied before the scale, (v * pre) * scale, as dequantize
                                // applies powers of two outside float32's normal range in two normal factors
-  int32_t exp_lo, exp_hi, exp_offset;  // codes in [exp_lo, exp_hi] have the value 2^(code + exp_offset)
+  int32_t field_lo, field_hi, field_add, field_shift;  // codes c in [field_lo, field_hi] are the float32 whose
+                                                       // bits are (c + field_add) << field_shift
   const float* scale_values;   // float32 scale values
   const float* zero;           // or null
   float tensor, post;
@@ -128,15 +129,16 @@ inline bool all_lanes(vi mask) {
 #endif
 }
 
-// The float32 scales of scale row g for the 16 columns from col, and their `pre` factors (see Problem). uint8
-// codes whose values are 2^(code + offset) with pre = 1 (E8M0's normal codes and their kin) become float32 exponent
-// fields directly where every lane is such a code; other codes are looked up in the tables.
+// The float32 scales of scale row g for the 16 columns from col, and their `pre` factors (see Problem). Where every
+// lane's uint8 code is a positive normal float32 whose bits are (code + add) << shift with pre = 1 (E8M0's codes
+// 1-254, E4M3's normal codes: the table says which), the bits are computed; other codes are looked up in the tables.
 inline vf scale_vec(const Problem& p, int64_t g, int64_t col, vf* pre) {
   const int64_t off = g * p.n_pad + col;
   *pre = vf{} + 1.0f;
   if (!p.scale_codes) return load_vf(p.scale_values + off);
   const vi c = load_codes(p.scale_codes + off, false);
-  if (all_lanes((c >= p.exp_lo) & (c <= p.exp_hi))) return reinterpret_cast<vf>((c + (p.exp_offset + 127)) << 23);
+  if (all_lanes((c >= p.field_lo) & (c <= p.field_hi)))
+    return reinterpret_cast<vf>((c + p.field_add) << p.field_shift);
 #if defined(__AVX512F__)
   const __m512i idx = reinterpret_cast<__m512i>(c);
   if (p.scale_pre) *pre = reinterpret_cast<vf>(_mm512_i32gather_ps(idx, p.scale_pre, 4));
@@ -325,7 +327,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
                         ffi::Buffer<ffi::F32> zero, ffi::Buffer<ffi::F32> tensor,
                         ffi::ResultBuffer<ffi::F32> out, int32_t bits, int32_t tile_k, int32_t group,
                         int32_t decode_kind, int32_t full, float post, float vmax, float vmin,
-                        int32_t exp_lo, int32_t exp_hi, int32_t exp_offset) {
+                        int32_t field_lo, int32_t field_hi, int32_t field_add, int32_t field_shift) {
   auto xd = x.dimensions();
   auto od = out->dimensions();
   if (xd.size() != 2 || od.size() != 2 || xd[0] != od[0])
@@ -365,11 +367,21 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
     if (scale_pre.element_count() && scale_pre.element_count() != 256)
       return ffi::Error::InvalidArgument("lpnum packed matmul: the pre-factor table must have 256 entries");
     p.scale_pre = scale_pre.element_count() ? scale_pre.typed_data() : nullptr;
-    if (exp_lo <= exp_hi && (exp_lo < 0 || exp_hi > 255 || exp_lo + exp_offset < -126 || exp_hi + exp_offset > 127))
-      return ffi::Error::InvalidArgument("lpnum packed matmul: bad power-of-two scale code range");
-    p.exp_lo = exp_lo;
-    p.exp_hi = exp_hi;
-    p.exp_offset = exp_offset;
+    if (field_lo <= field_hi) {  // the computed bits must be the table's (and pre must be 1) for every such code
+      if (field_lo < 0 || field_hi > 255 || field_shift < 0 || field_shift > 23)
+        return ffi::Error::InvalidArgument("lpnum packed matmul: bad scale code field range");
+      for (int32_t c = field_lo; c <= field_hi; ++c) {
+        const uint32_t bits = static_cast<uint32_t>(c + field_add) << field_shift;
+        uint32_t want;
+        std::memcpy(&want, p.scale_table + c, 4);
+        if (bits != want || (p.scale_pre && p.scale_pre[c] != 1.0f))
+          return ffi::Error::InvalidArgument("lpnum packed matmul: scale code fields disagree with the table");
+      }
+    }
+    p.field_lo = field_lo;
+    p.field_hi = field_hi;
+    p.field_add = field_add;
+    p.field_shift = field_shift;
   } else if (scales.element_type() == ffi::DataType::F32) {
     p.scale_values = static_cast<const float*>(scales.untyped_data());
   } else {
@@ -450,6 +462,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
                                   .Attr<float>("post")
                                   .Attr<float>("vmax")
                                   .Attr<float>("vmin")
-                                  .Attr<int32_t>("exp_lo")
-                                  .Attr<int32_t>("exp_hi")
-                                  .Attr<int32_t>("exp_offset"));
+                                  .Attr<int32_t>("field_lo")
+                                  .Attr<int32_t>("field_hi")
+                                  .Attr<int32_t>("field_add")
+                                  .Attr<int32_t>("field_shift"));

@@ -63,8 +63,7 @@ def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
   if tables is None:
     raise ValueError(f"the native CPU kernel does not take scales of {fmt.scale_format.name} stored as "
                      f"{w.scales.dtype}")
-  pow2, scale_table, pre = tables
-  exp_lo, exp_hi, exp_offset = _exponent_codes(scale_table, pre)
+  pow2, scale_table, pre, (field_lo, field_hi, field_add, field_shift) = tables
   pre = np.zeros((0,), np.float32) if pre is None or np.all(pre == 1) else pre
   scales = w.scales
   if scale_table is None:  # wide scale codes: their float32 values, one per scale row and column
@@ -84,27 +83,32 @@ def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
   return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor,
               bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),
               decode=np.int32(kind), full=np.int32(full), post=post, vmax=vmax, vmin=vmin,
-              exp_lo=np.int32(exp_lo), exp_hi=np.int32(exp_hi), exp_offset=np.int32(exp_offset))
+              field_lo=np.int32(field_lo), field_hi=np.int32(field_hi), field_add=np.int32(field_add),
+              field_shift=np.int32(field_shift))
 
 
-def _exponent_codes(table: np.ndarray | None, pre: np.ndarray | None) -> tuple[int, int, int]:
-  """``(lo, hi, offset)``: the longest run of codes ``lo..hi`` whose scale values are the normal float32
-  ``2^(code + offset)`` with no pre-factor (E8M0's codes 1-254), which the kernel decodes from the code without a
-  table lookup; ``(1, 0, 0)`` (empty) when there is none."""
-  best = (1, 0, 0)
+def _field_codes(table: np.ndarray | None, pre: np.ndarray | None) -> tuple[int, int, int, int]:
+  """``(lo, hi, add, shift)``: the longest run of codes ``c`` in ``lo..hi`` whose scale values are positive normal
+  float32 numbers with bits ``(c + add) << shift`` and no pre-factor (E8M0's codes 1-254 with shift 23, E4M3's
+  normal codes with shift 20), which the kernel decodes without a table lookup; ``(1, 0, 0, 0)`` (empty) when there
+  is none. The kernel checks every code of the run against the table."""
+  best = (1, 0, 0, 0)
   if table is None:
     return best
-  with np.errstate(divide="ignore", invalid="ignore"):
-    e = np.log2(table.astype(np.float64))
+  bits = table.astype(np.float32).view(np.uint32).astype(np.int64)
   codes = np.arange(table.size)
-  ok = np.isfinite(e) & (e == np.round(e)) & (e >= -126) & (e <= 127) & (True if pre is None else pre == 1)
-  offset = np.where(ok, np.round(np.nan_to_num(e)) - codes, np.nan)
-  start = 0
-  for c in range(1, table.size + 1):
-    if c == table.size or not ok[c] or offset[c] != offset[start]:
-      if ok[start] and c - 1 - start > best[1] - best[0]:
-        best = (start, c - 1, int(offset[start]))
-      start = c
+  usable = (table > 0) & np.isfinite(table) & (table >= np.finfo(np.float32).tiny)
+  if pre is not None:
+    usable &= pre == 1
+  for shift in range(23, -1, -1):
+    ok = usable & (bits % (1 << shift) == 0)
+    add = np.where(ok, (bits >> shift) - codes, -1)
+    start = 0
+    for c in range(1, table.size + 1):
+      if c == table.size or not ok[c] or add[c] != add[start]:
+        if ok[start] and c - 1 - start > best[1] - best[0]:
+          best = (start, c - 1, int(add[start]), shift)
+        start = c
   return best
 
 
@@ -135,17 +139,18 @@ def _element_table(element) -> tuple[np.ndarray, int]:
 
 @functools.lru_cache(maxsize=256)
 def _scale_table(fmt, dtype: np.dtype):
-  """``(pow2, table, pre)`` for scales stored as ``dtype``: the float32 value of every uint8 code (``table``; None
-  for wider codes, decoded in XLA) and, for power-of-two scales, the factor ``pre`` that multiplies the element
+  """``(pow2, table, pre, fields)`` for scales stored as ``dtype``: the float32 value of every uint8 code
+  (``table``; None for wider codes, decoded in XLA) and, for power-of-two scales, the factor ``pre`` that multiplies the element
   first: :func:`lpnum.kernels.dequant.apply_scale` computes ``v * 2^t`` as ``(v * 2^(t - c)) * 2^c`` with ``c``
   clipped to float32's normal exponents, so ``pre = 2^(t - c)`` (1 for most codes) and ``table = 2^c``. None when
-  the kernel cannot take the scales (power-of-two scales wider than 8 bits)."""
+  the kernel cannot take the scales (power-of-two scales wider than 8 bits). ``fields``: :func:`_field_codes`."""
   if dtype != np.uint8:
-    return None if fmt.pow2 else (False, None, None)
+    return None if fmt.pow2 else (False, None, None, _field_codes(None, None))
   with jax.ensure_compile_time_eval():
     parts = dequant.scale_parts(fmt, jnp.arange(256, dtype=jnp.uint8))
     if not fmt.pow2:
-      return False, np.asarray(parts.value, np.float32), None
+      table = np.asarray(parts.value, np.float32)
+      return False, table, None, _field_codes(table, None)
     t, nan = np.asarray(parts.exponent), np.asarray(parts.nan)
   t = np.where(nan, 0, t)
   c = np.clip(t, -126, 127)
@@ -153,4 +158,4 @@ def _scale_table(fmt, dtype: np.dtype):
   pre = np.ldexp(1.0, t - c).astype(np.float32)
   if np.any(pre == 0) or np.any(np.isinf(pre)):
     return None
-  return True, table, pre
+  return True, table, pre, _field_codes(table, pre)

@@ -131,6 +131,20 @@ def test_extreme_e8m0_scales_match_the_xla_face():
   _check(y, x, q, like)
 
 
+def test_extreme_e4m3_scales_match_the_xla_face():
+  # NVFP4 blocks whose E4M3 scale is zero, subnormal (codes 1-7: looked up, not computed from the code), NaN (0x7f)
+  # or the largest (0x7e), beside ordinary ones; the tensor scale applies after.
+  q = _weights("nvfp4", k=256, n=136)
+  codes = np.array(q.scales)
+  codes[:, 0], codes[:, 1], codes[:, 2], codes[:, 3], codes[5, 4] = 0, 1, 0x7F, 0x7E, 7
+  q = _with_scale_codes(q, codes)
+  w = kernels.pack_weights(q)
+  x = np.random.default_rng(8).standard_normal((3, 256)).astype(np.float32)
+  y = _native(x, w)
+  assert np.isnan(np.asarray(y)[:, 2]).all() and not np.asarray(y)[:, 0].any()
+  _check(y, x, q, kernels.matmul(x, w, implementation="xla"))
+
+
 @pytest.mark.parametrize("name", ["mxfp4_e2m1", "int4_g128", "nvfp4", "fp8_e5m2_bf16", "uint4_zp"])
 def test_extreme_activations_match_the_xla_face(name):
   # inf, NaN, 1e38 (x * v overflows), subnormal and zero activations: chunks whose sums cannot be scaled once fall
