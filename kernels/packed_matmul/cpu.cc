@@ -5,9 +5,9 @@
 // j, the code of tile row j * (tile_k * w / 8) + r; planes are row-major with N_pad columns. A code's value comes
 // from a table of the element format's values (computed in Python by lpnum.kernels.dequant, so every format the
 // layout holds decodes here exactly as there), and the weight is
-//   plain: (value * pre) * scale
-//   full:  ((((value - zero) * pre) * scale) * tensor) * post
-// the operations and order of lpnum.kernels.dequant.apply_scale: post is 2^element_exponent for general scales;
+//   ((((value - zero) * pre) * scale) * tensor) * post
+// the operations and order of lpnum.kernels.dequant.apply_scale (an absent zero point is 0, an absent tensor scale,
+// pre or post is 1: exact identities): post is 2^element_exponent for general scales;
 // power-of-two scales arrive with the element exponent folded in, as two normal float32 factors pre and scale
 // where 2^t is not a normal float32 (pre is 1 elsewhere). Scales come as uint8 codes with a 256-entry table of
 // their values, or as float32 values; both have one row per K group.
@@ -172,7 +172,7 @@ inline bool scalable(const Problem& p, vf S, vf pre) {
 // once; elsewhere each weight is computed as dequantize computes it and the products are summed. The MB x NV
 // partial sums stay in registers over the chunk.
 // MULTI is the generic path, for codes split over several planes or held in 2- and 1-bit planes.
-template <int MB, int NV, int DEC, bool FULL, bool MULTI>
+template <int MB, int NV, int DEC, bool ZERO, bool MULTI>
 void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r0, int chunk) {
   constexpr int w = DEC == kTable16 ? 4 : 8;  // single planes: 4-bit tables or 8-bit codes
   constexpr int per_byte = MULTI ? 1 : 8 / w;
@@ -191,8 +191,8 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
       const int64_t g = scale_row(p, t * tk + j * rows + r0);
       for (int c = 0; c < NV; ++c) {
         s[j][c] = scale_vec(p, g, col + c * kLanes, &pre[j][c]);
-        z[j][c] = FULL && p.zero ? load_vf(p.zero + g * p.n_pad + col + c * kLanes) : vf{};
-        S[j][c] = FULL ? (s[j][c] * tensor) * post : s[j][c];
+        z[j][c] = ZERO ? load_vf(p.zero + g * p.n_pad + col + c * kLanes) : vf{};
+        S[j][c] = (s[j][c] * tensor) * post;
         factor &= scalable(p, S[j][c], pre[j][c]);
       }
     }
@@ -231,9 +231,9 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
             // 16-entry permutes read the low 4 bits only: field 0 needs no mask, field 1 a shift.
             const vi code = (w == 4 && j == 1) ? bytes[c] >> 4 : bytes[c];
             vf v = decode<DEC>(code, p.table, table16);
-            if constexpr (FULL) v = v - z[j][c];
+            if constexpr (ZERO) v = v - z[j][c];
             if constexpr (decltype(scaled_elements)::value) {
-              v = FULL ? (((v * pre[j][c]) * s[j][c]) * tensor) * post : (v * pre[j][c]) * s[j][c];
+              v = (((v * pre[j][c]) * s[j][c]) * tensor) * post;
             }
 #pragma GCC unroll 8
             for (int mm = 0; mm < MB; ++mm) part[j][mm][c] += xs[mm] * v;
@@ -262,17 +262,17 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
 using PassFn = void (*)(const Problem&, int64_t, int64_t, int64_t, int64_t, int, int);
 
 template <int MB, int NV>
-PassFn pick(int dec, bool full, bool multi) {
-  if (multi) return full ? pass<MB, NV, kGather, true, true> : pass<MB, NV, kGather, false, true>;
+PassFn pick(int dec, bool zero, bool multi) {
+  if (multi) return zero ? pass<MB, NV, kGather, true, true> : pass<MB, NV, kGather, false, true>;
   switch (dec) {
     case kTable16:
-      return full ? pass<MB, NV, kTable16, true, false> : pass<MB, NV, kTable16, false, false>;
+      return zero ? pass<MB, NV, kTable16, true, false> : pass<MB, NV, kTable16, false, false>;
     case kInt8:
-      return full ? pass<MB, NV, kInt8, true, false> : pass<MB, NV, kInt8, false, false>;
+      return zero ? pass<MB, NV, kInt8, true, false> : pass<MB, NV, kInt8, false, false>;
     case kUint8:
-      return full ? pass<MB, NV, kUint8, true, false> : pass<MB, NV, kUint8, false, false>;
+      return zero ? pass<MB, NV, kUint8, true, false> : pass<MB, NV, kUint8, false, false>;
     default:
-      return full ? pass<MB, NV, kGather, true, false> : pass<MB, NV, kGather, false, false>;
+      return zero ? pass<MB, NV, kGather, true, false> : pass<MB, NV, kGather, false, false>;
   }
 }
 
@@ -326,7 +326,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
                         ffi::Buffer<ffi::F32> scale_table, ffi::Buffer<ffi::F32> scale_pre,
                         ffi::Buffer<ffi::F32> zero, ffi::Buffer<ffi::F32> tensor,
                         ffi::ResultBuffer<ffi::F32> out, int32_t bits, int32_t tile_k, int32_t group,
-                        int32_t decode_kind, int32_t full, float post, float vmax, float vmin,
+                        int32_t decode_kind, float post, float vmax, float vmin,
                         int32_t field_lo, int32_t field_hi, int32_t field_add, int32_t field_shift) {
   auto xd = x.dimensions();
   auto od = out->dimensions();
@@ -413,14 +413,14 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   if (table.element_count() != (size_t{1} << bits) || (decode_kind == kTable16 && (bits != 4 || multi)) ||
       ((decode_kind == kInt8 || decode_kind == kUint8) && bits != 8))
     return ffi::Error::InvalidArgument("lpnum packed matmul: the value table does not fit the element bits");
-  const bool is_full = full != 0;
+  const bool has_zero = p.zero != nullptr;
   if (p.m == 0) return ffi::Error::Success();
 
   Plan plan;
-  plan.fns[0] = pick<8, 1>(decode_kind, is_full, multi);
-  plan.fns[1] = pick<4, 2>(decode_kind, is_full, multi);
-  plan.fns[2] = pick<2, 4>(decode_kind, is_full, multi);
-  plan.fns[3] = pick<1, 8>(decode_kind, is_full, multi);
+  plan.fns[0] = pick<8, 1>(decode_kind, has_zero, multi);
+  plan.fns[1] = pick<4, 2>(decode_kind, has_zero, multi);
+  plan.fns[2] = pick<2, 4>(decode_kind, has_zero, multi);
+  plan.fns[3] = pick<1, 8>(decode_kind, has_zero, multi);
   // Byte rows per pass (measured on a 2-core AMD EPYC at K = N = 8192: 32 for 4-bit planes, 8 for 8-bit ones).
   plan.chunk = std::gcd(bits == 4 ? 32 : 8, group);
   auto progress = std::make_shared<Progress>();
@@ -458,7 +458,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
                                   .Attr<int32_t>("tile_k")
                                   .Attr<int32_t>("group")
                                   .Attr<int32_t>("decode")
-                                  .Attr<int32_t>("full")
                                   .Attr<float>("post")
                                   .Attr<float>("vmax")
                                   .Attr<float>("vmin")

@@ -76,13 +76,12 @@ def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
     if w.tensor_scale is not None:
       tensor = jnp.reshape(w.tensor_scale, (-1,))[:1].astype(jnp.float32)
     post = np.float32(2.0 ** fmt.element_exponent)
-  full = w.zero_point is not None or tensor.shape[0] > 0 or post != 1
   planes = [*w.planes] + [jnp.zeros((0,), jnp.uint8)] * (3 - len(w.planes))
   m, (_, n_pad) = x2.shape[0], w.padded_shape
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n_pad), jnp.float32), vmap_method="sequential")
   return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor,
               bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),
-              decode=np.int32(kind), full=np.int32(full), post=post, vmax=vmax, vmin=vmin,
+              decode=np.int32(kind), post=post, vmax=vmax, vmin=vmin,
               field_lo=np.int32(field_lo), field_hi=np.int32(field_hi), field_add=np.int32(field_add),
               field_shift=np.int32(field_shift))
 
