@@ -220,10 +220,11 @@ def _quantize_k(r: jax.Array, bits: int) -> jax.Array:
 def dorefa_weight(w: ArrayLike, bits: int) -> jax.Array:
   """DoReFa-Net weights: ``2 quantize_k(tanh(w) / (2 max|tanh w|) + 1/2) - 1``; for 1 bit ``sign(w) * mean|w|``.
 
-  quantize_k is straight-through; the tanh and the normalisation are differentiated as they are.
+  quantize_k is straight-through; the tanh and the normalisation are differentiated as they are. ``bits``: 1 to 16
+  (as for the other estimators of k-bit levels).
   """
   w = _float(w, "w")
-  bits = _bits(bits, 1, 32)
+  bits = _bits(bits)
   if bits == 1:
     e = jax.lax.stop_gradient(jnp.mean(jnp.abs(w)))
     return w + jax.lax.stop_gradient(jnp.where(w >= 0, e, -e) - w)
@@ -233,9 +234,10 @@ def dorefa_weight(w: ArrayLike, bits: int) -> jax.Array:
 
 
 def dorefa_activation(x: ArrayLike, bits: int) -> jax.Array:
-  """DoReFa-Net activations: ``quantize_k(clip(x, 0, 1))``; gradient 1 inside [0, 1], 0 outside."""
+  """DoReFa-Net activations: ``quantize_k(clip(x, 0, 1))``; gradient 1 inside [0, 1], 0 outside. ``bits``: 1 to
+  16."""
   x = _float(x)
-  y = _quantize_k(jnp.clip(x, 0, 1), _bits(bits, 1, 32))
+  y = _quantize_k(jnp.clip(x, 0, 1), _bits(bits))
   return with_grad_mask(y, x, (x >= 0) & (x <= 1))
 
 

@@ -247,6 +247,8 @@ ENTRIES = [
           positional=("w",)),
     Entry("estimators.dorefa_weight", estimators.dorefa_weight, {"w": X, "bits": 4},
           {"w": not_float_array(), "bits": not_int_in(1, 16)}, positional=("w", "bits")),
+    Entry("estimators.dorefa_activation", estimators.dorefa_activation, {"x": X, "bits": 4},
+          {"x": not_float_array(), "bits": not_int_in(1, 16)}, positional=("x", "bits")),
     Entry("estimators.bitnet_ternary", estimators.bitnet_ternary, {"w": X},
           {"w": not_float_array(), "variant": not_choice({"absmean", "absmedian"}),
            "eps": not_positive_number()}, positional=("w",)),

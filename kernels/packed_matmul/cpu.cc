@@ -17,8 +17,8 @@
 // tile and chunk by chunk (byte rows within one scale group per bit field); each chunk's byte rows are loaded once,
 // with a software prefetch ahead along the row, and rows of x are taken 8, 4, 2 or 1 at a time over the chunk
 // while it is in L1, their partial sums held in registers. A chunk's sum of x * (value - zero) is multiplied by its
-// combined scale once where that rounds like scaling every weight (see scalable); otherwise every weight is
-// computed as above.
+// combined scale once where that scale is a power of two (MX: see scalable); otherwise every weight is computed as
+// above.
 //
 // Built and loaded by lpnum.kernels.native; called from lpnum.kernels.packed_matmul.cpu.
 
@@ -156,19 +156,22 @@ inline vf scale_vec(const Problem& p, int64_t g, int64_t col, vf* pre) {
 inline int64_t scale_row(const Problem& p, int64_t k) { return p.group < p.k_pad ? k / p.group : 0; }
 
 // Whether a chunk's sum of x * (v - zero) may be multiplied by its combined scales S once, instead of scaling every
-// weight: true when each lane's |S| is 0 or within [s_min, s_max], the range (set per call from x's and the
-// elements' magnitudes) where every x * v, v * S and x * v * S is a finite normal float32. Then for power-of-two S
-// the products are the same rounded numbers, only summed in another order, and for other S each product takes at
-// most two more roundings: both within the float32 summation bound. NaN or infinite S never qualify, nor do
-// scales applied in two factors (pre != 1).
+// weight: true when each lane's S is 0 or a power of two whose magnitude lies within [s_min, s_max], the range (set
+// per call from x's and the elements' magnitudes) where every x * v, v * S and x * v * S is a finite normal float32.
+// Multiplying by such an S is exact, so the products are the same rounded numbers as x * (v * S), only summed in
+// another order: within the float32 summation bound, and no product differs from the reference's. Other scales
+// (float32, E4M3: NVFP4, int8 per channel...) scale every weight, as dequantize does. NaN or infinite S never
+// qualify, nor do scales applied in two factors (pre != 1).
 inline bool scalable(const Problem& p, vf S, vf pre) {
-  const vf a = reinterpret_cast<vf>(reinterpret_cast<vi>(S) & 0x7fffffff);
-  return p.factor && all_lanes((pre == 1.0f) & ((a == 0.0f) | ((a >= p.s_min) & (a <= p.s_max))));
+  const vi bits = reinterpret_cast<vi>(S);
+  const vf a = reinterpret_cast<vf>(bits & 0x7fffffff);
+  return p.factor &&
+         all_lanes((pre == 1.0f) & ((a == 0.0f) | ((a >= p.s_min) & (a <= p.s_max) & ((bits & 0x7fffff) == 0))));
 }
 
 // One pass over `chunk` byte rows from r0 of K tile t (MULTI: `chunk` K rows from r0), for rows [m0, m0 + MB) of
 // x and columns [c0, c0 + cw): adds into out. The chunk lies within one scale group per bit field. Where its
-// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by S = scale (* tensor * post)
+// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by S = (scale * tensor) * post
 // once; elsewhere each weight is computed as dequantize computes it and the products are summed. The MB x NV
 // partial sums stay in registers over the chunk.
 // MULTI is the generic path, for codes split over several planes or held in 2- and 1-bit planes.

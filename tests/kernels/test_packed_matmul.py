@@ -347,11 +347,11 @@ def test_the_platform_is_chosen_when_lowered(x_format):
 def test_xla_exports_for_cpu_without_custom_calls(x_format):
   # implementation="xla" is the self-contained CPU artifact: no custom call at all, so the default safety checks
   # pass and any process can run it.
-  q = jax.eval_shape(lambda: lpnum.quantize_scaled(jnp.zeros((512, 256)), WEIGHT_FORMATS["int4"]))
+  q = jax.eval_shape(lambda: lpnum.quantize_scaled(jnp.zeros((512, 256)), WEIGHT_FORMATS["int4_g32"]))
   w = jax.eval_shape(kernels.pack_weights, q)
   fn = jax.jit(lambda x, w: kernels.matmul(x, w, x_format=x_format, implementation="xla"))
   text = export.export(fn, platforms=["cpu"])(jax.ShapeDtypeStruct((1, 512), jnp.float32), w).mlir_module()
-  assert "custom_call" not in text
+  assert "stablehlo.custom_call" not in text
 
 
 def test_tpu_rejects_layouts_with_too_few_scale_rows_per_tile():
