@@ -53,6 +53,11 @@ typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 typedef uint8_t vu8 __attribute__((vector_size(kLanes)));
 typedef int8_t vs8 __attribute__((vector_size(kLanes)));
 
+// How a weight is computed from its value v (after the zero point): scale applied to the chunk's sum (kSummed), or
+// v * scale, (v * pre) * scale, (v * scale) * tensor, or all of ((((v * pre) * scale) * tensor) * post): the
+// factors that are not 1 for the format, in dequantize's order.
+enum Mode : int32_t { kSummed = -1, kPlain = 0, kPre = 1, kTensor = 2, kFull = 3 };
+
 // How a code becomes its value: a gather from the table (any format), one permute of a 16-entry table (4-bit
 // codes), or a conversion where the table is the identity on int8 or uint8 codes.
 enum Decode : int32_t { kGather = 0, kTable16 = 1, kInt8 = 2, kUint8 = 3 };
@@ -75,6 +80,7 @@ struct Problem {
   const float* zero;           // or null
   float tensor, post;
   bool factor;        // whether chunk sums may be scaled once (see scalable)
+  int32_t mode;       // how weights are scaled otherwise (Mode)
   float s_min, s_max;
   float* out;
 };
@@ -235,9 +241,11 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
             const vi code = (w == 4 && j == 1) ? bytes[c] >> 4 : bytes[c];
             vf v = decode<DEC>(code, p.table, table16);
             if constexpr (ZERO) v = v - z[j][c];
-            if constexpr (decltype(scaled_elements)::value) {
-              v = (((v * pre[j][c]) * s[j][c]) * tensor) * post;
-            }
+            constexpr int mode = decltype(scaled_elements)::value;  // kSummed: the chunk sum is scaled after
+            if constexpr (mode == kPlain) v = v * s[j][c];
+            if constexpr (mode == kPre) v = (v * pre[j][c]) * s[j][c];
+            if constexpr (mode == kTensor) v = (v * s[j][c]) * tensor;
+            if constexpr (mode == kFull) v = (((v * pre[j][c]) * s[j][c]) * tensor) * post;
 #pragma GCC unroll 8
             for (int mm = 0; mm < MB; ++mm) part[j][mm][c] += xs[mm] * v;
           }
@@ -245,9 +253,21 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
       }
     };
     if (factor) {
-      rows_of_chunk(std::false_type{});
+      rows_of_chunk(std::integral_constant<int, kSummed>{});
     } else {
-      rows_of_chunk(std::true_type{});
+      switch (p.mode) {  // the factors that are not exact identities for this format
+        case kPlain:
+          rows_of_chunk(std::integral_constant<int, kPlain>{});
+          break;
+        case kPre:
+          rows_of_chunk(std::integral_constant<int, kPre>{});
+          break;
+        case kTensor:
+          rows_of_chunk(std::integral_constant<int, kTensor>{});
+          break;
+        default:
+          rows_of_chunk(std::integral_constant<int, kFull>{});
+      }
       for (int j = 0; j < per_byte; ++j)
         for (int c = 0; c < NV; ++c) S[j][c] = vf{} + 1.0f;
     }
@@ -329,7 +349,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
                         ffi::Buffer<ffi::F32> scale_table, ffi::Buffer<ffi::F32> scale_pre,
                         ffi::Buffer<ffi::F32> zero, ffi::Buffer<ffi::F32> tensor,
                         ffi::ResultBuffer<ffi::F32> out, int32_t bits, int32_t tile_k, int32_t group,
-                        int32_t decode_kind, float post, float vmax, float vmin,
+                        int32_t decode_kind, int32_t mode, float post, float vmax, float vmin,
                         int32_t field_lo, int32_t field_hi, int32_t field_add, int32_t field_shift) {
   auto xd = x.dimensions();
   auto od = out->dimensions();
@@ -397,6 +417,14 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   }
   p.tensor = tensor.element_count() ? tensor.typed_data()[0] : 1.0f;
   p.post = post;
+  if (mode < kPlain || mode > kFull) return ffi::Error::InvalidArgument("lpnum packed matmul: bad scaling mode");
+  if ((mode == kPlain || mode == kPre) && (p.tensor != 1.0f || post != 1.0f))
+    return ffi::Error::InvalidArgument("lpnum packed matmul: the scaling mode drops a tensor scale or post factor");
+  if (mode != kPre && mode != kFull && p.scale_pre)
+    return ffi::Error::InvalidArgument("lpnum packed matmul: the scaling mode drops the pre factors");
+  if (mode == kTensor && post != 1.0f)
+    return ffi::Error::InvalidArgument("lpnum packed matmul: the scaling mode drops the post factor");
+  p.mode = mode;
   if (!(vmax >= vmin && vmin > 0)) return ffi::Error::InvalidArgument("lpnum packed matmul: bad value range");
   // The largest and smallest nonzero finite |x|: with the elements' range they bound every product.
   float x_max = 0.0f, x_min = __builtin_inff();
@@ -461,6 +489,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
                                   .Attr<int32_t>("tile_k")
                                   .Attr<int32_t>("group")
                                   .Attr<int32_t>("decode")
+                                  .Attr<int32_t>("mode")
                                   .Attr<float>("post")
                                   .Attr<float>("vmax")
                                   .Attr<float>("vmin")

@@ -29,6 +29,9 @@ _SOURCE = pathlib.Path(__file__).with_name("cpu.cc")
 
 # The decode kinds of cpu.cc: a table gather, a 16-entry permute, or int8 / uint8 codes that are their values.
 _GATHER, _TABLE16, _INT8, _UINT8 = range(4)
+# Its scaling modes: the factors of dequantize's weight that are not 1 (v * scale, (v * pre) * scale,
+# (v * scale) * tensor, all of them).
+_PLAIN, _PRE, _TENSOR, _FULL = range(4)
 
 
 def available() -> bool:
@@ -76,12 +79,14 @@ def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
     if w.tensor_scale is not None:
       tensor = jnp.reshape(w.tensor_scale, (-1,))[:1].astype(jnp.float32)
     post = np.float32(2.0 ** fmt.element_exponent)
+  mode = {(False, False, False): _PLAIN, (True, False, False): _PRE,
+          (False, True, False): _TENSOR}.get((pre.size > 0, tensor.shape[0] > 0, post != 1), _FULL)
   planes = [*w.planes] + [jnp.zeros((0,), jnp.uint8)] * (3 - len(w.planes))
   m, (_, n_pad) = x2.shape[0], w.padded_shape
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n_pad), jnp.float32), vmap_method="sequential")
   return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor,
               bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),
-              decode=np.int32(kind), post=post, vmax=vmax, vmin=vmin,
+              decode=np.int32(kind), mode=np.int32(mode), post=post, vmax=vmax, vmin=vmin,
               field_lo=np.int32(field_lo), field_hi=np.int32(field_hi), field_add=np.int32(field_add),
               field_shift=np.int32(field_shift))
 
