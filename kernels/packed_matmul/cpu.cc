@@ -17,7 +17,7 @@
 // tile and chunk by chunk (byte rows within one scale group per bit field); each chunk's byte rows are loaded once,
 // with a software prefetch ahead along the row, and rows of x are taken 8, 4, 2 or 1 at a time over the chunk
 // while it is in L1, their partial sums held in registers. A chunk's sum of x * (value - zero) is multiplied by its
-// combined scale once where that scale is a power of two (MX: see scalable); otherwise every weight is computed as
+// scale once where that scale is a power of two (MX: see scalable); otherwise every weight is computed as
 // above.
 //
 // Built and loaded by lpnum.kernels.native; called from lpnum.kernels.packed_matmul.cpu.
@@ -161,8 +161,8 @@ inline vf scale_vec(const Problem& p, int64_t g, int64_t col, vf* pre) {
 
 inline int64_t scale_row(const Problem& p, int64_t k) { return p.group < p.k_pad ? k / p.group : 0; }
 
-// Whether a chunk's sum of x * (v - zero) may be multiplied by its combined scales S once, instead of scaling every
-// weight: true when each lane's S is 0 or a power of two whose magnitude lies within [s_min, s_max], the range (set
+// Whether a chunk's sum of x * (v - zero) may be multiplied by its scales S once, instead of scaling every weight
+// (formats with power-of-two scales only): true when each lane's S is 0 or a power of two whose magnitude lies within [s_min, s_max], the range (set
 // per call from x's and the elements' magnitudes) where every x * v, v * S and x * v * S is a finite normal float32.
 // Multiplying by such an S is exact, so the products are the same rounded numbers as x * (v * S), only summed in
 // another order: within the float32 summation bound, and no product differs from the reference's. Other scales
@@ -177,8 +177,7 @@ inline bool scalable(const Problem& p, vf S, vf pre) {
 
 // One pass over `chunk` byte rows from r0 of K tile t (MULTI: `chunk` K rows from r0), for rows [m0, m0 + MB) of
 // x and columns [c0, c0 + cw): adds into out. The chunk lies within one scale group per bit field. Where its
-// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by S = (scale * tensor) * post
-// once; elsewhere each weight is computed as dequantize computes it and the products are summed. The MB x NV
+// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by the scale once; elsewhere each weight is computed as dequantize computes it and the products are summed. The MB x NV
 // partial sums stay in registers over the chunk.
 // MULTI is the generic path, for codes split over several planes or held in 2- and 1-bit planes.
 template <int MB, int NV, int DEC, bool ZERO, bool MULTI>
@@ -194,15 +193,14 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
   const float* xt = p.x + m0 * p.k_pad + t * tk;
 
   for (int64_t col = c0; col < c0 + cw; col += NV * kLanes) {
-    vf s[per_byte][NV], pre[per_byte][NV], z[per_byte][NV], S[per_byte][NV];
-    bool factor = true;
+    vf s[per_byte][NV], pre[per_byte][NV], z[per_byte][NV];
+    bool factor = p.factor;  // power-of-two scale formats (whose tensor scale and post factor are 1) only
     for (int j = 0; j < per_byte; ++j) {
       const int64_t g = scale_row(p, t * tk + j * rows + r0);
       for (int c = 0; c < NV; ++c) {
         s[j][c] = scale_vec(p, g, col + c * kLanes, &pre[j][c]);
         z[j][c] = ZERO ? load_vf(p.zero + g * p.n_pad + col + c * kLanes) : vf{};
-        S[j][c] = (s[j][c] * tensor) * post;
-        factor &= scalable(p, S[j][c], pre[j][c]);
+        if (factor) factor = scalable(p, s[j][c], pre[j][c]);
       }
     }
     vf part[per_byte][MB][NV] = {};
@@ -268,14 +266,12 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
         default:
           rows_of_chunk(std::integral_constant<int, kFull>{});
       }
-      for (int j = 0; j < per_byte; ++j)
-        for (int c = 0; c < NV; ++c) S[j][c] = vf{} + 1.0f;
     }
     for (int mm = 0; mm < MB; ++mm) {
       float* o = p.out + (m0 + mm) * p.n_pad + col;
       for (int c = 0; c < NV; ++c) {
         vf sum = load_vf(o + c * kLanes);
-        for (int j = 0; j < per_byte; ++j) sum += part[j][mm][c] * S[j][c];
+        for (int j = 0; j < per_byte; ++j) sum += factor ? part[j][mm][c] * s[j][c] : part[j][mm][c];
         std::memcpy(o + c * kLanes, &sum, sizeof(vf));
       }
     }
@@ -349,7 +345,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
                         ffi::Buffer<ffi::F32> scale_table, ffi::Buffer<ffi::F32> scale_pre,
                         ffi::Buffer<ffi::F32> zero, ffi::Buffer<ffi::F32> tensor,
                         ffi::ResultBuffer<ffi::F32> out, int32_t bits, int32_t tile_k, int32_t group,
-                        int32_t decode_kind, int32_t mode, float post, float vmax, float vmin,
+                        int32_t decode_kind, int32_t mode, int32_t pow2, float post, float vmax, float vmin,
                         int32_t field_lo, int32_t field_hi, int32_t field_add, int32_t field_shift) {
   auto xd = x.dimensions();
   auto od = out->dimensions();
@@ -418,6 +414,8 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   p.tensor = tensor.element_count() ? tensor.typed_data()[0] : 1.0f;
   p.post = post;
   if (mode < kPlain || mode > kFull) return ffi::Error::InvalidArgument("lpnum packed matmul: bad scaling mode");
+  if (pow2 && (p.tensor != 1.0f || post != 1.0f))
+    return ffi::Error::InvalidArgument("lpnum packed matmul: power-of-two scales take no tensor scale or post factor");
   if ((mode == kPlain || mode == kPre) && (p.tensor != 1.0f || post != 1.0f))
     return ffi::Error::InvalidArgument("lpnum packed matmul: the scaling mode drops a tensor scale or post factor");
   if (mode != kPre && mode != kFull && p.scale_pre)
@@ -437,7 +435,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   }
   const double lo = 0x1p-125, hi = 0x1p126;
   const double big = double{vmax} * std::max(1.0, double{x_max}), small = double{vmin} * std::min(1.0, double{x_min});
-  p.factor = double{x_max} * vmax <= hi && double{x_min} * vmin >= lo;
+  p.factor = pow2 != 0 && double{x_max} * vmax <= hi && double{x_min} * vmin >= lo;
   p.s_max = static_cast<float>(hi / big);
   p.s_min = static_cast<float>(lo / small);
   const bool multi = bits != 4 && bits != 8;  // the generic path: several planes, or 2- and 1-bit ones
@@ -490,6 +488,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
                                   .Attr<int32_t>("group")
                                   .Attr<int32_t>("decode")
                                   .Attr<int32_t>("mode")
+                                  .Attr<int32_t>("pow2")
                                   .Attr<float>("post")
                                   .Attr<float>("vmax")
                                   .Attr<float>("vmin")

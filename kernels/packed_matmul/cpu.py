@@ -86,7 +86,7 @@ def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n_pad), jnp.float32), vmap_method="sequential")
   return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor,
               bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),
-              decode=np.int32(kind), mode=np.int32(mode), post=post, vmax=vmax, vmin=vmin,
+              decode=np.int32(kind), mode=np.int32(mode), pow2=np.int32(pow2), post=post, vmax=vmax, vmin=vmin,
               field_lo=np.int32(field_lo), field_hi=np.int32(field_hi), field_add=np.int32(field_add),
               field_shift=np.int32(field_shift))
 
