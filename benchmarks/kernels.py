@@ -66,6 +66,7 @@ from lpnum import kernels
 from lpnum.kernels import accumulate
 from lpnum.kernels import grouped_matmul as gm
 from lpnum.kernels.packed_matmul import NATIVE_ROWS
+from lpnum.kernels.packed_matmul import cpu as packed_cpu
 from lpnum.results import progress
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
@@ -92,6 +93,14 @@ WEIGHT_FORMATS = {
     "w nvfp4": lpnum.nvfp4.format(axis=0),
 }
 X_INT8 = lpnum.ScaledFormat("int8", lpnum.per_channel(0))
+
+
+def matmul_path() -> str:
+  """What ``kernels.matmul``'s default runs here: ``"pallas"`` on a GPU or TPU; on the CPU the native kernel below
+  NATIVE_ROWS rows (4-bit codes and 8-bit integers; where it builds) and XLA's path otherwise."""
+  if jax.default_backend() in ("gpu", "tpu"):
+    return "pallas"
+  return f"native below {NATIVE_ROWS} rows, xla otherwise" if packed_cpu.available() else "xla"
 
 
 def matmul_candidates(m: int, k: int, n: int) -> tuple[dict, dict]:
@@ -492,8 +501,7 @@ def main(argv=None) -> Path:
   print()
   print(format_targets(targets))
   path = write_json("kernels", {"config": {"repeats": args.repeats, "quick": args.quick, "shapes": shapes,
-                                           "path": ("pallas" if jax.default_backend() in ("gpu", "tpu") else
-                                                    f"native below {NATIVE_ROWS} rows, xla from there"),
+                                           "path": matmul_path(),
                                            "accumulator_size": ACC_SIZE},
                                 "roofs": roofs, "matmul": rows, "accumulators": acc, "targets": targets,
                                 "casts": casts, "grouped": grouped}, args.out)
