@@ -5,8 +5,9 @@ sweep of shapes (M in 1, 16, 128, 1024; K = N in 1024, 4096, 8192), every kernel
 unquantized ``jnp.dot`` in float32 and bfloat16 and XLA's own int8 x int8 -> int32 dot (alone, and followed by the
 per-row and per-column scaling W8A8 does), and prints the time, the effective GB/s of weight bytes read and the
 TFLOP/s. ``lpnum.kernels.matmul`` runs its default path: the Pallas kernels on a GPU or TPU; on the CPU the native
-kernel (C++ through XLA's FFI) below ``NATIVE_ROWS`` rows of x and the XLA implementation from there (the JSON
-records which). On the CPU, shapes with fewer rows also time each weight-only format's XLA path ("(XLA path)").
+kernel (C++ through XLA's FFI) for few rows of x (``packed_matmul.cpu.NATIVE_ROWS``) and the XLA implementation
+otherwise (the JSON records which). On the CPU, shapes below 128 rows also time each weight-only format's XLA path
+("(XLA path)").
 
 Kernels: weight-only int8 (per channel), int4 (groups of 128), MXFP8, MXFP4 and NVFP4 with float32 x; W8A8 (int8
 x per row, int8 W per channel) both with x already quantized (the kernel alone) and quantized in the call. At
@@ -65,7 +66,6 @@ import lpnum
 from lpnum import kernels
 from lpnum.kernels import accumulate
 from lpnum.kernels import grouped_matmul as gm
-from lpnum.kernels.packed_matmul import NATIVE_ROWS
 from lpnum.kernels.packed_matmul import cpu as packed_cpu
 from lpnum.results import progress
 
@@ -97,10 +97,14 @@ X_INT8 = lpnum.ScaledFormat("int8", lpnum.per_channel(0))
 
 def matmul_path() -> str:
   """What ``kernels.matmul``'s default runs here: ``"pallas"`` on a GPU or TPU; on the CPU the native kernel below
-  NATIVE_ROWS rows (4-bit codes and 8-bit integers; where it builds) and XLA's path otherwise."""
+  ``packed_matmul.cpu.NATIVE_ROWS`` rows (4-bit codes and 8-bit integers; where it builds) and XLA's path
+  otherwise."""
   if jax.default_backend() in ("gpu", "tpu"):
     return "pallas"
-  return f"native below {NATIVE_ROWS} rows, xla otherwise" if packed_cpu.available() else "xla"
+  if not packed_cpu.available():
+    return "xla"
+  return ("native below " + ", ".join(f"{rows} rows for {bits}-bit codes" for bits, rows in
+                                      packed_cpu.NATIVE_ROWS.items()) + ", xla otherwise")
 
 
 def matmul_candidates(m: int, k: int, n: int) -> tuple[dict, dict]:
@@ -121,7 +125,7 @@ def matmul_candidates(m: int, k: int, n: int) -> tuple[dict, dict]:
   nbytes["int8 dot + scales (XLA)"] = k * n
   mm = jax.jit(kernels.matmul)
   mm_xla = jax.jit(lambda x, w: kernels.matmul(x, w, implementation="xla"))
-  native_face = jax.default_backend() == "cpu" and m < NATIVE_ROWS
+  native_face = jax.default_backend() == "cpu" and m < 128
   for name, fmt in WEIGHT_FORMATS.items():
     pw = kernels.pack_weights(lpnum.quantize_scaled(w, fmt))
     cands[name] = (mm, (x, pw))

@@ -17,8 +17,8 @@ XLA path (for few rows, a scan of tiles decoded in cache and multiplied at once;
 one ``jnp.dot``), the native CPU kernel (C++ through XLA's FFI, compiled on first use: it reads the packed bytes once
 and decodes each weight in registers next to its multiply-add) and the Pallas kernels (TPU through Mosaic, GPU
 through Triton), which read the packed weight tiles and dequantize them tile by tile in VMEM/registers.
-:func:`matmul` dispatches: Pallas on GPU and TPU; on the CPU the native kernel below ``NATIVE_ROWS`` rows of x
-(where it builds), XLA otherwise; ``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the
+:func:`matmul` dispatches: Pallas on GPU and TPU; on the CPU the native kernel for few rows of x
+(``cpu.NATIVE_ROWS``: below 32 for 4-bit codes, 16 for 8-bit integers; where it builds), XLA otherwise; ``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the
 CPU.
 
 The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets no gradient). ``grad_format``
@@ -29,9 +29,9 @@ Faces, one module each: :mod:`.reference`, :mod:`.xla`, :mod:`.cpu` (with ``cpu.
 with the other kernel ops).
 """
 
-from lpnum.kernels.packed_matmul.api import IMPLEMENTATIONS, NATIVE_ROWS, matmul
+from lpnum.kernels.packed_matmul.api import IMPLEMENTATIONS, matmul
 from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
 from lpnum.kernels.packed_matmul.pallas import BlockSizes
 from lpnum.kernels.packed_matmul.reference import reference_matmul
 
-__all__ = ["IMPLEMENTATIONS", "NATIVE_ROWS", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]
+__all__ = ["IMPLEMENTATIONS", "BlockSizes", "PackedWeights", "matmul", "pack_weights", "reference_matmul"]

@@ -16,7 +16,7 @@ from lpnum.kernels.packed_matmul import cpu, layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
 from lpnum.kernels.packed_matmul.pallas import BlockSizes, pallas_matmul
 from lpnum.kernels.packed_matmul.reference import HIGHEST, integer_path
-from lpnum.kernels.packed_matmul.xla import WHOLE_DEQUANTIZE_ROWS, xla_matmul
+from lpnum.kernels.packed_matmul.xla import xla_matmul
 from lpnum.kernels import tiles
 from lpnum.kernels.tiles import check_dispatch
 from lpnum.qarray import QArray
@@ -24,15 +24,12 @@ from lpnum.qdot import quantize_grad
 from lpnum.scaled import ScaledFormat, dequantize, quantize_scaled
 from lpnum.validate import as_array, short
 
-__all__ = ["matmul", "IMPLEMENTATIONS", "NATIVE_ROWS"]
+__all__ = ["matmul", "IMPLEMENTATIONS"]
 
 #: The faces ``implementation=`` picks: the kernel ops' (``"auto"``, ``"pallas"``, ``"xla"``) and ``"native"``, the
 #: compiled CPU kernel (:mod:`lpnum.kernels.packed_matmul.cpu`).
 IMPLEMENTATIONS = (*tiles.IMPLEMENTATIONS, "native")
 
-#: On the CPU, ``"auto"`` runs the native kernel (where it is built, for 4-bit codes and 8-bit integers) for x with
-#: fewer rows than this, and the XLA path from here on (XLA's one large dot of the dequantized weights wins there).
-NATIVE_ROWS = WHOLE_DEQUANTIZE_ROWS
 
 
 X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
@@ -47,8 +44,8 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     w: PackedWeights (:func:`lpnum.kernels.pack_weights`), or a 2-D QArray ``(K, N)`` (packed on the fly).
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
-    implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel for fewer than NATIVE_ROWS rows of
-      x and weights of 4-bit codes or 8-bit integers, XLA otherwise), ``"pallas"``, ``"xla"`` or ``"native"`` (the compiled CPU kernel for any M; an error where
+    implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel for few rows of x and weights of
+      4-bit codes or 8-bit integers, :data:`lpnum.kernels.packed_matmul.cpu.NATIVE_ROWS`; XLA otherwise), ``"pallas"``, ``"xla"`` or ``"native"`` (the compiled CPU kernel for any M; an error where
       it cannot be built or does not take the format). The platform is chosen when the program is lowered
       (``jax.lax.platform_dependent``), as :func:`lpnum.kernels.accumulate.matmul` does: a function traced on a CPU
       host and exported for ``tpu`` or ``cuda`` carries that platform's kernel; lowering ``"pallas"`` for a platform
@@ -139,12 +136,12 @@ def _check_native(w: PackedWeights) -> None:
 
 def _cpu_matmul(x2: jax.Array, w: PackedWeights, implementation: str) -> jax.Array:
   """``x2 @ W`` on the CPU: the native kernel where ``implementation`` asks for it (``"native"``, or ``"auto"``
-  with fewer than NATIVE_ROWS rows, the CPU as the default backend, and the kernel built and streaming the format:
-  :func:`cpu.streams`), else the XLA path. ``(M, N_pad)`` float32."""
+  with fewer rows than :func:`cpu.native_rows` gives for the format, the CPU as the default backend, and the kernel
+  built), else the XLA path. ``(M, N_pad)`` float32."""
   m = x2.shape[0]
   native = implementation == "native" or (
-      implementation == "auto" and m < NATIVE_ROWS and jax.default_backend() == "cpu" and cpu.supported(w)
-      and cpu.streams(w) and cpu.available())
+      implementation == "auto" and m < cpu.native_rows(w) and jax.default_backend() == "cpu" and cpu.supported(w)
+      and cpu.available())
   x2 = x2.astype(jnp.float32)
   if not native:
     return xla_matmul(x2, w)

@@ -188,13 +188,14 @@ def test_low_precision_activations_keep_their_dtype(dtype):
 
 
 def test_auto_runs_the_native_kernel_below_native_rows_only():
-  from lpnum.kernels.packed_matmul.api import NATIVE_ROWS
-  q = _weights("int4_g128")
-  w = kernels.pack_weights(q)
-  for m, native_call in ((1, True), (NATIVE_ROWS - 1, True), (NATIVE_ROWS, False)):  # int4: streamed
-    x = jax.ShapeDtypeStruct((m, 200), jnp.float32)
-    text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(x, w).as_text()
-    assert (cpu.TARGET in text) == native_call, m
+  for name, bits in (("int4_g128", 4), ("int8", 8)):
+    w = kernels.pack_weights(_weights(name))
+    rows = cpu.NATIVE_ROWS[bits]
+    assert cpu.native_rows(w) == rows
+    for m, native_call in ((1, True), (rows - 1, True), (rows, False)):
+      x = jax.ShapeDtypeStruct((m, 200), jnp.float32)
+      text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(x, w).as_text()
+      assert (cpu.TARGET in text) == native_call, (name, m)
 
 
 def test_native_export_needs_its_custom_call_allowed():
