@@ -8,7 +8,7 @@ library is cached under ``$LPNUM_NATIVE_CACHE`` (default ``~/.cache/lpnum/native
 source, the flags, the compiler and the jaxlib version; concurrent processes build into temporary files and
 rename, so they never see a half-written library.
 
-Set ``LPNUM_NATIVE=0`` to never build or use native kernels. Where no compiler works, :func:`load` returns None
+Set ``LPNUM_NATIVE=0`` to never build or use native kernels. Where no compiler works, :func:`load` returns False
 after one warning and callers fall back to their XLA face.
 """
 

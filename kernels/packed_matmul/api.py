@@ -30,8 +30,6 @@ __all__ = ["matmul", "IMPLEMENTATIONS"]
 #: compiled CPU kernel (:mod:`lpnum.kernels.packed_matmul.cpu`).
 IMPLEMENTATIONS = (*tiles.IMPLEMENTATIONS, "native")
 
-
-
 X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 
 
@@ -45,8 +43,9 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
     implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel for few rows of x and weights of
-      4-bit codes or 8-bit integers, :data:`lpnum.kernels.packed_matmul.cpu.NATIVE_ROWS`; XLA otherwise), ``"pallas"``, ``"xla"`` or ``"native"`` (the compiled CPU kernel for any M; an error where
-      it cannot be built or does not take the format). The platform is chosen when the program is lowered
+      4-bit codes or 8-bit integers, :data:`lpnum.kernels.packed_matmul.cpu.NATIVE_ROWS`; XLA otherwise),
+      ``"pallas"``, ``"xla"`` or ``"native"`` (the compiled CPU kernel for any M; an error where it cannot be built
+      or does not take the format). The platform is chosen when the program is lowered
       (``jax.lax.platform_dependent``), as :func:`lpnum.kernels.accumulate.matmul` does: a function traced on a CPU
       host and exported for ``tpu`` or ``cuda`` carries that platform's kernel; lowering ``"pallas"`` for a platform
       without a kernel (the CPU) is an error. The native kernel is an FFI custom call that exists only in the
@@ -70,7 +69,7 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
   check_dispatch(implementation, platform, interpret, block_sizes, IMPLEMENTATIONS)
   w = _as_packed(w)
   if implementation == "native":
-    _check_native(w)
+    cpu.check(w)
   x_float, xq = _check_x(x, x_format, w)
   if interpret:
     implementation = "pallas"
@@ -123,15 +122,6 @@ def _check_x(x, x_format, w: PackedWeights):
   if len(shape) < 1 or shape[-1] != k:
     raise ValueError(f"x has shape {shape}; its last axis must be K={k}, the weights' first axis")
   return (None, x) if isinstance(x, QArray) else (x, None)
-
-
-def _check_native(w: PackedWeights) -> None:
-  if not cpu.supported(w):
-    raise ValueError(f"implementation='native': the native CPU kernel does not take {w.fmt.scale_format.name} "
-                     f"scales stored as {w.scales.dtype}; use implementation='xla'")
-  if not cpu.available():
-    raise ValueError("implementation='native': the native CPU kernel is not available (LPNUM_NATIVE=0, or its "
-                     "build failed: see the warning); use implementation='xla'")
 
 
 def _cpu_matmul(x2: jax.Array, w: PackedWeights, implementation: str) -> jax.Array:

@@ -45,13 +45,11 @@ namespace {
 
 constexpr int kLanes = 16;
 constexpr int kMinItem = 1024;  // output columns per work item, at least (wider ones stream better)
-constexpr int kAlign = 128;
-constexpr int kAhead = 256;  // software prefetch distance along a plane's row, in bytes  // N_pad is a multiple of this
+constexpr int kAlign = 128;    // N_pad is a multiple of this
+constexpr int kAhead = 256;    // software prefetch distance along a plane's row, in bytes
 
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
-typedef uint8_t vu8 __attribute__((vector_size(kLanes)));
-typedef int8_t vs8 __attribute__((vector_size(kLanes)));
 
 // How a weight is computed from its value v (after the zero point): scale applied to the chunk's sum (kSummed), or
 // v * scale, (v * pre) * scale, (v * scale) * tensor, or all of ((((v * pre) * scale) * tensor) * post): the
@@ -162,8 +160,9 @@ inline vf scale_vec(const Problem& p, int64_t g, int64_t col, vf* pre) {
 inline int64_t scale_row(const Problem& p, int64_t k) { return p.group < p.k_pad ? k / p.group : 0; }
 
 // Whether a chunk's sum of x * (v - zero) may be multiplied by its scales S once, instead of scaling every weight
-// (formats with power-of-two scales only): true when each lane's S is 0 or a power of two whose magnitude lies within [s_min, s_max], the range (set
-// per call from x's and the elements' magnitudes) where every x * v, v * S and x * v * S is a finite normal float32.
+// (formats with power-of-two scales only): true when each lane's S is 0 or a power of two whose magnitude lies
+// within [s_min, s_max], the range (set per call from x's and the elements' magnitudes) where every x * v, v * S and
+// x * v * S is a finite normal float32.
 // Multiplying by such an S is exact, so the products are the same rounded numbers as x * (v * S), only summed in
 // another order: within the float32 summation bound, and no product differs from the reference's. Other scales
 // (float32, E4M3: NVFP4, int8 per channel...) scale every weight, as dequantize does. NaN or infinite S never
@@ -177,8 +176,9 @@ inline bool scalable(const Problem& p, vf S, vf pre) {
 
 // One pass over `chunk` byte rows from r0 of K tile t (MULTI: `chunk` K rows from r0), for rows [m0, m0 + MB) of
 // x and columns [c0, c0 + cw): adds into out. The chunk lies within one scale group per bit field. Where its
-// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by the scale once; elsewhere each weight is computed as dequantize computes it and the products are summed. The MB x NV
-// partial sums stay in registers over the chunk.
+// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by the scale once; elsewhere
+// each weight is computed as dequantize computes it and the products are summed. The MB x NV partial sums stay in
+// registers over the chunk.
 // MULTI is the generic path, for codes split over several planes or held in 2- and 1-bit planes.
 template <int MB, int NV, int DEC, bool ZERO, bool MULTI>
 void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r0, int chunk) {

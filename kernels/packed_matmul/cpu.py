@@ -20,7 +20,7 @@ import numpy as np
 from lpnum.kernels import dequant, native
 from lpnum.kernels.packed_matmul.layout import PackedWeights
 
-__all__ = ["cpu_matmul", "supported", "native_rows", "available", "TARGET", "NATIVE_ROWS"]
+__all__ = ["cpu_matmul", "supported", "check", "native_rows", "available", "TARGET", "NATIVE_ROWS"]
 
 #: The FFI target name of the kernel.
 TARGET = "lpnum_packed_matmul"
@@ -46,6 +46,17 @@ def supported(w: PackedWeights) -> bool:
   return _scale_table(w.fmt, np.dtype(w.scales.dtype)) is not None
 
 
+def check(w: PackedWeights) -> None:
+  """Raises ValueError naming ``implementation='native'`` unless the kernel takes ``w``'s format and is built (which
+  also registers it with XLA)."""
+  if not supported(w):
+    raise ValueError(f"implementation='native': the native CPU kernel does not take {w.fmt.scale_format.name} "
+                     f"scales stored as {w.scales.dtype}; use implementation='xla'")
+  if not available():
+    raise ValueError("implementation='native': the native CPU kernel is not available (LPNUM_NATIVE=0, or its "
+                     "build failed: see the warning); use implementation='xla'")
+
+
 #: Rows of x below which ``kernels.matmul``'s ``"auto"`` runs the kernel, by element bits: 4-bit codes (16-entry
 #: permutes) and 8-bit integers (conversions). Measured side by side with the XLA path on a 2-core AMD EPYC at
 #: K = N = 4096 and 8192: 4-bit codes win up to 32 rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32 rows).
@@ -60,19 +71,12 @@ def native_rows(w: PackedWeights) -> int:
 
 
 def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
-  """``x2 (M, K_pad) float32 @ W``: ``(M, N_pad)`` float32. ``w`` must be :func:`supported`, and the kernel
-  :func:`available`."""
-  if not available():
-    raise ValueError("the native CPU kernel is not available (LPNUM_NATIVE=0, or its build failed: see the "
-                     "warning)")
+  """``x2 (M, K_pad) float32 @ W``: ``(M, N_pad)`` float32. Raises as :func:`check` does."""
+  check(w)
   fmt = w.fmt
   table, kind = _element_table(fmt.element)
   vmax, vmin = _value_range(table, w.zero_point is not None, fmt.element.bits)
-  tables = _scale_table(fmt, np.dtype(w.scales.dtype))
-  if tables is None:
-    raise ValueError(f"the native CPU kernel does not take scales of {fmt.scale_format.name} stored as "
-                     f"{w.scales.dtype}")
-  pow2, scale_table, pre, (field_lo, field_hi, field_add, field_shift) = tables
+  pow2, scale_table, pre, (field_lo, field_hi, field_add, field_shift) = _scale_table(fmt, np.dtype(w.scales.dtype))
   pre = np.zeros((0,), np.float32) if pre is None or np.all(pre == 1) else pre
   scales = w.scales
   if scale_table is None:  # wide scale codes: their float32 values, one per scale row and column
@@ -150,10 +154,11 @@ def _element_table(element) -> tuple[np.ndarray, int]:
 @functools.lru_cache(maxsize=256)
 def _scale_table(fmt, dtype: np.dtype):
   """``(pow2, table, pre, fields)`` for scales stored as ``dtype``: the float32 value of every uint8 code
-  (``table``; None for wider codes, decoded in XLA) and, for power-of-two scales, the factor ``pre`` that multiplies the element
-  first: :func:`lpnum.kernels.dequant.apply_scale` computes ``v * 2^t`` as ``(v * 2^(t - c)) * 2^c`` with ``c``
-  clipped to float32's normal exponents, so ``pre = 2^(t - c)`` (1 for most codes) and ``table = 2^c``. None when
-  the kernel cannot take the scales (power-of-two scales wider than 8 bits). ``fields``: :func:`_field_codes`."""
+  (``table``; None for wider codes, decoded in XLA) and, for power-of-two scales, the factor ``pre`` that multiplies
+  the element first: :func:`lpnum.kernels.dequant.apply_scale` computes ``v * 2^t`` as ``(v * 2^(t - c)) * 2^c``
+  with ``c`` clipped to float32's normal exponents, so ``pre = 2^(t - c)`` (1 for most codes) and ``table = 2^c``.
+  None when the kernel cannot take the scales (power-of-two scales wider than 8 bits). ``fields``:
+  :func:`_field_codes`."""
   if dtype != np.uint8:
     return None if fmt.pow2 else (False, None, None, _field_codes(None, None))
   with jax.ensure_compile_time_eval():
