@@ -97,14 +97,15 @@ X_INT8 = lpnum.ScaledFormat("int8", lpnum.per_channel(0))
 
 def matmul_path() -> str:
   """What ``kernels.matmul``'s default runs here: ``"pallas"`` on a GPU or TPU; on the CPU the native kernel below
-  ``packed_matmul.cpu.NATIVE_ROWS`` rows (4-bit codes and 8-bit integers; where it builds) and XLA's path
-  otherwise."""
+  ``packed_matmul.cpu.NATIVE_ROWS`` rows for this CPU's instruction set (4-bit codes and 8-bit integers; where it
+  builds with AVX2 or AVX-512) and XLA's path otherwise."""
   if jax.default_backend() in ("gpu", "tpu"):
     return "pallas"
-  if not packed_cpu.available():
+  isa = packed_cpu.isa()
+  if isa not in packed_cpu.NATIVE_ROWS:
     return "xla"
-  return ("native below " + ", ".join(f"{rows} rows for {bits}-bit codes" for bits, rows in
-                                      packed_cpu.NATIVE_ROWS.items()) + ", xla otherwise")
+  return (f"native ({isa}) below " + ", ".join(f"{rows} rows for {bits}-bit codes" for bits, rows in
+                                               packed_cpu.NATIVE_ROWS[isa].items()) + ", xla otherwise")
 
 
 def matmul_candidates(m: int, k: int, n: int) -> tuple[dict, dict]:

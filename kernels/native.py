@@ -5,10 +5,12 @@ packed matmul's XLA face decodes whole tiles to float32 first), so a kernel op m
 here, on the machine that runs it, by the system's C++ compiler (``$CXX``, else ``c++``) with ``-O3
 -march=native`` against the FFI headers of the installed jaxlib, so it matches that jaxlib and that CPU. The shared
 library is cached under ``$LPNUM_NATIVE_CACHE`` (default ``~/.cache/lpnum/native``), named by a hash of the
-source, the flags, the compiler and the jaxlib version; concurrent processes build into temporary files and
+source, the flags, the compiler, the instruction set ``-march=native`` means on this CPU (the compiler's predefined
+macros for it) and the jaxlib version, so a cache shared between machines never hands one CPU a library built for
+another; concurrent processes build into temporary files and
 rename, so they never see a half-written library.
 
-Set ``LPNUM_NATIVE=0`` to never build or use native kernels. Where no compiler works, :func:`load` returns False
+Set ``LPNUM_NATIVE=0`` to never build or use native kernels. Where no compiler works, :func:`load` returns None
 after one warning and callers fall back to their XLA face.
 """
 
@@ -42,7 +44,7 @@ def enabled() -> bool:
   return os.environ.get("LPNUM_NATIVE", "1") != "0"
 
 
-def load(source: str | os.PathLike, targets: dict[str, str]) -> bool:
+def load(source: str | os.PathLike, targets: dict[str, str]) -> ctypes.CDLL | None:
   """Builds ``source`` (once per machine, cached) and registers its FFI handlers for the CPU.
 
   Args:
@@ -50,15 +52,16 @@ def load(source: str | os.PathLike, targets: dict[str, str]) -> bool:
     targets: FFI target name -> the handler symbol the source defines (``XLA_FFI_DEFINE_HANDLER_SYMBOL``).
 
   Returns:
-    True when the targets are registered; False when native kernels are off or the build failed (warned once).
+    The loaded library (for its other exported symbols) once the targets are registered; None when native kernels
+    are off or the build failed (warned once).
   """
   if not enabled():
-    return False
+    return None
   return _load(str(pathlib.Path(source).resolve()), tuple(sorted(targets.items())))
 
 
 @functools.lru_cache(maxsize=None)
-def _load(source: str, targets: tuple[tuple[str, str], ...]) -> bool:
+def _load(source: str, targets: tuple[tuple[str, str], ...]) -> ctypes.CDLL | None:
   with _lock:
     try:
       lib = ctypes.CDLL(str(_build(pathlib.Path(source))))
@@ -69,8 +72,8 @@ def _load(source: str, targets: tuple[tuple[str, str], ...]) -> bool:
       warnings.warn(f"lpnum: could not build the native CPU kernel {pathlib.Path(source).name}; the XLA path "
                     f"runs instead (set LPNUM_NATIVE=0 to silence this). {detail[-2000:]}", RuntimeWarning,
                     stacklevel=3)
-      return False
-  return True
+      return None
+  return lib
 
 
 def _compiler() -> list[str]:
@@ -80,20 +83,30 @@ def _compiler() -> list[str]:
   return shlex.split(cxx)
 
 
-def _build(source: pathlib.Path) -> pathlib.Path:
+def _library(source: pathlib.Path) -> pathlib.Path:
+  """Where the library built from ``source`` is cached: named by the hash of everything the build depends on."""
   cxx = _compiler()
   version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, check=True).stdout
+  arch = [flag for flag in FLAGS if flag.startswith("-march=")]
+  target_macros = subprocess.run([*cxx, *arch, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+                                 check=True).stdout
   import jaxlib  # the headers and ABI the library is built against
 
   key = hashlib.sha256()
-  for part in (source.read_bytes(), " ".join(FLAGS).encode(), version.encode(), jaxlib.__version__.encode(),
-               platform.machine().encode()):
+  for part in (source.read_bytes(), " ".join(FLAGS).encode(), version.encode(), target_macros.encode(),
+               jaxlib.__version__.encode(), platform.machine().encode()):
     key.update(part)
     key.update(b"\0")
   cache = pathlib.Path(os.environ.get("LPNUM_NATIVE_CACHE") or pathlib.Path.home() / ".cache" / "lpnum" / "native")
-  target = cache / f"{source.stem}-{key.hexdigest()[:16]}.so"
+  return cache / f"{source.stem}-{key.hexdigest()[:16]}.so"
+
+
+def _build(source: pathlib.Path) -> pathlib.Path:
+  target = _library(source)
   if target.exists():
     return target
+  cache = target.parent
+  cxx = _compiler()
   cache.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
   os.close(fd)

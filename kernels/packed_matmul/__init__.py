@@ -18,7 +18,8 @@ one ``jnp.dot``), the native CPU kernel (C++ through XLA's FFI, compiled on firs
 and decodes each weight in registers next to its multiply-add) and the Pallas kernels (TPU through Mosaic, GPU
 through Triton), which read the packed weight tiles and dequantize them tile by tile in VMEM/registers.
 :func:`matmul` dispatches: Pallas on GPU and TPU; on the CPU the native kernel for few rows of x
-(``cpu.NATIVE_ROWS``: below 32 for 4-bit codes, 16 for 8-bit integers; where it builds), XLA otherwise;
+(``cpu.NATIVE_ROWS``, by instruction set: with AVX-512 below 32 for 4-bit codes and 16 for 8-bit integers; where
+it builds), XLA otherwise;
 ``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the CPU.
 
 The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets no gradient). ``grad_format``

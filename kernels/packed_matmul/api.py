@@ -43,7 +43,7 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
     implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel for few rows of x and weights of
-      4-bit codes or 8-bit integers, :data:`lpnum.kernels.packed_matmul.cpu.NATIVE_ROWS`; XLA otherwise),
+      4-bit codes or 8-bit integers, :func:`lpnum.kernels.packed_matmul.cpu.native_rows`; XLA otherwise),
       ``"pallas"``, ``"xla"`` or ``"native"`` (the compiled CPU kernel for any M; an error where it cannot be built
       or does not take the format). The platform is chosen when the program is lowered
       (``jax.lax.platform_dependent``), as :func:`lpnum.kernels.accumulate.matmul` does: a function traced on a CPU
@@ -126,12 +126,11 @@ def _check_x(x, x_format, w: PackedWeights):
 
 def _cpu_matmul(x2: jax.Array, w: PackedWeights, implementation: str) -> jax.Array:
   """``x2 @ W`` on the CPU: the native kernel where ``implementation`` asks for it (``"native"``, or ``"auto"``
-  with fewer rows than :func:`cpu.native_rows` gives for the format, the CPU as the default backend, and the kernel
-  built), else the XLA path. ``(M, N_pad)`` float32."""
+  with the CPU as the default backend and fewer rows than :func:`cpu.native_rows` gives for the format and this
+  machine's build), else the XLA path. ``(M, N_pad)`` float32."""
   m = x2.shape[0]
   native = implementation == "native" or (
-      implementation == "auto" and m < cpu.native_rows(w) and jax.default_backend() == "cpu" and cpu.supported(w)
-      and cpu.available())
+      implementation == "auto" and jax.default_backend() == "cpu" and cpu.supported(w) and m < cpu.native_rows(w))
   x2 = x2.astype(jnp.float32)
   if not native:
     return xla_matmul(x2, w)

@@ -33,7 +33,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -43,7 +43,18 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// The vector width: 16 float32 lanes with AVX-512, 8 with AVX2 (and in the portable fallback, which spells every
+// lane-wise step as a loop and is correct but slow: kIsa says which, so that callers run it only where asked).
+#if defined(__AVX512F__)
 constexpr int kLanes = 16;
+constexpr int kIsa = 2;
+#elif defined(__AVX2__)
+constexpr int kLanes = 8;
+constexpr int kIsa = 1;
+#else
+constexpr int kLanes = 8;
+constexpr int kIsa = 0;
+#endif
 constexpr int kMinItem = 1024;  // output columns per work item, at least (wider ones stream better)
 constexpr int kAlign = 128;    // N_pad is a multiple of this
 constexpr int kAhead = 256;    // software prefetch distance along a plane's row, in bytes
@@ -83,12 +94,15 @@ struct Problem {
   float* out;
 };
 
-// 16 bytes widened to int32 lanes (sign-extended when is_signed). Widening through GCC's generic vectors is
-// scalarized, so x86 with AVX-512 uses the instructions directly.
+// kLanes bytes widened to int32 lanes (sign-extended when is_signed). Widening, permutes and gathers through GCC's
+// generic vectors are scalarized, so x86 with AVX-512 or AVX2 uses the instructions directly.
 inline vi load_codes(const uint8_t* p, bool is_signed) {
 #if defined(__AVX512F__)
   const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return reinterpret_cast<vi>(is_signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b));
+#elif defined(__AVX2__)
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<vi>(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
 #else
   vi c;
   for (int l = 0; l < kLanes; ++l) c[l] = is_signed ? static_cast<int8_t>(p[l]) : p[l];
@@ -96,19 +110,44 @@ inline vi load_codes(const uint8_t* p, bool is_signed) {
 #endif
 }
 
+// A 16-entry table of values in registers: one vector with AVX-512, two halves otherwise.
+struct Table16 {
+  vf lo, hi;
+};
+
+inline Table16 load_table16(const float* table) {
+  Table16 t{};
+  std::memcpy(&t.lo, table, sizeof(vf));
+  if constexpr (kLanes == 8) std::memcpy(&t.hi, table + 8, sizeof(vf));
+  return t;
+}
+
+// The values of codes c (DEC: a 16-entry table read at c's low 4 bits, a conversion of int8/uint8 codes, or a
+// gather from the table).
 template <int DEC>
-inline vf decode(vi c, const float* table, vf table16) {
+inline vf decode(vi c, const float* table, const Table16& table16) {
   if constexpr (DEC == kTable16) {
 #if defined(__AVX512F__)
-    return reinterpret_cast<vf>(_mm512_permutexvar_ps(reinterpret_cast<__m512i>(c), reinterpret_cast<__m512>(table16)));
+    return reinterpret_cast<vf>(
+        _mm512_permutexvar_ps(reinterpret_cast<__m512i>(c), reinterpret_cast<__m512>(table16.lo)));
+#elif defined(__AVX2__)
+    // Each half is read at the low 3 bits; bit 3, shifted to the sign bit, picks the half.
+    const __m256i i = reinterpret_cast<__m256i>(c);
+    const __m256 lo = _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(table16.lo), i);
+    const __m256 hi = _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(table16.hi), i);
+    return reinterpret_cast<vf>(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(i, 28))));
 #else
-    return __builtin_shuffle(table16, c);
+    vf v;
+    for (int l = 0; l < kLanes; ++l) v[l] = table[c[l] & 15];
+    return v;
 #endif
   } else if constexpr (DEC == kInt8 || DEC == kUint8) {
     return __builtin_convertvector(c, vf);
   } else {
 #if defined(__AVX512F__)
     return reinterpret_cast<vf>(_mm512_i32gather_ps(reinterpret_cast<__m512i>(c), table, 4));
+#elif defined(__AVX2__)
+    return reinterpret_cast<vf>(_mm256_i32gather_ps(table, reinterpret_cast<__m256i>(c), 4));
 #else
     vf v;
     for (int l = 0; l < kLanes; ++l) v[l] = table[c[l]];
@@ -126,6 +165,8 @@ inline vf load_vf(const float* p) {
 inline bool all_lanes(vi mask) {
 #if defined(__AVX512F__)
   return _mm512_cmpeq_epi32_mask(reinterpret_cast<__m512i>(mask), _mm512_set1_epi32(-1)) == 0xFFFF;
+#elif defined(__AVX2__)
+  return _mm256_movemask_ps(_mm256_castsi256_ps(reinterpret_cast<__m256i>(mask))) == 0xFF;
 #else
   bool ok = true;
   for (int l = 0; l < kLanes; ++l) ok &= mask[l] != 0;
@@ -147,6 +188,10 @@ inline vf scale_vec(const Problem& p, int64_t g, int64_t col, vf* pre) {
   const __m512i idx = reinterpret_cast<__m512i>(c);
   if (p.scale_pre) *pre = reinterpret_cast<vf>(_mm512_i32gather_ps(idx, p.scale_pre, 4));
   return reinterpret_cast<vf>(_mm512_i32gather_ps(idx, p.scale_table, 4));
+#elif defined(__AVX2__)
+  const __m256i idx = reinterpret_cast<__m256i>(c);
+  if (p.scale_pre) *pre = reinterpret_cast<vf>(_mm256_i32gather_ps(p.scale_pre, idx, 4));
+  return reinterpret_cast<vf>(_mm256_i32gather_ps(p.scale_table, idx, 4));
 #else
   vf s;
   for (int l = 0; l < kLanes; ++l) {
@@ -187,8 +232,8 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
   const int tk = p.tile_k;
   const int rows = tk / per_byte;
   const bool is_signed = DEC == kInt8;
-  vf table16 = {};
-  if constexpr (DEC == kTable16) table16 = load_vf(p.table);
+  Table16 table16{};
+  if constexpr (DEC == kTable16) table16 = load_table16(p.table);
   const vf tensor = vf{} + p.tensor, post = vf{} + p.post;
   const float* xt = p.x + m0 * p.k_pad + t * tk;
 
@@ -277,6 +322,10 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
     }
   }
 }
+
+// Vectors of output columns per row of x in a pass over mb rows: the mb x vectors partial sums (twice that for
+// 4-bit codes) stay in registers, of which AVX-512 has 32 and AVX2 16.
+constexpr int vectors(int mb) { return kLanes == 16 ? 8 / mb : std::max(1, 4 / mb); }
 
 using PassFn = void (*)(const Problem&, int64_t, int64_t, int64_t, int64_t, int, int);
 
@@ -446,10 +495,10 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   if (p.m == 0) return ffi::Error::Success();
 
   Plan plan;
-  plan.fns[0] = pick<8, 1>(decode_kind, has_zero, multi);
-  plan.fns[1] = pick<4, 2>(decode_kind, has_zero, multi);
-  plan.fns[2] = pick<2, 4>(decode_kind, has_zero, multi);
-  plan.fns[3] = pick<1, 8>(decode_kind, has_zero, multi);
+  plan.fns[0] = pick<8, vectors(8)>(decode_kind, has_zero, multi);
+  plan.fns[1] = pick<4, vectors(4)>(decode_kind, has_zero, multi);
+  plan.fns[2] = pick<2, vectors(2)>(decode_kind, has_zero, multi);
+  plan.fns[3] = pick<1, vectors(1)>(decode_kind, has_zero, multi);
   // Byte rows per pass (measured on a 2-core AMD EPYC at K = N = 8192: 32 for 4-bit planes, 8 for 8-bit ones).
   plan.chunk = std::gcd(bits == 4 ? 32 : 8, group);
   auto progress = std::make_shared<Progress>();
@@ -496,3 +545,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
                                   .Attr<int32_t>("field_hi")
                                   .Attr<int32_t>("field_add")
                                   .Attr<int32_t>("field_shift"));
+
+// The instruction set the kernel was built for: 2 for AVX-512, 1 for AVX2, 0 for the portable fallback.
+extern "C" int LpnumPackedMatmulIsa() { return kIsa; }

@@ -34,10 +34,18 @@ _GATHER, _TABLE16, _INT8, _UINT8 = range(4)
 _PLAIN, _PRE, _TENSOR, _FULL = range(4)
 
 
+def isa() -> str | None:
+  """The instruction set the kernel is built for on this machine (it is built with ``-march=native``):
+  ``"avx512"`` or ``"avx2"`` (x86 vector code), or ``"portable"`` (lane by lane loops: exact, but slower than the
+  XLA path, so ``"auto"`` never picks it). None when the kernel is not available: native kernels are off or the
+  build failed (see :mod:`lpnum.kernels.native`). Builds and registers the kernel on first call."""
+  lib = native.load(_SOURCE, {TARGET: "LpnumPackedMatmul"})
+  return None if lib is None else ("portable", "avx2", "avx512")[lib.LpnumPackedMatmulIsa()]
+
+
 def available() -> bool:
-  """True when the native kernel is built and registered (on first call; False if native kernels are off or
-  the build failed, see :mod:`lpnum.kernels.native`)."""
-  return native.load(_SOURCE, {TARGET: "LpnumPackedMatmul"})
+  """True when the native kernel is built and registered (:func:`isa` is not None)."""
+  return isa() is not None
 
 
 def supported(w: PackedWeights) -> bool:
@@ -57,17 +65,22 @@ def check(w: PackedWeights) -> None:
                      "build failed: see the warning); use implementation='xla'")
 
 
-#: Rows of x below which ``kernels.matmul``'s ``"auto"`` runs the kernel, by element bits: 4-bit codes (16-entry
-#: permutes) and 8-bit integers (conversions). Measured side by side with the XLA path on a 2-core AMD EPYC at
-#: K = N = 4096 and 8192: 4-bit codes win up to 32 rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32 rows).
-#: Other formats decode by a table gather per weight, which the XLA path beats: never.
-NATIVE_ROWS = {4: 32, 8: 16}
+#: Rows of x below which ``kernels.matmul``'s ``"auto"`` runs the kernel, by instruction set (:func:`isa`) and
+#: element bits: 4-bit codes (16-entry permutes) and 8-bit integers (conversions). Measured side by side with the
+#: XLA path on 2-core AMD EPYC machines at K = N = 4096 and 8192. AVX-512: 4-bit codes win up to 32 rows
+#: (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32 rows). AVX2 (8 lanes, two permutes per 16-entry table): 4-bit
+#: codes win below 16 rows (1.2-3.6x; 0.7-0.8x from 24), int8 below 8 (1.3-2.4x; 0.8x at 8). Other formats decode by
+#: a table gather per weight, which the XLA path beats, and the portable build is slower than the XLA path: never.
+NATIVE_ROWS = {"avx512": {4: 32, 8: 16}, "avx2": {4: 16, 8: 8}}
 
 
 def native_rows(w: PackedWeights) -> int:
-  """Rows of x below which ``"auto"`` runs the kernel on ``w`` (:data:`NATIVE_ROWS`; 0 for formats decoded by a
-  table gather: FP8, FP6, 2- and 3-bit codes)."""
-  return 0 if _element_table(w.fmt.element)[1] == _GATHER else NATIVE_ROWS[w.fmt.element.bits]
+  """Rows of x below which ``"auto"`` runs the kernel on ``w`` (:data:`NATIVE_ROWS` for this machine's
+  :func:`isa`; 0 where the kernel is not available or portable, and for formats decoded by a table gather: FP8,
+  FP6, 2- and 3-bit codes). Builds the kernel on first call."""
+  if _element_table(w.fmt.element)[1] == _GATHER:
+    return 0
+  return NATIVE_ROWS.get(isa(), {}).get(w.fmt.element.bits, 0)
 
 
 def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:

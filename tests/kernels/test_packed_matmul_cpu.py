@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import platform
 import shutil
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -190,7 +192,7 @@ def test_low_precision_activations_keep_their_dtype(dtype):
 def test_auto_runs_the_native_kernel_below_native_rows_only():
   for name, bits in (("int4_g128", 4), ("int8", 8)):
     w = kernels.pack_weights(_weights(name))
-    rows = cpu.NATIVE_ROWS[bits]
+    rows = cpu.NATIVE_ROWS[cpu.isa()][bits]
     assert cpu.native_rows(w) == rows
     for m, native_call in ((1, True), (rows - 1, True), (rows, False)):
       x = jax.ShapeDtypeStruct((m, 200), jnp.float32)
@@ -226,13 +228,13 @@ def test_native_off_falls_back_and_native_raises(monkeypatch):
     jax.clear_caches()
 
 
-def test_a_failed_build_warns_once_and_reports_false(tmp_path, monkeypatch):
+def test_a_failed_build_warns_once_and_reports_none(tmp_path, monkeypatch):
   source = tmp_path / "broken.cc"
   source.write_text("this is not C++\n")
   monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
   with pytest.warns(RuntimeWarning, match="could not build the native CPU kernel broken.cc"):
-    assert native.load(source, {"lpnum_test_broken": "Nothing"}) is False
-  assert native.load(source, {"lpnum_test_broken": "Nothing"}) is False  # cached: no second warning
+    assert native.load(source, {"lpnum_test_broken": "Nothing"}) is None
+  assert native.load(source, {"lpnum_test_broken": "Nothing"}) is None  # cached: no second warning
 
 
 def test_the_library_is_built_once_and_reused(tmp_path, monkeypatch):
@@ -243,6 +245,57 @@ def test_the_library_is_built_once_and_reused(tmp_path, monkeypatch):
   stamp = built.stat().st_mtime_ns
   assert native._build(source) == built and built.stat().st_mtime_ns == stamp
   assert [p.name for p in (tmp_path / "cache").iterdir()] == [built.name]  # no temporary files left
+
+
+def test_the_cache_is_keyed_by_the_instruction_set(tmp_path, monkeypatch):
+  # A cache shared by two CPUs must not hand one a library built for the other's instruction set.
+  source = tmp_path / "copy.cc"
+  shutil.copy(cpu._SOURCE, source)
+  monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
+  here = native._library(source)
+  run = subprocess.run
+
+  def other_cpu(args, **kw):
+    done = run(args, **kw)
+    if "-dM" in args:
+      done.stdout += "#define __AVX512F__ 1\n"
+    return done
+
+  monkeypatch.setattr(native.subprocess, "run", other_cpu)
+  assert native._library(source) != here
+
+
+def _cpu_flags() -> set[str]:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+  except (OSError, StopIteration):
+    return set()
+
+
+@pytest.mark.parametrize("march, isa, needs", [("x86-64", "portable", set()),
+                                               ("x86-64-v3", "avx2", {"avx2", "fma", "bmi2"}),
+                                               ("x86-64-v4", "avx512", {"avx512f", "avx512bw", "avx512dq", "avx512vl"})])
+def test_every_instruction_set_this_cpu_runs_gives_the_same_bounds(march, isa, needs, monkeypatch, tmp_path):
+  # -march=native picks one of these on each machine; the others are built here too where this CPU can run them,
+  # so the AVX-512, AVX2 and portable lane-wise code are all checked on any x86 machine that has their instructions.
+  if platform.machine() not in ("x86_64", "AMD64") or not needs <= _cpu_flags():
+    pytest.skip(f"this CPU cannot run -march={march}")
+  monkeypatch.setattr(native, "FLAGS", tuple(f"-march={march}" if f.startswith("-march=") else f
+                                             for f in native.FLAGS))
+  monkeypatch.setattr(cpu, "TARGET", f"{cpu.TARGET}_{isa}")
+  monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path))
+  assert cpu.isa() == isa
+  if isa == "portable":
+    assert cpu.native_rows(kernels.pack_weights(_weights("int4_g128"))) == 0  # "auto" never picks it
+  x = np.random.default_rng(9).standard_normal((9, 200)).astype(np.float32)
+  x[0, 3], x[1, 7], x[2, 11] = np.inf, np.nan, 1e38
+  for name in ("int8", "uint8", "int4_g128", "uint4_zp", "int3", "fp8_e4m3", "mxfp4_e2m1", "nvfp4"):
+    q = _weights(name)
+    w = kernels.pack_weights(q)
+    like = kernels.matmul(x, w, implementation="xla")
+    for m in (3, 9):  # rows of x taken 8, 2 and 1 at a time
+      _check(jax.jit(_native)(x[:m], w), x[:m], q, like[:m])
 
 
 def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
