@@ -10,6 +10,7 @@ or a wrong result.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -25,6 +26,8 @@ from lpnum import estimators, kernels, mx, nvfp4, packing
 from lpnum import nn as lnn
 from lpnum.hadamard import fwht
 from lpnum.kernels import accumulate
+from lpnum.nn import allocation, integer_only, sensitivity
+from lpnum.zoo.models import CNN
 
 X = jnp.linspace(-3.0, 3.0, 64, dtype=jnp.float32).reshape(2, 32)
 KEY = jax.random.key(0)
@@ -122,9 +125,10 @@ class Entry:
   args: dict  # a valid call, by keyword
   bad: dict  # argument -> strategy of values that are not valid for it
   positional: tuple[str, ...] = ()  # arguments passed by position, in order
+  lazy: dict = dataclasses.field(default_factory=dict)  # argument -> function giving its valid value, when called
 
   def call(self, **override):
-    kw = {**self.args, **override}
+    kw = {**{name: make() for name, make in self.lazy.items() if name not in override}, **self.args, **override}
     pos = [kw.pop(p) for p in self.positional]
     return self.fn(*pos, **kw)
 
@@ -268,7 +272,7 @@ ENTRIES = [
           positional=("q",)),
     Entry("kernels.matmul", kernels.matmul, {"x": jnp.ones((2, 256)), "w": _W},
           {"x": not_float_array(), "w": st.one_of(st.none(), _TEXT, st.just(X)),
-           "implementation": not_choice({"auto", "pallas", "xla"}), "interpret": not_flag(),
+           "implementation": not_choice({"auto", "pallas", "xla", "native"}), "interpret": not_flag(),
            "platform": st.one_of(_TEXT.filter(lambda s: s not in ("tpu", "gpu", "cuda")), st.integers()),
            "x_format": st.one_of(_TEXT, st.integers(), _OBJECTS)}, positional=("x", "w")),
     Entry("accumulate.IntAccumulator", accumulate.IntAccumulator, {"bits": 16},
@@ -324,6 +328,84 @@ ENTRIES += [
     Entry("unit_scaling.residual_add", lpnum.unit_scaling.residual_add, {"residual": X, "skip": X, "tau": 0.1},
           {"tau": st.one_of(st.floats().filter(lambda v: not 0 <= v <= 1), st.just(float("nan")), _TEXT, _OBJECTS)},
           positional=("residual", "skip", "tau")),
+]
+
+# Mixed-precision search (HAWQ sensitivities, the exact allocation) and integer-only deployment.
+_SMALL = {"Dense_0": {"kernel": jnp.linspace(-1.0, 1.0, 32).reshape(8, 4)}}
+_CANDS = {"int8": lpnum.DotConfig.weight_only("int8"), "float": None}
+_OMEGA = {"Dense_0": {"int8": 0.5, "float": 0.0}}
+_MLP = {"params": {"Dense_0": {"kernel": jnp.linspace(-1.0, 1.0, 32).reshape(8, 4), "bias": jnp.zeros(4)},
+                   "Dense_1": {"kernel": jnp.linspace(-1.0, 1.0, 8).reshape(4, 2), "bias": jnp.zeros(2)}}}
+_CNN_X = jnp.linspace(-1.0, 1.0, 2 * 6 * 6).reshape(2, 6, 6, 1)
+_not_params = st.one_of(st.none(), _TEXT, st.integers(), _OBJECTS.filter(lambda v: not isinstance(v, dict)),
+                        st.just({}), st.just({"Dense_0": {"bias": jnp.zeros(4)}}))
+_not_candidates = st.one_of(st.none(), _TEXT, st.integers(), st.just({}), st.just({"int8": "int8"}),
+                            st.just({"int8": 5}), st.just({3: None}))
+_not_names = st.one_of(st.integers(), _OBJECTS, st.just(["Nothing_here"]), st.just("Dense_0"), st.just([3]))
+_vec = jnp.ones(4)
+
+
+@functools.cache
+def _cnn_variables():
+  return CNN(channels=(2,)).init(jax.random.key(1), _CNN_X, train=False)
+
+
+ENTRIES += [
+    Entry("sensitivity.layer_paths", sensitivity.layer_paths, {"params": _SMALL},
+          {"params": st.one_of(st.none(), _TEXT, st.integers(), st.just([1.0])),
+           "kernel_name": st.one_of(st.none(), st.integers(), _OBJECTS, st.just(""))}, positional=("params",)),
+    Entry("sensitivity.hessian_trace", sensitivity.hessian_trace,
+          {"loss_fn": lambda p: jnp.sum(p["Dense_0"]["kernel"] ** 4), "params": _SMALL, "key": KEY,
+           "min_probes": 2, "max_probes": 2, "chunk": 2},
+          {"loss_fn": st.one_of(st.none(), _TEXT, st.integers()), "params": _not_params, "key": not_key(),
+           "tol": not_positive_number(), "min_probes": not_int_in(2, 2), "max_probes": not_int_in(2, math.inf),
+           "chunk": not_int_in(1, math.inf), "layers": _not_names,
+           "kernel_name": st.one_of(st.none(), st.integers(), _OBJECTS, st.just("weights"))},
+          positional=("loss_fn", "params", "key")),
+    Entry("sensitivity.quantized_kernel", sensitivity.quantized_kernel,
+          {"kernel": _SMALL["Dense_0"]["kernel"], "config": _CANDS["int8"]},
+          {"kernel": st.one_of(not_float_array(), st.just(jnp.ones(4))),
+           "config": st.one_of(_TEXT, st.integers(), _OBJECTS), "contract": not_int_in(1, 1, optional=True)},
+          positional=("kernel", "config")),
+    Entry("sensitivity.sensitivity", sensitivity.sensitivity,
+          {"params": _SMALL, "trace": {"Dense_0": 2.0}, "candidates": _CANDS},
+          {"params": _not_params,
+           "trace": st.one_of(st.none(), _TEXT, st.integers(), st.just({"Dense_0": "x"}), st.just({"Nothing": 1.0}),
+                              st.just({"Dense_0": float("nan")})),
+           "candidates": _not_candidates, "views": st.one_of(_TEXT, st.integers(), st.just({"Dense_0": 5})),
+           "kernel_name": st.one_of(st.none(), st.integers(), st.just("weights"))},
+          positional=("params", "trace", "candidates")),
+    Entry("allocation.bits", allocation.bits, {"config": _CANDS["int8"]},
+          {"config": st.one_of(_TEXT, st.integers(), _OBJECTS)}, positional=("config",)),
+    Entry("allocation.layer_nbytes", allocation.layer_nbytes, {"params": _SMALL, "candidates": _CANDS},
+          {"params": _not_params, "candidates": _not_candidates, "layers": _not_names,
+           "views": st.one_of(_TEXT, st.integers(), st.just({"Dense_0": 5})),
+           "kernel_name": st.one_of(st.none(), st.integers(), st.just("weights"))},
+          positional=("params", "candidates")),
+    Entry("allocation.allocate", allocation.allocate,
+          {"params": _SMALL, "omega": _OMEGA, "candidates": _CANDS, "max_bytes": 1e6},
+          {"params": _not_params,
+           "omega": st.one_of(st.none(), _TEXT, st.integers(), st.just({}), st.just({"Dense_0": {"int4": 1.0}}),
+                              st.just({"Dense_0": {"int8": "x", "float": 0.0}}),
+                              st.just({"Dense_0": {"int8": float("nan"), "float": 0.0}})),
+           "candidates": _not_candidates, "max_bytes": not_positive_number(),
+           "max_bops": not_positive_number(optional=True),
+           "macs": st.one_of(_TEXT, st.integers(), st.just({"Dense_0": -1}), st.just({"Dense_0": "x"}))},
+          positional=("params", "omega", "candidates")),
+    Entry("integer_only.fold_batch_norm", integer_only.fold_batch_norm,
+          {"kernel": _SMALL["Dense_0"]["kernel"], "bias": None, "scale": _vec, "offset": _vec, "mean": _vec,
+           "var": _vec},
+          {"kernel": not_float_array(), "scale": st.one_of(not_float_array(), st.just(jnp.ones(3))),
+           "var": st.one_of(not_float_array(), st.just(-_vec), st.just(jnp.ones(5))),
+           "epsilon": st.one_of(st.floats().filter(lambda v: not v >= 0 or math.isinf(v)), st.just(float("nan")),
+                                _TEXT, _OBJECTS, st.none())},
+          positional=("kernel", "bias", "scale", "offset", "mean", "var")),
+    Entry("integer_only.integer_mlp", integer_only.integer_mlp, {"variables": _MLP, "calibration_x": X[:, :8]},
+          {"variables": _not_params, "calibration_x": st.one_of(not_float_array(), st.just(jnp.ones((2, 5))))},
+          positional=("variables", "calibration_x")),
+    Entry("integer_only.integer_cnn", integer_only.integer_cnn, {"calibration_x": _CNN_X},
+          {"variables": _not_params, "calibration_x": st.one_of(not_float_array(), st.just(jnp.ones((2, 5))))},
+          positional=("variables", "calibration_x"), lazy={"variables": lambda: _cnn_variables()}),
 ]
 
 _CASES = [(e, arg) for e in ENTRIES for arg in e.bad]

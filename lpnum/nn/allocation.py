@@ -39,7 +39,7 @@ from lpnum.nn.rule import Rule
 from lpnum.nn.rules import _LINEN_CONV, _LINEN_DOT, _contracted
 from lpnum.nn.sensitivity import _check_candidates, _kernels, _layers
 from lpnum.qdot import DotConfig
-from lpnum.validate import check_number, short
+from lpnum.validate import check_int, check_number, short
 
 __all__ = ["Allocation", "allocate", "solve", "layer_nbytes", "layer_macs", "bits"]
 
@@ -295,7 +295,7 @@ def allocate(params, omega: Mapping[str, Mapping[str, float]], candidates: Mappi
   if not isinstance(omega, Mapping) or not omega:
     raise TypeError(f"omega={short(omega)} must be a non-empty mapping of layer paths to per-candidate "
                     "sensitivities")
-  paths = _layers(params, list(omega), kernel_name)
+  paths = _layers(params, list(omega), kernel_name, "omega")
   labels = list(candidates)
   for p in paths:
     if not isinstance(omega[p], Mapping) or set(omega[p]) != set(labels):
@@ -314,6 +314,7 @@ def allocate(params, omega: Mapping[str, Mapping[str, float]], candidates: Mappi
     missing = [p for p in paths if p not in macs]
     if missing:
       raise ValueError(f"macs has no count for layers {missing}")
+    macs = {p: check_int(f"macs[{p!r}]", macs[p], 0) for p in paths}
   nbytes = layer_nbytes(params, candidates, layers=paths, views=views, kernel_name=kernel_name)
   kernels = _kernels(params, kernel_name)
   fixed = params_nbytes(params) - sum(params_nbytes(kernels[p]) for p in paths)

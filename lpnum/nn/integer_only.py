@@ -80,7 +80,8 @@ def fold_batch_norm(kernel: ArrayLike, bias: ArrayLike | None, scale: ArrayLike,
 
   Raises:
     TypeError: for non-float arrays or a non-number epsilon.
-    ValueError: if a per-channel vector does not have the kernel's ``N`` entries, or epsilon is negative.
+    ValueError: if a per-channel vector does not have the kernel's ``N`` entries, epsilon is negative, or
+      ``var + epsilon`` is not positive.
 
   Example:
     >>> import jax.numpy as jnp
@@ -101,6 +102,9 @@ def fold_batch_norm(kernel: ArrayLike, bias: ArrayLike | None, scale: ArrayLike,
       raise ValueError(f"{name} has shape {v.shape}; expected ({n},), one per output channel of kernel "
                        f"{w.shape}")
     vectors[name] = v
+  if not np.all(vectors["var"] + epsilon > 0):  # also catches NaN
+    raise ValueError(f"var + epsilon must be positive (running variances are at least 0): var={short(var)}, "
+                     f"epsilon={epsilon}")
   k = vectors["scale"] / np.sqrt(vectors["var"] + epsilon)
   folded_bias = (vectors["bias"] - vectors["mean"]) * k + vectors["offset"]
   return jnp.asarray(w * k, jnp.float32), jnp.asarray(folded_bias, jnp.float32)
@@ -460,6 +464,9 @@ def integer_mlp(variables: dict[str, Any], calibration_x: ArrayLike) -> IntegerM
   """
   layers = _numbered(_params(variables), "Dense", "variables['params']")
   x = as_float_array(calibration_x, "calibration_x")
+  k = int(np.prod(np.shape(layers[0]["kernel"])[:-1]))
+  if x.ndim < 1 or x[:1].size != k:
+    raise ValueError(f"calibration_x has shape {x.shape}; each example must hold {k} values, Dense_0's inputs")
   x = x.reshape(x.shape[0], -1)
   scales = [_scale(x)]
   for p in layers[:-1]:
@@ -512,6 +519,10 @@ def integer_cnn(variables: dict[str, Any], calibration_x: ArrayLike) -> IntegerC
     raise ValueError(f"variables must be a lpnum.zoo.models.CNN's (Conv_0, BatchNorm_0 with batch_stats, "
                      f"ResidualBlock_i, Dense_0); got params {sorted(params)}")
   x = as_float_array(calibration_x, "calibration_x")
+  cin = np.shape(params["Conv_0"]["kernel"])[-2]
+  if x.ndim != 4 or x.shape[-1] != cin:
+    raise ValueError(f"calibration_x has shape {x.shape}; it must be an NHWC batch with {cin} channels, Conv_0's "
+                     "inputs")
   s_in = _scale(x)
   w, b = _folded(params, stats, "Conv_0", "BatchNorm_0")
   x = jnp.maximum(_float_layer(x, w, b, 1), 0.0)

@@ -37,7 +37,7 @@ import numpy as np
 from lpnum.nn.ptq import _path_str, weight_format
 from lpnum.qdot import DotConfig
 from lpnum.scaled import fake_quantize
-from lpnum.validate import check_int, check_key, check_number, short
+from lpnum.validate import as_float_array, check_int, check_key, check_number, short
 
 __all__ = ["HessianTrace", "layer_paths", "hessian_trace", "quantized_kernel", "sensitivity"]
 
@@ -81,6 +81,8 @@ def layer_paths(params, kernel_name: str = "kernel") -> tuple[str, ...]:
   """
   if not isinstance(kernel_name, str) or not kernel_name:
     raise TypeError(f"kernel_name={short(kernel_name)} must be a non-empty str (the leaf name of kernels)")
+  if not isinstance(params, Mapping):
+    raise TypeError(f"params={short(params)} must be a params tree: a mapping of module names (variables['params'])")
   out = []
   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
     names = _path_str(path).split("/")
@@ -89,19 +91,21 @@ def layer_paths(params, kernel_name: str = "kernel") -> tuple[str, ...]:
   return tuple(out)
 
 
-def _layers(params, layers: Sequence[str] | None, kernel_name: str) -> tuple[str, ...]:
+def _layers(params, layers: Sequence[str] | None, kernel_name: str, what: str = "layers") -> tuple[str, ...]:
+  """The layer paths to measure: ``layers`` (the argument named ``what``), checked against params, or all."""
   found = layer_paths(params, kernel_name)
+  if not found:
+    raise ValueError(f"kernel_name={kernel_name!r}: params hold no such leaf, so no layer to measure")
   if layers is None:
-    if not found:
-      raise ValueError(f"params hold no {kernel_name!r} leaf: no layer to measure")
     return found
   if isinstance(layers, str) or not isinstance(layers, Sequence):
-    raise TypeError(f"layers={short(layers)} must be a sequence of module paths or None")
+    raise TypeError(f"{what}={short(layers)} must be a sequence of module paths or None")
   for path in layers:
     if path not in found:
-      raise ValueError(f"layers: {path!r} is not a layer of params; its layers are {list(found)}")
+      raise ValueError(f"{what}: {path!r} is not a layer of params (with kernel_name={kernel_name!r}); its layers "
+                       f"are {list(found)}")
   if not layers or len(set(layers)) != len(layers):
-    raise ValueError(f"layers={list(layers)} must name distinct layers, at least one")
+    raise ValueError(f"{what}={list(layers)} must name distinct layers, at least one")
   return tuple(layers)
 
 
@@ -151,7 +155,9 @@ def hessian_trace(loss_fn: Callable, params, key: jax.Array, *, batch=None, tol:
   key = check_key("key", key)
   tol = check_number("tol", tol, positive=True)
   min_probes = check_int("min_probes", min_probes, 2)
-  max_probes = check_int("max_probes", max_probes, min_probes)
+  max_probes = check_int("max_probes", max_probes, 2)
+  if max_probes < min_probes:
+    raise ValueError(f"max_probes={max_probes} must be at least min_probes={min_probes}")
   chunk = check_int("chunk", chunk, 1)
   paths = _layers(params, layers, kernel_name)
   kernels = _kernels(params, kernel_name)
@@ -224,9 +230,9 @@ def quantized_kernel(kernel, config: DotConfig | None, *, contract: int | None =
   """
   if config is not None and not isinstance(config, DotConfig):
     raise TypeError(f"config={short(config)} must be a DotConfig or None")
-  w = jnp.asarray(kernel)
-  if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.floating):
-    raise ValueError(f"kernel of shape {w.shape}, dtype {w.dtype} must be a float array of at least 2 dimensions")
+  w = as_float_array(kernel, "kernel")
+  if w.ndim < 2:
+    raise ValueError(f"kernel has shape {w.shape}: it must have at least 2 dimensions")
   contract = w.ndim - 1 if contract is None else check_int("contract", contract, 1, w.ndim - 1)
   fmt = weight_format(config)
   if fmt is None:
@@ -266,13 +272,15 @@ def sensitivity(params, trace: HessianTrace | Mapping[str, float], candidates: M
     raise TypeError(f"trace={short(trace)} must be a HessianTrace or a non-empty mapping of layer paths to traces")
   if views is not None and not isinstance(views, Mapping):
     raise TypeError(f"views={short(views)} must be a mapping of module paths to ints (lpnum.nn.kernel_views)")
-  paths = _layers(params, list(traces), kernel_name)
+  paths = _layers(params, list(traces), kernel_name, "trace")
   traces = {p: check_number(f"trace[{p!r}]", traces[p]) for p in paths}
   kernels = _kernels(params, kernel_name)
   out: dict[str, dict[str, float]] = {p: {} for p in paths}
   for p in paths:
     w = np.asarray(kernels[p], np.float64)
     contract = None if views is None else views.get(p)
+    if contract is not None:
+      contract = check_int(f"views[{p!r}]", contract, 1, w.ndim - 1)
     for label, config in candidates.items():
       try:
         q = quantized_kernel(kernels[p], config, contract=contract)

@@ -231,7 +231,7 @@ def test_allocate_bad_inputs():
     allocation.allocate(params, {**omega, "Dense_0": {"int8": 0.0}}, cands, max_bytes=1e9)
   with pytest.raises(ValueError, match=r"omega\['Dense_1'\]\['int4'\]=inf must be finite"):
     allocation.allocate(params, {**omega, "Dense_1": {"int8": 0.0, "int4": float("inf")}}, cands, max_bytes=1e9)
-  with pytest.raises(ValueError, match="layers: 'Dense_5' is not a layer"):
+  with pytest.raises(ValueError, match="omega: 'Dense_5' is not a layer"):
     allocation.allocate(params, {"Dense_5": {"int8": 0.0, "int4": 1.0}}, cands, max_bytes=1e9)
   with pytest.raises(TypeError, match="max_bytes=None must be a real number"):
     allocation.allocate(params, omega, cands, max_bytes=None)

@@ -146,7 +146,7 @@ def test_layer_paths_of_zoo_models():
     (None, {"key": 3}, TypeError, "key="),
     (None, {"tol": 0.0}, ValueError, "tol=0.0 must be positive"),
     (None, {"min_probes": 1}, ValueError, r"min_probes=1 must be in \[2, inf\]"),
-    (None, {"min_probes": 8, "max_probes": 4}, ValueError, r"max_probes=4 must be in \[8, inf\]"),
+    (None, {"min_probes": 8, "max_probes": 4}, ValueError, "max_probes=4 must be at least min_probes=8"),
     (None, {"chunk": 0}, ValueError, "chunk=0"),
     (None, {"layers": "Dense_0"}, TypeError, "layers='Dense_0' must be a sequence"),
     (None, {"layers": []}, ValueError, "layers=.* must name distinct layers"),
@@ -164,7 +164,7 @@ def test_hessian_trace_rejects_a_non_scalar_loss_and_integer_kernels():
     sens.hessian_trace(lambda p: p["Dense_0"]["kernel"], params, jax.random.key(0))
   with pytest.raises(TypeError, match="Dense_0/kernel has dtype int32"):
     sens.hessian_trace(lambda p: 0.0, {"Dense_0": {"kernel": jnp.ones((2, 2), jnp.int32)}}, jax.random.key(0))
-  with pytest.raises(ValueError, match="params hold no 'kernel' leaf"):
+  with pytest.raises(ValueError, match="kernel_name='kernel': params hold no such leaf"):
     sens.hessian_trace(lambda p: 0.0, {"w": jnp.ones(2)}, jax.random.key(0))
 
 
@@ -236,7 +236,7 @@ def test_sensitivity_bad_inputs():
     sens.sensitivity(params, {"Dense_0": 1.0}, [lpnum.DotConfig.weight_only("int8")])
   with pytest.raises(TypeError, match=r"candidates\['x'\]='int8' must be a DotConfig or None"):
     sens.sensitivity(params, {"Dense_0": 1.0}, {"x": "int8"})
-  with pytest.raises(ValueError, match="layers: 'Dense_9' is not a layer"):
+  with pytest.raises(ValueError, match="trace: 'Dense_9' is not a layer"):
     sens.sensitivity(params, {"Dense_9": 1.0}, CANDIDATES)
   with pytest.raises(ValueError, match=r"trace\['Dense_0'\]=nan must be finite"):
     sens.sensitivity(params, {"Dense_0": float("nan")}, CANDIDATES)
@@ -260,7 +260,7 @@ def test_quantized_kernel_is_what_ptq_stores(label, layer, views):
 def test_quantized_kernel_bad_inputs():
   with pytest.raises(TypeError, match="config='int8' must be a DotConfig or None"):
     sens.quantized_kernel(jnp.ones((2, 2)), "int8")
-  with pytest.raises(ValueError, match=r"kernel of shape \(3,\), dtype float32 must be a float array"):
+  with pytest.raises(ValueError, match=r"kernel has shape \(3,\): it must have at least 2 dimensions"):
     sens.quantized_kernel(jnp.ones(3), CANDIDATES["int8"])
   with pytest.raises(ValueError, match=r"contract=2 must be in \[1, 1\]"):
     sens.quantized_kernel(jnp.ones((2, 2)), CANDIDATES["int8"], contract=2)
