@@ -292,12 +292,18 @@ def test_every_instruction_set_this_cpu_runs_gives_the_same_bounds(march, isa, n
     assert cpu.native_rows(kernels.pack_weights(_weights("int4_g128"))) == 0  # "auto" never picks it
   x = np.random.default_rng(9).standard_normal((11, 200)).astype(np.float32)  # rows taken 8, 2 and 1 at a time
   x[0, 3], x[1, 7], x[2, 11] = np.inf, np.nan, 1e38
-  # Every decode (int8, uint8 with zero points, 16-entry tables, a gather over several planes) and scaling mode
-  # (per weight, chunk sums scaled once, with a tensor scale).
-  for name in ("int8", "uint8", "int4_g128", "int3", "mxfp4_e2m1", "nvfp4"):
-    q = _weights(name)
-    w = kernels.pack_weights(q)
-    _check(_native(x, w), x, q, kernels.matmul(x, w, implementation="xla"))
+  jax.clear_caches()  # programs traced before call the -march=native kernel's target: trace anew, and after
+  try:
+    # Every decode (int8, uint8 with zero points, 16-entry tables, a gather over several planes) and scaling mode
+    # (per weight, chunk sums scaled once, with a tensor scale).
+    for name in ("int8", "uint8", "int4_g128", "int3", "mxfp4_e2m1", "nvfp4"):
+      q = _weights(name)
+      w = kernels.pack_weights(q)
+      y = jax.jit(_native)(x, w)
+      assert cpu.TARGET in jax.jit(_native).lower(x, w).as_text()
+      _check(y, x, q, kernels.matmul(x, w, implementation="xla"))
+  finally:
+    jax.clear_caches()
 
 
 def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
