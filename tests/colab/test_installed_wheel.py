@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*argv, **kwargs):
-  done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=600, **kwargs)
+  done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=1800, **kwargs)
   assert done.returncode == 0, f"{' '.join(map(str, argv))}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
   return done.stdout
 
@@ -58,7 +58,7 @@ def test_tour_notebook_runs_on_the_wheel_in_a_fresh_environment(tmp_path, monkey
       "                  'jaxlib': importlib.metadata.version('jaxlib')}))"))
   run_dir = tmp_path / "run"
   run_dir.mkdir()
-  client = nbclient.NotebookClient(nb, timeout=300, kernel_name="lpnum-wheel",
+  client = nbclient.NotebookClient(nb, timeout=900, kernel_name="lpnum-wheel",
                                    resources={"metadata": {"path": str(run_dir)}})
   client.execute()  # raises CellExecutionError on the first failing cell
 

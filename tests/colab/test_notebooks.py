@@ -98,7 +98,7 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
   monkeypatch.setenv("LPNUM_QUICK", "1")  # the kernel inherits the environment when it starts
   monkeypatch.setenv("MPLBACKEND", "Agg")
   nb = nbformat.read(path, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
+  client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                    resources={"metadata": {"path": str(tmp_path)}})
   client.execute()  # raises CellExecutionError on the first failing cell
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
