@@ -7,8 +7,7 @@ here, on the machine that runs it, by the system's C++ compiler (``$CXX``, else 
 library is cached under ``$LPNUM_NATIVE_CACHE`` (default ``~/.cache/lpnum/native``), named by a hash of the
 source, the flags, the compiler, the instruction set ``-march=native`` means on this CPU (the compiler's predefined
 macros for it) and the jaxlib version, so a cache shared between machines never hands one CPU a library built for
-another; concurrent processes build into temporary files and
-rename, so they never see a half-written library.
+another; concurrent processes build into temporary files and rename, so they never see a half-written library.
 
 Set ``LPNUM_NATIVE=0`` to never build or use native kernels. Where no compiler works, :func:`load` returns None
 after one warning and callers fall back to their XLA face.
@@ -83,9 +82,9 @@ def _compiler() -> list[str]:
   return shlex.split(cxx)
 
 
-def _library(source: pathlib.Path) -> pathlib.Path:
-  """Where the library built from ``source`` is cached: named by the hash of everything the build depends on."""
-  cxx = _compiler()
+def _library(source: pathlib.Path, cxx: list[str]) -> pathlib.Path:
+  """Where the library built from ``source`` by the compiler ``cxx`` is cached: named by the hash of everything the
+  build depends on."""
   version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, check=True).stdout
   arch = [flag for flag in FLAGS if flag.startswith("-march=")]
   target_macros = subprocess.run([*cxx, *arch, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
@@ -102,11 +101,11 @@ def _library(source: pathlib.Path) -> pathlib.Path:
 
 
 def _build(source: pathlib.Path) -> pathlib.Path:
-  target = _library(source)
+  cxx = _compiler()
+  target = _library(source, cxx)
   if target.exists():
     return target
   cache = target.parent
-  cxx = _compiler()
   cache.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
   os.close(fd)

@@ -405,7 +405,7 @@ ENTRIES += [
           positional=("variables", "calibration_x")),
     Entry("integer_only.integer_cnn", integer_only.integer_cnn, {"calibration_x": _CNN_X},
           {"variables": _not_params, "calibration_x": st.one_of(not_float_array(), st.just(jnp.ones((2, 5))))},
-          positional=("variables", "calibration_x"), lazy={"variables": lambda: _cnn_variables()}),
+          positional=("variables", "calibration_x"), lazy={"variables": _cnn_variables}),
 ]
 
 _CASES = [(e, arg) for e in ENTRIES for arg in e.bad]

@@ -251,7 +251,7 @@ def test_the_cache_is_keyed_by_the_instruction_set(tmp_path, monkeypatch):
   source = tmp_path / "small.cc"
   source.write_text('extern "C" int lpnum_test_small() { return 7; }\n')
   monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
-  here = native._library(source)
+  here = native._library(source, native._compiler())
   run = subprocess.run
 
   def other_cpu(args, **kw):
@@ -261,7 +261,7 @@ def test_the_cache_is_keyed_by_the_instruction_set(tmp_path, monkeypatch):
     return done
 
   monkeypatch.setattr(native.subprocess, "run", other_cpu)
-  assert native._library(source) != here
+  assert native._library(source, native._compiler()) != here
 
 
 def _cpu_flags() -> set[str]:
@@ -299,9 +299,9 @@ def test_every_instruction_set_this_cpu_runs_gives_the_same_bounds(march, isa, n
     for name in ("int8", "uint8", "int4_g128", "int3", "mxfp4_e2m1", "nvfp4"):
       q = _weights(name)
       w = kernels.pack_weights(q)
-      y = jax.jit(_native)(x, w)
-      assert cpu.TARGET in jax.jit(_native).lower(x, w).as_text()
-      _check(y, x, q, kernels.matmul(x, w, implementation="xla"))
+      lowered = jax.jit(_native).lower(x, w)  # traced once: checked, then compiled and run
+      assert cpu.TARGET in lowered.as_text()
+      _check(lowered.compile()(x, w), x, q, kernels.matmul(x, w, implementation="xla"))
   finally:
     jax.clear_caches()
 
