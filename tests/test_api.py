@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiers import default_share
 
 import lpnum
 import lpnum.nn
@@ -139,7 +140,7 @@ def test_errors_raise_at_trace_time():
 
 
 # ---- shapes, dtypes and transforms ------------------------------------------------------------------------------
-@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+@pytest.mark.parametrize("transform", default_share(TRANSFORMS.values(), keep=[jax.jit]), ids=TRANSFORMS.keys())
 @pytest.mark.parametrize("fmt", F32_OK, ids=lambda f: f.name)
 def test_shapes_dtypes_and_representability(fmt, transform):
   rng = np.random.default_rng(0)
