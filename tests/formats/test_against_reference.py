@@ -138,7 +138,8 @@ POSITS = [(8, 0), (8, 1), (8, 2), (8, 3), (6, 1), (10, 4), (12, 2), (16, 1), (16
 POSITS_DEFAULT = [(8, 0), (8, 1), (8, 2), (8, 3), (16, 1), (32, 2), (2, 0)]
 
 
-@pytest.mark.parametrize("n, es", default_share([p for p in POSITS if p[0] <= 16], keep=POSITS_DEFAULT, unpack=True), ids=str)
+@pytest.mark.parametrize("n, es", default_share([p for p in POSITS if p[0] <= 16], keep=POSITS_DEFAULT, unpack=True),
+                         ids=str)
 def test_posit_decode_every_code(n, es):
   fmt = lpnum.posit(n, es)
   codes = np.arange(1 << n, dtype=np.uint32)

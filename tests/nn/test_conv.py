@@ -92,7 +92,8 @@ W8A8_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", default_share(W8A8_CASES.values(), keep=[W8A8_CASES["valid-stride2"], W8A8_CASES["groups"]]),
+@pytest.mark.parametrize("case", default_share(W8A8_CASES.values(),
+                                               keep=[W8A8_CASES["valid-stride2"], W8A8_CASES["groups"]]),
                          ids=W8A8_CASES.keys())
 def test_w8a8_conv_forward_and_both_gradients_are_exact_integer_arithmetic(case):
   xs, features, kernel, stride, padding, groups = case
@@ -219,7 +220,8 @@ def test_ptq_packed_kernel_runs_the_w8a8_convolution():
 
 
 # ---- granularities of the fake-quantized convolution -------------------------------------------------------------
-@pytest.mark.parametrize("stride, padding", default_share([(1, "SAME"), (2, "SAME"), (3, "VALID")], keep=[(3, "VALID")], unpack=True))
+@pytest.mark.parametrize("stride, padding",
+                         default_share([(1, "SAME"), (2, "SAME"), (3, "VALID")], keep=[(3, "VALID")], unpack=True))
 def test_lhs_per_channel_is_per_example_and_blocks_run_along_input_features(stride, padding):
   x = data((3, 9, 9, 4), 43)
   cases = {

@@ -335,7 +335,8 @@ def test_per_column_special_values(shape, tiny, group):
 @pytest.mark.parametrize("fmt", default_share([lpnum.mx.format("mxfp6_e2m3"), lpnum.nvfp4.format(),
                                                 lpnum.ScaledFormat("int8", lpnum.per_channel(-1)),
                                                 lpnum.ScaledFormat("int4", lpnum.per_block(128))],
-                                               keep=[lpnum.nvfp4.format(), lpnum.ScaledFormat("int4", lpnum.per_block(128))]),
+                                               keep=[lpnum.nvfp4.format(),
+                                                     lpnum.ScaledFormat("int4", lpnum.per_block(128))]),
                          ids=str)
 def test_jit_vmap_grad(fmt):
   x = _data((4, 2, 256), seed=14)
