@@ -173,8 +173,11 @@ def check_float_scalar(name: str, value: object, *, positive: bool = False) -> j
 
 
 def as_dtype(name: str, value: object, allowed: Collection[np.dtype]) -> np.dtype:
-  """``value`` as a NumPy dtype that is one of ``allowed``."""
+  """``value`` as a NumPy dtype that is one of ``allowed``. Strings must be printable: NumPy takes some control
+  characters as type codes (``"\\x17"`` is float16)."""
   try:
+    if isinstance(value, str) and not value.isprintable():
+      raise TypeError
     dtype = np.dtype(value)
   except (TypeError, ValueError, SyntaxError):  # NumPy parses dtype strings, and raises all three
     raise TypeError(f"{name}={short(value)} is not a dtype; expected one of "

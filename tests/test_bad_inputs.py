@@ -100,9 +100,19 @@ def not_key():
                                     jax.random.split(KEY, 2)]))
 
 
+def _a_dtype_name(s: str) -> bool:
+  """Whether NumPy reads ``s`` as a dtype and lpnum takes it as one (printable: ``"f"`` is float32)."""
+  try:
+    return s.isprintable() and np.dtype(s) is not None
+  except (TypeError, ValueError, SyntaxError):
+    return False
+
+
 def not_dtype(allowed):
-  return st.one_of(_TEXT.filter(lambda s: s not in allowed), st.sampled_from(
-      [np.int32, "int8", np.complex64, jnp.float8_e4m3fn, 3, object()]))
+  """Strings that name no dtype (or only one outside ``allowed``), non-printable type codes NumPy would take
+  (``"\\x17"`` is float16), and objects that are not allowed dtypes."""
+  return st.one_of(_TEXT.filter(lambda s: s not in allowed and not _a_dtype_name(s)), st.sampled_from(
+      [np.int32, "int8", np.complex64, jnp.float8_e4m3fn, 3, object(), "\x17", "\x0c"]))
 
 
 def not_granularity():
