@@ -102,10 +102,13 @@ def not_key():
 
 def _a_dtype_name(s: str) -> bool:
   """Whether NumPy reads ``s`` as a dtype and lpnum takes it as one (printable: ``"f"`` is float32)."""
+  if not s.isprintable():
+    return False
   try:
-    return s.isprintable() and np.dtype(s) is not None
+    np.dtype(s)
   except (TypeError, ValueError, SyntaxError):
     return False
+  return True
 
 
 def not_dtype(allowed):

@@ -134,7 +134,7 @@ def test_wrap_is_rejected_for_narrow_formats():
 POSITS = [(8, 0), (8, 1), (8, 2), (8, 3), (6, 1), (10, 4), (12, 2), (16, 1), (16, 2), (2, 0), (3, 1), (32, 2)]
 
 
-# Every posit(8, es) and posit(16, 1) by default; the other sizes in the slow set.
+# By default every posit(8, es), posit(16, 1), posit(32, 2) and the smallest, posit(2, 0); the others in the slow set.
 POSITS_DEFAULT = [(8, 0), (8, 1), (8, 2), (8, 3), (16, 1), (32, 2), (2, 0)]
 
 

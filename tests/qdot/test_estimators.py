@@ -13,6 +13,7 @@ from jax.test_util import check_grads
 
 import lpnum
 from testing import ramp
+from tiers import default_share
 from lpnum import estimators as E
 
 X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32) * 1.5)
@@ -242,15 +243,13 @@ def _train(wq, aq=None, lsq_step=False, steps=300):
 DEFAULT_TRAINED = ("ste_int4", "xnor")
 
 
-@pytest.mark.parametrize("name", [n if n in DEFAULT_TRAINED else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(ESTIMATED)])
+@pytest.mark.parametrize("name", default_share(sorted(ESTIMATED), keep=DEFAULT_TRAINED))
 def test_mlp_trains_with_each_estimator(name):
   first, last = _train(ESTIMATED[name])
   assert last < 0.35 * first, (name, first, last)
 
 
-@pytest.mark.parametrize("kind", ["lsq", pytest.param("pact", marks=pytest.mark.slow),
-                                  pytest.param("dorefa", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", default_share(["lsq", "pact", "dorefa"], keep=["lsq"]))
 def test_mlp_trains_with_learned_scales_and_activation_quantizers(kind):
   if kind == "lsq":
     first, last = _train(None, lsq_step=True)

@@ -241,8 +241,7 @@ def assert_close(got, want):
 #: The (model, format) pairs run by default: every model, with integer, MX and NVFP4 formats (10-20 s each on a
 #: slow 2-core machine, compiling the quantizers for every kernel shape); the rest of the matrix is marked slow.
 FAST = {("mlp", "nvfp4"), ("cnn", "int4_channel"), ("transformer", "mxfp4_e2m1")}
-MODEL_FORMATS = [pytest.param(m, f, id=f"{m}-{f}", marks=() if (m, f) in FAST else pytest.mark.slow)
-                 for m in REFERENCES for f in FORMATS]
+MODEL_FORMATS = default_share([pytest.param(m, f, id=f"{m}-{f}") for m in REFERENCES for f in FORMATS], keep=FAST)
 
 
 @pytest.mark.parametrize("name", default_share(REFERENCES, keep=["transformer"]))
