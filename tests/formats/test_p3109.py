@@ -21,6 +21,7 @@ import p3109_reference as p3
 import p3109_tables as tables
 import reference as ref
 from lpnum.carrier import F32
+from tiers import default_share
 
 MODES = p3.ROUNDINGS
 SATS = p3.SATURATIONS
@@ -173,7 +174,7 @@ def _check_project(name, limit=None, overflows=SATS + ("saturate", "non_saturati
 DEFAULT_SWEEP = ("binary8p4se", "binary8p3ue", "binary8p1se", "binary10p1se")
 
 
-@pytest.mark.parametrize("name", [n if n in DEFAULT_SWEEP else pytest.param(n, marks=pytest.mark.slow) for n in SAMPLE])
+@pytest.mark.parametrize("name", default_share(SAMPLE, DEFAULT_SWEEP))
 def test_rounding_and_saturation_against_the_report(name):
   _check_project(name, SAMPLE_INPUTS)
 

@@ -22,6 +22,7 @@ import lpnum
 from lpnum.kernels import quantize as kq
 from lpnum.kernels.quantize import tile
 from mx_reference import edge_blocks, mx_quantize, nvfp4_quantize
+from tiers import default_share
 
 MX = {f"{name}_{axis}": lpnum.mx.format(name, axis=axis) for name in lpnum.mx.NAMES for axis in (-1, 0)}
 CASTS = {
@@ -39,7 +40,7 @@ QUICK = {"mxfp8_e4m3_-1", "mxfp6_e3m2_0", "mxfp4_e2m1_-1", "mxint8_0", "nvfp4_0"
 
 
 def _quick(keys, extra=()):
-  return [k if k in QUICK or k in extra else pytest.param(k, marks=pytest.mark.slow) for k in sorted(keys)]
+  return default_share(sorted(keys), lambda k: k in QUICK or k in extra)
 SHAPE = (64, 256)
 
 
@@ -96,8 +97,8 @@ def test_tile_cast_equals_quantize_scaled(key):
 # ---- every face, bit for bit ---------------------------------------------------------------------------------------
 def _faces():
   for key in sorted(CASTS):
-    yield pytest.param(key, "tpu", id=f"{key}-tpu", marks=() if key in QUICK else pytest.mark.slow)
-    yield pytest.param(key, "gpu", id=f"{key}-gpu", marks=() if key == "mxfp4_e2m1_-1" else pytest.mark.slow)
+    yield from default_share([pytest.param(key, "tpu", id=f"{key}-tpu"), pytest.param(key, "gpu", id=f"{key}-gpu")],
+                             [(k, "tpu") for k in QUICK] + [("mxfp4_e2m1_-1", "gpu")])
 
 
 @pytest.mark.parametrize("key, platform", list(_faces()))

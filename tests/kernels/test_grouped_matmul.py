@@ -19,6 +19,7 @@ import lpnum
 from lpnum.kernels import grouped_matmul as gm
 from lpnum.kernels.grouped_matmul import layout
 from lpnum.kernels.grouped_matmul.pallas import visits
+from tiers import default_share
 
 WEIGHT_FORMATS = {
     "int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
@@ -29,7 +30,7 @@ WEIGHT_FORMATS = {
 }
 #: Formats checked by default (each plane width, scale kind and the tensor scale); the others under -m slow.
 QUICK = {"int4_g32", "mxfp4", "nvfp4"}
-FORMAT_PARAMS = [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow) for n in WEIGHT_FORMATS]
+FORMAT_PARAMS = default_share(WEIGHT_FORMATS, QUICK)
 FACES = [("xla", None), ("pallas", "tpu"), ("pallas", "gpu")]
 FACE_IDS = ["xla", "pallas-tpu", "pallas-gpu"]
 
@@ -37,14 +38,16 @@ FACE_IDS = ["xla", "pallas-tpu", "pallas-gpu"]
 def _faces(*default: str) -> list:
   """FACES as parameters: those named in ``default`` in the default run, the others under -m slow (CI's slow line
   runs this file)."""
-  return [pytest.param(*face, id=i, marks=() if i in default else pytest.mark.slow) for face, i in zip(FACES, FACE_IDS)]
+  return default_share([pytest.param(*face, id=i) for face, i in zip(FACES, FACE_IDS)],
+                       lambda face: FACE_IDS[FACES.index(face)] in default)
 
 
 #: The default run multiplies each format with the XLA face and with one Pallas flavour; -m slow runs every pair.
 _QUICK_FACES = {("xla", n) for n in QUICK} | {("pallas-tpu", "int4_g32"), ("pallas-tpu", "mxfp4"),
                                                ("pallas-gpu", "nvfp4")}
-FACE_FORMAT_PARAMS = [pytest.param(*face, n, id=f"{i}-{n}", marks=() if (i, n) in _QUICK_FACES else pytest.mark.slow)
-                      for face, i in zip(FACES, FACE_IDS) for n in WEIGHT_FORMATS]
+FACE_FORMAT_PARAMS = default_share(
+    [pytest.param(*face, n, id=f"{i}-{n}") for face, i in zip(FACES, FACE_IDS) for n in WEIGHT_FORMATS],
+    lambda v: (FACE_IDS[FACES.index(tuple(v[:2]))], v[2]) in _QUICK_FACES)
 #: Ragged sizes over 5 experts and 70 rows: an empty first and middle group, groups that do not fill a 16-row tile,
 #: one that spans tiles, and 9 rows past the last group.
 SIZES = (0, 5, 30, 0, 26)

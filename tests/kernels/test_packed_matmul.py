@@ -19,6 +19,7 @@ import lpnum
 from lpnum import kernels
 from lpnum.kernels import dequant as _dequant
 from lpnum.kernels.packed_matmul import cpu as packed_cpu, layout
+from tiers import default_share
 
 WEIGHT_FORMATS = {
     "int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
@@ -97,7 +98,7 @@ def test_scale_parts_match_lpnum_decode_for_e8m0_and_e4m3():
 
 
 # ---- layout ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in WEIGHT_FORMATS])
+@pytest.mark.parametrize("name", default_share(WEIGHT_FORMATS, QUICK))
 def test_layout_round_trips_codes_and_dequantizes_like_lpnum(name):
   q = _weights(WEIGHT_FORMATS[name])
   w = kernels.pack_weights(q)
@@ -153,9 +154,8 @@ def test_w8a8_xla_path_multiplies_the_stored_int8_plane():
 
 
 # ---- matmul faces against references ----------------------------------------------------------------------------
-FORMAT_FACES = [pytest.param(name, backend, platform,
-                             marks=() if backend == "xla" or name in QUICK else pytest.mark.slow)
-                for name in WEIGHT_FORMATS for backend, platform in FACES]
+FORMAT_FACES = default_share([(name, backend, platform) for name in WEIGHT_FORMATS for backend, platform in FACES],
+                             lambda v: v[1] == "xla" or v[0] in QUICK, unpack=True)
 
 
 @pytest.mark.parametrize("name, backend, platform", FORMAT_FACES)

@@ -12,6 +12,7 @@ from jax import export
 
 import lpnum
 from lpnum import kernels
+from tiers import default_share
 
 FORMATS = {
     "mxfp4": lpnum.mx.format("mxfp4_e2m1", axis=0),
@@ -44,7 +45,7 @@ def _same(a, b) -> None:
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in FORMATS])
+@pytest.mark.parametrize("name", default_share(FORMATS, QUICK))
 @pytest.mark.parametrize("platform", ["tpu", "gpu"])
 def test_equals_pack_weights_of_quantize_scaled(name, platform):
   fmt = FORMATS[name]

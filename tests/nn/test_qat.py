@@ -12,6 +12,7 @@ import lpnum
 from lpnum import nn as lnn
 
 from testing import F32
+from tiers import default_share
 
 
 # ---- QAT with every estimator ----------------------------------------------------------------------------------
@@ -58,8 +59,7 @@ def _qat_losses(rules, steps=60):
 QAT_QUICK = ("ste", "lsq", "xnor", "bitnet_ternary", "denseshift")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in QAT_QUICK else pytest.mark.slow)
-                                  for n in QAT_WEIGHTS])
+@pytest.mark.parametrize("name", default_share(QAT_WEIGHTS, QAT_QUICK))
 def test_qat_with_every_weight_estimator_learns(name):
   """Every estimator of lpnum.estimators trains a small classifier with optax (loss falls by a third)."""
   params, losses = _qat_losses(lpnum.DotConfig(rhs=QAT_WEIGHTS[name]))

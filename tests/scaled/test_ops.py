@@ -16,6 +16,7 @@ import lpnum
 import mx_reference
 from lpnum import packing
 from lpnum.formats import FloatFormat
+from tiers import default_share
 
 #: E8M0 scale codes: the smallest (2^-127), 2^-126, 2^-100, 1, 2^100, the largest two, NaN.
 E8M0_CODES = (0, 1, 27, 127, 227, 253, 254, 255)
@@ -90,13 +91,13 @@ def _leaves_same(a, b) -> None:
 
 
 #: Cases of test_eager_equals_jit in the default run; the others (each a few seconds of compiling) run with -m slow.
-DEFAULT_EAGER = {("mxfp4", "nearest_even"), ("nvfp4", "stochastic")}
+DEFAULT_EAGER = (("mxfp4", "nearest_even"), ("nvfp4", "stochastic"))
 
 
-@pytest.mark.parametrize("case,rounding", [
-    pytest.param(CASES[c], r, id=f"{c}-{r}", marks=() if (c, r) in DEFAULT_EAGER else pytest.mark.slow)
-    for c in CASES for r in ("nearest_even", "stochastic")])
-def test_eager_equals_jit(case, rounding):
+@pytest.mark.parametrize("name,rounding", default_share(
+    [pytest.param(c, r, id=f"{c}-{r}") for c in CASES for r in ("nearest_even", "stochastic")], DEFAULT_EAGER))
+def test_eager_equals_jit(name, rounding):
+  case = CASES[name]
   x = jax.random.normal(jax.random.key(0), (64, 128), jnp.float32) * 3
   x = x.at[0, :3].set(jnp.array([jnp.nan, 1e-40, -0.0]))
   kwargs = {"rounding": rounding, "key": jax.random.key(1)} if rounding == "stochastic" else {}
