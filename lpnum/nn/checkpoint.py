@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
@@ -51,7 +52,10 @@ def restore(path: str | os.PathLike, target: Any = None) -> Any:
       every value from its stored description.
 
   Returns:
-    The tree; its arrays are restored as stored (on the default device: ``jax.device_put`` them to shard).
+    The tree. Each array is read whole onto the default device, then placed on the sharding of the target's
+    array at the same place where that has one (a ``jax.Array``'s, or the ``sharding`` of a
+    ``jax.ShapeDtypeStruct``), so a sharded model restores sharded; arrays without a target sharding stay on the
+    default device.
 
   Raises:
     ValueError: a stored description differs from the target's (the message names both), or a value has no
@@ -59,4 +63,13 @@ def restore(path: str | os.PathLike, target: Any = None) -> Any:
   """
   with ocp.StandardCheckpointer() as checkpointer:
     state = checkpointer.restore(os.fspath(path))
-  return restore_state(state, target)
+  tree = restore_state(state, target)
+  if target is None:
+    return tree
+  return jax.tree.map(_place, tree, target)
+
+
+def _place(value, like):
+  """``value`` on ``like``'s sharding, if ``like`` (a target leaf) has one."""
+  sharding = getattr(like, "sharding", None)
+  return value if sharding is None else jax.device_put(value, sharding)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +87,48 @@ def test_expert_banks_through_orbax_with_and_without_lpnum(tmp_path):
       ckpt.restore(tmp_path / "plain", mx)
   with pytest.raises(ValueError, match=r"fingerprint lpnum_format_\w+, but the target is GroupedWeights mxfp4_e2m1"):
     checkpoint.restore(tmp_path / "plain", mx)
+
+
+_SHARDED = r'''
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import lpnum
+from lpnum.kernels import pack_weights
+from lpnum.nn import checkpoint
+
+mesh = Mesh(np.array(jax.devices()), ("x",))
+spec = lambda a: NamedSharding(mesh, P("x") if a.ndim and a.shape[0] % 8 == 0 else P())
+x = np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32)
+tree = {"q": lpnum.quantize_scaled(x, lpnum.mx.format("mxfp8_e4m3", axis=0)),
+        "w": pack_weights(lpnum.quantize_scaled(x, lpnum.ScaledFormat("int4", lpnum.per_block(32, 0)))),
+        "b": jnp.arange(16.0)}
+checkpoint.save(sys.argv[1], tree)  # on one device
+sharded = jax.tree.map(lambda a: jax.device_put(a, spec(a)), tree)
+abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=spec(a)), tree)
+out = {}
+for name, target in (("arrays", sharded), ("abstract", abstract)):
+  back = checkpoint.restore(sys.argv[1], target)
+  pairs = list(zip(jax.tree.leaves(back), jax.tree.leaves(tree), jax.tree.leaves(target), strict=True))
+  out[name] = {"same_values": all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v, _ in pairs),
+               "placed": all(u.sharding.is_equivalent_to(t.sharding, u.ndim) for u, _, t in pairs),
+               "sharded_leaves": sum(len(u.sharding.device_set) == 8 and not u.sharding.is_fully_replicated
+                                     for u, _, _ in pairs)}
+out["devices"] = len(jax.devices())
+print(json.dumps(out))
+'''
+
+
+def test_restore_places_arrays_on_the_targets_shardings(tmp_path):
+  """On 8 host devices (a subprocess: XLA_FLAGS must be set before jax starts): a QArray, packed weights and a plain
+  array saved on one device come back with the target's shardings, from concrete and from abstract targets (orbax
+  alone would restore the saved placement)."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  proc = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path / "ckpt")], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8
+  for name in ("arrays", "abstract"):
+    assert out[name]["same_values"] and out[name]["placed"], out
+    assert out[name]["sharded_leaves"] >= 4, out  # data, the packed plane and scales rows, the plain array
