@@ -32,8 +32,10 @@ def per_block(compute, size: int, first: jax.Array, *rest):
   consumes it.
 
   XLA would fuse the (small) per-block computation into the elementwise pass and repeat it for every element; the
-  CPU compiler drops optimization barriers, so a conditional whose two branches are the same computation, on a
-  predicate XLA cannot fold, keeps it apart.
+  CPU compiler drops optimization barriers, so the work runs in one branch of a conditional. The other branch
+  gives zeros and is never taken: the predicate asks whether a sign bit (0 or 1) of ``first`` exceeds 1, which XLA
+  does not fold. (Two branches that both compute would also keep the work apart, but compile it twice: a
+  weight-only int8 layer then compiled to about 40% more code, and took 30% longer to compile.)
 
   The arrays cross the conditional without their size-1 axes: XLA on the CPU may give such an operand a layout
   that orders the size-1 axes differently from the branch's, and then copies it (the whole tensor) inside.
@@ -41,8 +43,14 @@ def per_block(compute, size: int, first: jax.Array, *rest):
   if size == 0:
     return compute(first, *rest)
   probe = jax.tree_util.tree_leaves(first)[0].reshape(-1)[0]
-  pred = probe.astype(jnp.int32) == 0 if jnp.issubdtype(probe.dtype, jnp.integer) else jnp.isnan(probe)
-  return cond(pred, compute, compute, first, *rest)
+  bits = (probe.astype(jnp.int32) if not jnp.issubdtype(probe.dtype, jnp.floating)
+          else jax.lax.bitcast_convert_type(probe.astype(jnp.float32), jnp.int32))
+  never = jax.lax.shift_right_logical(bits, np.int32(31)) > 1
+
+  def zeros(*args):
+    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(compute, *args))
+
+  return cond(never, zeros, compute, first, *rest)
 
 
 def cond(pred: jax.Array, true_fn, false_fn, *args):
