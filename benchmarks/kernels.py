@@ -5,7 +5,7 @@ sweep of shapes (M in 1, 16, 128, 1024; K = N in 1024, 4096, 8192), every kernel
 unquantized ``jnp.dot`` in float32 and bfloat16 and XLA's own int8 x int8 -> int32 dot (alone, and followed by the
 per-row and per-column scaling W8A8 does), and prints the time, the effective GB/s of weight bytes read and the
 TFLOP/s. ``lpnum.kernels.matmul`` runs its default path: the Pallas kernels on a GPU or TPU; on the CPU the native
-kernel (C++ through XLA's FFI) for few rows of x (``packed_matmul.cpu.NATIVE_ROWS``) and the XLA implementation
+kernel (C++ through XLA's FFI) for few rows of x (``cpu_matmul.NATIVE_ROWS``) and the XLA implementation
 otherwise (the JSON records which). On the CPU, shapes below 128 rows also time each weight-only format's XLA path
 ("(XLA path)").
 
@@ -16,8 +16,10 @@ x per row, int8 W per channel) both with x already quantized (the kernel alone) 
 Grouped matmul (mixture of experts): ``lpnum.kernels.grouped_matmul`` with packed per-expert weights (int8 per
 channel, int4 per group of 128, MXFP4, NVFP4, FP8 E4M3 per channel) side by side with its XLA baselines on the same
 shapes: ``jax.lax.ragged_dot`` in float32 and bfloat16 and a float32 loop over the experts (each expert's product
-kept for its rows). E = 8 experts with ragged group sizes (one empty), M tokens in (64, 512), K = N = 4096 (quick:
-M = 64, K = N = 1024); the table gives the time, the speed against ``ragged_dot`` in float32 and the weight bytes.
+kept for its rows). E = 8 experts with ragged group sizes (one empty; at decode, M = 8, most are empty), M tokens in
+(8, 64, 512), K = N = 4096 (quick: M in (8, 64), K = N = 1024); the table gives the time, the speed against
+``ragged_dot`` in float32 and the weight bytes. On the CPU, shapes below 128 rows also time each format's XLA path
+("(XLA path)"), beside the default (the native kernel below its rows, :mod:`lpnum.kernels.cpu_matmul`).
 
 Targets (CPU, ratios in one run, at M = K = N = 1024 unless said):
 
@@ -65,8 +67,8 @@ import numpy as np
 import lpnum
 from lpnum import kernels
 from lpnum.kernels import accumulate
+from lpnum.kernels import cpu_matmul as packed_cpu
 from lpnum.kernels import grouped_matmul as gm
-from lpnum.kernels.packed_matmul import cpu as packed_cpu
 from lpnum.results import progress
 
 from ._report import (QuickDefault, arg_parser, format_targets, median_s, ms, parse_args, ratio, table, target,
@@ -97,7 +99,7 @@ X_INT8 = lpnum.ScaledFormat("int8", lpnum.per_channel(0))
 
 def matmul_path() -> str:
   """What ``kernels.matmul``'s default runs here: ``"pallas"`` on a GPU or TPU; on the CPU the native kernel below
-  ``packed_matmul.cpu.NATIVE_ROWS`` rows for this CPU's instruction set (4-bit codes and 8-bit integers; where it
+  ``cpu_matmul.NATIVE_ROWS`` rows for this CPU's instruction set (4-bit codes and 8-bit integers; where it
   builds with AVX2 or AVX-512) and XLA's path otherwise."""
   if jax.default_backend() in ("gpu", "tpu"):
     return "pallas"
@@ -408,8 +410,8 @@ def format_casts(rows: list[dict]) -> str:
 
 GROUPED_EXPERTS = 8
 #: ``(M tokens, K = N)`` of the grouped-matmul section.
-GROUPED_FULL = ((64, 4096), (512, 4096))
-GROUPED_QUICK = ((64, 1024),)
+GROUPED_FULL = ((8, 4096), (64, 4096), (512, 4096))
+GROUPED_QUICK = ((8, 1024), (64, 1024))
 #: Relative group sizes of the experts: ragged, one expert without tokens.
 GROUP_WEIGHTS = (3, 1, 0, 2, 5, 1, 4, 2)
 GROUPED_FORMATS = {
@@ -451,10 +453,14 @@ def grouped_candidates(experts: int, m: int, k: int, n: int) -> tuple[dict, dict
            "f32 expert loop": (jax.jit(_expert_loop), (x, w, sizes))}
   nbytes = {"ragged_dot f32": 4 * w.size, "ragged_dot bf16": 2 * w.size, "f32 expert loop": 4 * w.size}
   grouped = jax.jit(gm.grouped_matmul)
+  grouped_xla = jax.jit(lambda x, w, s: gm.grouped_matmul(x, w, s, implementation="xla"))
   for name, fmt in GROUPED_FORMATS.items():
     gw = gm.pack_experts(gm.quantize_experts(w, fmt))
     cands[f"grouped {name}"] = (grouped, (x, gw, sizes))
     nbytes[f"grouped {name}"] = gw.nbytes
+    if jax.default_backend() == "cpu" and m < 128:
+      cands[f"grouped {name} (XLA path)"] = (grouped_xla, (x, gw, sizes))
+      nbytes[f"grouped {name} (XLA path)"] = gw.nbytes
   return cands, nbytes
 
 

@@ -10,17 +10,19 @@ dequantize(W_e)`` with float32 products and float32 accumulation, rounded once t
 float32 additions.
 
 Faces: :func:`reference_grouped_matmul` (a loop over experts on the stacked QArray), the XLA path (a scan over
-experts that dequantizes each in the loop: what runs on the CPU) and the Pallas kernels (TPU through Mosaic, GPU
-through Triton), which read each expert's packed tiles and dequantize them in VMEM/registers.
-:func:`grouped_matmul` dispatches.
+experts that dequantizes each in the loop: what runs on the CPU from a few rows up), the native CPU face (the same
+scan, each expert's product by the native kernel from its packed planes: the CPU's default for few rows) and the
+Pallas kernels (TPU through Mosaic, GPU through Triton), which read each expert's packed tiles and dequantize them in
+VMEM/registers. :func:`grouped_matmul` dispatches.
 
 The VJP: ``dlhs = ragged_dot(g, dequantize(W)^T)`` (the XLA face); packed weights get no gradient. Training that
 needs gradients of the float expert weights fake-quantizes them (straight-through) and multiplies them as floats:
 that is what :class:`lpnum.nn.grouped.GroupedDense` does under a quantization rule before :func:`lpnum.nn.ptq` packs
 it. :class:`GroupedWeights` are checkpoint-safe like :class:`lpnum.kernels.PackedWeights` (:mod:`lpnum.description`).
 
-Modules: :mod:`.layout` (the stacked QArray and the packed layout), :mod:`.reference`, :mod:`.xla`,
-:mod:`.pallas` and :mod:`.api` (the dispatcher and the VJP).
+Modules: :mod:`.layout` (the stacked QArray and the packed layout), :mod:`.reference`, :mod:`.xla`, :mod:`.cpu`
+(the native CPU face: :mod:`lpnum.kernels.cpu_matmul` per expert), :mod:`.pallas` and :mod:`.api` (the dispatcher
+and the VJP).
 """
 
 from lpnum.kernels.grouped_matmul.api import IMPLEMENTATIONS, grouped_matmul

@@ -1,5 +1,6 @@
-"""The public face of the grouped matmul: :func:`grouped_matmul` picks a face (Pallas on GPU and TPU, XLA elsewhere)
-and defines the VJP. The semantics are in :mod:`lpnum.kernels.grouped_matmul`."""
+"""The public face of the grouped matmul: :func:`grouped_matmul` picks a face (Pallas on GPU and TPU; on the CPU the
+native kernel for few rows, XLA otherwise) and defines the VJP. The semantics are in
+:mod:`lpnum.kernels.grouped_matmul`."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lpnum.kernels.grouped_matmul import cpu
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights, pack_experts
 from lpnum.kernels.grouped_matmul.pallas import BlockSizes, pallas_grouped_matmul
 from lpnum.kernels.grouped_matmul.xla import xla_grouped_matmul
-from lpnum.kernels.tiles import IMPLEMENTATIONS, check_dispatch, pallas_platform
+from lpnum.kernels.tiles import IMPLEMENTATIONS as _KERNEL_FACES
+from lpnum.kernels.tiles import check_dispatch, pallas_platform
 from lpnum.qarray import QArray
 from lpnum.validate import as_array
 
 __all__ = ["grouped_matmul", "IMPLEMENTATIONS"]
+
+#: The faces ``implementation=`` picks: the kernel ops' (``"auto"``, ``"pallas"``, ``"xla"``) and ``"native"``, the
+#: compiled CPU kernel (:mod:`lpnum.kernels.grouped_matmul.cpu`).
+IMPLEMENTATIONS = (*_KERNEL_FACES, "native")
 
 _LHS_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
 
@@ -35,7 +42,10 @@ def grouped_matmul(lhs, rhs, group_sizes, *, implementation: str = "auto", platf
     rhs: GroupedWeights (:func:`~lpnum.kernels.grouped_matmul.pack_experts`), or a stacked QArray
       (:func:`~lpnum.kernels.grouped_matmul.quantize_experts`, packed on the fly).
     group_sizes: ``(E,)`` integer rows per expert.
-    implementation: ``"auto"`` (Pallas on GPU/TPU, XLA otherwise), ``"pallas"`` or ``"xla"``.
+    implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel when M is below
+      :func:`lpnum.kernels.grouped_matmul.cpu.native_rows` and it builds, XLA otherwise), ``"pallas"``, ``"xla"`` or
+      ``"native"`` (the compiled CPU kernel for any M; an error where it cannot be built or does not take the
+      format).
     platform: the Pallas flavour, ``"tpu"`` or ``"gpu"``/``"cuda"`` (default: the default backend's; on the CPU,
       with ``interpret=True``, ``"tpu"``).
     block_sizes: BlockSizes overriding the backend's tile sizes.
@@ -52,7 +62,7 @@ def grouped_matmul(lhs, rhs, group_sizes, *, implementation: str = "auto", platf
     >>> gm.grouped_matmul(jnp.ones((3, 4)), w, jnp.array([1, 2])).tolist()
     [[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]]
   """
-  check_dispatch(implementation, platform, interpret, block_sizes)
+  check_dispatch(implementation, platform, interpret, block_sizes, IMPLEMENTATIONS)
   if isinstance(rhs, QArray):
     rhs = pack_experts(rhs)
   if not isinstance(rhs, GroupedWeights):
@@ -68,10 +78,14 @@ def grouped_matmul(lhs, rhs, group_sizes, *, implementation: str = "auto", platf
   if group_sizes.shape != (experts,) or not jnp.issubdtype(group_sizes.dtype, jnp.integer):
     raise ValueError(f"group_sizes has shape {group_sizes.shape} and dtype {group_sizes.dtype}; it must be "
                      f"({experts},) integers, one size per expert")
+  if implementation == "native":
+    cpu.check(rhs)
   if interpret:
     implementation = "pallas"
   if implementation == "auto":
-    implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+    backend = jax.default_backend()
+    implementation = "pallas" if backend in ("gpu", "tpu") else "native" if (
+        backend == "cpu" and cpu.supported(rhs) and lhs.shape[0] < cpu.native_rows(rhs)) else "xla"
   if implementation == "pallas":
     platform = pallas_platform(platform, interpret)
   cfg = Config(implementation, platform, block_sizes or BlockSizes(), interpret)
@@ -117,6 +131,8 @@ def _forward(lhs, rhs: GroupedWeights, group_sizes, cfg: Config) -> jax.Array:
   m, n = lhs.shape[0], rhs.shape[2]
   if cfg.implementation == "xla":
     y = xla_grouped_matmul(lhs.astype(jnp.float32), rhs, group_sizes)
+  elif cfg.implementation == "native":
+    y = cpu.cpu_grouped_matmul(lhs, rhs, group_sizes)
   else:
     y = pallas_grouped_matmul(lhs, rhs, group_sizes, platform=cfg.platform, blocks=cfg.blocks,
                               interpret=cfg.interpret)

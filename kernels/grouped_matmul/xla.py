@@ -28,17 +28,16 @@ def xla_grouped_matmul(x: jax.Array, w: GroupedWeights, group_sizes: jax.Array, 
   sizes = group_sizes.astype(jnp.int32)
   ends = jnp.cumsum(sizes)
   rows = jnp.arange(x.shape[0], dtype=jnp.int32)[:, None]
-  one = dataclasses.replace(w, shape=(1, k, n))
-
   def step(y, inputs):
-    leaves, lo, hi = inputs
+    e, lo, hi = inputs
 
-    def product(y):
-      we = layout.dequantize(jax.tree.map(lambda a: a[None], leaves))[0, :k, :n]
+    def product(y):  # the expert's slices are taken here, so an expert without rows is not read (nor copied)
+      one = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, e, 1), w)
+      we = layout.dequantize(dataclasses.replace(one, shape=(1, k, n)))[0, :k, :n]
       ye = jnp.dot(x, we.T if transpose else we, precision=HIGHEST, preferred_element_type=jnp.float32)
       return jnp.where((rows >= lo) & (rows < hi), ye, y)
 
     return jax.lax.cond(hi > lo, product, lambda y: y, y), None
 
   y0 = jnp.zeros((x.shape[0], k if transpose else n), jnp.float32)
-  return jax.lax.scan(step, y0, (one, ends - sizes, ends))[0]
+  return jax.lax.scan(step, y0, (jnp.arange(w.shape[0]), ends - sizes, ends))[0]

@@ -18,14 +18,14 @@ one ``jnp.dot``), the native CPU kernel (C++ through XLA's FFI, compiled on firs
 and decodes each weight in registers next to its multiply-add) and the Pallas kernels (TPU through Mosaic, GPU
 through Triton), which read the packed weight tiles and dequantize them tile by tile in VMEM/registers.
 :func:`matmul` dispatches: Pallas on GPU and TPU; on the CPU the native kernel for few rows of x
-(``cpu.NATIVE_ROWS``, by instruction set: with AVX-512 below 32 for 4-bit codes and 16 for 8-bit integers; where
-it builds), XLA otherwise;
-``implementation=`` forces one, ``interpret=True`` runs the Pallas kernel on the CPU.
+(:mod:`lpnum.kernels.cpu_matmul`, shared with the grouped matmul; ``NATIVE_ROWS`` by instruction set: with AVX-512
+below 32 for 4-bit codes and 16 for 8-bit integers; where it builds), XLA otherwise; ``implementation=`` forces one,
+``interpret=True`` runs the Pallas kernel on the CPU.
 
 The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets no gradient). ``grad_format``
 rounds the cotangent ``g`` first (:func:`lpnum.qdot.quantize_grad`).
 
-Faces, one module each: :mod:`.reference`, :mod:`.xla`, :mod:`.cpu` (with ``cpu.cc``), :mod:`.pallas`, and
+Faces, one module each: :mod:`.reference`, :mod:`.xla`, :mod:`.pallas`, and
 :mod:`.api` (the dispatcher and the VJP); :mod:`.layout` is the packed weight layout and
 :mod:`lpnum.kernels.dequant` the in-kernel decoding (shared with the other kernel ops).
 """

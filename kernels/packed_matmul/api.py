@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum.kernels import dequant
-from lpnum.kernels.packed_matmul import cpu, layout
+from lpnum.kernels import cpu_matmul as cpu
+from lpnum.kernels.packed_matmul import layout
 from lpnum.kernels.packed_matmul.layout import PackedWeights, pack_weights
 from lpnum.kernels.packed_matmul.pallas import BlockSizes, pallas_matmul
 from lpnum.kernels.packed_matmul.reference import HIGHEST, integer_path
@@ -27,7 +28,7 @@ from lpnum.validate import as_array, short
 __all__ = ["matmul", "IMPLEMENTATIONS"]
 
 #: The faces ``implementation=`` picks: the kernel ops' (``"auto"``, ``"pallas"``, ``"xla"``) and ``"native"``, the
-#: compiled CPU kernel (:mod:`lpnum.kernels.packed_matmul.cpu`).
+#: compiled CPU kernel (:mod:`lpnum.kernels.cpu_matmul`).
 IMPLEMENTATIONS = (*tiles.IMPLEMENTATIONS, "native")
 
 X_DTYPES = (np.dtype(np.float32), np.dtype(jnp.bfloat16), np.dtype(np.float16))
@@ -43,7 +44,7 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
     implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel for few rows of x and weights of
-      4-bit codes or 8-bit integers, :func:`lpnum.kernels.packed_matmul.cpu.native_rows`; XLA otherwise),
+      4-bit codes or 8-bit integers, :func:`lpnum.kernels.cpu_matmul.native_rows`; XLA otherwise),
       ``"pallas"``, ``"xla"`` or ``"native"`` (the compiled CPU kernel for any M; an error where it cannot be built
       or does not take the format). The platform is chosen when the program is lowered
       (``jax.lax.platform_dependent``), as :func:`lpnum.kernels.accumulate.matmul` does: a function traced on a CPU
@@ -134,7 +135,7 @@ def _cpu_matmul(x2: jax.Array, w: PackedWeights, implementation: str) -> jax.Arr
   x2 = x2.astype(jnp.float32)
   if not native:
     return xla_matmul(x2, w)
-  return cpu.cpu_matmul(jnp.pad(x2, ((0, 0), (0, w.padded_shape[0] - x2.shape[1]))), w)
+  return cpu.matmul(jnp.pad(x2, ((0, 0), (0, w.padded_shape[0] - x2.shape[1]))), w)
 
 
 def _platform(platform) -> str:

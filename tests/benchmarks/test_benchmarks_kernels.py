@@ -24,7 +24,7 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(kernels, "BANDWIDTH_BYTES", 2**20)
   monkeypatch.setattr(kernels, "CAST_COUNT_SIZE", 1024)
   monkeypatch.setattr(kernels, "CAST_SIZES", {True: 512, False: 512})
-  monkeypatch.setattr(kernels, "GROUPED_QUICK", ((16, 256),))
+  monkeypatch.setattr(kernels, "GROUPED_QUICK", ((16, 256), (128, 256)))
   monkeypatch.setattr(kernels, "GROUPED_EXPERTS", 4)
   path = kernels.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
   results = benchmark_checks.load_document(path, "kernels")
@@ -77,12 +77,15 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   assert "ideal B/el" in out
   assert "weight GB/s" in out and "FLOP/B" in out and "Roofs of this run" in out and "kernels_matmul.csv" in out
   grouped = results["grouped"]
-  assert {r["kernel"] for r in grouped} == {"ragged_dot f32", "ragged_dot bf16", "f32 expert loop"} | {
-      f"grouped {name}" for name in kernels.GROUPED_FORMATS}
+  kinds = {"ragged_dot f32", "ragged_dot bf16", "f32 expert loop"} | {f"grouped {n}" for n in kernels.GROUPED_FORMATS}
+  for m in (16, 128):  # below 128 rows the CPU's XLA path is timed beside the default
+    at = [r for r in grouped if r["shape"] == [4, m, 256, 256]]
+    assert {r["kernel"] for r in at} == kinds | ({f"grouped {n} (XLA path)" for n in kernels.GROUPED_FORMATS}
+                                                 if m < 128 else set())
+    assert all(sum(r["group_sizes"]) == m and 0 in r["group_sizes"] for r in at)
   for r in grouped:
     benchmark_checks.check_measurement(r["measurement"], 1, statuses=("ok",))
-    assert r["shape"] == [4, 16, 256, 256] and sum(r["group_sizes"]) == 16 and 0 in r["group_sizes"]
-  weight_bytes = {r["kernel"]: r["weight_bytes"] for r in grouped}
+  weight_bytes = {r["kernel"]: r["weight_bytes"] for r in grouped if r["shape"][1] == 16}
   assert weight_bytes["ragged_dot f32"] == 4 * 256 * 256 * 4 == 2 * weight_bytes["ragged_dot bf16"]
   # int4 in groups of 128: K padded to one tile of 8 groups (1024 rows), half a byte per code, 8 uint32 scale rows.
   assert weight_bytes["grouped int4 g128"] == 4 * (1024 * 256 // 2 + 8 * 256 * 4)

@@ -16,7 +16,9 @@ import pytest
 from jax import export
 
 import lpnum
+from lpnum.kernels import cpu_matmul
 from lpnum.kernels import grouped_matmul as gm
+from lpnum.kernels.grouped_matmul import cpu as grouped_cpu
 from lpnum.kernels.grouped_matmul import layout
 from lpnum.kernels.grouped_matmul.pallas import visits
 from tiers import default_share
@@ -31,22 +33,28 @@ WEIGHT_FORMATS = {
 #: Formats checked by default (each plane width, scale kind and the tensor scale); the others under -m slow.
 QUICK = {"int4_g32", "mxfp4", "nvfp4"}
 FORMAT_PARAMS = default_share(WEIGHT_FORMATS, QUICK)
-FACES = [("xla", None), ("pallas", "tpu"), ("pallas", "gpu")]
-FACE_IDS = ["xla", "pallas-tpu", "pallas-gpu"]
+FACES = [("xla", None), ("native", None), ("pallas", "tpu"), ("pallas", "gpu")]
+FACE_IDS = ["xla", "native", "pallas-tpu", "pallas-gpu"]
+_NO_NATIVE = pytest.mark.skipif(not cpu_matmul.available(), reason="the native CPU kernel did not build (warned)")
+
+
+def _face(face, i, *rest) -> pytest.param:
+  return pytest.param(*face, *rest, id="-".join([i, *rest]), marks=_NO_NATIVE if face[0] == "native" else ())
 
 
 def _faces(*default: str) -> list:
   """FACES as parameters: those named in ``default`` in the default run, the others under -m slow (CI's slow line
   runs this file)."""
-  return default_share([pytest.param(*face, id=i) for face, i in zip(FACES, FACE_IDS)],
+  return default_share([_face(face, i) for face, i in zip(FACES, FACE_IDS)],
                        lambda face: FACE_IDS[FACES.index(face)] in default)
 
 
-#: The default run multiplies each format with the XLA face and with one Pallas flavour; -m slow runs every pair.
-_QUICK_FACES = {("xla", n) for n in QUICK} | {("pallas-tpu", "int4_g32"), ("pallas-tpu", "mxfp4"),
-                                               ("pallas-gpu", "nvfp4")}
+#: The default run multiplies each format with the XLA and native faces and with one Pallas flavour; -m slow runs
+#: every pair.
+_QUICK_FACES = {(face, n) for face in ("xla", "native") for n in QUICK} | {
+    ("pallas-tpu", "int4_g32"), ("pallas-tpu", "mxfp4"), ("pallas-gpu", "nvfp4")}
 FACE_FORMAT_PARAMS = default_share(
-    [pytest.param(*face, n, id=f"{i}-{n}") for face, i in zip(FACES, FACE_IDS) for n in WEIGHT_FORMATS],
+    [_face(face, i, n) for face, i in zip(FACES, FACE_IDS) for n in WEIGHT_FORMATS],
     lambda v: (FACE_IDS[FACES.index(tuple(v[:2]))], v[2]) in _QUICK_FACES)
 #: Ragged sizes over 5 experts and 70 rows: an empty first and middle group, groups that do not fill a 16-row tile,
 #: one that spans tiles, and 9 rows past the last group.
@@ -94,8 +102,8 @@ def _check_close(got, x, wf, sizes):
 
 
 def _run(x, w, sizes, backend, platform, **kw):
-  if backend == "xla":
-    return gm.grouped_matmul(x, w, jnp.asarray(sizes), implementation="xla", **kw)
+  if backend in ("xla", "native"):
+    return gm.grouped_matmul(x, w, jnp.asarray(sizes), implementation=backend, **kw)
   return gm.grouped_matmul(x, w, jnp.asarray(sizes), implementation="pallas", platform=platform, interpret=True,
                            **kw)
 
@@ -129,7 +137,7 @@ def test_faces_match_the_dense_per_expert_computation(name, backend, platform):
   _check_close(y, x, wf, SIZES)
 
 
-@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-tpu"))
+@pytest.mark.parametrize("backend, platform", _faces("xla", "native", "pallas-tpu"))
 def test_reference_and_faces_on_several_k_tiles_and_bfloat16(backend, platform):
   q, wf = _experts(WEIGHT_FORMATS["int4_g32"], e=3, k=1024, n=128)
   w = gm.pack_experts(q, tile_k=256)
@@ -145,14 +153,14 @@ def test_reference_and_faces_on_several_k_tiles_and_bfloat16(backend, platform):
 
 
 @pytest.mark.parametrize("sizes", [(0, 0, 0), (16, 0, 0), (0, 0, 16), (1, 1, 14)], ids=str)
-@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-tpu", "pallas-gpu"))
+@pytest.mark.parametrize("backend, platform", _faces("xla", "native", "pallas-tpu", "pallas-gpu"))
 def test_empty_and_single_groups(sizes, backend, platform):
   q, wf = _experts(WEIGHT_FORMATS["int8"], e=3, k=64, n=8)
   x = np.random.default_rng(3).normal(size=(16, 64)).astype(np.float32)
   _check_close(_run(x, q, sizes, backend, platform), x, wf, sizes)
 
 
-@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-tpu"))
+@pytest.mark.parametrize("backend, platform", _faces("xla", "native", "pallas-tpu"))
 def test_nan_weights_reach_only_their_experts_rows(backend, platform):
   w = np.random.default_rng(4).normal(size=(3, 64, 8)).astype(np.float32)
   w[1, 3, 2] = np.inf  # MXFP4: the block holding it gets the NaN scale, so expert 1's column 2 is NaN
@@ -183,7 +191,7 @@ def test_visits_cover_every_tile_and_group_once():
 
 
 # ---- transforms ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend, platform", _faces("xla", "pallas-gpu"))
+@pytest.mark.parametrize("backend, platform", _faces("xla", "native", "pallas-gpu"))
 def test_gradient_of_lhs_is_the_transposed_grouped_product(backend, platform):
   q, wf = _experts(WEIGHT_FORMATS["nvfp4"], e=3, k=64, n=32)
   x = np.random.default_rng(5).normal(size=(20, 64)).astype(np.float32)
@@ -201,6 +209,51 @@ def test_weights_and_sizes_get_no_gradient_and_jit_matches_eager():
   assert np.all(gw.tensor_scale == 0) and gw.planes[0].dtype == jax.dtypes.float0
   np.testing.assert_array_equal(np.asarray(jax.jit(gm.grouped_matmul)(x, w, sizes)),
                                 np.asarray(gm.grouped_matmul(x, w, sizes)))
+
+
+# ---- the native CPU face ---------------------------------------------------------------------------------------------
+@_NO_NATIVE
+def test_auto_runs_the_native_kernel_below_native_rows_and_skips_empty_experts():
+  q, wf = _experts(WEIGHT_FORMATS["int4_g32"], e=3, k=64, n=32)
+  w = gm.pack_experts(q)
+  rows = cpu_matmul.NATIVE_ROWS[cpu_matmul.isa()][4]
+  assert grouped_cpu.native_rows(w) == rows
+  for m, native_call in ((1, True), (rows - 1, True), (rows, False)):
+    x = jax.ShapeDtypeStruct((m, 64), jnp.float32)
+    text = jax.jit(gm.grouped_matmul).lower(x, w, jax.ShapeDtypeStruct((3,), jnp.int32)).as_text()
+    assert (cpu_matmul.TARGET in text) == native_call, m
+  # One call per expert that has rows, inside the scan's conditional: vmap and jit give the same rows.
+  x = np.random.default_rng(8).normal(size=(2, 5, 64)).astype(np.float32)
+  sizes = jnp.array([2, 0, 3])
+  y = jax.jit(jax.vmap(lambda a: gm.grouped_matmul(a, w, sizes, implementation="native")))(x)
+  for i in range(2):
+    _check_close(y[i], x[i], wf, (2, 0, 3))
+
+
+@_NO_NATIVE
+def test_native_face_on_non_finite_activations_matches_the_xla_face():
+  q, _ = _experts(WEIGHT_FORMATS["mxfp4"], e=3, k=64, n=32)
+  x = np.random.default_rng(9).normal(size=(6, 64)).astype(np.float32)
+  x[0, 3], x[2, 7], x[4, 11] = np.inf, np.nan, -0.0
+  sizes = jnp.array([3, 0, 2])
+  native = np.asarray(gm.grouped_matmul(x, q, sizes, implementation="native"))
+  xla = np.asarray(gm.grouped_matmul(x, q, sizes, implementation="xla"))
+  np.testing.assert_array_equal(np.isnan(native), np.isnan(xla))
+  np.testing.assert_array_equal(np.isinf(native), np.isinf(xla))
+  finite = np.isfinite(xla)
+  np.testing.assert_allclose(native[finite], xla[finite], rtol=1e-5, atol=1e-4)
+
+
+def test_native_off_falls_back_and_native_raises(monkeypatch):
+  monkeypatch.setenv("LPNUM_NATIVE", "0")  # read when traced: shapes of their own, and the caches cleared after
+  w = gm.pack_experts(_experts(WEIGHT_FORMATS["int8"], e=2, k=72, n=40)[0])
+  x, sizes = np.ones((1, 72), np.float32), jnp.array([1, 0])
+  try:
+    assert cpu_matmul.TARGET not in jax.jit(gm.grouped_matmul).lower(x, w, sizes).as_text()
+    with pytest.raises(ValueError, match="implementation='native'"):
+      gm.grouped_matmul(x, w, sizes, implementation="native")
+  finally:
+    jax.clear_caches()
 
 
 # ---- lowering for real hardware ------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from jax import export
 
 import lpnum
 from lpnum import kernels
+from lpnum.kernels import cpu_matmul as packed_cpu
 from lpnum.kernels import dequant as _dequant
-from lpnum.kernels.packed_matmul import cpu as packed_cpu, layout
+from lpnum.kernels.packed_matmul import layout
 from tiers import default_share
 
 WEIGHT_FORMATS = {

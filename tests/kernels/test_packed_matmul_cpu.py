@@ -1,4 +1,4 @@
-"""The packed matmul's native CPU face (kernels/packed_matmul/cpu.cc), against float64 NumPy products of the
+"""The packed matmul's native CPU face (kernels/cpu_matmul.cc), against float64 NumPy products of the
 weights as ``lpnum.dequantize`` gives them (the float32 summation bound), and its non-finite results against the
 XLA face's; the build and fallback of :mod:`lpnum.kernels.native`."""
 
@@ -17,8 +17,9 @@ from jax import export
 
 import lpnum
 from lpnum import kernels
+from lpnum.kernels import cpu_matmul as cpu
 from lpnum.kernels import native
-from lpnum.kernels.packed_matmul import cpu, layout
+from lpnum.kernels.packed_matmul import layout
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="the native CPU kernel did not build (warned)")
 

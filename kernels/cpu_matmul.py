@@ -1,11 +1,13 @@
-"""The native CPU face of the packed matmul (``cpu.cc``): decode-shaped products (few rows of x) that read the
-packed weights once and decode each weight in registers next to its multiply-add.
+"""The native CPU kernel (``cpu_matmul.cc``, called through XLA's FFI) for decode-shaped products with weights in
+bit planes (few rows of x): it reads the packed planes once and decodes each weight in registers next to its
+multiply-add. The packed matmul (:mod:`lpnum.kernels.packed_matmul`) runs it on its weights, the grouped matmul
+(:mod:`lpnum.kernels.grouped_matmul`) on each expert's.
 
 The C++ kernel knows no formats: it takes a table of the element format's values and a table (or array) of the
 scales' values, both computed here by :mod:`lpnum.kernels.dequant`, and applies them with the operations and order
-of :func:`lpnum.kernels.dequant.apply_scale`. Every weight it multiplies is therefore the float32 that
-:func:`lpnum.kernels.packed_matmul.layout.dequantize` gives; only the order of the float32 sums differs from the
-XLA face (both stay within the reference's float32 summation bound).
+of :func:`lpnum.kernels.dequant.apply_scale`. Every weight it multiplies is therefore the float32 that the layouts'
+``dequantize`` gives; only the order of the float32 sums differs from the XLA faces (both stay within the
+reference's float32 summation bound).
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpnum.kernels import dequant, native
-from lpnum.kernels.packed_matmul.layout import PackedWeights
+from lpnum.kernels.planes import PlanedWeights
 
-__all__ = ["cpu_matmul", "supported", "check", "native_rows", "available", "TARGET", "NATIVE_ROWS"]
+__all__ = ["matmul", "supported", "check", "native_rows", "available", "TARGET", "NATIVE_ROWS"]
 
 #: The FFI target name of the kernel.
 TARGET = "lpnum_packed_matmul"
 
-_SOURCE = pathlib.Path(__file__).with_name("cpu.cc")
+_SOURCE = pathlib.Path(__file__).with_name("cpu_matmul.cc")
 
-# The decode kinds of cpu.cc: a table gather, a 16-entry permute, or int8 / uint8 codes that are their values.
+# The decode kinds of cpu_matmul.cc: a table gather, a 16-entry permute, or int8 / uint8 codes that are their values.
 _GATHER, _TABLE16, _INT8, _UINT8 = range(4)
 # Its scaling modes: the factors of dequantize's weight that are not 1 (v * scale, (v * pre) * scale,
 # (v * scale) * tensor, all of them).
@@ -48,13 +50,13 @@ def available() -> bool:
   return isa() is not None
 
 
-def supported(w: PackedWeights) -> bool:
+def supported(w: PlanedWeights) -> bool:
   """True when the kernel takes ``w``'s format: every element format of the layout, and scales stored as uint8
   codes (E8M0, E4M3, ...) or general float scales (power-of-two scales must be exact float32 numbers)."""
   return _scale_table(w.fmt, np.dtype(w.scales.dtype)) is not None
 
 
-def check(w: PackedWeights) -> None:
+def check(w: PlanedWeights) -> None:
   """Raises ValueError naming ``implementation='native'`` unless the kernel takes ``w``'s format and is built (which
   also registers it with XLA)."""
   if not supported(w):
@@ -65,16 +67,17 @@ def check(w: PackedWeights) -> None:
                      "build failed: see the warning); use implementation='xla'")
 
 
-#: Rows of x below which ``kernels.matmul``'s ``"auto"`` runs the kernel, by instruction set (:func:`isa`) and
-#: element bits: 4-bit codes (16-entry permutes) and 8-bit integers (conversions). Measured side by side with the
-#: XLA path on 2-core AMD EPYC machines at K = N = 4096 and 8192. AVX-512: 4-bit codes win up to 32 rows
-#: (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32 rows). AVX2 (8 lanes, two permutes per 16-entry table): 4-bit
-#: codes win below 16 rows (1.2-3.6x; 0.7-0.8x from 24), int8 below 8 (1.3-2.4x; 0.8x at 8). Other formats decode by
-#: a table gather per weight, which the XLA path beats, and the portable build is slower than the XLA path: never.
+#: Rows of x below which the packed and grouped matmuls' ``"auto"`` runs the kernel, by instruction set
+#: (:func:`isa`) and element bits: 4-bit codes (16-entry permutes) and 8-bit integers (conversions). Measured side
+#: by side with the packed matmul's XLA path on 2-core AMD EPYC machines at K = N = 4096 and 8192. AVX-512: 4-bit
+#: codes win up to 32 rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32 rows). AVX2 (8 lanes, two permutes
+#: per 16-entry table): 4-bit codes win below 16 rows (1.2-3.6x; 0.7-0.8x from 24), int8 below 8 (1.3-2.4x; 0.8x at
+#: 8). Other formats decode by a table gather per weight, which the XLA path beats, and the portable build is slower
+#: than the XLA path: never.
 NATIVE_ROWS = {"avx512": {4: 32, 8: 16}, "avx2": {4: 16, 8: 8}}
 
 
-def native_rows(w: PackedWeights) -> int:
+def native_rows(w: PlanedWeights) -> int:
   """Rows of x below which ``"auto"`` runs the kernel on ``w`` (:data:`NATIVE_ROWS` for this machine's
   :func:`isa`; 0 where the kernel is not available or portable, and for formats decoded by a table gather: FP8,
   FP6, 2- and 3-bit codes). Builds the kernel on first call."""
@@ -83,8 +86,9 @@ def native_rows(w: PackedWeights) -> int:
   return NATIVE_ROWS.get(isa(), {}).get(w.fmt.element.bits, 0)
 
 
-def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
-  """``x2 (M, K_pad) float32 @ W``: ``(M, N_pad)`` float32. Raises as :func:`check` does."""
+def matmul(x2: jax.Array, w: PlanedWeights) -> jax.Array:
+  """``x2 (M, K_pad) float32 @ W``: ``(M, N_pad)`` float32, for ``w`` one ``(K_pad, N_pad)`` matrix (2-D planes and
+  scales). Raises as :func:`check` does."""
   check(w)
   fmt = w.fmt
   table, kind = _element_table(fmt.element)
@@ -105,7 +109,7 @@ def cpu_matmul(x2: jax.Array, w: PackedWeights) -> jax.Array:
   mode = {(False, False, False): _PLAIN, (True, False, False): _PRE,
           (False, True, False): _TENSOR}.get((pre.size > 0, tensor.shape[0] > 0, post != 1), _FULL)
   planes = [*w.planes] + [jnp.zeros((0,), jnp.uint8)] * (3 - len(w.planes))
-  m, (_, n_pad) = x2.shape[0], w.padded_shape
+  m, n_pad = x2.shape[0], w.scales.shape[-1]
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n_pad), jnp.float32), vmap_method="sequential")
   return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor,
               bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),

@@ -20,7 +20,7 @@
 // scale once where that scale is a power of two (MX: see scalable); otherwise every weight is computed as
 // above.
 //
-// Built and loaded by lpnum.kernels.native; called from lpnum.kernels.packed_matmul.cpu.
+// Built and loaded by lpnum.kernels.native; called from lpnum.kernels.cpu_matmul.
 
 #include <algorithm>
 #include <atomic>
