@@ -1,6 +1,6 @@
-"""The native CPU face of the grouped matmul: the XLA face's scan over experts, each expert's product computed by
-the native kernel of :mod:`lpnum.kernels.cpu_matmul` straight from its packed planes (no float32 copy of its
-weights), for few rows of lhs (decode).
+"""The native CPU face of the grouped matmul: the XLA face's scan over experts (``xla.scan_experts``), each expert's
+product computed by the native kernel of :mod:`lpnum.kernels.cpu_matmul` straight from its packed planes (no
+float32 copy of its weights), for few rows of lhs (decode).
 
 Each expert with rows multiplies every row of lhs (few, by the dispatch) and keeps its own; an expert without rows
 is skipped, so its weights are not read. The weights the kernel multiplies are those of
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from lpnum.kernels import cpu_matmul
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights
+from lpnum.kernels.grouped_matmul.xla import scan_experts
 from lpnum.kernels.planes import PlanedWeights
 
 __all__ = ["cpu_grouped_matmul", "expert_view", "native_rows", "supported", "check"]
@@ -50,23 +51,11 @@ def cpu_grouped_matmul(x: jax.Array, w: GroupedWeights, group_sizes: jax.Array) 
   """``x (M, K)`` float32 times the experts: ``(M, N)`` float32. Raises as :func:`check` does."""
   check(w)
   _, k, n = w.shape
-  k_pad = w.padded_shape[0]
-  x2 = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, k_pad - k)))
-  sizes = group_sizes.astype(jnp.int32)
-  ends = jnp.cumsum(sizes)
-  rows = jnp.arange(x.shape[0], dtype=jnp.int32)[:, None]
-
+  x2 = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, w.padded_shape[0] - k)))
   experts = (w.planes, w.scales, w.zero_point, w.tensor_scale)
 
-  def step(y, inputs):
-    e, lo, hi = inputs
+  def product(e):
+    leaves = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, e, keepdims=False), experts)
+    return cpu_matmul.matmul(x2, expert_view(w, leaves))[:, :n]
 
-    def product(y):  # the expert's slices are taken here, so an expert without rows is not read (nor copied)
-      leaves = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, e, keepdims=False), experts)
-      ye = cpu_matmul.matmul(x2, expert_view(w, leaves))[:, :n]
-      return jnp.where((rows >= lo) & (rows < hi), ye, y)
-
-    return jax.lax.cond(hi > lo, product, lambda y: y, y), None
-
-  y0 = jnp.zeros((x.shape[0], n), jnp.float32)
-  return jax.lax.scan(step, y0, (jnp.arange(w.shape[0]), ends - sizes, ends))[0]
+  return scan_experts(w.shape[0], group_sizes, x.shape[0], n, product)
