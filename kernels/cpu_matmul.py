@@ -79,9 +79,10 @@ NATIVE_ROWS = {"avx512": {4: 32, 8: 16}, "avx2": {4: 16, 8: 8}}
 
 def native_rows(w: PlanedWeights) -> int:
   """Rows of x below which ``"auto"`` runs the kernel on ``w`` (:data:`NATIVE_ROWS` for this machine's
-  :func:`isa`; 0 where the kernel is not available or portable, and for formats decoded by a table gather: FP8,
-  FP6, 2- and 3-bit codes). Builds the kernel on first call."""
-  if _element_table(w.fmt.element)[1] == _GATHER:
+  :func:`isa`; 0 where the kernel is not available or portable, where it does not take the format
+  (:func:`supported`), and for formats decoded by a table gather: FP8, FP6, 2- and 3-bit codes). Only ``w``'s format
+  and scale dtype matter, so stacked expert weights may be passed whole. Builds the kernel on first call."""
+  if not supported(w) or _element_table(w.fmt.element)[1] == _GATHER:
     return 0
   return NATIVE_ROWS.get(isa(), {}).get(w.fmt.element.bits, 0)
 

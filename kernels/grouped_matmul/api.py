@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lpnum.kernels import cpu_matmul
 from lpnum.kernels.grouped_matmul import cpu
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights, pack_experts
 from lpnum.kernels.grouped_matmul.pallas import BlockSizes, pallas_grouped_matmul
@@ -43,7 +44,7 @@ def grouped_matmul(lhs, rhs, group_sizes, *, implementation: str = "auto", platf
       (:func:`~lpnum.kernels.grouped_matmul.quantize_experts`, packed on the fly).
     group_sizes: ``(E,)`` integer rows per expert.
     implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel when M is below
-      :func:`lpnum.kernels.grouped_matmul.cpu.native_rows` and it builds, XLA otherwise), ``"pallas"``, ``"xla"`` or
+      :func:`lpnum.kernels.cpu_matmul.native_rows` and it builds, XLA otherwise), ``"pallas"``, ``"xla"`` or
       ``"native"`` (the compiled CPU kernel for any M; an error where it cannot be built or does not take the
       format).
     platform: the Pallas flavour, ``"tpu"`` or ``"gpu"``/``"cuda"`` (default: the default backend's; on the CPU,
@@ -79,13 +80,13 @@ def grouped_matmul(lhs, rhs, group_sizes, *, implementation: str = "auto", platf
     raise ValueError(f"group_sizes has shape {group_sizes.shape} and dtype {group_sizes.dtype}; it must be "
                      f"({experts},) integers, one size per expert")
   if implementation == "native":
-    cpu.check(rhs)
+    cpu_matmul.check(rhs)
   if interpret:
     implementation = "pallas"
   if implementation == "auto":
     backend = jax.default_backend()
     implementation = "pallas" if backend in ("gpu", "tpu") else "native" if (
-        backend == "cpu" and cpu.supported(rhs) and lhs.shape[0] < cpu.native_rows(rhs)) else "xla"
+        backend == "cpu" and lhs.shape[0] < cpu_matmul.native_rows(rhs)) else "xla"
   if implementation == "pallas":
     platform = pallas_platform(platform, interpret)
   cfg = Config(implementation, platform, block_sizes or BlockSizes(), interpret)

@@ -131,7 +131,7 @@ def _cpu_matmul(x2: jax.Array, w: PackedWeights, implementation: str) -> jax.Arr
   machine's build), else the XLA path. ``(M, N_pad)`` float32."""
   m = x2.shape[0]
   native = implementation == "native" or (
-      implementation == "auto" and jax.default_backend() == "cpu" and cpu.supported(w) and m < cpu.native_rows(w))
+      implementation == "auto" and jax.default_backend() == "cpu" and m < cpu.native_rows(w))
   x2 = x2.astype(jnp.float32)
   if not native:
     return xla_matmul(x2, w)

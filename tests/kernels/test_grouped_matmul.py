@@ -18,7 +18,6 @@ from jax import export
 import lpnum
 from lpnum.kernels import cpu_matmul
 from lpnum.kernels import grouped_matmul as gm
-from lpnum.kernels.grouped_matmul import cpu as grouped_cpu
 from lpnum.kernels.grouped_matmul import layout
 from lpnum.kernels.grouped_matmul.pallas import visits
 from tiers import default_share
@@ -217,7 +216,7 @@ def test_auto_runs_the_native_kernel_below_native_rows_and_skips_empty_experts()
   q, wf = _experts(WEIGHT_FORMATS["int4_g32"], e=3, k=64, n=32)
   w = gm.pack_experts(q)
   rows = cpu_matmul.NATIVE_ROWS[cpu_matmul.isa()][4]
-  assert grouped_cpu.native_rows(w) == rows
+  assert cpu_matmul.native_rows(w) == rows  # the stacked weights: their format decides
   for m, native_call in ((1, True), (rows - 1, True), (rows, False)):
     x = jax.ShapeDtypeStruct((m, 64), jnp.float32)
     text = jax.jit(gm.grouped_matmul).lower(x, w, jax.ShapeDtypeStruct((3,), jnp.int32)).as_text()
