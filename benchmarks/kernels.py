@@ -97,6 +97,12 @@ WEIGHT_FORMATS = {
 X_INT8 = lpnum.ScaledFormat("int8", lpnum.per_channel(0))
 
 
+def times_xla_path(m: int) -> bool:
+  """Whether a shape of ``m`` rows also times each format's XLA path ("(XLA path)"): on the CPU below 128 rows,
+  where the default may be the native kernel."""
+  return jax.default_backend() == "cpu" and m < 128
+
+
 def matmul_path() -> str:
   """What ``kernels.matmul``'s default runs here: ``"pallas"`` on a GPU or TPU; on the CPU the native kernel below
   ``cpu_matmul.NATIVE_ROWS`` rows for this CPU's instruction set (4-bit codes and 8-bit integers; where it
@@ -128,7 +134,7 @@ def matmul_candidates(m: int, k: int, n: int) -> tuple[dict, dict]:
   nbytes["int8 dot + scales (XLA)"] = k * n
   mm = jax.jit(kernels.matmul)
   mm_xla = jax.jit(lambda x, w: kernels.matmul(x, w, implementation="xla"))
-  native_face = jax.default_backend() == "cpu" and m < 128
+  native_face = times_xla_path(m)
   for name, fmt in WEIGHT_FORMATS.items():
     pw = kernels.pack_weights(lpnum.quantize_scaled(w, fmt))
     cands[name] = (mm, (x, pw))
@@ -458,7 +464,7 @@ def grouped_candidates(experts: int, m: int, k: int, n: int) -> tuple[dict, dict
     gw = gm.pack_experts(gm.quantize_experts(w, fmt))
     cands[f"grouped {name}"] = (grouped, (x, gw, sizes))
     nbytes[f"grouped {name}"] = gw.nbytes
-    if jax.default_backend() == "cpu" and m < 128:
+    if times_xla_path(m):
       cands[f"grouped {name} (XLA path)"] = (grouped_xla, (x, gw, sizes))
       nbytes[f"grouped {name} (XLA path)"] = gw.nbytes
   return cands, nbytes
