@@ -68,8 +68,10 @@ typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 enum Mode : int32_t { kSummed = -1, kPlain = 0, kPre = 1, kTensor = 2, kFull = 3 };
 
 // How a code becomes its value: a gather from the table (any format), one permute of a 16-entry table (4-bit
-// codes), or a conversion where the table is the identity on int8 or uint8 codes.
-enum Decode : int32_t { kGather = 0, kTable16 = 1, kInt8 = 2, kUint8 = 3 };
+// codes), or a conversion where the table is the identity on int8 or uint8 codes. kSplit16 is chosen here, not by
+// the caller: with AVX2 and one row of x, a 16-entry table whose values are bfloat16 numbers (every bit below the
+// top 16 is zero: int4, uint4, FP4 E2M1, ...) is read as two byte tables (split16).
+enum Decode : int32_t { kGather = 0, kTable16 = 1, kInt8 = 2, kUint8 = 3, kSplit16 = 4 };
 
 struct Problem {
   const float* x;
@@ -156,6 +158,59 @@ inline vf decode(vi c, const float* table, const Table16& table16) {
   }
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The top two bytes of each of a 16-entry table's float32 values, as byte tables repeated in both 128-bit lanes
+// (split16's operands).
+struct Split16 {
+  __m256i b2, b3;
+};
+
+inline Split16 load_split16(const float* table) {
+  alignas(16) uint8_t b2[16], b3[16];
+  for (int c = 0; c < 16; ++c) {
+    uint32_t bits;
+    std::memcpy(&bits, table + c, 4);
+    b2[c] = static_cast<uint8_t>(bits >> 16);
+    b3[c] = static_cast<uint8_t>(bits >> 24);
+  }
+  return {_mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(b2))),
+          _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(b3)))};
+}
+
+// Whether every value of a 16-entry table has zero low 16 bits (is a bfloat16 number), so that split16 rebuilds it
+// from its top two bytes.
+inline bool splittable(const float* table) {
+  for (int c = 0; c < 16; ++c) {
+    uint32_t bits;
+    std::memcpy(&bits, table + c, 4);
+    if (bits & 0xffff) return false;
+  }
+  return true;
+}
+
+// The 32 bytes of a 4-bit plane's row at p (columns col..col+31, both fields), ready for split16: byte shuffles and
+// unpacks work within 128-bit lanes, so the 4-byte column groups are ordered 0, 2, 4, 6 | 1, 3, 5, 7, which the
+// unpacks' lane-wise order turns back into columns 0-7, 8-15, 16-23, 24-31.
+inline __m256i split16_bytes(const uint8_t* p) {
+  return _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                                     _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+// The values of field j's 32 codes in those bytes: v[c] lane l is column 8c + l. Each value's top two bytes are
+// looked up with byte shuffles and interleaved above two zero bytes, which on AVX2 costs fewer and cheaper
+// instructions than two 8-entry permutes and a blend per vector.
+inline void split16(__m256i bytes, int j, const Split16& t, vf v[4]) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+  const __m256i codes = _mm256_and_si256(j ? _mm256_srli_epi16(bytes, 4) : bytes, low4);
+  const __m256i b2 = _mm256_shuffle_epi8(t.b2, codes), b3 = _mm256_shuffle_epi8(t.b3, codes);
+  const __m256i lo = _mm256_unpacklo_epi8(b2, b3), hi = _mm256_unpackhi_epi8(b2, b3);
+  v[0] = reinterpret_cast<vf>(_mm256_unpacklo_epi16(zero, lo));
+  v[1] = reinterpret_cast<vf>(_mm256_unpackhi_epi16(zero, lo));
+  v[2] = reinterpret_cast<vf>(_mm256_unpacklo_epi16(zero, hi));
+  v[3] = reinterpret_cast<vf>(_mm256_unpackhi_epi16(zero, hi));
+}
+#endif
+
 inline vf load_vf(const float* p) {
   vf v;
   std::memcpy(&v, p, sizeof(vf));
@@ -227,13 +282,17 @@ inline bool scalable(const Problem& p, vf S, vf pre) {
 // MULTI is the generic path, for codes split over several planes or held in 2- and 1-bit planes.
 template <int MB, int NV, int DEC, bool ZERO, bool MULTI>
 void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r0, int chunk) {
-  constexpr int w = DEC == kTable16 ? 4 : 8;  // single planes: 4-bit tables or 8-bit codes
+  constexpr int w = DEC == kTable16 || DEC == kSplit16 ? 4 : 8;  // single planes: 4-bit tables or 8-bit codes
   constexpr int per_byte = MULTI ? 1 : 8 / w;
   const int tk = p.tile_k;
   const int rows = tk / per_byte;
-  const bool is_signed = DEC == kInt8;
+  constexpr bool is_signed = DEC == kInt8;
   Table16 table16{};
   if constexpr (DEC == kTable16) table16 = load_table16(p.table);
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  Split16 split{};
+  if constexpr (DEC == kSplit16) split = load_split16(p.table);
+#endif
   const vf tensor = vf{} + p.tensor, post = vf{} + p.post;
   const float* xt = p.x + m0 * p.k_pad + t * tk;
 
@@ -248,9 +307,48 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
         if (factor) factor = scalable(p, s[j][c], pre[j][c]);
       }
     }
-    vf part[per_byte][MB][NV] = {};
+    vf part[per_byte][MB][NV];
+    for (int j = 0; j < per_byte; ++j)
+      for (int mm = 0; mm < MB; ++mm)
+        for (int c = 0; c < NV; ++c) part[j][mm][c] = vf{};
     auto rows_of_chunk = [&](auto scaled_elements) {
+      // Adds x's rows times the weights of value v (field j, vector c) of K row r to the partial sums.
+      auto add = [&](int r, int j, int c, vf v) {
+        if constexpr (ZERO) v = v - z[j][c];
+        constexpr int mode = decltype(scaled_elements)::value;  // kSummed: the chunk sum is scaled after
+        if constexpr (mode == kPlain) v = v * s[j][c];
+        if constexpr (mode == kPre) v = (v * pre[j][c]) * s[j][c];
+        if constexpr (mode == kTensor) v = (v * s[j][c]) * tensor;
+        if constexpr (mode == kFull) v = (((v * pre[j][c]) * s[j][c]) * tensor) * post;
+        // Scaled weights of both fields share their column's partial sums (fewer registers).
+        const int pj = mode == kSummed ? j : 0;
+#pragma GCC unroll 8
+        for (int mm = 0; mm < MB; ++mm) part[pj][mm][c] += xt[mm * p.k_pad + j * rows + r] * v;
+      };
       for (int r = r0; r < r0 + chunk; ++r) {
+        const uint8_t* src = p.planes[0] + (t * rows + r) * p.n_pad + col;
+        if constexpr (!MULTI) {
+          // Prefetch kAhead bytes further along the row, or at the start of the next chunk's same row (the next
+          // tile's first rows follow this tile's last ones).
+          for (int line = 0; line < NV * kLanes; line += 64) {
+            const int64_t ahead = col - c0 + line + kAhead;
+            __builtin_prefetch(ahead < cw ? src + line + kAhead : src + chunk * p.n_pad + line + kAhead - cw);
+          }
+        }
+#if defined(__AVX2__) && !defined(__AVX512F__)
+        if constexpr (DEC == kSplit16) {
+          static_assert(NV == 4 && per_byte == 2, "split16 decodes 32 bytes of a 4-bit plane");
+          const __m256i bytes = split16_bytes(src);
+#pragma GCC unroll 2
+          for (int j = 0; j < 2; ++j) {
+            vf v[4];
+            split16(bytes, j, split, v);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) add(r, j, c, v[c]);
+          }
+          continue;
+        }
+#endif
         vi bytes[NV];
         if constexpr (MULTI) {  // the code of K row r, gathered from its field in every plane
           for (int c = 0; c < NV; ++c) bytes[c] = vi{};
@@ -259,38 +357,21 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
             const int pw = p.widths[i];
             const int prows = tk * pw / 8;
             const int field = r / prows;
-            const uint8_t* src = p.planes[i] + (t * prows + r % prows) * p.n_pad + col;
+            const uint8_t* plane = p.planes[i] + (t * prows + r % prows) * p.n_pad + col;
             for (int c = 0; c < NV; ++c)
-              bytes[c] |= ((load_codes(src + c * kLanes, false) >> (pw * field)) & ((1 << pw) - 1)) << low;
+              bytes[c] |= ((load_codes(plane + c * kLanes, false) >> (pw * field)) & ((1 << pw) - 1)) << low;
             low += pw;
           }
         } else {
-          const uint8_t* src = p.planes[0] + (t * rows + r) * p.n_pad + col;
-          // Prefetch kAhead bytes further along the row, or at the start of the next chunk's same row (the next
-          // tile's first rows follow this tile's last ones).
-          for (int line = 0; line < NV * kLanes; line += 64) {
-            const int64_t ahead = col - c0 + line + kAhead;
-            __builtin_prefetch(ahead < cw ? src + line + kAhead : src + chunk * p.n_pad + line + kAhead - cw);
-          }
           for (int c = 0; c < NV; ++c) bytes[c] = load_codes(src + c * kLanes, is_signed);
         }
 #pragma GCC unroll 2
         for (int j = 0; j < per_byte; ++j) {
-          float xs[MB];
-          for (int mm = 0; mm < MB; ++mm) xs[mm] = xt[mm * p.k_pad + j * rows + r];
 #pragma GCC unroll 8
           for (int c = 0; c < NV; ++c) {
             // 16-entry permutes read the low 4 bits only: field 0 needs no mask, field 1 a shift.
             const vi code = (w == 4 && j == 1) ? bytes[c] >> 4 : bytes[c];
-            vf v = decode<DEC>(code, p.table, table16);
-            if constexpr (ZERO) v = v - z[j][c];
-            constexpr int mode = decltype(scaled_elements)::value;  // kSummed: the chunk sum is scaled after
-            if constexpr (mode == kPlain) v = v * s[j][c];
-            if constexpr (mode == kPre) v = (v * pre[j][c]) * s[j][c];
-            if constexpr (mode == kTensor) v = (v * s[j][c]) * tensor;
-            if constexpr (mode == kFull) v = (((v * pre[j][c]) * s[j][c]) * tensor) * post;
-#pragma GCC unroll 8
-            for (int mm = 0; mm < MB; ++mm) part[j][mm][c] += xs[mm] * v;
+            add(r, j, c, decode<DEC>(code, p.table, table16));
           }
         }
       }
@@ -316,7 +397,11 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
       float* o = p.out + (m0 + mm) * p.n_pad + col;
       for (int c = 0; c < NV; ++c) {
         vf sum = load_vf(o + c * kLanes);
-        for (int j = 0; j < per_byte; ++j) sum += factor ? part[j][mm][c] * s[j][c] : part[j][mm][c];
+        if (factor) {
+          for (int j = 0; j < per_byte; ++j) sum += part[j][mm][c] * s[j][c];
+        } else {
+          sum += part[0][mm][c];
+        }
         std::memcpy(o + c * kLanes, &sum, sizeof(vf));
       }
     }
@@ -335,6 +420,12 @@ PassFn pick(int dec, bool zero, bool multi) {
   switch (dec) {
     case kTable16:
       return zero ? pass<MB, NV, kTable16, true, false> : pass<MB, NV, kTable16, false, false>;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    case kSplit16:  // one row of x, a whole 32-byte vector of codes; other row blocks permute
+      if constexpr (MB == 1 && NV == 4)
+        return zero ? pass<MB, NV, kSplit16, true, false> : pass<MB, NV, kSplit16, false, false>;
+      return zero ? pass<MB, NV, kTable16, true, false> : pass<MB, NV, kTable16, false, false>;
+#endif
     case kInt8:
       return zero ? pass<MB, NV, kInt8, true, false> : pass<MB, NV, kInt8, false, false>;
     case kUint8:
@@ -499,6 +590,10 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   plan.fns[1] = pick<4, vectors(4)>(decode_kind, has_zero, multi);
   plan.fns[2] = pick<2, vectors(2)>(decode_kind, has_zero, multi);
   plan.fns[3] = pick<1, vectors(1)>(decode_kind, has_zero, multi);
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  // One row of x at a time decodes every weight for one multiply-add: there a bfloat16 table is split (kSplit16).
+  if (decode_kind == kTable16 && splittable(p.table)) plan.fns[3] = pick<1, vectors(1)>(kSplit16, has_zero, multi);
+#endif
   // Byte rows per pass (measured on a 2-core AMD EPYC at K = N = 8192: 32 for 4-bit planes, 8 for 8-bit ones).
   plan.chunk = std::gcd(bits == 4 ? 32 : 8, group);
   auto progress = std::make_shared<Progress>();
