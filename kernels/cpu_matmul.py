@@ -68,13 +68,13 @@ def check(w: PlanedWeights) -> None:
 
 
 #: Rows of x below which the packed and grouped matmuls' ``"auto"`` runs the kernel, by instruction set
-#: (:func:`isa`) and element bits: 4-bit codes (16-entry permutes) and 8-bit integers (conversions). Measured side
-#: by side with the packed matmul's XLA path on 2-core AMD EPYC machines at K = N = 4096 and 8192. AVX-512: 4-bit
-#: codes win up to 32 rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32 rows). AVX2 (8 lanes, two permutes
-#: per 16-entry table): 4-bit codes win below 16 rows (1.2-3.6x; 0.7-0.8x from 24), int8 below 8 (1.3-2.4x; 0.8x at
-#: 8). Other formats decode by a table gather per weight, which the XLA path beats, and the portable build is slower
-#: than the XLA path: never.
-NATIVE_ROWS = {"avx512": {4: 32, 8: 16}, "avx2": {4: 16, 8: 8}}
+#: (:func:`isa`) and element bits: 4-bit codes (16-entry permutes, or on AVX2 at one row byte shuffles) and 8-bit
+#: integers (conversions). Measured side by side with the packed matmul's XLA path on 2-core AMD EPYC machines at
+#: K = N = 4096 and 8192. AVX-512: 4-bit codes win up to 32 rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from
+#: 32). AVX2 (Zen 1): 4-bit codes win up to 24 rows (1.1-2.4x; 0.8-1.3x at 32), int8 up to 32 (1.1-1.7x). Other
+#: formats decode by a table gather per weight, which the XLA path beats, and the portable build is slower than the
+#: XLA path: never.
+NATIVE_ROWS = {"avx512": {4: 32, 8: 16}, "avx2": {4: 24, 8: 32}}
 
 
 def native_rows(w: PlanedWeights) -> int:
