@@ -488,7 +488,7 @@ void drain(const Problem& p, const Plan& plan, Progress& progress, bool multi) {
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer plane0, ffi::AnyBuffer plane1,
                         ffi::AnyBuffer plane2, ffi::Buffer<ffi::F32> table, ffi::AnyBuffer scales,
                         ffi::Buffer<ffi::F32> scale_table, ffi::Buffer<ffi::F32> scale_pre,
-                        ffi::Buffer<ffi::F32> zero, ffi::Buffer<ffi::F32> tensor,
+                        ffi::Buffer<ffi::F32> zero, ffi::Buffer<ffi::F32> tensor, ffi::Buffer<ffi::S32> expert,
                         ffi::ResultBuffer<ffi::F32> out, int32_t bits, int32_t tile_k, int32_t group,
                         int32_t decode_kind, int32_t mode, int32_t pow2, float post, float vmax, float vmin,
                         int32_t field_lo, int32_t field_hi, int32_t field_add, int32_t field_shift) {
@@ -507,26 +507,37 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   p.out = out->typed_data();
   if (p.n_pad % kAlign || tile_k <= 0 || p.k_pad % tile_k || group <= 0 || (group <= tile_k && tile_k % group))
     return ffi::Error::InvalidArgument("lpnum packed matmul: inconsistent tile_k, group or padded shape");
+  // Each weights operand holds one matrix, or one per expert (the grouped matmul's stacked weights, read at expert
+  // `expert` in place): offset(count, one) is where expert `expert`'s matrix starts, or -1 if count fits neither.
+  const int64_t e = expert.element_count() == 1 ? expert.typed_data()[0] : -1;
+  int64_t experts = 0;
+  auto offset = [&](size_t count, int64_t one) -> int64_t {
+    if (count == static_cast<size_t>(one)) return 0;
+    return experts > 1 && count == static_cast<size_t>(experts * one) ? e * one : -1;
+  };
   const ffi::AnyBuffer* given[3] = {&plane0, &plane1, &plane2};
   int low = 0;
   for (int w : {4, 2, 1, 8}) {
     const bool has = w == 8 ? bits == 8 : (bits != 8 && (bits & w));
     if (!has) continue;
     const ffi::AnyBuffer& b = *given[p.nplanes];
-    if (b.element_count() != static_cast<size_t>(p.k_pad / 8 * w * p.n_pad))
-      return ffi::Error::InvalidArgument("lpnum packed matmul: a plane does not match x's K and the output's N");
-    p.planes[p.nplanes] = static_cast<const uint8_t*>(b.untyped_data());
+    const int64_t one = p.k_pad / 8 * w * p.n_pad;
+    if (!experts) experts = one > 0 && b.element_count() % one == 0 ? b.element_count() / one : 0;
+    if (e < 0 || e >= experts || offset(b.element_count(), one) < 0)
+      return ffi::Error::InvalidArgument("lpnum packed matmul: a plane does not match x's K and the output's N, or "
+                                         "the expert index is out of range");
+    p.planes[p.nplanes] = static_cast<const uint8_t*>(b.untyped_data()) + offset(b.element_count(), one);
     p.widths[p.nplanes++] = w;
     low += w;
   }
   if (low != bits || p.nplanes == 0) return ffi::Error::InvalidArgument("lpnum packed matmul: bad element bits");
   const int64_t scale_rows = group <= tile_k ? p.k_pad / group : 1;
-  if (scales.element_count() != static_cast<size_t>(scale_rows * p.n_pad))
-    return ffi::Error::InvalidArgument("lpnum packed matmul: scales do not match the weights");
+  const int64_t scale_at = offset(scales.element_count(), scale_rows * p.n_pad);
+  if (scale_at < 0) return ffi::Error::InvalidArgument("lpnum packed matmul: scales do not match the weights");
   if (scales.element_type() == ffi::DataType::U8) {
     if (scale_table.element_count() != 256)
       return ffi::Error::InvalidArgument("lpnum packed matmul: uint8 scales need a 256-entry table");
-    p.scale_codes = static_cast<const uint8_t*>(scales.untyped_data());
+    p.scale_codes = static_cast<const uint8_t*>(scales.untyped_data()) + scale_at;
     p.scale_table = scale_table.typed_data();
     if (scale_pre.element_count() && scale_pre.element_count() != 256)
       return ffi::Error::InvalidArgument("lpnum packed matmul: the pre-factor table must have 256 entries");
@@ -547,16 +558,18 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
     p.field_add = field_add;
     p.field_shift = field_shift;
   } else if (scales.element_type() == ffi::DataType::F32) {
-    p.scale_values = static_cast<const float*>(scales.untyped_data());
+    p.scale_values = static_cast<const float*>(scales.untyped_data()) + scale_at;
   } else {
     return ffi::Error::InvalidArgument("lpnum packed matmul: scales must be uint8 codes or float32 values");
   }
   if (zero.element_count()) {
-    if (zero.element_count() != static_cast<size_t>(scale_rows * p.n_pad))
-      return ffi::Error::InvalidArgument("lpnum packed matmul: zero points do not match the scales");
-    p.zero = zero.typed_data();
+    const int64_t at = offset(zero.element_count(), scale_rows * p.n_pad);
+    if (at < 0) return ffi::Error::InvalidArgument("lpnum packed matmul: zero points do not match the scales");
+    p.zero = zero.typed_data() + at;
   }
-  p.tensor = tensor.element_count() ? tensor.typed_data()[0] : 1.0f;
+  if (tensor.element_count() && offset(tensor.element_count(), 1) < 0)
+    return ffi::Error::InvalidArgument("lpnum packed matmul: one tensor scale per matrix");
+  p.tensor = tensor.element_count() ? tensor.typed_data()[offset(tensor.element_count(), 1)] : 1.0f;
   p.post = post;
   if (mode < kPlain || mode > kFull) return ffi::Error::InvalidArgument("lpnum packed matmul: bad scaling mode");
   if (pow2 && (p.tensor != 1.0f || post != 1.0f))
@@ -632,6 +645,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("bits")
                                   .Attr<int32_t>("tile_k")

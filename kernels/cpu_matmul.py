@@ -87,32 +87,40 @@ def native_rows(w: PlanedWeights) -> int:
   return NATIVE_ROWS.get(isa(), {}).get(w.fmt.element.bits, 0)
 
 
-def matmul(x2: jax.Array, w: PlanedWeights) -> jax.Array:
-  """``x2 (M, K_pad) float32 @ W``: ``(M, N_pad)`` float32, for ``w`` one ``(K_pad, N_pad)`` matrix (2-D planes and
-  scales). Raises as :func:`check` does."""
+def matmul(x2: jax.Array, w, expert: jax.Array | None = None) -> jax.Array:
+  """``x2 (M, K_pad) float32 @ W``: ``(M, N_pad)`` float32.
+
+  ``w`` is one ``(K_pad, N_pad)`` matrix (a :class:`PlanedWeights`: 2-D planes and scales), or with ``expert`` (an
+  int32 scalar, may be traced) stacked weights with a leading expert axis (a grouped matmul's ``GroupedWeights``),
+  of which expert ``expert``'s matrix is multiplied: the kernel reads it in place, so the stack is not sliced or
+  copied. Raises as :func:`check` does."""
   check(w)
   fmt = w.fmt
   table, kind = _element_table(fmt.element)
   vmax, vmin = _value_range(table, w.zero_point is not None, fmt.element.bits)
   pow2, scale_table, pre, (field_lo, field_hi, field_add, field_shift) = _scale_table(fmt, np.dtype(w.scales.dtype))
   pre = np.zeros((0,), np.float32) if pre is None or np.all(pre == 1) else pre
+  # The kernel takes each weights operand whole (one matrix, or one per expert) or as this expert's matrix: the
+  # small ones that need converting are sliced first.
+  index = jnp.zeros((), jnp.int32) if expert is None else jnp.asarray(expert, jnp.int32)
+  mine = (lambda a: a) if expert is None else (lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False))
   scales = w.scales
   if scale_table is None:  # wide scale codes: their float32 values, one per scale row and column
-    scales = dequant.scale_parts(fmt, w.scales).value
+    scales = dequant.scale_parts(fmt, mine(w.scales)).value
     scale_table = np.zeros((0,), np.float32)
-  zero = jnp.zeros((0,), jnp.float32) if w.zero_point is None else w.zero_point.astype(jnp.float32)
+  zero = jnp.zeros((0,), jnp.float32) if w.zero_point is None else mine(w.zero_point).astype(jnp.float32)
   tensor = jnp.zeros((0,), jnp.float32)
   post = np.float32(1)
   if not pow2:
     if w.tensor_scale is not None:
-      tensor = jnp.reshape(w.tensor_scale, (-1,))[:1].astype(jnp.float32)
+      tensor = jnp.reshape(mine(w.tensor_scale), (-1,))[:1].astype(jnp.float32)
     post = np.float32(2.0 ** fmt.element_exponent)
   mode = {(False, False, False): _PLAIN, (True, False, False): _PRE,
           (False, True, False): _TENSOR}.get((pre.size > 0, tensor.shape[0] > 0, post != 1), _FULL)
   planes = [*w.planes] + [jnp.zeros((0,), jnp.uint8)] * (3 - len(w.planes))
   m, n_pad = x2.shape[0], w.scales.shape[-1]
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n_pad), jnp.float32), vmap_method="sequential")
-  return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor,
+  return call(x2.astype(jnp.float32), *planes, table, scales, scale_table, pre, zero, tensor, index,
               bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),
               decode=np.int32(kind), mode=np.int32(mode), pow2=np.int32(pow2), post=post, vmax=vmax, vmin=vmin,
               field_lo=np.int32(field_lo), field_hi=np.int32(field_hi), field_add=np.int32(field_add),

@@ -1,6 +1,6 @@
 """The native CPU face of the grouped matmul: the XLA face's scan over experts (``xla.scan_experts``), each expert's
-product computed by the native kernel of :mod:`lpnum.kernels.cpu_matmul` straight from its packed planes (no
-float32 copy of its weights), for few rows of lhs (decode).
+product computed by the native kernel of :mod:`lpnum.kernels.cpu_matmul` straight from its packed planes, read in
+place in the stacked weights (no copy of them, sliced or float32), for few rows of lhs (decode).
 
 Each expert with rows multiplies every row of lhs (few, by the dispatch) and keeps its own; an expert without rows
 is skipped, so its weights are not read. The weights the kernel multiplies are those of
@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from lpnum.kernels import cpu_matmul
 from lpnum.kernels.grouped_matmul.layout import GroupedWeights
 from lpnum.kernels.grouped_matmul.xla import scan_experts
-from lpnum.kernels.planes import PlanedWeights
 
 __all__ = ["cpu_grouped_matmul"]
 
@@ -27,12 +26,4 @@ def cpu_grouped_matmul(x: jax.Array, w: GroupedWeights, group_sizes: jax.Array) 
   cpu_matmul.check(w)
   _, k, n = w.shape
   x2 = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, w.padded_shape[0] - k)))
-  experts = (w.planes, w.scales, w.zero_point, w.tensor_scale)
-
-  def product(e):  # expert e's slices, as one (K_pad, N_pad) matrix for the kernel
-    planes, scales, zero, tensor = jax.tree.map(
-        lambda a: jax.lax.dynamic_index_in_dim(a, e, keepdims=False), experts)
-    one = PlanedWeights(tuple(planes), scales, zero, tensor, w.fmt, w.shape[1:], w.tile_k, w.group)
-    return cpu_matmul.matmul(x2, one)[:, :n]
-
-  return scan_experts(w.shape[0], group_sizes, x.shape[0], n, product)
+  return scan_experts(w.shape[0], group_sizes, x.shape[0], n, lambda e: cpu_matmul.matmul(x2, w, e)[:, :n])

@@ -8,6 +8,7 @@ a rigorous bound on float32 summation error, for the matmul and its gradient.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -227,6 +228,18 @@ def test_auto_runs_the_native_kernel_below_native_rows_and_skips_empty_experts()
   y = jax.jit(jax.vmap(lambda a: gm.grouped_matmul(a, w, sizes, implementation="native")))(x)
   for i in range(2):
     _check_close(y[i], x[i], wf, (2, 0, 3))
+
+
+@_NO_NATIVE
+def test_native_face_reads_each_expert_in_place():
+  # The kernel takes the stacked planes and uint8 scale codes with the expert's index, so they are not sliced
+  # (copied) for it. Only small operands it takes as float32 are: zero points, tensor scales, wider scale codes.
+  w = gm.pack_experts(_experts(WEIGHT_FORMATS["mxfp4"], e=3, k=64, n=32)[0])
+  lowered = jax.jit(lambda x, w, s: gm.grouped_matmul(x, w, s, implementation="native")).lower(
+      jax.ShapeDtypeStruct((2, 64), jnp.float32), w, jax.ShapeDtypeStruct((3,), jnp.int32))
+  hlo = lowered.compile().as_text()
+  assert cpu_matmul.TARGET in hlo
+  assert not re.search(r"= *u8\[[^\]]*\]\S* +dynamic-slice\(", hlo)
 
 
 @_NO_NATIVE
