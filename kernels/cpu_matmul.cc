@@ -291,7 +291,6 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
   constexpr int per_byte = MULTI ? 1 : 8 / w;
   const int tk = p.tile_k;
   const int rows = tk / per_byte;
-  constexpr bool is_signed = DEC == kInt8;
   Table16 table16{};
   if constexpr (DEC == kTable16) table16 = load_table16(p.table);
 #if defined(__AVX2__) && !defined(__AVX512F__)
@@ -368,7 +367,7 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
             low += pw;
           }
         } else {
-          for (int c = 0; c < NV; ++c) bytes[c] = load_codes(src + c * kLanes, is_signed);
+          for (int c = 0; c < NV; ++c) bytes[c] = load_codes(src + c * kLanes, DEC == kInt8);
         }
 #pragma GCC unroll 2
         for (int j = 0; j < per_byte; ++j) {
@@ -443,7 +442,6 @@ PassFn pick(int dec, bool zero, bool multi) {
 struct Plan {
   PassFn fns[4];  // for 8, 4, 2 and 1 rows of x at a time
   int chunk;      // byte rows (MULTI: K rows) per pass: divides the group size and the rows of every field
-  int64_t item;   // output columns per work item
 };
 
 // Columns [c0, c0 + cw), all rows of x and all of K: out's block is zeroed, then accumulated K tile by K tile,
@@ -471,18 +469,32 @@ struct Progress {
   std::condition_variable cv;
 };
 
-// Takes items (plan.item columns each) until none is left.
-void drain(const Problem& p, const Plan& plan, Progress& progress, bool multi) {
-  int64_t ran = 0;
-  for (int64_t i; (i = progress.next.fetch_add(1)) < progress.total; ++ran) {
-    const int64_t c0 = i * plan.item;
-    run_item(p, plan, c0, std::min<int64_t>(plan.item, p.n_pad - c0), multi);
-  }
-  if (ran) {
-    std::lock_guard<std::mutex> lock(progress.mu);
-    progress.done += ran;
-    if (progress.done == progress.total) progress.cv.notify_all();
-  }
+// Runs item(c0, cw) over the n_pad output columns cut into one slab per thread of XLA's pool (each at least kMinItem
+// columns, a multiple of kAlign): helper threads and the calling thread take slabs until none is left, so a busy
+// pool cannot stall the call; how the columns are cut changes no sum. Returns when every slab is done. The tasks
+// hold copies of item (a helper may start after the call returned, finding nothing left).
+template <class Item>
+void for_column_slabs(ffi::ThreadPool& pool, int64_t n_pad, const Item& item) {
+  auto progress = std::make_shared<Progress>();
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t per_thread = (n_pad + threads - 1) / threads;
+  const int64_t width = std::max<int64_t>(kMinItem, (per_thread + kAlign - 1) / kAlign * kAlign);
+  progress->total = (n_pad + width - 1) / width;
+  auto drain = [progress, width, n_pad, item] {
+    int64_t ran = 0;
+    for (int64_t i; (i = progress->next.fetch_add(1)) < progress->total; ++ran)
+      item(i * width, std::min<int64_t>(width, n_pad - i * width));
+    if (ran) {
+      std::lock_guard<std::mutex> lock(progress->mu);
+      progress->done += ran;
+      if (progress->done == progress->total) progress->cv.notify_all();
+    }
+  };
+  const int64_t helpers = std::min(threads, progress->total) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([drain] { drain(); });
+  drain();
+  std::unique_lock<std::mutex> lock(progress->mu);
+  progress->cv.wait(lock, [&] { return progress->done == progress->total; });
 }
 
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer plane0, ffi::AnyBuffer plane1,
@@ -615,18 +627,104 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   // Byte rows per pass, measured on 2-core AMD EPYC machines at K = N = 4096 and 8192: 32 for 4-bit planes; for
   // 8-bit ones 8 with AVX-512 and 32 with AVX2 (1.2-1.4x faster than 8 there at 1 to 7 rows).
   plan.chunk = std::gcd(bits == 4 || kLanes == 8 ? 32 : 8, group);
-  auto progress = std::make_shared<Progress>();
-  // One slab of columns per thread (at least kMinItem wide): how the columns are split does not change any sum.
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t per_thread = (p.n_pad + threads - 1) / threads;
-  plan.item = std::max<int64_t>(kMinItem, (per_thread + kAlign - 1) / kAlign * kAlign);
-  progress->total = (p.n_pad + plan.item - 1) / plan.item;
-  const int64_t helpers = std::min(threads, progress->total) - 1;
-  for (int64_t i = 0; i < helpers; ++i)
-    pool.Schedule([p, plan, progress, multi] { drain(p, plan, *progress, multi); });
-  drain(p, plan, *progress, multi);
-  std::unique_lock<std::mutex> lock(progress->mu);
-  progress->cv.wait(lock, [&] { return progress->done == progress->total; });
+  for_column_slabs(pool, p.n_pad, [p, plan, multi](int64_t c0, int64_t cw) { run_item(p, plan, c0, cw, multi); });
+  return ffi::Error::Success();
+}
+
+// ---- int8 x int8 -> int32 (W8A8) ------------------------------------------------------------------------------
+// y (M, N_pad) int32 = x (M, K_pad) int8 @ W (K_pad, N_pad) int8, W row-major (the packed layout's int8 plane, or
+// any int8 matrix). Integer sums are exact and wrap modulo 2^32 as XLA's int32 dot does, so any order gives XLA's
+// result bit for bit. Pairs of K rows are interleaved and widened to int16, and vpmaddwd multiplies them with x's
+// pair for those rows (x[k], x[k + 1]) and adds the two products into int32 lanes (at most 2 * 128^2: exact).
+
+constexpr int kIntChunk = 64;  // K rows per pass over a slab (even), their byte rows' lines prefetched ahead
+
+struct IntProblem {
+  const int8_t* w;
+  const int32_t* pairs;  // (M, K_pad / 2): x's int16 pairs (x[2i] in the low half, x[2i + 1] in the high half)
+  int32_t* out;
+  int64_t m, k_pad, n_pad;
+};
+
+// Rows [m0, m0 + MB) of x, columns [c0, c0 + cw), K rows [k0, k0 + kIntChunk): adds into out (16 columns at a time,
+// their int32 sums in registers over the chunk).
+template <int MB>
+void int_pass(const IntProblem& p, int64_t m0, int64_t c0, int64_t cw, int64_t k0) {
+  const int64_t half = p.k_pad / 2;
+  for (int64_t col = c0; col < c0 + cw; col += 16) {
+#if defined(__AVX2__)
+    __m256i acc[MB][2];
+    for (int mm = 0; mm < MB; ++mm)
+      for (int h = 0; h < 2; ++h)
+        acc[mm][h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.out + (m0 + mm) * p.n_pad + col + 8 * h));
+    for (int64_t r = k0; r < k0 + kIntChunk; r += 2) {
+      const int8_t* a = p.w + r * p.n_pad + col;
+      if (((col - c0) & 63) == 0) {  // a new line of both rows: fetch the one kAhead bytes on
+        __builtin_prefetch(a + kAhead);
+        __builtin_prefetch(a + p.n_pad + kAhead);
+      }
+      const __m128i ra = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+      const __m128i rb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + p.n_pad));
+      const __m256i w0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(ra, rb));  // columns col..col+7: (W[r], W[r + 1])
+      const __m256i w1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(ra, rb));  // columns col+8..col+15
+      for (int mm = 0; mm < MB; ++mm) {
+        const __m256i xp = _mm256_set1_epi32(p.pairs[(m0 + mm) * half + r / 2]);
+        acc[mm][0] = _mm256_add_epi32(acc[mm][0], _mm256_madd_epi16(w0, xp));
+        acc[mm][1] = _mm256_add_epi32(acc[mm][1], _mm256_madd_epi16(w1, xp));
+      }
+    }
+    for (int mm = 0; mm < MB; ++mm)
+      for (int h = 0; h < 2; ++h)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.out + (m0 + mm) * p.n_pad + col + 8 * h), acc[mm][h]);
+#else
+    for (int mm = 0; mm < MB; ++mm)
+      for (int l = 0; l < 16; ++l) {
+        uint32_t sum = static_cast<uint32_t>(p.out[(m0 + mm) * p.n_pad + col + l]);  // wraps as int32 sums do
+        for (int64_t r = k0; r < k0 + kIntChunk; r += 2) {
+          const int32_t pair = p.pairs[(m0 + mm) * half + r / 2];
+          const int32_t x0 = static_cast<int16_t>(pair & 0xffff), x1 = pair >> 16;
+          sum += static_cast<uint32_t>(x0 * p.w[r * p.n_pad + col + l] + x1 * p.w[(r + 1) * p.n_pad + col + l]);
+        }
+        p.out[(m0 + mm) * p.n_pad + col + l] = static_cast<int32_t>(sum);
+      }
+#endif
+  }
+}
+
+ffi::Error Int8Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> w,
+                      ffi::ResultBuffer<ffi::S32> out) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  auto od = out->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || od.size() != 2 || xd[0] != od[0] || xd[1] != wd[0] || wd[1] != od[1] ||
+      xd[1] % kIntChunk || od[1] % kAlign)
+    return ffi::Error::InvalidArgument("lpnum int8 matmul: x must be (M, K_pad), w (K_pad, N_pad) and out "
+                                       "(M, N_pad), with K_pad a multiple of 64 and N_pad of 128");
+  IntProblem p{w.typed_data(), nullptr, out->typed_data(), xd[0], xd[1], od[1]};
+  if (p.m == 0) return ffi::Error::Success();
+  auto pairs = std::make_shared<std::vector<int32_t>>(p.m * p.k_pad / 2);
+  const int8_t* xs = x.typed_data();
+  for (int64_t i = 0; i < p.m * p.k_pad / 2; ++i)
+    (*pairs)[i] = static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(xs[2 * i])) |
+                                       (static_cast<uint32_t>(static_cast<int16_t>(xs[2 * i + 1])) << 16));
+  p.pairs = pairs->data();
+  for_column_slabs(pool, p.n_pad, [p, pairs](int64_t c0, int64_t cw) {
+    for (int64_t m = 0; m < p.m; ++m) std::memset(p.out + m * p.n_pad + c0, 0, cw * sizeof(int32_t));
+    for (int64_t k0 = 0; k0 < p.k_pad; k0 += kIntChunk)
+      for (int64_t m0 = 0; m0 < p.m;) {
+        const int64_t left = p.m - m0;
+        if (left >= 4) {
+          int_pass<4>(p, m0, c0, cw, k0);
+          m0 += 4;
+        } else if (left >= 2) {
+          int_pass<2>(p, m0, c0, cw, k0);
+          m0 += 2;
+        } else {
+          int_pass<1>(p, m0, c0, cw, k0);
+          m0 += 1;
+        }
+      }
+  });
   return ffi::Error::Success();
 }
 
@@ -660,6 +758,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumPackedMatmul, PackedMatmul,
                                   .Attr<int32_t>("field_hi")
                                   .Attr<int32_t>("field_add")
                                   .Attr<int32_t>("field_shift"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumInt8Matmul, Int8Matmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
 
 // The instruction set the kernel was built for: 2 for AVX-512, 1 for AVX2, 0 for the portable fallback.
 extern "C" int LpnumPackedMatmulIsa() { return kIsa; }

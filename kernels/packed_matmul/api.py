@@ -204,7 +204,7 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: Config) -> jax.Array:
   lead = xq.shape[:-1]
   vx = dequant.int8_values(xq.fmt.element, xq.data, lambda: xq.element_codes).reshape(-1, k)
   m = vx.shape[0]
-  acc = _dispatch(cfg, _xla_int_dot, lambda flavour: lambda vx, w: pallas_matmul(
+  acc = _dispatch(cfg, lambda vx, w: _cpu_int_dot(vx, w, cfg.implementation), lambda flavour: lambda vx, w: pallas_matmul(
       vx, w, platform=flavour, blocks=cfg.blocks, interpret=cfg.interpret, integer=True)[:m, :n], vx, w)
   sx = dequant.row_scales(xq).reshape(-1, 1)
   sw = dequant.apply_scale(jnp.float32(1), w.fmt, dequant.scale_parts(w.fmt, w.scales[:1, :n]), None,
@@ -213,11 +213,18 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: Config) -> jax.Array:
   return y.reshape(*lead, n)
 
 
-def _xla_int_dot(vx: jax.Array, w: PackedWeights) -> jax.Array:
-  """``vx (M, K) int8 @ W`` with int32 accumulation, ``(M, N)``."""
+def _cpu_int_dot(vx: jax.Array, w: PackedWeights, implementation: str) -> jax.Array:
+  """``vx (M, K) int8 @ W`` with int32 accumulation, ``(M, N)``: XLA's int8 dot, or the native int8 kernel
+  (:func:`cpu.int8_matmul`, the same bits) where ``implementation`` is ``"native"``, or ``"auto"`` on the CPU with
+  fewer rows than :func:`cpu.int8_rows`."""
   k, n = w.shape
+  native = implementation == "native" or (
+      implementation == "auto" and jax.default_backend() == "cpu" and vx.shape[0] < cpu.int8_rows())
+  vx = jnp.pad(vx, ((0, 0), (0, w.padded_shape[0] - k)))
   if w.planes[0].dtype == jnp.int8:  # the stored plane is the int8 values: multiplied as it is, no copy
-    vx, vw = jnp.pad(vx, ((0, 0), (0, w.padded_shape[0] - k))), w.planes[0]
+    vw = w.planes[0]
   else:
-    vw = dequant.element_values(w.fmt.element, layout.unpack_codes(w)[:k]).astype(jnp.int8)
+    vw = dequant.element_values(w.fmt.element, layout.unpack_codes(w)).astype(jnp.int8)
+  if native:
+    return cpu.int8_matmul(vx, vw)[:, :n]
   return jnp.dot(vx, vw, preferred_element_type=jnp.int32)[:, :n]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import platform
+import re
 import subprocess
 
 import jax
@@ -212,6 +213,78 @@ def test_native_export_needs_its_custom_call_allowed():
   _check(exp(x, w).call(xv, w), xv, q)
 
 
+# ---- the int8 x int8 -> int32 kernel (W8A8) ----------------------------------------------------------------------
+X_INT8 = lpnum.ScaledFormat("int8", lpnum.per_channel(0))
+
+
+def _int8_calls(text):
+  return len(re.findall(rf"@{cpu.TARGET}_int8\(", text))
+
+
+def _int32_dot(x, w):
+  """The int32 sums of int8 ``x @ w`` as XLA's int32 dot gives them: exact int64 sums wrapped modulo 2^32."""
+  return (np.asarray(x, np.int64) @ np.asarray(w, np.int64)).astype(np.int32)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 9])
+def test_int8_kernel_sums_are_exact_int32(m):
+  # Every int8 value, -128 included, over several K chunks and column slabs; rows taken 4, 2 and 1 at a time.
+  rng = np.random.default_rng(m)
+  x = rng.integers(-128, 128, (m, 320), dtype=np.int8)
+  w = rng.integers(-128, 128, (320, 1280), dtype=np.int8)
+  x[0, :64], w[:64, :3] = -128, -128
+  y = jax.jit(cpu.int8_matmul)(x, w)
+  assert y.dtype == jnp.int32 and y.shape == (m, 1280)
+  np.testing.assert_array_equal(np.asarray(y), _int32_dot(x, w))
+
+
+def test_int8_kernel_wraps_as_the_int32_dot_does():
+  # 131072 products of (-128)^2 sum to 2^31, which int32 sums wrap to -2^31 (as XLA's int32 dot does).
+  k = 131072
+  x = np.full((1, k), -128, np.int8)
+  w = np.full((k, 128), -128, np.int8)
+  w[:, 1] = 127
+  y = np.asarray(cpu.int8_matmul(x, w))
+  np.testing.assert_array_equal(y, _int32_dot(x, w))
+  assert y[0, 0] == -(2 ** 31)
+
+
+def test_int8_kernel_rejects_unpadded_shapes():
+  with pytest.raises(Exception, match="multiple of 64"):
+    jax.block_until_ready(cpu.int8_matmul(np.ones((1, 100), np.int8), np.ones((100, 128), np.int8)))
+
+
+@pytest.mark.parametrize("name", ["int8", "int4_g128"])
+def test_w8a8_native_face_is_exact_integer_accumulation(name):
+  # The stored int8 plane, or int4 weights per column (unpacked to int8 values), times int8 x per row.
+  fmt = FORMATS["int8"] if name == "int8" else lpnum.ScaledFormat("int4", lpnum.per_channel(1))
+  q = lpnum.quantize_scaled(jnp.asarray(np.random.default_rng(4).standard_t(4, (300, 130)), jnp.float32), fmt)
+  x = np.random.default_rng(5).normal(size=(3, 7, 300)).astype(np.float32)
+  y = np.asarray(jax.jit(lambda x, w: _native(x, w, x_format=X_INT8))(x, kernels.pack_weights(q)))
+  xq = lpnum.quantize_scaled(x, X_INT8)
+  vx = np.asarray(lpnum.decode(xq.element_codes, "int8")).astype(np.int64)
+  vw = np.asarray(lpnum.decode(q.element_codes, fmt.element)).astype(np.int64)
+  acc = np.einsum("abk,kn->abn", vx, vw)
+  sx = np.asarray(xq.scales, np.uint32).view(np.float32)
+  sw = np.asarray(q.scales, np.uint32).view(np.float32)
+  want = (acc.astype(np.float32) * sx) * sw
+  np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
+
+
+def test_w8a8_auto_runs_the_int8_kernel_below_int8_rows_only():
+  w = kernels.pack_weights(_weights("int8"))
+  rows = cpu.INT8_ROWS[cpu.isa()]
+  assert cpu.int8_rows() == rows
+  for m, native_call in ((1, True), (rows - 1, True), (rows, False)):
+    x = jax.ShapeDtypeStruct((m, 200), jnp.float32)
+    assert _int8_calls(jax.jit(lambda x, w: kernels.matmul(x, w, x_format=X_INT8)).lower(x, w).as_text()) == \
+        native_call, m
+  # Under vmap the call runs once per batch element, with the same bits as the XLA face.
+  x = np.random.default_rng(6).normal(size=(2, 3, 200)).astype(np.float32)
+  f = lambda impl: jax.jit(jax.vmap(lambda a: kernels.matmul(a, w, x_format=X_INT8, implementation=impl)))(x)
+  np.testing.assert_array_equal(np.asarray(f("native")).view(np.uint32), np.asarray(f("xla")).view(np.uint32))
+
+
 # ---- the build ----------------------------------------------------------------------------------------------------
 def test_native_off_falls_back_and_native_raises(monkeypatch):
   # LPNUM_NATIVE is read when a function is traced: shapes of their own here, and the caches cleared after.
@@ -303,6 +376,10 @@ def test_every_instruction_set_this_cpu_runs_gives_the_same_bounds(march, isa, n
       lowered = jax.jit(_native).lower(x, w)  # traced once: checked, then compiled and run
       assert cpu.TARGET in lowered.as_text()
       _check(lowered.compile()(x, w), x, q, kernels.matmul(x, w, implementation="xla"))
+    # The int8 x int8 -> int32 kernel of the same build.
+    x8 = np.random.default_rng(10).integers(-128, 128, (3, 192), dtype=np.int8)
+    w8 = np.random.default_rng(11).integers(-128, 128, (192, 256), dtype=np.int8)
+    np.testing.assert_array_equal(np.asarray(cpu.int8_matmul(x8, w8)), _int32_dot(x8, w8))
   finally:
     jax.clear_caches()
 

@@ -59,6 +59,8 @@ class NnxNet(nnx.Module):
 
 
 def dots_in(f, *args):
-  """The (lhs, rhs, out) tensor types of every dot_general in the lowered program of ``f(*args)``."""
+  """The (lhs, rhs, out) tensor types of every dot_general in the lowered program of ``f(*args)``, and of every call
+  of lpnum's native int8 x int8 -> int32 kernel (which computes a dot's integer sums on the CPU for few rows)."""
   txt = jax.jit(f).lower(*args).as_text()
-  return re.findall(r"dot_general[^\n]*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", txt)
+  return re.findall(r"(?:dot_general|custom_call @lpnum_packed_matmul_int8\()[^\n]*?: "
+                    r"\((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", txt)
