@@ -326,12 +326,13 @@ def test_w8a8_lowers(platform, call):
 def test_the_platform_is_chosen_when_lowered(x_format):
   # A CPU host exports the TPU kernel for tpu, the Triton kernel for cuda and the CPU path for cpu, as
   # accumulate.matmul does; "pallas" without a platform exports either kernel. ("auto" on the CPU may be lpnum's
-  # native custom call, allowed here; test_xla_exports_for_cpu_without_custom_calls checks "xla".)
+  # native custom calls, allowed here; test_xla_exports_for_cpu_without_custom_calls checks "xla".)
   q = jax.eval_shape(lambda: lpnum.quantize_scaled(jnp.zeros((512, 256)), WEIGHT_FORMATS["int8"]))
   w = jax.eval_shape(kernels.pack_weights, q)
   x = jax.ShapeDtypeStruct((8, 512), jnp.float32)
   checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton"),
-            export.DisabledSafetyCheck.custom_call(packed_cpu.TARGET)]
+            export.DisabledSafetyCheck.custom_call(packed_cpu.TARGET),
+            export.DisabledSafetyCheck.custom_call(f"{packed_cpu.TARGET}_int8")]
   for implementation in ("auto", "pallas"):
     fn = jax.jit(lambda x, w: kernels.matmul(x, w, x_format=x_format, implementation=implementation))
     for platform, call in (("tpu", "tpu_custom_call"), ("cuda", "xla.gpu.triton"), ("cpu", None)):
