@@ -73,12 +73,15 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 20, warmup: int =
   return _summary(compile_s, [_sample(call, args) for _ in range(repeats)])
 
 
-def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: int = 1) -> dict[str, dict[str, Any]]:
+def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: int = 1,
+             settle_s: float = 0.0) -> dict[str, dict[str, Any]]:
   """Times several candidates side by side, so that machine noise hits them alike.
 
   Every candidate is compiled first; then each of ``repeats`` rounds calls every candidate once, starting each round
   one candidate later. Both loops report progress (:func:`lpnum.results.progress`). A candidate whose compilation
-  or warm-up raises is reported as ``fails`` with the error.
+  or warm-up raises is reported as ``fails`` with the error. ``settle_s`` seconds pass (untimed) before each call,
+  so that worker threads a previous candidate left spinning do not take the next one's cores: on a 2-core CPU,
+  XLA's int8 dot slowed the call after it by up to 2x for tens of milliseconds.
 
   Returns:
     A measurement per candidate name, in the order of ``candidates``.
@@ -98,6 +101,8 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
     shift = r % len(names) if names else 0
     for name in names[shift:] + names[:shift]:
       call, args, _ = ready[name]
+      if settle_s:
+        time.sleep(settle_s)
       samples[name].append(_sample(call, args))
   for name, (_, _, compile_s) in ready.items():
     results[name] = _summary(compile_s, samples[name])

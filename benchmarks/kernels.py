@@ -86,6 +86,10 @@ TARGET_SHAPE = (1024, 1024, 1024)
 ACC_SIZE = 512
 #: Bytes of the float32 array copied (``x * 2``) to measure the memory-bandwidth roof.
 BANDWIDTH_BYTES = 2**26
+#: Seconds between two timed matmul calls (``time_fns``' ``settle_s``): XLA's int8 and bfloat16 dots leave worker
+#: threads spinning after they return, which slowed the next candidate by up to 2x on a 2-core CPU (measured: the
+#: native int8 kernel at M = 1, K = N = 8192 took 14 ms right after XLA's int8 dot, 8 ms after a 50 ms pause).
+SETTLE_S = 0.05
 
 WEIGHT_FORMATS = {
     "w int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
@@ -180,7 +184,7 @@ def run_matmuls(shapes, repeats: int) -> list[dict]:
   rows = []
   for m, k, n in progress(shapes, "matmul shapes"):
     cands, nbytes = matmul_candidates(m, k, n)
-    measured = time_fns(cands, repeats=repeats)
+    measured = time_fns(cands, repeats=repeats, settle_s=SETTLE_S)
     flops = 2 * m * k * n
     for name, meas in measured.items():
       t = median_s(meas)
@@ -474,7 +478,7 @@ def run_grouped(shapes, experts: int, repeats: int) -> list[dict]:
   rows = []
   for m, size in progress(shapes, "grouped matmul shapes"):
     cands, nbytes = grouped_candidates(experts, m, size, size)
-    for name, meas in time_fns(cands, repeats=repeats).items():
+    for name, meas in time_fns(cands, repeats=repeats, settle_s=SETTLE_S).items():
       rows.append({"shape": [experts, m, size, size], "kernel": name, "measurement": meas,
                    "weight_bytes": nbytes[name], "group_sizes": group_sizes(m, experts).tolist()})
     print(f"grouped E={experts} M={m} K=N={size} done", flush=True)
