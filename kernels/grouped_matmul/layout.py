@@ -66,7 +66,7 @@ class GroupedWeights(PlanedWeights):
     return (self.scales.shape[1] * self.group, self.scales.shape[2])
 
 
-def quantize_experts(w, fmt: ScaledFormat, *, pad: bool = False) -> QArray:
+def quantize_experts(w, fmt: ScaledFormat, *, pad: bool = False, scale: float | None = None) -> QArray:
   """Quantizes ``(E, K, N)`` expert weights, each expert on its own, into a stacked QArray.
 
   Each expert's ``(K, N)`` matrix is ``lpnum.quantize_scaled(w[e], fmt)``: scales along K as ``fmt`` says
@@ -77,6 +77,8 @@ def quantize_experts(w, fmt: ScaledFormat, *, pad: bool = False) -> QArray:
     w: float ``(E, K, N)`` weights.
     fmt: the weight format.
     pad: pad a last partial block along K with zeros (as ``quantize_scaled``'s ``pad``).
+    scale: a static scale for every block of every expert (as ``quantize_scaled``'s ``scale``; e.g. 1 for a
+      direct cast), or None for the format's scaling.
 
   Returns:
     The stacked QArray (``expert(q, e)`` is expert ``e``'s QArray).
@@ -94,7 +96,7 @@ def quantize_experts(w, fmt: ScaledFormat, *, pad: bool = False) -> QArray:
   if not isinstance(fmt, ScaledFormat):
     raise TypeError(f"fmt={short(fmt)} must be a ScaledFormat")
   check_flag("pad", pad)
-  return jax.vmap(lambda a: quantize_scaled(a, fmt, pad=pad))(w)
+  return jax.vmap(lambda a: quantize_scaled(a, fmt, pad=pad, scale=scale))(w)
 
 
 def is_stacked(q) -> bool:

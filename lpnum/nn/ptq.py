@@ -203,13 +203,32 @@ def _dequantize_value(value) -> jax.Array:
 
 
 def weight_format(config: DotConfig | None) -> ScaledFormat | None:
-  """The format :func:`ptq` packs a kernel in under ``config`` (None: the kernel stays float)."""
+  """The format :func:`ptq` packs a kernel in under ``config`` (None: the kernel stays float). A plain element
+  format (``scaling="none"``, a direct cast) is packed per tensor with a float32 scale of exactly 1
+  (:func:`_direct_cast`), which gives the cast's values bit for bit.
+
+  Raises:
+    ValueError: a direct cast to a format whose scaled form lpnum does not build (bfloat16, whose smallest
+      subnormal is below 2^-100), naming the format.
+  """
   if config is None or config.rhs is None:
     return None
   fmt = config.rhs.rhs_format
   if fmt is None:
     return None
-  return fmt if isinstance(fmt, ScaledFormat) else ScaledFormat(fmt, scale_format="float32", name=fmt.name)
+  if isinstance(fmt, ScaledFormat):
+    return fmt
+  try:
+    return ScaledFormat(fmt, scale_format="float32", name=fmt.name)
+  except ValueError as e:
+    raise ValueError(f"ptq cannot pack weights cast directly to {fmt.name} ({e}); leave those layers float in "
+                     "the ptq rules (config=None) and keep the cast rule for the fake-quantized model") from None
+
+
+def _direct_cast(config: DotConfig) -> bool:
+  """Whether ``config``'s weights are a direct cast (``scaling="none"``): :func:`ptq` packs them with a static
+  scale of 1, not the dynamic abs-max scale of a scaled format."""
+  return config.rhs is not None and config.rhs.scaling is Scaling.NONE
 
 
 def check_rule(path: str, kernel, config: DotConfig | None) -> None:
@@ -224,7 +243,12 @@ def check_rule(path: str, kernel, config: DotConfig | None) -> None:
   if not isinstance(kernel, QuantizedKernel | PackedKernel):
     return
   packed = kernel.value.fmt.describe()
-  fmt = weight_format(config)
+  try:
+    fmt = weight_format(config)
+  except ValueError:  # a direct cast that ptq cannot pack: not what these params were packed in
+    raise ValueError(f"params at {path}/kernel were packed by lpnum.nn.ptq as {packed['name']}, but the rule for "
+                     f"layer {path!r} casts weights directly to {config.rhs.rhs_format.name}: apply with the rules "
+                     "the params were quantized with") from None
   if fmt is None:
     raise ValueError(f"params at {path}/kernel hold a kernel packed by lpnum.nn.ptq as {packed['name']}, but no rule "
                      f"quantizes the weights of layer {path!r}: apply with the rules the params were quantized with")
@@ -254,6 +278,10 @@ def _kernel_layout_if_cheap(q: QArray) -> _layout.PackedWeights | None:
 def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kernel_name: str = "kernel",
         layout: str = "auto", donate: bool = False, on_leaf: Callable[[str], None] | None = None):
   """Quantizes the kernels of a params tree by the rules' weight formats (their ``config.rhs.rhs_format``).
+
+  Scaled formats get the scales their format computes (abs-max or MSE, per channel or block); a direct cast
+  (``OperandQuant(fmt, scaling="none")``) gets a static scale of exactly 1, so the packed weights are the cast's
+  values bit for bit, as the fake-quantized layer computes them (bfloat16 casts cannot be packed: an error).
 
   A kernel at ``a/b/kernel`` belongs to the module path ``a/b``; the first rule whose pattern matches the path
   decides (a rule with ``config=None`` leaves it float). A kernel is quantized in the 2-D view its layer
@@ -311,20 +339,24 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
     if rule is None:
       return leaf
     used.add(rule)
-    fmt = weight_format(rule.config)
+    try:
+      fmt = weight_format(rule.config)
+    except ValueError as e:
+      raise ValueError(f"{where}/{kernel_name}: {e}") from None
     if fmt is None:
       return leaf
+    scale = 1.0 if _direct_cast(rule.config) else None
     w = jnp.asarray(leaf)
     if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.floating):
       raise ValueError(f"{where}/{kernel_name}: cannot quantize a kernel of shape {w.shape}, dtype {w.dtype}")
     contract = w.ndim - 1 if views is None else views.get(where, w.ndim - 1)
     if contract == EXPERTS:
-      return _experts_kernel(where, w, fmt, leaf)
+      return _experts_kernel(where, w, fmt, leaf, scale)
     if isinstance(contract, bool) or not isinstance(contract, int) or not 1 <= contract < w.ndim:
       raise ValueError(f"views[{where!r}]={contract!r} must be an int in [1, {w.ndim}) for a kernel of shape "
                        f"{w.shape}")
     try:
-      q = quantize_scaled(w.reshape(math.prod(w.shape[:contract]), -1), fmt, pad=True)
+      q = quantize_scaled(w.reshape(math.prod(w.shape[:contract]), -1), fmt, pad=True, scale=scale)
     except ValueError as e:
       raise ValueError(f"{where}/{kernel_name}: {e}") from None
     value = q
@@ -341,12 +373,12 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
       on_leaf(where)
     return out
 
-  def _experts_kernel(where, w, fmt, leaf):
+  def _experts_kernel(where, w, fmt, leaf, scale):
     if w.ndim != 3:
       raise ValueError(f"{where}/{kernel_name}: views marks it {EXPERTS!r}, so it must be (E, K, N), got shape "
                        f"{w.shape}")
     try:
-      q = _grouped.quantize_experts(w, fmt, pad=True)
+      q = _grouped.quantize_experts(w, fmt, pad=True, scale=scale)
       value = q
       if layout == "kernel" or (layout == "auto" and _grouped.kernels_decode(q)):
         value = _grouped.pack_experts(q)

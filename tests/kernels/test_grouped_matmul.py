@@ -121,6 +121,15 @@ def test_layout_dequantizes_each_expert_as_lpnum_dequantize(name):
                                 np.stack([np.asarray(gm.expert(q, i).element_codes) for i in range(e)]))
 
 
+def test_a_static_scale_of_one_is_each_experts_direct_cast():
+  # ptq packs a direct cast (scaling="none") this way: per tensor, scale 1; int8 rounds half to even, no -0.
+  w = np.random.default_rng(12).normal(size=(3, 64, 40)).astype(np.float32) * 30
+  q = gm.quantize_experts(jnp.asarray(w), lpnum.ScaledFormat("int8", lpnum.per_tensor(), "float32"), scale=1.0)
+  for e in range(3):
+    got = np.asarray(lpnum.dequantize(gm.expert(q, e)))
+    np.testing.assert_array_equal(got.view(np.uint32), (np.rint(w[e]) + np.float32(0)).view(np.uint32))
+
+
 def test_packed_weights_hold_the_packed_bytes():
   w = gm.pack_experts(_quantized(WEIGHT_FORMATS["mxfp4"]))  # (5, 200, 136): K padded to a 512-row tile, N to 256
   assert w.planes[0].dtype == jnp.uint8 and w.planes[0].shape == (5, 256, 256)

@@ -54,6 +54,36 @@ def test_ptq_dequantized_kernel_matches_independent_reference():
                                 ref_int(w, 8, (64, 1))[0])
 
 
+@pytest.mark.parametrize("fmt", ["float16", "float8_e4m3fn", "int8"])
+def test_ptq_direct_casts_pack_the_cast_values(fmt):
+  # scaling="none" is a plain cast: packed with a static scale of 1, not abs-max scaled. References: ml_dtypes
+  # casts (float16, E4M3) and NumPy's round-half-even (int8), on weights within the formats' ranges.
+  import ml_dtypes
+  model, params = _mlp_params(64, 32, 8)
+  w = np.asarray(params["layers_0"]["kernel"]) * 40  # |w| < 448 and < 127.5: no overflow
+  params = {**params, "layers_0": {**params["layers_0"], "kernel": jnp.asarray(w)}}
+  rules = [lnn.Rule("layers_0", lpnum.DotConfig.weight_only(fmt, lpnum.per_tensor(), scaling="none")),
+           lnn.Rule("layers_2", None)]
+  q = lnn.ptq(params, rules)
+  want = {"float16": lambda a: a.astype(np.float16).astype(F32),
+          "float8_e4m3fn": lambda a: a.astype(ml_dtypes.float8_e4m3fn).astype(F32),
+          "int8": lambda a: np.rint(a).astype(F32) + F32(0)}[fmt](w)  # integers have no -0
+  got = np.asarray(lnn.dequantize_kernel(q["layers_0"]["kernel"].unbox()))
+  np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+  x = data((3, 64), 39)
+  y = jax.jit(lnn.quantize_model(model, rules).apply)({"params": q}, x)
+  h = np.maximum(matmul64(np.asarray(x), want) + np.asarray(params["layers_0"]["bias"], np.float64), 0)
+  ref = matmul64(h, np.asarray(params["layers_2"]["kernel"])) + np.asarray(params["layers_2"]["bias"], np.float64)
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_ptq_of_a_bfloat16_cast_is_an_error_naming_the_layer():
+  _, params = _mlp_params(64, 32, 8)
+  rules = [lnn.Rule(".*", lpnum.DotConfig.weight_only("bfloat16", lpnum.per_tensor(), scaling="none"))]
+  with pytest.raises(ValueError, match="layers_0/kernel: ptq cannot pack weights cast directly to bfloat16"):
+    lnn.ptq(params, rules)
+
+
 def test_ptq_checkpoint_round_trip_is_bit_exact_and_small(tmp_path):
   _, params = _mlp_params()
   rules = [lnn.Rule(".*", lpnum.DotConfig.weight_only("int4"))]
