@@ -244,13 +244,17 @@ def test_sensitivity_bad_inputs():
     sens.sensitivity(params, {}, CANDIDATES)
 
 
-@pytest.mark.parametrize("label,layer,views", [("mxfp4", "blk/Conv_0", None),
+#: A direct cast: ptq packs it with a static scale of 1, and quantized_kernel must round it the same way.
+CASTS = {"int8_cast": lpnum.DotConfig.weight_only("int8", lpnum.per_tensor(), scaling="none")}
+
+
+@pytest.mark.parametrize("label,layer,views", [("mxfp4", "blk/Conv_0", None), ("int8_cast", "Dense_0", None),
                                                pytest.param("int4_g8", "Dense_0", None, marks=pytest.mark.slow),
                                                pytest.param("int8", "out", {"out": 2}, marks=pytest.mark.slow)])
 def test_quantized_kernel_is_what_ptq_stores(label, layer, views):
   """Bit for bit the kernel that lpnum.nn.ptq packs, dequantized (K = 36 pads to the MX block of 32 along K)."""
   params = {**_kernels(), "out": {"kernel": np.random.default_rng(2).standard_normal((6, 2, 5)).astype(np.float32)}}
-  config = {**CANDIDATES, **MORE_CANDIDATES}[label]
+  config = {**CANDIDATES, **MORE_CANDIDATES, **CASTS}[label]
   ptq_kernel = fake_quantized_params({layer: params[layer]}, [lnn.Rule(".*", config)], views=views)[layer]["kernel"]
   got = sens.quantized_kernel(params[layer]["kernel"], config, contract=None if views is None else views[layer])
   np.testing.assert_array_equal(np.asarray(got), np.asarray(ptq_kernel))
