@@ -8,6 +8,9 @@ scales' values, both computed here by :mod:`lpnum.kernels.dequant`, and applies 
 of :func:`lpnum.kernels.dequant.apply_scale`. Every weight it multiplies is therefore the float32 that the layouts'
 ``dequantize`` gives; only the order of the float32 sums differs from the XLA faces (both stay within the
 reference's float32 summation bound).
+
+The same library holds an int8 x int8 -> int32 kernel (:func:`int8_matmul`) for the packed matmul's W8A8 path at
+few rows: its integer sums are exact, so they are XLA's int8 dot's bit for bit.
 """
 
 from __future__ import annotations
