@@ -112,14 +112,27 @@ def int8_rows() -> int:
 def int8_matmul(x2: jax.Array, w8: jax.Array) -> jax.Array:
   """``x2 (M, K_pad) int8 @ w8 (K_pad, N_pad) int8``: ``(M, N_pad)`` int32 sums, exact and wrapping modulo 2^32 as
   ``jnp.dot(x2, w8, preferred_element_type=jnp.int32)`` does on the CPU, so the same bits. ``K_pad`` must be a
-  multiple of 64 and ``N_pad`` of 128 (the packed layout's padding). Raises ValueError naming
-  ``implementation='native'`` where the kernel is not built."""
+  multiple of 64 and ``N_pad`` of 128 (the packed layout's padding).
+
+  Raises:
+    TypeError: an operand that is not int8.
+    ValueError: shapes that are not 2-D, do not agree on K or are not padded; or (naming
+      ``implementation='native'``) the kernel is not built.
+  """
+  for name, a in (("x2", x2), ("w8", w8)):
+    if jnp.dtype(a.dtype) != jnp.int8:
+      raise TypeError(f"{name} must be int8, got dtype {a.dtype}")
+    if jnp.ndim(a) != 2:
+      raise ValueError(f"{name} must be 2-D, got shape {jnp.shape(a)}")
+  (m, k_pad), (k_w, n_pad) = x2.shape, w8.shape
+  if k_w != k_pad or k_pad % 64 or n_pad % 128:
+    raise ValueError(f"x2 (M, K_pad) = {x2.shape} and w8 (K_pad, N_pad) = {w8.shape} must agree on K_pad, a multiple "
+                     "of 64, with N_pad a multiple of 128")
   if not available():
     raise ValueError("implementation='native': the native CPU kernel is not available (LPNUM_NATIVE=0, or its "
                      "build failed: see the warning); use implementation='xla'")
-  m, n_pad = x2.shape[0], w8.shape[1]
   call = jax.ffi.ffi_call(_int8_target(), jax.ShapeDtypeStruct((m, n_pad), jnp.int32), vmap_method="sequential")
-  return call(x2.astype(jnp.int8), w8.astype(jnp.int8))
+  return call(x2, w8)
 
 
 def matmul(x2: jax.Array, w, expert: jax.Array | None = None) -> jax.Array:

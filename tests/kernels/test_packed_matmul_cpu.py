@@ -249,9 +249,20 @@ def test_int8_kernel_wraps_as_the_int32_dot_does():
   assert y[0, 0] == -(2 ** 31)
 
 
-def test_int8_kernel_rejects_unpadded_shapes():
-  with pytest.raises(Exception, match="multiple of 64"):
-    jax.block_until_ready(cpu.int8_matmul(np.ones((1, 100), np.int8), np.ones((100, 128), np.int8)))
+def test_int8_kernel_bad_inputs_name_the_argument():
+  x, w = np.ones((1, 128), np.int8), np.ones((128, 128), np.int8)
+  with pytest.raises(TypeError, match="x2 must be int8"):
+    cpu.int8_matmul(x.astype(np.int16), w)
+  with pytest.raises(TypeError, match="w8 must be int8"):
+    cpu.int8_matmul(x, w.astype(np.float32))
+  with pytest.raises(ValueError, match="w8 must be 2-D"):
+    cpu.int8_matmul(x, w[None])
+  with pytest.raises(ValueError, match="multiple of 64"):
+    cpu.int8_matmul(np.ones((1, 100), np.int8), np.ones((100, 128), np.int8))
+  with pytest.raises(ValueError, match="must agree on K_pad"):
+    cpu.int8_matmul(x, np.ones((192, 128), np.int8))
+  with pytest.raises(ValueError, match="N_pad a multiple of 128"):
+    cpu.int8_matmul(x, np.ones((128, 100), np.int8))
 
 
 @pytest.mark.parametrize("name", ["int8", "int4_g128"])
