@@ -71,6 +71,11 @@ def check(w: PlanedWeights) -> None:
   if not supported(w):
     raise ValueError(f"implementation='native': the native CPU kernel does not take {w.fmt.scale_format.name} "
                      f"scales stored as {w.scales.dtype}; use implementation='xla'")
+  _require_built()
+
+
+def _require_built() -> None:
+  """Raises ValueError naming ``implementation='native'`` unless the kernels are built (and registered)."""
   if not available():
     raise ValueError("implementation='native': the native CPU kernel is not available (LPNUM_NATIVE=0, or its "
                      "build failed: see the warning); use implementation='xla'")
@@ -128,9 +133,7 @@ def int8_matmul(x2: jax.Array, w8: jax.Array) -> jax.Array:
   if k_w != k_pad or k_pad % 64 or n_pad % 128:
     raise ValueError(f"x2 (M, K_pad) = {x2.shape} and w8 (K_pad, N_pad) = {w8.shape} must agree on K_pad, a multiple "
                      "of 64, with N_pad a multiple of 128")
-  if not available():
-    raise ValueError("implementation='native': the native CPU kernel is not available (LPNUM_NATIVE=0, or its "
-                     "build failed: see the warning); use implementation='xla'")
+  _require_built()
   call = jax.ffi.ffi_call(_int8_target(), jax.ShapeDtypeStruct((m, n_pad), jnp.int32), vmap_method="sequential")
   return call(x2, w8)
 

@@ -205,8 +205,9 @@ def _int_matmul(xq: QArray, w: PackedWeights, cfg: Config) -> jax.Array:
   lead = xq.shape[:-1]
   vx = dequant.int8_values(xq.fmt.element, xq.data, lambda: xq.element_codes).reshape(-1, k)
   m = vx.shape[0]
-  acc = _dispatch(cfg, lambda vx, w: _cpu_int_dot(vx, w, cfg.implementation), lambda flavour: lambda vx, w: pallas_matmul(
-      vx, w, platform=flavour, blocks=cfg.blocks, interpret=cfg.interpret, integer=True)[:m, :n], vx, w)
+  acc = _dispatch(cfg, lambda vx, w: _cpu_int_dot(vx, w, cfg.implementation),
+                  lambda flavour: lambda vx, w: pallas_matmul(vx, w, platform=flavour, blocks=cfg.blocks,
+                                                              interpret=cfg.interpret, integer=True)[:m, :n], vx, w)
   sx = dequant.row_scales(xq).reshape(-1, 1)
   sw = dequant.apply_scale(jnp.float32(1), w.fmt, dequant.scale_parts(w.fmt, w.scales[:1, :n]), None,
                             w.tensor_scale)

@@ -205,7 +205,7 @@ def _dequantize_value(value) -> jax.Array:
 def weight_format(config: DotConfig | None) -> ScaledFormat | None:
   """The format :func:`ptq` packs a kernel in under ``config`` (None: the kernel stays float). A plain element
   format (``scaling="none"``, a direct cast) is packed per tensor with a float32 scale of exactly 1
-  (:func:`_direct_cast`), which gives the cast's values bit for bit.
+  (:func:`_weight_scale`), which gives the cast's values bit for bit.
 
   Raises:
     ValueError: a direct cast to a format whose scaled form lpnum does not build (bfloat16, whose smallest
@@ -225,10 +225,10 @@ def weight_format(config: DotConfig | None) -> ScaledFormat | None:
                      "the ptq rules (config=None) and keep the cast rule for the fake-quantized model") from None
 
 
-def _direct_cast(config: DotConfig) -> bool:
-  """Whether ``config``'s weights are a direct cast (``scaling="none"``): :func:`ptq` packs them with a static
-  scale of 1, not the dynamic abs-max scale of a scaled format."""
-  return config.rhs is not None and config.rhs.scaling is Scaling.NONE
+def _weight_scale(config: DotConfig | None) -> float | None:
+  """The static scale :func:`ptq` packs a kernel with under ``config``: 1 for a direct cast (``scaling="none"``),
+  None (the format's own scaling, e.g. abs-max) otherwise."""
+  return 1.0 if config is not None and config.rhs is not None and config.rhs.scaling is Scaling.NONE else None
 
 
 def check_rule(path: str, kernel, config: DotConfig | None) -> None:
@@ -345,7 +345,7 @@ def ptq(params, rules: Sequence, *, views: Mapping[str, int] | None = None, kern
       raise ValueError(f"{where}/{kernel_name}: {e}") from None
     if fmt is None:
       return leaf
-    scale = 1.0 if _direct_cast(rule.config) else None
+    scale = _weight_scale(rule.config)
     w = jnp.asarray(leaf)
     if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.floating):
       raise ValueError(f"{where}/{kernel_name}: cannot quantize a kernel of shape {w.shape}, dtype {w.dtype}")

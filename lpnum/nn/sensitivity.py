@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum.nn.ptq import _direct_cast, _path_str, weight_format
+from lpnum.nn.ptq import _path_str, weight_format, _weight_scale
 from lpnum.qdot import DotConfig
 from lpnum.scaled import fake_quantize
 from lpnum.validate import as_float_array, check_int, check_key, check_number, short
@@ -238,8 +238,7 @@ def quantized_kernel(kernel, config: DotConfig | None, *, contract: int | None =
   if fmt is None:
     return w
   k = int(np.prod(w.shape[:contract]))
-  scale = 1.0 if _direct_cast(config) else None  # as ptq packs a direct cast
-  return fake_quantize(w.reshape(k, -1), fmt, pad=True, scale=scale).reshape(w.shape)
+  return fake_quantize(w.reshape(k, -1), fmt, pad=True, scale=_weight_scale(config)).reshape(w.shape)
 
 
 def sensitivity(params, trace: HessianTrace | Mapping[str, float], candidates: Mapping[str, DotConfig | None], *,
