@@ -25,15 +25,12 @@
 // bytes are byte-shuffled and unpacked instead (split16): on AMD Zen 1 this decodes at about twice the speed. 8-bit
 // integers are converted; other codes gather from the table.
 //
-// Built and loaded by lpnum.kernels.native; called from lpnum.kernels.cpu_matmul.
+// Built and loaded by lpnum.native; called from lpnum.kernels.cpu_matmul.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -42,6 +39,7 @@
 #include <immintrin.h>
 #endif
 
+#include "native_slabs.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -461,42 +459,6 @@ void run_item(const Problem& p, const Plan& plan, int64_t c0, int64_t cw, bool m
   }
 }
 
-struct Progress {
-  std::atomic<int64_t> next{0};
-  int64_t done = 0;
-  int64_t total = 0;
-  std::mutex mu;
-  std::condition_variable cv;
-};
-
-// Runs item(c0, cw) over the n_pad output columns cut into one slab per thread of XLA's pool (each at least kMinItem
-// columns, a multiple of kAlign): helper threads and the calling thread take slabs until none is left, so a busy
-// pool cannot stall the call; how the columns are cut changes no sum. Returns when every slab is done. The tasks
-// hold copies of item (a helper may start after the call returned, finding nothing left).
-template <class Item>
-void for_column_slabs(ffi::ThreadPool& pool, int64_t n_pad, const Item& item) {
-  auto progress = std::make_shared<Progress>();
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t per_thread = (n_pad + threads - 1) / threads;
-  const int64_t width = std::max<int64_t>(kMinItem, (per_thread + kAlign - 1) / kAlign * kAlign);
-  progress->total = (n_pad + width - 1) / width;
-  auto drain = [progress, width, n_pad, item] {
-    int64_t ran = 0;
-    for (int64_t i; (i = progress->next.fetch_add(1)) < progress->total; ++ran)
-      item(i * width, std::min<int64_t>(width, n_pad - i * width));
-    if (ran) {
-      std::lock_guard<std::mutex> lock(progress->mu);
-      progress->done += ran;
-      if (progress->done == progress->total) progress->cv.notify_all();
-    }
-  };
-  const int64_t helpers = std::min(threads, progress->total) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([drain] { drain(); });
-  drain();
-  std::unique_lock<std::mutex> lock(progress->mu);
-  progress->cv.wait(lock, [&] { return progress->done == progress->total; });
-}
-
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer plane0, ffi::AnyBuffer plane1,
                         ffi::AnyBuffer plane2, ffi::Buffer<ffi::F32> table, ffi::AnyBuffer scales,
                         ffi::Buffer<ffi::F32> scale_table, ffi::Buffer<ffi::F32> scale_pre,
@@ -627,7 +589,8 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   // Byte rows per pass, measured on 2-core AMD EPYC machines at K = N = 4096 and 8192: 32 for 4-bit planes; for
   // 8-bit ones 8 with AVX-512 and 32 with AVX2 (1.2-1.4x faster than 8 there at 1 to 7 rows).
   plan.chunk = std::gcd(bits == 4 || kLanes == 8 ? 32 : 8, group);
-  for_column_slabs(pool, p.n_pad, [p, plan, multi](int64_t c0, int64_t cw) { run_item(p, plan, c0, cw, multi); });
+  lpnum::for_slabs(pool, p.n_pad, kMinItem, kAlign,
+                   [p, plan, multi](int64_t c0, int64_t cw) { run_item(p, plan, c0, cw, multi); });
   return ffi::Error::Success();
 }
 
@@ -708,7 +671,7 @@ ffi::Error Int8Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<
     (*pairs)[i] = static_cast<int32_t>(static_cast<uint16_t>(static_cast<int16_t>(xs[2 * i])) |
                                        (static_cast<uint32_t>(static_cast<int16_t>(xs[2 * i + 1])) << 16));
   p.pairs = pairs->data();
-  for_column_slabs(pool, p.n_pad, [p, pairs](int64_t c0, int64_t cw) {
+  lpnum::for_slabs(pool, p.n_pad, kMinItem, kAlign, [p, pairs](int64_t c0, int64_t cw) {
     for (int64_t m = 0; m < p.m; ++m) std::memset(p.out + m * p.n_pad + c0, 0, cw * sizeof(int32_t));
     for (int64_t k0 = 0; k0 < p.k_pad; k0 += kIntChunk)
       for (int64_t m0 = 0; m0 < p.m;) {

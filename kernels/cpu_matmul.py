@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpnum.kernels import dequant, native
+from lpnum import native
+from lpnum.kernels import dequant
 from lpnum.kernels.planes import PlanedWeights
 
 __all__ = ["matmul", "int8_matmul", "supported", "check", "native_rows", "int8_rows", "available", "TARGET",
@@ -44,7 +45,7 @@ def isa() -> str | None:
   """The instruction set the kernel is built for on this machine (it is built with ``-march=native``):
   ``"avx512"`` or ``"avx2"`` (x86 vector code), or ``"portable"`` (lane by lane loops: exact, but slower than the
   XLA path, so ``"auto"`` never picks it). None when the kernel is not available: native kernels are off or the
-  build failed (see :mod:`lpnum.kernels.native`). Builds and registers the kernel on first call."""
+  build failed (see :mod:`lpnum.native`). Builds and registers the kernel on first call."""
   lib = native.load(_SOURCE, {TARGET: "LpnumPackedMatmul", _int8_target(): "LpnumInt8Matmul"})
   return None if lib is None else ("portable", "avx2", "avx512")[lib.LpnumPackedMatmulIsa()]
 

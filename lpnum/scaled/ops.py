@@ -16,7 +16,7 @@ from lpnum.qarray import QArray
 from lpnum.rounding import Rounding, check_rounding_key, random_bits
 from lpnum.validate import (as_array, as_dtype, check_flag, check_float_scalar, check_positive, float32_with_warning,
                             host_float64, short)
-from lpnum.scaled import presets
+from lpnum.scaled import cpu, presets
 from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
 from lpnum.scaled.format import ScaledFormat
 from lpnum.scaled.scales import decode_f32, scales_from_codes, scales_of
@@ -95,11 +95,28 @@ def dequantize(q: QArray, dtype: jax.typing.DTypeLike | None = None) -> jax.Arra
     raise TypeError(f"q must be a QArray from lpnum.quantize_scaled, got {type(q).__name__}")
   q.check()
   dtype = as_dtype("dtype", q.dtype if dtype is None else dtype, (np.float32, jnp.bfloat16, np.float16))
+  if cpu.takes(q, dtype):
+    return _dequantize_native_jit(q)
   return _dequantize_jit(q, dtype)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
+@jax.custom_jvp
+def _dequantize_native(q: QArray) -> jax.Array:
+  """float32 ``dequantize(q)``: by the native kernel when lowered for the CPU, else by the XLA face (the same
+  bits); differentiated as the XLA face."""
+  return jax.lax.platform_dependent(q, cpu=cpu.dequantize, default=lambda q: _dequantize_xla(q, np.dtype("float32")))
+
+
+@_dequantize_native.defjvp
+def _dequantize_native_jvp(primals, tangents):
+  return jax.jvp(lambda q: _dequantize_xla(q, np.dtype("float32")), primals, tangents)
+
+
+_dequantize_native_jit = jax.jit(_dequantize_native)
+
+
+def _dequantize_xla(q: QArray, dtype: np.dtype) -> jax.Array:
+  """``dequantize(q, dtype)`` by XLA: the block pass of :func:`~lpnum.scaled.xla_cpu.by_scaling`."""
   fmt = q.fmt
   bits = fmt.element.bits
   padded = blocks.check_fit(q.shape, q.block, True)
@@ -126,6 +143,9 @@ def _dequantize_jit(q: QArray, dtype: np.dtype) -> jax.Array:
     codes = jnp.pad(codes, [(0, p - d) for d, p in zip(q.shape, padded)])
   cb = blocks.to_blocks(codes, q.block, padded)
   return blocks.from_blocks(by_scaling(decode, cb, s, fmt, None), q.shape)
+
+
+_dequantize_jit = jax.jit(_dequantize_xla, static_argnums=1)
 
 
 def fake_quantize(

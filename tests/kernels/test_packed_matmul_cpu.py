@@ -1,6 +1,6 @@
 """The packed matmul's native CPU face (kernels/cpu_matmul.cc), against float64 NumPy products of the
 weights as ``lpnum.dequantize`` gives them (the float32 summation bound), and its non-finite results against the
-XLA face's; the build and fallback of :mod:`lpnum.kernels.native`."""
+XLA face's; the build and fallback of :mod:`lpnum.native`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from jax import export
 import lpnum
 from lpnum import kernels
 from lpnum.kernels import cpu_matmul as cpu
-from lpnum.kernels import native
+from lpnum import native
 from lpnum.kernels.packed_matmul import layout
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="the native CPU kernel did not build (warned)")

@@ -1,11 +1,12 @@
-"""Native CPU kernels: C++ sources beside their kernel op, compiled on first use and called through XLA's FFI.
+"""Native CPU code: C++ sources beside the operation they serve, compiled on first use and called through XLA's FFI.
 
 XLA's CPU backend has no way to stream packed low-bit weights through a multiply-accumulate at memory speed (the
-packed matmul's XLA face decodes whole tiles to float32 first), so a kernel op may carry a C++ face. It is compiled
-here, on the machine that runs it, by the system's C++ compiler (``$CXX``, else ``c++``) with ``-O3
--march=native`` against the FFI headers of the installed jaxlib, so it matches that jaxlib and that CPU. The shared
-library is cached under ``$LPNUM_NATIVE_CACHE`` (default ``~/.cache/lpnum/native``), named by a hash of the
-source, the flags, the compiler, the instruction set ``-march=native`` means on this CPU (the compiler's predefined
+packed matmul's XLA face decodes whole tiles to float32 first), nor decode codes through per-block tables at
+memory speed (``lpnum.dequantize``), so an operation may carry a C++ face. It is compiled here, on the machine that
+runs it, by the system's C++ compiler (``$CXX``, else ``c++``) with ``-O3 -march=native`` against the FFI headers
+of the installed jaxlib, so it matches that jaxlib and that CPU; the headers beside this module (``*.h``, shared by
+the sources) are on the include path. The shared library is cached under ``$LPNUM_NATIVE_CACHE`` (default
+``~/.cache/lpnum/native``), named by a hash of the source, those headers, the flags, the compiler, the instruction set ``-march=native`` means on this CPU (the compiler's predefined
 macros for it) and the jaxlib version, so a cache shared between machines never hands one CPU a library built for
 another; concurrent processes build into temporary files and rename, so they never see a half-written library.
 
@@ -36,6 +37,8 @@ __all__ = ["enabled", "load", "FLAGS"]
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
 
 _lock = threading.Lock()
+#: The directory of the headers the sources share (this package's).
+_HEADERS = pathlib.Path(__file__).parent
 
 
 def enabled() -> bool:
@@ -92,7 +95,8 @@ def _library(source: pathlib.Path, cxx: list[str]) -> pathlib.Path:
   import jaxlib  # the headers and ABI the library is built against
 
   key = hashlib.sha256()
-  for part in (source.read_bytes(), " ".join(FLAGS).encode(), version.encode(), target_macros.encode(),
+  headers = [h.read_bytes() for h in sorted(_HEADERS.glob("*.h"))]
+  for part in (source.read_bytes(), *headers, " ".join(FLAGS).encode(), version.encode(), target_macros.encode(),
                jaxlib.__version__.encode(), platform.machine().encode()):
     key.update(part)
     key.update(b"\0")
@@ -110,7 +114,7 @@ def _build(source: pathlib.Path) -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
   os.close(fd)
   try:
-    subprocess.run([*cxx, *FLAGS, "-I", jax.ffi.include_dir(), str(source), "-o", tmp], capture_output=True,
+    subprocess.run([*cxx, *FLAGS, "-I", jax.ffi.include_dir(), "-I", str(_HEADERS), str(source), "-o", tmp], capture_output=True,
                    text=True, check=True)
     os.replace(tmp, target)
   finally:
