@@ -42,7 +42,9 @@ is one ``lax.scan`` over its candidates, so its compile time should not grow wit
 
 A second table times ``lpnum.dequantize`` of the QArray of the same array (MXFP8, MXFP4, NVFP4 and int4 in groups
 of 128 with float32 scales) side by side with the floor and with ``u8_to_f32``, a jitted ``codes.astype(float32)``
-of a uint8 array of the same shape: the least any decode that reads bytes and writes float32 can cost.
+of a uint8 array of the same shape: the least an XLA decode that reads bytes and writes float32 can cost. Each
+QArray is dequantized as users call it (eagerly: on the CPU, lpnum's native kernel) and inside ``jax.jit``
+(``_traced``: XLA operations, what a jitted model fuses).
 
 Per-channel formats are ``lpnum.ScaledFormat(int8|int4, lpnum.per_channel(0))``: channel axis 0, so one scale per
 row of ``x``, reducing over the last axis; ``int8_per_column`` is ``lpnum.per_channel(-1)``, one scale per column
@@ -566,13 +568,16 @@ def xla_cpu_workarounds(x: jax.Array, *, repeats: int) -> dict[str, Any]:
 
 
 def dequantize_vs_floor(x: jax.Array, *, repeats: int) -> dict[str, Any]:
-  """Times ``jax.jit(lpnum.dequantize)`` of each ``DEQUANTIZE_CASES`` QArray of ``x`` side by side with the floor
+  """Times ``lpnum.dequantize`` of each ``DEQUANTIZE_CASES`` QArray of ``x``, called as users call it (eagerly: the
+  native kernel on the CPU) and inside ``jax.jit`` (``<name>_traced``: XLA operations), side by side with the floor
   and ``u8_to_f32``; returns the candidates and each one's ratio to the floor."""
   codes = jax.block_until_ready(jax.random.randint(jax.random.key(1), x.shape, 0, 256).astype(jnp.uint8))
   runs: dict[str, Candidate] = {"floor": (_floor(), (x,)),
                                 "u8_to_f32": (jax.jit(lambda c: c.astype(jnp.float32)), (codes,))}
   for name, fmt in DEQUANTIZE_CASES.items():
-    runs[name] = (jax.jit(lpnum.dequantize), (jax.block_until_ready(lpnum.quantize_scaled(x, fmt)),))
+    q = jax.block_until_ready(lpnum.quantize_scaled(x, fmt))
+    runs[name] = (lpnum.dequantize, (q,))
+    runs[f"{name}_traced"] = (jax.jit(lpnum.dequantize), (q,))
   measured = time_fns(runs, repeats=repeats)
   floor = median_s(measured["floor"])
   return {"candidates": measured,
@@ -698,8 +703,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "calls per candidate, compile excluded. Per-channel: one scale per row (lpnum.per_channel(0), reducing over "
         "the last axis); per-column: lpnum.per_channel(-1), reducing over axis 0; the same for every library.")
   print(format_tables(records))
-  print("\nDequantize of a QArray against the floor (jitted; u8_to_f32: a uint8 array to float32, the least a decode "
-        "that writes float32 can cost):")
+  print("\nDequantize of a QArray against the floor (eager lpnum.dequantize, as users call it; _traced: inside "
+        "jax.jit; u8_to_f32: a jitted uint8 array to float32, the least an XLA decode that writes float32 can cost):")
   print(table(("candidate", "ms", "ratio to floor"),
               [(name, ms(m), times(dequantize["ratio_to_floor"].get(name)) if name != "floor" else "")
                for name, m in dequantize["candidates"].items()]))

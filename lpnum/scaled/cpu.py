@@ -1,4 +1,4 @@
-"""The native CPU face of :func:`lpnum.dequantize` (``cpu_dequantize.cc``, called through XLA's FFI).
+"""The native CPU face of :func:`lpnum.dequantize` called eagerly (``cpu_dequantize.cc``, through XLA's FFI).
 
 XLA's CPU backend decodes block-scaled codes through a value-table gather and a multiply per element, slower than
 writing the float32 output. The native face reads the packed codes once and looks every value up in a table that

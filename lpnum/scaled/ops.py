@@ -15,7 +15,7 @@ from lpnum.carrier import F32, INPUT_CARRIERS
 from lpnum.qarray import QArray
 from lpnum.rounding import Rounding, check_rounding_key, random_bits
 from lpnum.validate import (as_array, as_dtype, check_flag, check_float_scalar, check_positive, float32_with_warning,
-                            host_float64, short)
+                            host_float64, is_concrete, short)
 from lpnum.scaled import cpu, presets
 from lpnum.scaled.elements import apply_scale, by_scaling, round_elements
 from lpnum.scaled.format import ScaledFormat
@@ -90,29 +90,26 @@ def dequantize(q: QArray, dtype: jax.typing.DTypeLike | None = None) -> jax.Arra
   """The values of a quantized array, ``element * scale`` rounded once into ``dtype`` (default: the original).
 
   NaN scale codes (MX blocks that held NaN or inf) give NaN for the whole block.
+
+  Called eagerly (not traced) on the CPU, float32 output of 4- and 8-bit elements whose blocks tile the array
+  (MX, NVFP4, int4 or int8 per group or channel: see :mod:`lpnum.scaled.cpu`) comes from a native kernel, with
+  the same bits; under ``jax.jit``, ``vmap`` or ``grad`` it is XLA operations, which fuse with what consumes them
+  and export to every platform.
   """
   if not isinstance(q, QArray):
     raise TypeError(f"q must be a QArray from lpnum.quantize_scaled, got {type(q).__name__}")
   q.check()
   dtype = as_dtype("dtype", q.dtype if dtype is None else dtype, (np.float32, jnp.bfloat16, np.float16))
-  if cpu.takes(q, dtype):
-    return _dequantize_native_jit(q)
+  if all(map(is_concrete, jax.tree_util.tree_leaves(q))) and cpu.takes(q, dtype):
+    return _dequantize_native(q)
   return _dequantize_jit(q, dtype)
 
 
-@jax.custom_jvp
+@jax.jit
 def _dequantize_native(q: QArray) -> jax.Array:
-  """float32 ``dequantize(q)``: by the native kernel when lowered for the CPU, else by the XLA face (the same
-  bits); differentiated as the XLA face."""
+  """float32 ``dequantize(q)``: by the native kernel where the program runs on the CPU, else by the XLA face (the
+  same bits)."""
   return jax.lax.platform_dependent(q, cpu=cpu.dequantize, default=lambda q: _dequantize_xla(q, np.dtype("float32")))
-
-
-@_dequantize_native.defjvp
-def _dequantize_native_jvp(primals, tangents):
-  return jax.jvp(lambda q: _dequantize_xla(q, np.dtype("float32")), primals, tangents)
-
-
-_dequantize_native_jit = jax.jit(_dequantize_native)
 
 
 def _dequantize_xla(q: QArray, dtype: np.dtype) -> jax.Array:

@@ -68,7 +68,8 @@ def test_scaled_quick(tmp_path, capsys):
   assert mse_compile["status"] in ("PASS", "FAIL")
   assert mse_compile["values"] == {"mse_64": calibration["mse_64"]["compile_s"] / scaled.MSE_COMPILE_MAX_S}
   dequantize = results["dequantize"]
-  assert set(dequantize["candidates"]) == {"floor", "u8_to_f32", *scaled.DEQUANTIZE_CASES}
+  assert set(dequantize["candidates"]) == {"floor", "u8_to_f32", *scaled.DEQUANTIZE_CASES,
+                                          *(f"{name}_traced" for name in scaled.DEQUANTIZE_CASES)}
   for m in dequantize["candidates"].values():
     check_measurement(m)
     assert m["status"] == "ok"
