@@ -22,7 +22,7 @@ import numpy as np
 
 from lpnum import native
 from lpnum.carrier import F32
-from lpnum.formats import IntFormat
+from lpnum.formats import FloatFormat, IntFormat
 from lpnum.qarray import QArray
 from lpnum.scaled.elements import apply_scale
 from lpnum.scaled.scales import decode_f32, scales_from_codes
@@ -77,16 +77,21 @@ def dequantize(q: QArray) -> jax.Array:
   codes = q.data.reshape(rows, -1)
   scale_shape = (rows // block_rows, cols // block_cols)
   elements = decode_f32(fmt.element, jnp.arange(1 << bits, dtype=jnp.uint8))
+  zero = jnp.zeros((0,), jnp.float32)
   if _by_code(q):
     s = scales_from_codes(fmt, jnp.arange(256, dtype=jnp.uint8)[:, None], None, q.tensor_scale).with_factors(fmt)
     table = apply_scale(elements[None, :], s, fmt, F32)
-    scales, zero = q.scales.reshape(scale_shape), jnp.zeros((0,), jnp.float32)
+    scales = q.scales.reshape(scale_shape)
   else:
-    table = elements[None, :]
+    table = jnp.zeros((0,), jnp.float32)
     scales = decode_f32(fmt.scale_format, q.scales).reshape(scale_shape)
-    zero = (jnp.zeros((0,), jnp.float32) if q.zero_point is None
-            else q.zero_point.astype(jnp.float32).reshape(scale_shape))
+    if q.zero_point is not None:
+      zero = q.zero_point.astype(jnp.float32).reshape(scale_shape)
+  # 8-bit float elements: the kernel may decode them by arithmetic on these fields (it checks that against
+  # ``elements`` and the table before it does).
+  el = fmt.element
+  mantissa_bits, bias = (el.mantissa_bits, el.bias) if isinstance(el, FloatFormat) and bits == 8 else (0, 0)
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows, cols), jnp.float32), vmap_method="sequential")
-  out = call(codes, scales, table, zero, bits=np.int32(bits), block_rows=np.int32(block_rows),
-             block_cols=np.int32(block_cols))
+  out = call(codes, scales, elements, table, zero, bits=np.int32(bits), block_rows=np.int32(block_rows),
+             block_cols=np.int32(block_cols), mantissa_bits=np.int32(mantissa_bits), bias=np.int32(bias))
   return out.reshape(q.shape)

@@ -3,21 +3,28 @@
 //
 // The codes (R, ceil(C * bits / 8)) hold 4- or 8-bit element codes along each row, two 4-bit codes per byte (the
 // even column in the low nibble). Each (block_rows x block_cols) block has one entry of the scales (R / block_rows,
-// C / block_cols), and a value comes from a table computed in Python by lpnum.scaled.cpu, so every value is the
-// one lpnum's XLA face computes, bit for bit:
+// C / block_cols). The values come from tables computed in Python by lpnum.scaled.cpu with the XLA face's own
+// functions, so every value is the one the XLA face computes, bit for bit:
 //   - uint8 scale codes: table (256, 2^bits) holds every (scale code, element code) pair's value, and the value of
-//     code c in a block of scale code s is table[s][c] (MX, NVFP4 with its tensor scale folded into the table);
-//   - float32 scale values (integer elements): table (1, 2^bits) holds the element values v, and the value is
+//     code c in a block of scale code s is table[s][c] (MX; NVFP4 with its tensor scale folded into the table).
+//     4-bit codes permute the block's table row in registers. 8-bit float codes (MXFP8) are decoded by arithmetic
+//     on their fields and multiplied by the block's factor where that gives the table's bits for every regular
+//     code (checked once per call against the table: see find_factors), else looked up;
+//   - float32 scale values (integer elements): elements (2^bits) holds the element values v, and the value is
 //     (v - zero) * scale in float32, the IEEE operations of the XLA face (zero: float32 zero points or none).
 //
-// Work: rows are cut into one slab per thread of XLA's pool. Large outputs are first marked for transparent huge
-// pages (madvise): the output is a fresh allocation, and on Linux faulting it in 4 KiB pages costs more than
-// writing it. Changes no value.
+// Work: rows are cut into one slab per thread of XLA's pool; 32-byte aligned rows are written with streaming
+// stores. Outputs of 8 MiB and more are first marked for transparent huge pages (madvise): the output is a fresh
+// allocation, and on Linux faulting it in 4 KiB pages costs more than writing it. Changes no value.
 //
 // Built and loaded by lpnum.native; called from lpnum.scaled.cpu.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -41,7 +48,14 @@ struct Problem {
   const float* zero;           // float32 zero points (with scale_values), or null
   int64_t scale_cols;
   const float* table;
+  const float* elements;  // the element codes' values (2^bits)
   int bits, block_rows, block_cols;
+  // 8-bit float elements decoded by arithmetic (see Minifloat): per scale code, the factor whose product with every
+  // element value is its table row (0 where none is), and the codes whose magnitude is at least irregular take the
+  // table instead.
+  int mantissa_bits, bias;
+  int irregular;
+  const float* factors;
   float* out;
   bool aligned;  // out and every row of it start at a multiple of 32 bytes
 };
@@ -66,7 +80,7 @@ void row_scalar(const Problem& p, int64_t r, int64_t c0, int64_t c1) {
       const float scale = p.scale_values[s];
       const float zero = p.zero ? p.zero[s] : 0.0f;
       for (; c < end; ++c) {
-        float v = p.table[code_at(row, p.bits, c)];
+        float v = p.elements[code_at(row, p.bits, c)];
         if (p.zero) v = v - zero;
         out[c] = v * scale;
       }
@@ -127,7 +141,7 @@ void row_4bit_by_value(const Problem& p, int64_t r) {
   const float* s = p.scale_values + srow;
   const float* z = p.zero ? p.zero + srow : nullptr;
   float* out = p.out + r * p.cols;
-  const __m256 t0 = _mm256_loadu_ps(p.table), t1 = _mm256_loadu_ps(p.table + 8);
+  const __m256 t0 = _mm256_loadu_ps(p.elements), t1 = _mm256_loadu_ps(p.elements + 8);
   const int64_t step = p.block_cols == 1 ? 16 : p.block_cols;
   const int64_t full = p.cols / 16 * 16;
   for (int64_t c = 0; c < full;) {
@@ -159,18 +173,81 @@ void row_4bit_by_value(const Problem& p, int64_t r) {
   row_scalar(p, r, full, p.cols);
 }
 
-// Row r for 8-bit codes by scale code: block by block (block_cols is a multiple of 8), 8 columns at a time.
+// The values of 8 codes of an 8-bit sign-magnitude float format with mantissa_bits and bias, by arithmetic on the
+// codes: normal codes shift into float32's fields and add the exponent's bias difference, subnormal ones convert
+// their mantissa and scale it (exact). Only codes below the irregular magnitude (NaN, infinity) are right: the
+// caller checks.
+inline __m256 minifloat8(__m256i c, int mantissa_bits, __m256i rebias, __m256 subnormal_unit) {
+  const __m256i magnitude = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
+  const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(magnitude, 23 - mantissa_bits), rebias);
+  const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(magnitude), subnormal_unit);
+  const __m256i is_subnormal = _mm256_cmpgt_epi32(_mm256_set1_epi32(1 << mantissa_bits), magnitude);
+  const __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(normal), subnormal, _mm256_castsi256_ps(is_subnormal));
+  return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+}
+
+// Row r for 8-bit codes by scale code: block by block (block_cols is a multiple of 8), 8 columns at a time. Where
+// the block's scale code has a factor (see Problem), its float elements are decoded by arithmetic and multiplied by
+// it, else (and for 8 codes holding an irregular one) looked up in its table row.
 void row_8bit_by_code(const Problem& p, int64_t r) {
   const uint8_t* row = p.codes + r * p.row_bytes;
   const uint8_t* s = p.scale_codes + r / p.block_rows * p.scale_cols;
   float* out = p.out + r * p.cols;
+  const __m256i rebias = _mm256_set1_epi32((127 - p.bias) << 23);
+  const __m256 subnormal_unit = _mm256_set1_ps(std::ldexp(1.0f, 1 - p.bias - p.mantissa_bits));
+  const __m256i irregular = _mm256_set1_epi32(p.irregular - 1);
   for (int64_t c = 0; c < p.cols; ++s) {
     const float* t = p.table + *s * 256;
-    for (const int64_t end = c + p.block_cols; c < end; c += 8) {
-      const uint8_t* b = row + c;
-      store8(p, out + c, _mm256_setr_ps(t[b[0]], t[b[1]], t[b[2]], t[b[3]], t[b[4]], t[b[5]], t[b[6]], t[b[7]]));
+    const float factor = p.factors ? p.factors[*s] : 0.0f;
+    const int64_t end = c + p.block_cols;
+    if (factor != 0.0f) {
+      const __m256 f = _mm256_set1_ps(factor);
+      for (; c < end; c += 8) {
+        const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c)));
+        const __m256i magnitude = _mm256_and_si256(codes, _mm256_set1_epi32(0x7F));
+        if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(magnitude, irregular))) {
+          for (int64_t i = c; i < c + 8; ++i) out[i] = t[row[i]];
+          continue;
+        }
+        store8(p, out + c, _mm256_mul_ps(minifloat8(codes, p.mantissa_bits, rebias, subnormal_unit), f));
+      }
+    } else {
+      for (; c < end; ++c) out[c] = t[row[c]];
     }
   }
+}
+
+// The factors of Problem for 8-bit float elements: the arithmetic decode is checked against the element values
+// (irregular: the least magnitude where it differs), and scale code s gets the factor f (its table row's value at
+// the element 1) where every regular code's value times f is, bit for bit, its table entry. So the vector path
+// returns the table, whatever the thread's floating-point mode.
+void find_factors(Problem& p, float* factors) {
+  const __m256i rebias = _mm256_set1_epi32((127 - p.bias) << 23);
+  const __m256 subnormal_unit = _mm256_set1_ps(std::ldexp(1.0f, 1 - p.bias - p.mantissa_bits));
+  alignas(32) float decoded[256];
+  for (int c = 0; c < 256; c += 8)
+    _mm256_store_ps(decoded + c, minifloat8(_mm256_setr_epi32(c, c + 1, c + 2, c + 3, c + 4, c + 5, c + 6, c + 7),
+                                            p.mantissa_bits, rebias, subnormal_unit));
+  p.irregular = 128;
+  int one = -1;
+  for (int c = 0; c < 256; ++c) {
+    if (std::memcmp(decoded + c, p.elements + c, sizeof(float))) p.irregular = std::min(p.irregular, c & 0x7F);
+    if (p.elements[c] == 1.0f && one < 0) one = c;
+  }
+  if (one < 0 || one >= p.irregular) return;
+  for (int s = 0; s < 256; ++s) {
+    const float* t = p.table + s * 256;
+    const float f = t[one];
+    bool exact = f != 0.0f && f == f;
+    for (int c = 0; exact && c < 256; ++c) {
+      if ((c & 0x7F) >= p.irregular) continue;
+      const float v = decoded[c] * f;
+      exact = std::memcmp(&v, t + c, sizeof(float)) == 0;
+    }
+    factors[s] = exact ? f : 0.0f;
+  }
+  p.factors = factors;
 }
 #endif
 
@@ -212,14 +289,14 @@ void advise_huge_pages(void* data, int64_t bytes) {
 }
 
 ffi::Error Dequantize(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> codes, ffi::AnyBuffer scales,
-                      ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> zero, ffi::ResultBuffer<ffi::F32> out,
-                      int32_t bits, int32_t block_rows, int32_t block_cols) {
+                      ffi::Buffer<ffi::F32> elements, ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::F32> zero,
+                      ffi::ResultBuffer<ffi::F32> out, int32_t bits, int32_t block_rows, int32_t block_cols,
+                      int32_t mantissa_bits, int32_t bias) {
   auto cd = codes.dimensions();
   auto sd = scales.dimensions();
-  auto td = table.dimensions();
   auto od = out->dimensions();
-  if (cd.size() != 2 || sd.size() != 2 || td.size() != 2 || od.size() != 2)
-    return ffi::Error::InvalidArgument("lpnum dequantize: codes, scales, table and out must be 2-D");
+  if (cd.size() != 2 || sd.size() != 2 || od.size() != 2)
+    return ffi::Error::InvalidArgument("lpnum dequantize: codes, scales and out must be 2-D");
   if (bits != 4 && bits != 8)
     return ffi::Error::InvalidArgument("lpnum dequantize: bits must be 4 or 8");
   Problem p{};
@@ -236,21 +313,29 @@ ffi::Error Dequantize(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> codes, ffi::Any
   const bool by_code = scales.element_type() == ffi::DataType::U8;
   if (!by_code && scales.element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("lpnum dequantize: scales must be uint8 codes or float32 values");
-  if (td[0] != (by_code ? 256 : 1) || td[1] != (int64_t{1} << bits))
-    return ffi::Error::InvalidArgument("lpnum dequantize: the table must be (256 or 1, 2^bits)");
+  if (elements.element_count() != (int64_t{1} << bits) || table.element_count() != (by_code ? 256 << bits : 0))
+    return ffi::Error::InvalidArgument("lpnum dequantize: elements must hold 2^bits values, the table 256 rows "
+                                       "of them with uint8 scale codes (else none)");
   if (zero.element_count() != 0 && (by_code || zero.element_count() != scales.element_count()))
     return ffi::Error::InvalidArgument("lpnum dequantize: zero points go with float32 scales, one per block");
   p.codes = codes.typed_data();
   p.scale_codes = by_code ? static_cast<const uint8_t*>(scales.untyped_data()) : nullptr;
   p.scale_values = by_code ? nullptr : static_cast<const float*>(scales.untyped_data());
   p.zero = zero.element_count() ? zero.typed_data() : nullptr;
+  p.elements = elements.typed_data();
   p.table = table.typed_data();
+  p.mantissa_bits = mantissa_bits;
+  p.bias = bias;
   p.out = out->typed_data();
   p.aligned = reinterpret_cast<uintptr_t>(p.out) % 32 == 0 && p.cols % 8 == 0;
   if (p.rows * p.cols == 0) return ffi::Error::Success();
+  auto factors = std::make_shared<std::vector<float>>(256);  // held by the slabs' tasks
+#if defined(__AVX2__)
+  if (by_code && bits == 8 && mantissa_bits > 0 && mantissa_bits < 7) find_factors(p, factors->data());
+#endif
   advise_huge_pages(p.out, p.rows * p.cols * static_cast<int64_t>(sizeof(float)));
   const int64_t min_rows = std::max<int64_t>(1, (int64_t{1} << 14) / p.cols);  // at least 16K values per slab
-  lpnum::for_slabs(pool, p.rows, min_rows, 1, [p](int64_t r0, int64_t n) { run_rows(p, r0, n); });
+  lpnum::for_slabs(pool, p.rows, min_rows, 1, [p, factors](int64_t r0, int64_t n) { run_rows(p, r0, n); });
   return ffi::Error::Success();
 }
 
@@ -263,7 +348,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LpnumDequantize, Dequantize,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("bits")
                                   .Attr<int32_t>("block_rows")
-                                  .Attr<int32_t>("block_cols"));
+                                  .Attr<int32_t>("block_cols")
+                                  .Attr<int32_t>("mantissa_bits")
+                                  .Attr<int32_t>("bias"));
