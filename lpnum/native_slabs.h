@@ -22,15 +22,18 @@ struct Progress {
   std::condition_variable cv;
 };
 
-// Runs item(start, count) over [0, n) cut into one slab per thread of XLA's pool (each at least min_item long, a
-// multiple of align): helper threads and the calling thread take slabs until none is left, so a busy pool cannot
-// stall the call. Returns when every slab is done. The tasks hold copies of item (a helper may start after the call
-// returned, finding nothing left).
+// Runs item(start, count) over [0, n) cut into per_thread_slabs slabs per thread of XLA's pool (each at least
+// min_item long, a multiple of align): helper threads and the calling thread take slabs until none is left, so a
+// busy pool cannot stall the call (and with several slabs per thread, a helper that starts late still takes its
+// share). Returns when every slab is done. The tasks hold copies of item (a helper may start after the call returned,
+// finding nothing left).
 template <class Item>
-void for_slabs(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_item, int64_t align, const Item& item) {
+void for_slabs(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_item, int64_t align, const Item& item,
+               int64_t per_thread_slabs = 1) {
   auto progress = std::make_shared<Progress>();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t per_thread = (n + threads - 1) / threads;
+  const int64_t slabs = threads * std::max<int64_t>(1, per_thread_slabs);
+  const int64_t per_thread = (n + slabs - 1) / slabs;
   const int64_t width = std::max<int64_t>(min_item, (per_thread + align - 1) / align * align);
   progress->total = (n + width - 1) / width;
   auto drain = [progress, width, n, item] {

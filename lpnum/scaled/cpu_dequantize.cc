@@ -13,7 +13,7 @@
 //   - float32 scale values (integer elements): elements (2^bits) holds the element values v, and the value is
 //     (v - zero) * scale in float32, the IEEE operations of the XLA face (zero: float32 zero points or none).
 //
-// Work: rows are cut into one slab per thread of XLA's pool; 32-byte aligned rows are written with streaming
+// Work: rows are cut into 16 slabs per thread of XLA's pool; 32-byte aligned rows are written with streaming
 // stores. Outputs of 8 MiB and more are first marked for transparent huge pages (madvise): the output is a fresh
 // allocation, and on Linux faulting it in 4 KiB pages costs more than writing it. Changes no value.
 //
@@ -173,75 +173,86 @@ void row_4bit_by_value(const Problem& p, int64_t r) {
   row_scalar(p, r, full, p.cols);
 }
 
-// The values of 8 codes of an 8-bit sign-magnitude float format with mantissa_bits and bias, by arithmetic on the
-// codes: normal codes shift into float32's fields and add the exponent's bias difference, subnormal ones convert
-// their mantissa and scale it (exact). Only codes below the irregular magnitude (NaN, infinity) are right: the
-// caller checks.
-inline __m256 minifloat8(__m256i c, int mantissa_bits, __m256i rebias, __m256 subnormal_unit) {
-  const __m256i magnitude = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
-  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
-  const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(magnitude, 23 - mantissa_bits), rebias);
-  const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(magnitude), subnormal_unit);
-  const __m256i is_subnormal = _mm256_cmpgt_epi32(_mm256_set1_epi32(1 << mantissa_bits), magnitude);
-  const __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(normal), subnormal, _mm256_castsi256_ps(is_subnormal));
-  return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+// 8-bit sign-magnitude float codes (E4M3, E5M2) by arithmetic: their values are bfloat16 numbers, and a code of
+// magnitude zero or at least 2^mantissa_bits (not subnormal) has the bfloat16 bits
+//   sign << 15 | ((magnitude << (7 - mantissa_bits)) + ((127 - bias) << 7))   (0 for magnitude 0).
+// Codes of other magnitudes (subnormal, and from `irregular` on: NaN, infinity) are irregular and looked up.
+inline uint32_t minifloat8_bits(int code, int mantissa_bits, int bias) {
+  const int magnitude = code & 0x7F;
+  const int bf16 = (magnitude ? (magnitude << (7 - mantissa_bits)) + ((127 - bias) << 7) : 0) | (code & 0x80) << 8;
+  return static_cast<uint32_t>(bf16) << 16;
 }
 
-// Row r for 8-bit codes by scale code: block by block (block_cols is a multiple of 8), 8 columns at a time. Where
-// the block's scale code has a factor (see Problem), its float elements are decoded by arithmetic and multiplied by
-// it, else (and for 8 codes holding an irregular one) looked up in its table row.
+// Row r for 8-bit codes by scale code: block by block (block_cols is a multiple of 32), 32 columns at a time.
+// Where the block's scale code has a factor (see Problem) and none of the 32 codes is irregular, the codes are
+// decoded by minifloat8_bits's arithmetic, 16 bfloat16 lanes at a time, and multiplied by the factor; else each is
+// looked up in the block's table row.
 void row_8bit_by_code(const Problem& p, int64_t r) {
   const uint8_t* row = p.codes + r * p.row_bytes;
   const uint8_t* s = p.scale_codes + r / p.block_rows * p.scale_cols;
   float* out = p.out + r * p.cols;
-  const __m256i rebias = _mm256_set1_epi32((127 - p.bias) << 23);
-  const __m256 subnormal_unit = _mm256_set1_ps(std::ldexp(1.0f, 1 - p.bias - p.mantissa_bits));
-  const __m256i irregular = _mm256_set1_epi32(p.irregular - 1);
+  const __m256i low7 = _mm256_set1_epi8(0x7F);
+  const __m256i above = _mm256_set1_epi8(static_cast<char>(p.irregular - 1));
+  const __m256i normal = _mm256_set1_epi8(static_cast<char>(1 << p.mantissa_bits));
+  const __m256i zero = _mm256_setzero_si256();
+  const __m128i shift = _mm_cvtsi32_si128(7 - p.mantissa_bits);
+  const __m256i rebias = _mm256_set1_epi16(static_cast<int16_t>((127 - p.bias) << 7));
   for (int64_t c = 0; c < p.cols; ++s) {
     const float* t = p.table + *s * 256;
     const float factor = p.factors ? p.factors[*s] : 0.0f;
-    const int64_t end = c + p.block_cols;
-    if (factor != 0.0f) {
-      const __m256 f = _mm256_set1_ps(factor);
-      for (; c < end; c += 8) {
-        const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c)));
-        const __m256i magnitude = _mm256_and_si256(codes, _mm256_set1_epi32(0x7F));
-        if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(magnitude, irregular))) {
-          for (int64_t i = c; i < c + 8; ++i) out[i] = t[row[i]];
-          continue;
-        }
-        store8(p, out + c, _mm256_mul_ps(minifloat8(codes, p.mantissa_bits, rebias, subnormal_unit), f));
+    const __m256 f = _mm256_set1_ps(factor);
+    for (const int64_t end = c + p.block_cols; c < end; c += 32) {
+      const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
+      const __m256i magnitude = _mm256_and_si256(codes, low7);
+      const __m256i subnormal =
+          _mm256_and_si256(_mm256_cmpgt_epi8(magnitude, zero), _mm256_cmpgt_epi8(normal, magnitude));
+      const __m256i irregular = _mm256_or_si256(subnormal, _mm256_cmpgt_epi8(magnitude, above));
+      if (factor == 0.0f || _mm256_movemask_epi8(irregular)) {
+        for (int64_t i = c; i < c + 32; ++i) out[i] = t[row[i]];
+        continue;
       }
-    } else {
-      for (; c < end; ++c) out[c] = t[row[c]];
+      for (int half = 0; half < 2; ++half) {
+        const __m256i w = half ? _mm256_cvtepu8_epi16(_mm256_extracti128_si256(codes, 1))
+                               : _mm256_cvtepu8_epi16(_mm256_castsi256_si128(codes));
+        const __m256i m = _mm256_and_si256(w, _mm256_set1_epi16(0x7F));
+        __m256i bf = _mm256_add_epi16(_mm256_sll_epi16(m, shift), rebias);
+        bf = _mm256_andnot_si256(_mm256_cmpeq_epi16(m, zero), bf);
+        bf = _mm256_or_si256(bf, _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8));
+        const __m256i lo = _mm256_unpacklo_epi16(zero, bf);  // columns 0-3 | 8-11
+        const __m256i hi = _mm256_unpackhi_epi16(zero, bf);  // columns 4-7 | 12-15
+        float* o = out + c + 16 * half;
+        store8(p, o, _mm256_mul_ps(_mm256_castsi256_ps(_mm256_permute2x128_si256(lo, hi, 0x20)), f));
+        store8(p, o + 8, _mm256_mul_ps(_mm256_castsi256_ps(_mm256_permute2x128_si256(lo, hi, 0x31)), f));
+      }
     }
   }
 }
 
-// The factors of Problem for 8-bit float elements: the arithmetic decode is checked against the element values
-// (irregular: the least magnitude where it differs), and scale code s gets the factor f (its table row's value at
-// the element 1) where every regular code's value times f is, bit for bit, its table entry. So the vector path
-// returns the table, whatever the thread's floating-point mode.
+// The factors of Problem for 8-bit float elements: minifloat8_bits is checked against the element values
+// (irregular: the least magnitude from which it differs on a code that is not subnormal), and scale code s gets
+// the factor f (its table row's value at the element 1) where every regular code's value times f is, bit for bit,
+// its table entry. So the vector path returns the table, whatever the thread's floating-point mode.
 void find_factors(Problem& p, float* factors) {
-  const __m256i rebias = _mm256_set1_epi32((127 - p.bias) << 23);
-  const __m256 subnormal_unit = _mm256_set1_ps(std::ldexp(1.0f, 1 - p.bias - p.mantissa_bits));
-  alignas(32) float decoded[256];
-  for (int c = 0; c < 256; c += 8)
-    _mm256_store_ps(decoded + c, minifloat8(_mm256_setr_epi32(c, c + 1, c + 2, c + 3, c + 4, c + 5, c + 6, c + 7),
-                                            p.mantissa_bits, rebias, subnormal_unit));
+  float decoded[256];
   p.irregular = 128;
   int one = -1;
   for (int c = 0; c < 256; ++c) {
-    if (std::memcmp(decoded + c, p.elements + c, sizeof(float))) p.irregular = std::min(p.irregular, c & 0x7F);
+    const uint32_t bits = minifloat8_bits(c, p.mantissa_bits, p.bias);
+    std::memcpy(decoded + c, &bits, sizeof bits);
+    const int magnitude = c & 0x7F;
+    const bool subnormal = magnitude > 0 && magnitude < (1 << p.mantissa_bits);
+    if (!subnormal && std::memcmp(decoded + c, p.elements + c, sizeof(float)))
+      p.irregular = std::min(p.irregular, magnitude);
     if (p.elements[c] == 1.0f && one < 0) one = c;
   }
-  if (one < 0 || one >= p.irregular) return;
+  if (one < 0 || (one & 0x7F) >= p.irregular || p.irregular <= (1 << p.mantissa_bits)) return;
   for (int s = 0; s < 256; ++s) {
     const float* t = p.table + s * 256;
     const float f = t[one];
     bool exact = f != 0.0f && f == f;
     for (int c = 0; exact && c < 256; ++c) {
-      if ((c & 0x7F) >= p.irregular) continue;
+      const int magnitude = c & 0x7F;
+      if (magnitude >= p.irregular || (magnitude > 0 && magnitude < (1 << p.mantissa_bits))) continue;
       const float v = decoded[c] * f;
       exact = std::memcmp(&v, t + c, sizeof(float)) == 0;
     }
@@ -262,7 +273,7 @@ void run_rows(const Problem& p, int64_t r0, int64_t n) {
       row_4bit_by_value(p, r);
       continue;
     }
-    if (p.bits == 8 && p.scale_codes && p.block_cols % 8 == 0) {
+    if (p.bits == 8 && p.factors && p.block_cols % 32 == 0) {
       row_8bit_by_code(p, r);
       continue;
     }
@@ -335,7 +346,9 @@ ffi::Error Dequantize(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> codes, ffi::Any
 #endif
   advise_huge_pages(p.out, p.rows * p.cols * static_cast<int64_t>(sizeof(float)));
   const int64_t min_rows = std::max<int64_t>(1, (int64_t{1} << 14) / p.cols);  // at least 16K values per slab
-  lpnum::for_slabs(pool, p.rows, min_rows, 1, [p, factors](int64_t r0, int64_t n) { run_rows(p, r0, n); });
+  // 16 slabs per thread: a pool thread that wakes late still takes its share.
+  lpnum::for_slabs(
+      pool, p.rows, min_rows, 1, [p, factors](int64_t r0, int64_t n) { run_rows(p, r0, n); }, 16);
   return ffi::Error::Success();
 }
 

@@ -4,6 +4,7 @@ XLA face's; the build and fallback of :mod:`lpnum.native`."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import platform
@@ -408,3 +409,19 @@ def test_auto_leaves_table_formats_to_xla():
     w = kernels.pack_weights(_weights(name))
     text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(jax.ShapeDtypeStruct((1, 200), jnp.float32), w).as_text()
     assert (cpu.TARGET in text) == native_call, name
+
+
+def test_the_cache_is_keyed_by_the_shared_headers(tmp_path, monkeypatch):
+  # A source that includes a shared header (native_slabs.h) is rebuilt when the header changes.
+  source = tmp_path / "small.cc"
+  source.write_text('#include "shared.h"\nextern "C" int lpnum_test_small() { return kSeven; }\n')
+  headers = tmp_path / "headers"
+  headers.mkdir()
+  (headers / "shared.h").write_text("constexpr int kSeven = 7;\n")
+  monkeypatch.setenv("LPNUM_NATIVE_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(native, "_HEADERS", headers)
+  first = native._build(source)
+  assert ctypes.CDLL(str(first)).lpnum_test_small() == 7
+  (headers / "shared.h").write_text("constexpr int kSeven = 8;\n")
+  second = native._build(source)
+  assert second != first and ctypes.CDLL(str(second)).lpnum_test_small() == 8
