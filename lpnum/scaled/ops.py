@@ -91,18 +91,24 @@ def dequantize(q: QArray, dtype: jax.typing.DTypeLike | None = None) -> jax.Arra
 
   NaN scale codes (MX blocks that held NaN or inf) give NaN for the whole block.
 
-  Called eagerly (not traced) on the CPU, float32 output of 4- and 8-bit elements whose blocks tile the array
-  (MX, NVFP4, int4 or int8 per group or channel: see :mod:`lpnum.scaled.cpu`) comes from a native kernel, with
-  the same bits; under ``jax.jit``, ``vmap`` or ``grad`` it is XLA operations, which fuse with what consumes them
-  and export to every platform.
+  Called eagerly (not traced) on one CPU device, float32 output of 4- and 8-bit elements whose blocks tile the
+  array (MX, NVFP4, int4 or int8 per group or channel: see :mod:`lpnum.scaled.cpu`) comes from a native kernel,
+  with the same bits; under ``jax.jit``, ``vmap`` or ``grad`` it is XLA operations, which fuse with what consumes
+  them and export to every platform, and so is a call on arrays sharded over several devices.
   """
   if not isinstance(q, QArray):
     raise TypeError(f"q must be a QArray from lpnum.quantize_scaled, got {type(q).__name__}")
   q.check()
   dtype = as_dtype("dtype", q.dtype if dtype is None else dtype, (np.float32, jnp.bfloat16, np.float16))
-  if all(map(is_concrete, jax.tree_util.tree_leaves(q))) and cpu.takes(q, dtype):
+  if all(map(_on_one_device, jax.tree_util.tree_leaves(q))) and cpu.takes(q, dtype):
     return _dequantize_native(q)
   return _dequantize_jit(q, dtype)
+
+
+def _on_one_device(a) -> bool:
+  """Whether ``a`` holds values now on at most one device (not traced, not sharded: a sharded call stays XLA, whose
+  output keeps the sharding)."""
+  return is_concrete(a) and len(getattr(getattr(a, "sharding", None), "device_set", ())) <= 1
 
 
 @jax.jit

@@ -5,6 +5,10 @@ its values against float64 products of ml_dtypes-decoded codes (one rounding to 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -186,3 +190,22 @@ def test_the_eager_call_runs_the_kernel(monkeypatch):
   lpnum.dequantize(q)
   assert calls
   assert "lpnum_dequantize" in native.lower(q).as_text()
+
+
+def test_a_sharded_qarray_stays_xla_and_keeps_its_sharding():
+  code = textwrap.dedent("""
+      import jax, numpy as np, lpnum
+      from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+      mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Auto,))
+      q = lpnum.quantize_scaled(jax.random.normal(jax.random.key(0), (64, 256)), "mxfp4_e2m1")
+      want = np.asarray(lpnum.dequantize(q))
+      sharded = jax.tree_util.tree_map(lambda a: jax.device_put(a, NamedSharding(mesh, P("x"))), q)
+      got = lpnum.dequantize(sharded)
+      assert got.sharding.spec == P("x"), got.sharding
+      np.testing.assert_array_equal(np.asarray(got), want)
+      print("ok")
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith("ok")
