@@ -50,9 +50,9 @@ struct Problem {
   const float* table;
   const float* elements;  // the element codes' values (2^bits)
   int bits, block_rows, block_cols;
-  // 8-bit float elements decoded by arithmetic (see Minifloat): per scale code, the factor whose product with every
-  // element value is its table row (0 where none is), and the codes whose magnitude is at least irregular take the
-  // table instead.
+  // 8-bit float elements decoded by arithmetic (minifloat8_bits; set by find_factors): per scale code, the factor
+  // whose product with every regular element value is its table row (0 where none is); codes of magnitude at least
+  // irregular, and subnormal ones, take the table instead.
   int mantissa_bits, bias;
   int irregular;
   const float* factors;
