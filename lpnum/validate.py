@@ -193,9 +193,12 @@ def host_float64(x: object) -> np.ndarray | None:
   :func:`as_array` names)."""
   if isinstance(x, float | list | tuple) and not isinstance(x, bool):
     try:
-      x = np.asarray(x, np.float64)
+      items = np.asarray(x)
     except (TypeError, ValueError):
       return None
+    if items.dtype.kind not in "biuf":  # strings (NumPy would parse "0" as 0.0), objects, complex numbers
+      return None
+    x = items.astype(np.float64)
   if isinstance(x, np.ndarray | np.float64) and np.dtype(x.dtype) == np.float64:
     return np.asarray(x)
   return None

@@ -440,3 +440,13 @@ def test_malformed_argument_raises_a_clear_error(entry, arg, data):
     assert arg in str(err), f"{entry.name}({arg}={value!r}) raised {type(err).__name__} not naming {arg!r}: {err}"
   else:
     pytest.fail(f"{entry.name}({arg}={value!r}) was accepted")
+
+
+@pytest.mark.parametrize("call", [lambda v: lpnum.encode(v, "float8_e4m3fn"), lambda v: lpnum.quantize(v, "int8"),
+                                  lambda v: lpnum.quantize_scaled(v, "mxfp8_e4m3", pad=True)],
+                         ids=["encode", "quantize", "quantize_scaled"])
+@pytest.mark.parametrize("value", [["0"], ("1.5", "2"), ["1", 2.0]])
+def test_a_sequence_of_strings_is_not_taken_as_numbers(call, value):
+  # NumPy parses "0" as 0.0 when asked for float64; hypothesis found encode(x=['0']) accepted that way.
+  with pytest.raises(TypeError, match="x="):
+    call(value)
