@@ -17,8 +17,9 @@
 // tile and chunk by chunk (byte rows within one scale group per bit field); each chunk's byte rows are loaded once,
 // with a software prefetch ahead along the row, and rows of x are taken 8, 4, 2 or 1 at a time over the chunk
 // while it is in L1, their partial sums held in registers. A chunk's sum of x * (value - zero) is multiplied by its
-// scale once where that scale is a power of two (MX: see scalable); otherwise every weight is computed as
-// above, and the weights of a byte's fields share their column's partial sums.
+// scale (and then the tensor scale) once where every product stays in float32's normal range (see scalable), as
+// block-scaled hardware and int4 kernels apply block scales; otherwise (pre or post factors, values out of range)
+// every weight is computed as above, and the weights of a byte's fields share their column's partial sums.
 //
 // Decoding: 4-bit codes permute a 16-entry table (AVX-512: one permute; AVX2: two 8-entry permutes and a blend).
 // With AVX2 and one row of x, where every value is a bfloat16 number (int4, uint4, FP4 E2M1), the values' top two
@@ -61,6 +62,7 @@ constexpr int kIsa = 0;
 constexpr int kMinItem = 1024;  // output columns per work item, at least (wider ones stream better)
 constexpr int kAlign = 128;    // N_pad is a multiple of this
 constexpr int kAhead = 256;    // software prefetch distance along a plane's row, in bytes
+constexpr int kScaleAhead = 512;  // and along a row of scales, in columns
 
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
@@ -93,7 +95,7 @@ struct Problem {
   const float* scale_values;   // float32 scale values
   const float* zero;           // or null
   float tensor, post;
-  bool factor;        // whether chunk sums may be scaled once (see scalable)
+  bool factor;        // whether chunk sums may be scaled once (see scalable): x's range allows it
   int32_t mode;       // how weights are scaled otherwise (Mode)
   float s_min, s_max;
   float* out;
@@ -262,24 +264,27 @@ inline vf scale_vec(const Problem& p, int64_t g, int64_t col, vf* pre) {
 
 inline int64_t scale_row(const Problem& p, int64_t k) { return p.group < p.k_pad ? k / p.group : 0; }
 
-// Whether a chunk's sum of x * (v - zero) may be multiplied by its scales S once, instead of scaling every weight
-// (formats with power-of-two scales only): true when each lane's S is 0 or a power of two whose magnitude lies
-// within [s_min, s_max], the range (set per call from x's and the elements' magnitudes) where every x * v, v * S and
-// x * v * S is a finite normal float32.
-// Multiplying by such an S is exact, so the products are the same rounded numbers as x * (v * S), only summed in
-// another order: within the float32 summation bound, and no product differs from the reference's. Other scales
-// (float32, E4M3: NVFP4, int8 per channel...) scale every weight, as dequantize does. NaN or infinite S never
-// qualify, nor do scales applied in two factors (pre != 1).
-inline bool scalable(const Problem& p, vf S, vf pre) {
-  const vi bits = reinterpret_cast<vi>(S);
-  const vf a = reinterpret_cast<vf>(bits & 0x7fffffff);
-  return p.factor &&
-         all_lanes((pre == 1.0f) & ((a == 0.0f) | ((a >= p.s_min) & (a <= p.s_max) & ((bits & 0x7fffff) == 0))));
+// Whether a chunk's sum of x * (v - zero) may be multiplied by its scales S (then by the tensor scale T) once,
+// instead of scaling every weight: true when each lane's S and S * T is 0 or lies within [s_min, s_max], the range
+// (set per call from x's and the elements' magnitudes and the chunk's length) where every x * v, v * S, x * v * S,
+// their products with T and every chunk sum times S and T is a finite normal float32. Then no product over- or
+// underflows that the reference's does not, and the result differs from the reference's sum of x * ((v * S) * T)
+// only by rounding, within the float32 summation bound: the chunk sum's errors, the two scale roundings (exact for
+// power-of-two S: MX's products are the reference's) and the weights' own rounding, all relative to x * v * S * T.
+// NaN or infinite S never qualify, nor do scales applied in two factors (pre != 1).
+// scalable gives the lanes where that holds, to be and-ed over a chunk's scales and tested once (all_lanes).
+inline vi scalable(const Problem& p, vf S, vf pre) {
+  auto in_range = [&](vf v) {
+    const vf a = reinterpret_cast<vf>(reinterpret_cast<vi>(v) & 0x7fffffff);
+    return (a == 0.0f) | ((a >= p.s_min) & (a <= p.s_max));
+  };
+  const vi ok = (pre == 1.0f) & in_range(S);
+  return p.tensor == 1.0f ? ok : ok & in_range(S * p.tensor);
 }
 
 // One pass over `chunk` byte rows from r0 of K tile t (MULTI: `chunk` K rows from r0), for rows [m0, m0 + MB) of
 // x and columns [c0, c0 + cw): adds into out. The chunk lies within one scale group per bit field. Where its
-// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by the scale once; elsewhere
+// scales are scalable (above), the chunk sums x * (v - zero) and multiplies the sum by the scales once; elsewhere
 // each weight is computed as dequantize computes it and the products are summed. The MB x NV partial sums stay in
 // registers over the chunk.
 // MULTI is the generic path, for codes split over several planes or held in 2- and 1-bit planes.
@@ -300,15 +305,20 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
 
   for (int64_t col = c0; col < c0 + cw; col += NV * kLanes) {
     vf s[per_byte][NV], pre[per_byte][NV], z[per_byte][NV];
-    bool factor = p.factor;  // power-of-two scale formats (whose tensor scale and post factor are 1) only
+    vi ok = vi{} == 0;
     for (int j = 0; j < per_byte; ++j) {
       const int64_t g = scale_row(p, t * tk + j * rows + r0);
+      // The scales kScaleAhead columns on: streamed once per chunk, they missed the cache without this.
+      const int64_t ahead = std::min(col + kScaleAhead, p.n_pad - 1) + g * p.n_pad;
+      __builtin_prefetch(p.scale_codes ? static_cast<const void*>(p.scale_codes + ahead)
+                                       : static_cast<const void*>(p.scale_values + ahead));
       for (int c = 0; c < NV; ++c) {
         s[j][c] = scale_vec(p, g, col + c * kLanes, &pre[j][c]);
         z[j][c] = ZERO ? load_vf(p.zero + g * p.n_pad + col + c * kLanes) : vf{};
-        if (factor) factor = scalable(p, s[j][c], pre[j][c]);
+        ok &= scalable(p, s[j][c], pre[j][c]);
       }
     }
+    const bool factor = p.factor && all_lanes(ok);
     vf part[per_byte][MB][NV];
     for (int j = 0; j < per_byte; ++j)
       for (int mm = 0; mm < MB; ++mm)
@@ -400,7 +410,7 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
       for (int c = 0; c < NV; ++c) {
         vf sum = load_vf(o + c * kLanes);
         if (factor) {
-          for (int j = 0; j < per_byte; ++j) sum += part[j][mm][c] * s[j][c];
+          for (int j = 0; j < per_byte; ++j) sum += (part[j][mm][c] * s[j][c]) * tensor;
         } else {
           sum += part[0][mm][c];
         }
@@ -565,9 +575,16 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
       if (a > 0.0f) x_min = std::min(x_min, a);
     }
   }
-  const double lo = 0x1p-125, hi = 0x1p126;
+  // Byte rows per pass, measured on 2-core AMD EPYC machines at K = N = 4096 and 8192: 32 for 4-bit planes; for
+  // 8-bit ones 8 with AVX-512 and 32 with AVX2 (1.2-1.4x faster than 8 there at 1 to 7 rows).
+  const int chunk = std::gcd(bits == 4 || kLanes == 8 ? 32 : 8, group);
+  // A partial sum adds `chunk` products x * v (one per byte row, or K row): each at most hi / chunk, so the sum and
+  // its products with the scales (within [s_min, s_max]) stay finite. Scales applied after a pre factor or with a
+  // post factor scale every weight (as do NaN and infinite tensor scales: S * T is never in range).
+  const double lo = 0x1p-125, hi = 0x1p126 / chunk;
   const double big = double{vmax} * std::max(1.0, double{x_max}), small = double{vmin} * std::min(1.0, double{x_min});
-  p.factor = pow2 != 0 && double{x_max} * vmax <= hi && double{x_min} * vmin >= lo;
+  const bool summable = pow2 != 0 || mode == kPlain || mode == kTensor;
+  p.factor = summable && double{x_max} * vmax <= hi && double{x_min} * vmin >= lo;
   p.s_max = static_cast<float>(hi / big);
   p.s_min = static_cast<float>(lo / small);
   const bool multi = bits != 4 && bits != 8;  // the generic path: several planes, or 2- and 1-bit ones
@@ -578,6 +595,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   if (p.m == 0) return ffi::Error::Success();
 
   Plan plan;
+  plan.chunk = chunk;
   plan.fns[0] = pick<8, vectors(8)>(decode_kind, has_zero, multi);
   plan.fns[1] = pick<4, vectors(4)>(decode_kind, has_zero, multi);
   plan.fns[2] = pick<2, vectors(2)>(decode_kind, has_zero, multi);
@@ -586,9 +604,6 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyB
   // One row of x at a time decodes every weight for one multiply-add: there a bfloat16 table is split (kSplit16).
   if (decode_kind == kTable16 && splittable(p.table)) plan.fns[3] = pick<1, vectors(1)>(kSplit16, has_zero, multi);
 #endif
-  // Byte rows per pass, measured on 2-core AMD EPYC machines at K = N = 4096 and 8192: 32 for 4-bit planes; for
-  // 8-bit ones 8 with AVX-512 and 32 with AVX2 (1.2-1.4x faster than 8 there at 1 to 7 rows).
-  plan.chunk = std::gcd(bits == 4 || kLanes == 8 ? 32 : 8, group);
   lpnum::for_slabs(pool, p.n_pad, kMinItem, kAlign,
                    [p, plan, multi](int64_t c0, int64_t cw) { run_item(p, plan, c0, cw, multi); });
   return ffi::Error::Success();

@@ -5,9 +5,11 @@ multiply-add. The packed matmul (:mod:`lpnum.kernels.packed_matmul`) runs it on 
 
 The C++ kernel knows no formats: it takes a table of the element format's values and a table (or array) of the
 scales' values, both computed here by :mod:`lpnum.kernels.dequant`, and applies them with the operations and order
-of :func:`lpnum.kernels.dequant.apply_scale`. Every weight it multiplies is therefore the float32 that the layouts'
-``dequantize`` gives; only the order of the float32 sums differs from the XLA faces (both stay within the
-reference's float32 summation bound).
+of :func:`lpnum.kernels.dequant.apply_scale`, or, where every intermediate stays in float32's normal range, sums a
+chunk of 16-32 rows within a scale group first and multiplies the sum by its scale and tensor scale once (for
+power-of-two scales the same products as the weights ``dequantize`` gives; for others the same sum up to rounding).
+Its results differ from the XLA faces' by rounding only: both stay within the reference's float32 summation
+bound.
 
 The same library holds an int8 x int8 -> int32 kernel (:func:`int8_matmul`) for the packed matmul's W8A8 path at
 few rows: its integer sums are exact, so they are XLA's int8 dot's bit for bit.

@@ -163,6 +163,30 @@ def test_extreme_activations_match_the_xla_face(name):
   _check(_native(x, w), x, q, like)
 
 
+@pytest.mark.parametrize("name", ["mxfp4_e2m1", "nvfp4", "int4_g128"])
+def test_chunk_sums_that_could_overflow_scale_every_weight(name):
+  # x * v is just below 2^126 for every weight, the scales tiny: the exact products are ordinary, but a chunk's sum
+  # of 32 (or 16) x * v before its scale overflows float32. The kernel must see that from x's range and scale every
+  # weight (it returned inf for MXFP4 before it counted the chunk's length).
+  q = lpnum.quantize_scaled(jnp.full((256, 128), 6 * 2.0 ** -20, jnp.float32), FORMATS[name])
+  x = np.full((2, 256), 2.0 ** 123, np.float32)
+  x[1, ::3] *= -1
+  y = _native(x, kernels.pack_weights(q))
+  assert np.isfinite(np.asarray(y)).all()
+  _check(y, x, q)
+
+
+def test_a_non_finite_tensor_scale_matches_the_xla_face():
+  # NVFP4 with an infinite or NaN tensor scale: every weight is inf, NaN (zero codes times inf) or NaN, so the
+  # chunk sums are not scaled once (a sum of x * v that cancels to 0 would give NaN where products give inf).
+  q = _weights("nvfp4", k=256, n=136)
+  x = np.random.default_rng(9).standard_normal((2, 256)).astype(np.float32)
+  for t in (np.inf, np.nan):
+    bad = dataclasses.replace(q, tensor_scale=jnp.full(np.shape(q.tensor_scale), t, jnp.float32))
+    w = kernels.pack_weights(bad)
+    np.testing.assert_array_equal(np.asarray(_native(x, w)), np.asarray(kernels.matmul(x, w, implementation="xla")))
+
+
 def test_zero_weights_and_signed_zeros():
   q = lpnum.quantize_scaled(jnp.zeros((256, 128)), FORMATS["mxfp8_e5m2"])
   y = np.asarray(_native(-np.ones((1, 256), np.float32), kernels.pack_weights(q)))
