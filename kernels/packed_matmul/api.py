@@ -64,9 +64,9 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
   Example:
     >>> import jax, jax.numpy as jnp, lpnum
     >>> from lpnum import kernels
-    >>> wq = lpnum.quantize_scaled(jnp.eye(4), lpnum.ScaledFormat("int4", lpnum.per_channel(1)))
+    >>> wq = lpnum.quantize_scaled(7 * jnp.eye(4), lpnum.ScaledFormat("int4", lpnum.per_channel(1)))
     >>> kernels.matmul(jnp.arange(4.0)[None], kernels.pack_weights(wq)).tolist()
-    [[0.0, 1.0, 2.0, 3.0]]
+    [[0.0, 7.0, 14.0, 21.0]]
   """
   check_dispatch(implementation, platform, interpret, block_sizes, IMPLEMENTATIONS)
   w = _as_packed(w)
