@@ -74,14 +74,17 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 20, warmup: int =
 
 
 def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: int = 1,
-             settle_s: float = 0.0) -> dict[str, dict[str, Any]]:
+             settle_s: float = 0.0, lead_calls: int = 0) -> dict[str, dict[str, Any]]:
   """Times several candidates side by side, so that machine noise hits them alike.
 
   Every candidate is compiled first; then each of ``repeats`` rounds calls every candidate once, starting each round
   one candidate later. Both loops report progress (:func:`lpnum.results.progress`). A candidate whose compilation
   or warm-up raises is reported as ``fails`` with the error. ``settle_s`` seconds pass (untimed) before each call,
   so that worker threads a previous candidate left spinning do not take the next one's cores: on a 2-core CPU,
-  XLA's int8 dot slowed the call after it by up to 2x for tens of milliseconds.
+  XLA's int8 dot slowed the call after it by up to 2x for tens of milliseconds. ``lead_calls`` untimed calls of the
+  same candidate then run right before its timed call, so that the timed call is one step of a loop of itself (as
+  in a decode loop) rather than the first call after a pause: on a 2-core VM whose idle virtual CPUs sleep, a
+  multi-threaded call right after the pause ran up to 2x slower (its second thread started 3-4 ms late).
 
   Returns:
     A measurement per candidate name, in the order of ``candidates``.
@@ -103,6 +106,8 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
       call, args, _ = ready[name]
       if settle_s:
         time.sleep(settle_s)
+      for _ in range(lead_calls):
+        jax.block_until_ready(call(*args))
       samples[name].append(_sample(call, args))
   for name, (_, _, compile_s) in ready.items():
     results[name] = _summary(compile_s, samples[name])
