@@ -74,17 +74,18 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int = 20, warmup: int =
 
 
 def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: int = 1,
-             settle_s: float = 0.0, lead_calls: int = 0) -> dict[str, dict[str, Any]]:
+             settle_s: float = 0.0, lead_s: float = 0.0) -> dict[str, dict[str, Any]]:
   """Times several candidates side by side, so that machine noise hits them alike.
 
   Every candidate is compiled first; then each of ``repeats`` rounds calls every candidate once, starting each round
   one candidate later. Both loops report progress (:func:`lpnum.results.progress`). A candidate whose compilation
   or warm-up raises is reported as ``fails`` with the error. ``settle_s`` seconds pass (untimed) before each call,
   so that worker threads a previous candidate left spinning do not take the next one's cores: on a 2-core CPU,
-  XLA's int8 dot slowed the call after it by up to 2x for tens of milliseconds. ``lead_calls`` untimed calls of the
-  same candidate then run right before its timed call, so that the timed call is one step of a loop of itself (as
-  in a decode loop) rather than the first call after a pause: on a 2-core VM whose idle virtual CPUs sleep, a
-  multi-threaded call right after the pause ran up to 2x slower (its second thread started 3-4 ms late).
+  XLA's int8 dot slowed the call after it by up to 2x for tens of milliseconds. Then, for ``lead_s`` seconds, untimed
+  calls of the same candidate run back to back (at least one where ``lead_s > 0``), so that the timed call is one
+  step of a loop of itself (as in a decode loop), not the first call after the pause: on a 2-core VM whose idle
+  virtual CPUs sleep, a multi-threaded 2-ms call ran about 2x slower for the first 10-20 ms after a 50 ms pause
+  (measured: 4.5 ms after no lead call, 2.8 after three, 1.8 after ten; its second thread started 3-4 ms late).
 
   Returns:
     A measurement per candidate name, in the order of ``candidates``.
@@ -106,8 +107,11 @@ def time_fns(candidates: Mapping[str, Candidate], *, repeats: int = 20, warmup: 
       call, args, _ = ready[name]
       if settle_s:
         time.sleep(settle_s)
-      for _ in range(lead_calls):
+      lead_until = time.perf_counter() + lead_s
+      while lead_s > 0:
         jax.block_until_ready(call(*args))
+        if time.perf_counter() >= lead_until:
+          break
       samples[name].append(_sample(call, args))
   for name, (_, _, compile_s) in ready.items():
     results[name] = _summary(compile_s, samples[name])

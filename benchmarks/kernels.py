@@ -90,11 +90,11 @@ BANDWIDTH_BYTES = 2**26
 #: threads spinning after they return, which slowed the next candidate by up to 2x on a 2-core CPU (measured: the
 #: native int8 kernel at M = 1, K = N = 8192 took 14 ms right after XLA's int8 dot, 8 ms after a 50 ms pause).
 SETTLE_S = 0.05
-#: Untimed calls of a candidate right before each of its timed calls (``time_fns``' ``lead_calls``): the timed call is
-#: one step of a loop of itself, as in a decode loop. Without them, on a 2-core VM whose idle virtual CPUs sleep
-#: during the pause above, the native kernel's second thread started 3-4 ms late (measured), which doubled the
-#: median of the 2-ms decode matmuls and left the 10-ms float32 dot almost unchanged.
-LEAD_CALLS = 2
+#: Seconds of untimed calls of a candidate right before each of its timed calls (``time_fns``' ``lead_s``): the
+#: timed call is one step of a loop of itself, as in a decode loop. Without them, on a 2-core VM whose idle virtual
+#: CPUs sleep during the pause above, the 2-ms decode matmuls ran about 2x slower for their first 10-20 ms of work
+#: (the native kernel's second thread started 3-4 ms late), while the 9-ms float32 dot barely changed.
+LEAD_S = 0.03
 
 WEIGHT_FORMATS = {
     "w int8": lpnum.ScaledFormat("int8", lpnum.per_channel(1)),
@@ -189,7 +189,7 @@ def run_matmuls(shapes, repeats: int) -> list[dict]:
   rows = []
   for m, k, n in progress(shapes, "matmul shapes"):
     cands, nbytes = matmul_candidates(m, k, n)
-    measured = time_fns(cands, repeats=repeats, settle_s=SETTLE_S, lead_calls=LEAD_CALLS)
+    measured = time_fns(cands, repeats=repeats, settle_s=SETTLE_S, lead_s=LEAD_S)
     flops = 2 * m * k * n
     for name, meas in measured.items():
       t = median_s(meas)
@@ -483,7 +483,7 @@ def run_grouped(shapes, experts: int, repeats: int) -> list[dict]:
   rows = []
   for m, size in progress(shapes, "grouped matmul shapes"):
     cands, nbytes = grouped_candidates(experts, m, size, size)
-    for name, meas in time_fns(cands, repeats=repeats, settle_s=SETTLE_S, lead_calls=LEAD_CALLS).items():
+    for name, meas in time_fns(cands, repeats=repeats, settle_s=SETTLE_S, lead_s=LEAD_S).items():
       rows.append({"shape": [experts, m, size, size], "kernel": name, "measurement": meas,
                    "weight_bytes": nbytes[name], "group_sizes": group_sizes(m, experts).tolist()})
     print(f"grouped E={experts} M={m} K=N={size} done", flush=True)

@@ -1,5 +1,6 @@
 """benchmarks._timing: what time_fns times and what it leaves out."""
 
+import itertools
 import time
 
 from lpnum.benchmarks import _timing
@@ -7,20 +8,20 @@ from lpnum.benchmarks import _timing
 
 def test_time_fns_leads_each_timed_call_with_untimed_calls_of_the_same_candidate():
   calls = []
-  durations = {"a": 0.0, "b": 0.15}
 
   def cand(name):
+    if len(calls) >= 2 and calls[-1] != name:  # the first call of a run of this candidate is slow
+      time.sleep(0.1)
     calls.append(name)
-    if len(calls) > 2 and calls[-2] != name:  # the first call of a run of this candidate is slow
-      time.sleep(durations["b"])
 
   cands = {name: (lambda name=name: cand(name), ()) for name in ("a", "b")}
-  out = _timing.time_fns(cands, repeats=2, warmup=0, lead_calls=2)
-  # compile-time calls, then per round: each candidate twice untimed and once timed, rotating
-  assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+  out = _timing.time_fns(cands, repeats=3, warmup=0, lead_s=0.05)
+  runs = [len(list(group)) for _, group in itertools.groupby(calls[2:])]  # after the two compile-time calls
+  # rounds a b | b a | a b: runs a, bb, aa, b, each made of untimed calls and then the timed one
+  assert len(runs) == 4 and min(runs) >= 2
   for name in ("a", "b"):
-    assert len(out[name]["samples"]) == 2
-    assert out[name]["median_s"] < 0.1  # the slow first call of each run is not timed
+    assert len(out[name]["samples"]) == 3
+    assert out[name]["median_s"] < 0.05  # the slow first call of each run is not timed
 
 
 def test_time_fns_settles_before_each_call_without_timing_the_pause():
