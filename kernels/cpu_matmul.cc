@@ -62,7 +62,6 @@ constexpr int kIsa = 0;
 constexpr int kMinItem = 1024;  // output columns per work item, at least (wider ones stream better)
 constexpr int kAlign = 128;    // N_pad is a multiple of this
 constexpr int kAhead = 256;    // software prefetch distance along a plane's row, in bytes
-constexpr int kScaleAhead = 512;  // and along a row of scales, in columns
 
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
@@ -308,10 +307,6 @@ void pass(const Problem& p, int64_t m0, int64_t c0, int64_t cw, int64_t t, int r
     vi ok = vi{} == 0;
     for (int j = 0; j < per_byte; ++j) {
       const int64_t g = scale_row(p, t * tk + j * rows + r0);
-      // The scales kScaleAhead columns on: streamed once per chunk, they missed the cache without this.
-      const int64_t ahead = std::min(col + kScaleAhead, p.n_pad - 1) + g * p.n_pad;
-      __builtin_prefetch(p.scale_codes ? static_cast<const void*>(p.scale_codes + ahead)
-                                       : static_cast<const void*>(p.scale_values + ahead));
       for (int c = 0; c < NV; ++c) {
         s[j][c] = scale_vec(p, g, col + c * kLanes, &pre[j][c]);
         z[j][c] = ZERO ? load_vf(p.zero + g * p.n_pad + col + c * kLanes) : vf{};
