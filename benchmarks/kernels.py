@@ -114,14 +114,15 @@ def times_xla_path(m: int) -> bool:
 
 def matmul_path() -> str:
   """What ``kernels.matmul``'s default runs here: ``"pallas"`` on a GPU or TPU; on the CPU the native kernel below
-  ``cpu_matmul.NATIVE_ROWS`` rows for this CPU's instruction set (4-bit codes and 8-bit integers; where it
+  ``cpu_matmul.NATIVE_ROWS`` rows for this CPU's instruction set (4-bit codes, 8-bit integers and FP8; where it
   builds with AVX2 or AVX-512) and XLA's path otherwise."""
   if jax.default_backend() in ("gpu", "tpu"):
     return "pallas"
   isa = packed_cpu.isa()
   if isa not in packed_cpu.NATIVE_ROWS:
     return "xla"
-  return (f"native ({isa}) below " + ", ".join(f"{rows} rows for {bits}-bit codes" for bits, rows in
+  codes = {4: "4-bit codes", 8: "8-bit integers", "fp8": "FP8 codes"}
+  return (f"native ({isa}) below " + ", ".join(f"{rows} rows for {codes[key]}" for key, rows in
                                                packed_cpu.NATIVE_ROWS[isa].items()) + ", xla otherwise")
 
 

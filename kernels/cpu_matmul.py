@@ -36,8 +36,11 @@ TARGET = "lpnum_packed_matmul"
 
 _SOURCE = pathlib.Path(__file__).with_name("cpu_matmul.cc")
 
-# The decode kinds of cpu_matmul.cc: a table gather, a 16-entry permute, or int8 / uint8 codes that are their values.
+# The decode kinds of cpu_matmul.cc: a table gather, a 16-entry permute, int8 / uint8 codes that are their values,
+# or 8-bit codes converted as float16 bits (the sign bit above the other bits shifted left by 7 or 8: FP8 E4M3 and
+# E5M2; the kernel's kind 4 is its own).
 _GATHER, _TABLE16, _INT8, _UINT8 = range(4)
+_HALF = {7: 5, 8: 6}
 # Its scaling modes: the factors of dequantize's weight that are not 1 (v * scale, (v * pre) * scale,
 # (v * scale) * tensor, all of them).
 _PLAIN, _PRE, _TENSOR, _FULL = range(4)
@@ -85,13 +88,14 @@ def _require_built() -> None:
 
 
 #: Rows of x below which the packed and grouped matmuls' ``"auto"`` runs the kernel, by instruction set
-#: (:func:`isa`) and element bits: 4-bit codes (16-entry permutes, or on AVX2 at one row byte shuffles) and 8-bit
-#: integers (conversions). Measured side by side with the packed matmul's XLA path on 2-core AMD EPYC machines at
-#: K = N = 4096 and 8192. AVX-512: 4-bit codes win up to 32 rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from
-#: 32). AVX2 (Zen 1): 4-bit codes win up to 24 rows (1.1-2.4x; 0.8-1.3x at 32), int8 up to 32 (1.1-1.7x). Other
-#: formats decode by a table gather per weight, which the XLA path beats, and the portable build is slower than the
-#: XLA path: never.
-NATIVE_ROWS = {"avx512": {4: 32, 8: 16}, "avx2": {4: 24, 8: 32}}
+#: (:func:`isa`) and element codes: 4-bit codes (16-entry permutes, or on AVX2 at one row byte shuffles), 8-bit
+#: integers (conversions) and ``"fp8"``, FP8 E4M3 and E5M2 codes (float16 conversions). Measured side by side with the
+#: packed matmul's XLA path on 2-core AMD EPYC machines at K = N = 4096 and 8192. AVX-512: 4-bit codes win up to 32
+#: rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32), FP8 (MXFP8) up to 8 (1.1-3.4x; 0.7-0.8x at 16). AVX2
+#: (Zen 1): 4-bit codes win up to 24 rows (1.1-2.4x; 0.8-1.3x at 32), int8 up to 32 (1.1-1.7x); FP8 is not measured
+#: there, so it takes the AVX-512 crossover halved. Other formats decode by a table gather per weight, which the XLA
+#: path beats, and the portable build is slower than the XLA path: never.
+NATIVE_ROWS = {"avx512": {4: 32, 8: 16, "fp8": 16}, "avx2": {4: 24, 8: 32, "fp8": 8}}
 
 
 def native_rows(w: PlanedWeights) -> int:
@@ -99,9 +103,10 @@ def native_rows(w: PlanedWeights) -> int:
   :func:`isa`; 0 where the kernel is not available or portable, where it does not take the format
   (:func:`supported`), and for formats decoded by a table gather: FP8, FP6, 2- and 3-bit codes). Only ``w``'s format
   and scale dtype matter, so stacked expert weights may be passed whole. Builds the kernel on first call."""
-  if not supported(w) or _element_table(w.fmt.element)[1] == _GATHER:
+  kind = _element_table(w.fmt.element)[1]
+  if not supported(w) or kind == _GATHER:
     return 0
-  return NATIVE_ROWS.get(isa(), {}).get(w.fmt.element.bits, 0)
+  return NATIVE_ROWS.get(isa(), {}).get("fp8" if kind in _HALF.values() else w.fmt.element.bits, 0)
 
 
 #: Rows of int8 x below which W8A8 products (``kernels.matmul`` with int8 x and int8-valued weights per column) run
@@ -151,6 +156,7 @@ def matmul(x2: jax.Array, w, expert: jax.Array | None = None) -> jax.Array:
   check(w)
   fmt = w.fmt
   table, kind = _element_table(fmt.element)
+  half_scale, half_nan = _half_layout(table)[1:] if kind in _HALF.values() else (1.0, -1)
   vmax, vmin = _value_range(table, w.zero_point is not None, fmt.element.bits)
   pow2, scale_table, pre, (field_lo, field_hi, field_add, field_shift) = _scale_table(fmt, np.dtype(w.scales.dtype))
   pre = np.zeros((0,), np.float32) if pre is None or np.all(pre == 1) else pre
@@ -178,7 +184,7 @@ def matmul(x2: jax.Array, w, expert: jax.Array | None = None) -> jax.Array:
               bits=np.int32(fmt.element.bits), tile_k=np.int32(w.tile_k), group=np.int32(w.group),
               decode=np.int32(kind), mode=np.int32(mode), pow2=np.int32(pow2), post=post, vmax=vmax, vmin=vmin,
               field_lo=np.int32(field_lo), field_hi=np.int32(field_hi), field_add=np.int32(field_add),
-              field_shift=np.int32(field_shift))
+              field_shift=np.int32(field_shift), half_scale=np.float32(half_scale), half_nan=np.int32(half_nan))
 
 
 def _field_codes(table: np.ndarray | None, pre: np.ndarray | None) -> tuple[int, int, int, int]:
@@ -228,7 +234,33 @@ def _element_table(element) -> tuple[np.ndarray, int]:
     kind = _INT8
   elif element.bits == 8 and np.array_equal(table, codes.astype(np.float32)):
     kind = _UINT8
+  elif element.bits == 8 and _half_layout(table) is not None:
+    kind = _HALF[_half_layout(table)[0]]
   return table, kind
+
+
+def _half_layout(table: np.ndarray) -> tuple[int, float, int] | None:
+  """``(shift, scale, nan)`` where every 8-bit code ``c``'s value in ``table`` is the float16 with bits
+  ``(c & 0x80) << 8 | (c & 0x7f) << shift`` times the power of two ``scale``, or NaN where ``c & 0x7f == nan``
+  (-1: no such codes): FP8 E4M3 (shift 7, scale 2^8, nan 0x7f) and E5M2 (shift 8, scale 1, its float16 infinities
+  and NaNs). None for other tables. The kernel checks the table against it."""
+  codes = np.arange(256, dtype=np.uint32)
+  for shift in (7, 8):
+    half = (((codes & 0x80) << 8) | ((codes & 0x7F) << shift)).astype(np.uint16).view(np.float16).astype(np.float32)
+    if not table[1] > 0:
+      return None
+    scale = np.float32(table[1] / half[1])
+    if not (np.isfinite(scale) and scale > 0 and np.frexp(scale)[0] == 0.5):
+      continue
+    with np.errstate(over="ignore", invalid="ignore"):
+      got = half * scale
+    differ = (got.view(np.uint32) != table.view(np.uint32)) & ~(np.isnan(got) & np.isnan(table))
+    nan = np.unique(codes[differ] & 0x7F)
+    if not differ.any():
+      return shift, float(scale), -1
+    if nan.size == 1 and np.isnan(table[(codes & 0x7F) == nan[0]]).all():
+      return shift, float(scale), int(nan[0])
+  return None
 
 
 @functools.lru_cache(maxsize=256)

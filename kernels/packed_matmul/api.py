@@ -44,7 +44,7 @@ def matmul(x, w, *, x_format: ScaledFormat | None = None, implementation: str = 
     x_format: quantize float ``x`` with this ScaledFormat first (e.g. int8 ``per_channel(0)`` for W8A8, or
       ``mx.format(name, axis=-1)``); gradients pass straight through that quantization.
     implementation: ``"auto"`` (Pallas on GPU/TPU; on the CPU the native kernel for few rows of x and weights of
-      4-bit codes or 8-bit integers, :func:`lpnum.kernels.cpu_matmul.native_rows`, and for W8A8's integer sums the
+      4-bit codes, 8-bit integers or FP8, :func:`lpnum.kernels.cpu_matmul.native_rows`, and for W8A8's integer sums the
       native int8 kernel below :func:`lpnum.kernels.cpu_matmul.int8_rows`; XLA otherwise), ``"pallas"``, ``"xla"``
       or ``"native"`` (the compiled CPU kernels for any M; an error where they cannot be built or do not take the
       format). The platform is chosen when the program is lowered

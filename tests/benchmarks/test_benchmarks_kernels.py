@@ -29,8 +29,9 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   path = kernels.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
   results = benchmark_checks.load_document(path, "kernels")
   assert results["config"]["path"] == kernels.matmul_path() in (
-      "xla", "native (avx512) below 32 rows for 4-bit codes, 16 rows for 8-bit codes, xla otherwise",
-      "native (avx2) below 24 rows for 4-bit codes, 32 rows for 8-bit codes, xla otherwise")
+      "xla",
+      "native (avx512) below 32 rows for 4-bit codes, 16 rows for 8-bit integers, 16 rows for FP8 codes, xla otherwise",
+      "native (avx2) below 24 rows for 4-bit codes, 32 rows for 8-bit integers, 8 rows for FP8 codes, xla otherwise")
   names = {r["kernel"] for r in results["matmul"]}
   # Below 128 rows the CPU's XLA path is timed beside the default (the native kernel where it runs).
   assert {"f32 dot", "w int4 g128", "w nvfp4", "W8A8 (x quantized)", "w int4 g128 (XLA path)"} <= names

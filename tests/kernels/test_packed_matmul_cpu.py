@@ -13,6 +13,7 @@ import subprocess
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from jax import export
@@ -185,6 +186,45 @@ def test_a_non_finite_tensor_scale_matches_the_xla_face():
     bad = dataclasses.replace(q, tensor_scale=jnp.full(np.shape(q.tensor_scale), t, jnp.float32))
     w = kernels.pack_weights(bad)
     np.testing.assert_array_equal(np.asarray(_native(x, w)), np.asarray(kernels.matmul(x, w, implementation="xla")))
+
+
+@pytest.mark.parametrize("name, dtype, shift, scale, nan", [("fp8_e4m3", ml_dtypes.float8_e4m3fn, 7, 256.0, 0x7F),
+                                                           ("mxfp8_e5m2", ml_dtypes.float8_e5m2, 8, 1.0, -1)])
+def test_every_fp8_code_decodes_as_its_value(name, dtype, shift, scale, nan):
+  # Every code in every column (NaN, the E5M2 infinities, subnormals, -0), one row of x and several: the float16
+  # conversion must give each code's value, including under the kernel's denormals-are-zero threads.
+  table, kind = cpu._element_table(FORMATS[name].element)
+  assert cpu._half_layout(table) == (shift, scale, nan) and kind != cpu._GATHER
+  np.testing.assert_array_equal(table, np.arange(256, dtype=np.uint8).view(dtype).astype(np.float32))  # ml_dtypes
+  q = _weights(name, k=256, n=136)
+  codes = (np.arange(256)[:, None] + 7 * np.arange(136)[None, :]) % 256
+  q = dataclasses.replace(q, data=jnp.asarray(codes, q.data.dtype))
+  w = kernels.pack_weights(q)
+  x = np.random.default_rng(10).standard_normal((5, 256)).astype(np.float32)
+  for m in (1, 5):
+    _check(_native(x[:m], w), x[:m], q, kernels.matmul(x[:m], w, implementation="xla"))
+  # Row 200 holds every code (over two matrices), the other rows +0; x picks row 200: y is each code's weight.
+  x1 = np.zeros((1, 256), np.float32)
+  x1[0, 200] = 1.0
+  for first in (0, 120):
+    one = np.zeros((256, 136), np.int64)
+    one[200] = first + np.arange(136)
+    q1 = dataclasses.replace(q, data=jnp.asarray(one, q.data.dtype))
+    y = np.asarray(_native(x1, kernels.pack_weights(q1)))[0, :136]
+    np.testing.assert_array_equal(y, np.asarray(lpnum.dequantize(q1), np.float32)[200])
+
+
+def test_the_kernel_checks_a_float16_table():
+  # A table that is not the float16 conversion it claims to be is refused by the kernel, not decoded wrongly.
+  q = _weights("fp8_e4m3")
+  w = kernels.pack_weights(q)
+  table = cpu._element_table(q.fmt.element)[0].copy()
+  table[3] *= 2
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(cpu, "_element_table", lambda element: (table, cpu._HALF[7]))
+    mp.setattr(cpu, "_half_layout", lambda t: (7, 256.0, 0x7F))
+    with pytest.raises(Exception, match="not the float16 conversion"):  # eager: no trace cached by other tests
+      jax.block_until_ready(cpu.matmul(jnp.ones((1, w.planes[0].shape[0]), jnp.float32), w))
 
 
 def test_zero_weights_and_signed_zeros():
@@ -428,8 +468,10 @@ def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_auto_leaves_table_formats_to_xla():
-  # FP8 and FP6 decode through a table gather per weight, which the XLA path beats: "auto" does not take them.
-  for name, native_call in (("mxfp8_e4m3", False), ("mxfp6_e3m2", False), ("nvfp4", True), ("int8", True)):
+  # FP6 (and other 8-bit tables than FP8's) decode through a table gather per weight, which the XLA path beats:
+  # "auto" does not take them. FP8 E4M3 and E5M2 decode as float16 conversions: "auto" takes them.
+  for name, native_call in (("mxfp8_e4m3", True), ("mxfp8_e5m2", True), ("mxfp6_e3m2", False), ("nvfp4", True),
+                            ("int8", True)):
     w = kernels.pack_weights(_weights(name))
     text = jax.jit(lambda x, w: kernels.matmul(x, w)).lower(jax.ShapeDtypeStruct((1, 200), jnp.float32), w).as_text()
     assert (cpu.TARGET in text) == native_call, name
