@@ -91,11 +91,12 @@ def _require_built() -> None:
 #: (:func:`isa`) and element codes: 4-bit codes (16-entry permutes, or on AVX2 at one row byte shuffles), 8-bit
 #: integers (conversions) and ``"fp8"``, FP8 E4M3 and E5M2 codes (float16 conversions). Measured side by side with the
 #: packed matmul's XLA path on 2-core AMD EPYC machines at K = N = 4096 and 8192. AVX-512: 4-bit codes win up to 32
-#: rows (1.1-2.7x), int8 up to 8-16 (1.2x; 0.6-0.8x from 32), FP8 (MXFP8) up to 8 (1.1-3.4x; 0.7-0.8x at 16). AVX2
+#: rows (1.1-2.7x); int8 up to 32 (3.4x at one row, 1.1-1.2x at 16-32; Zen 4), FP8 (MXFP8) up to 16-24 (3.5x at one
+#: row, 1.15-1.3x at 16, 0.95-1.1x at 24). AVX2
 #: (Zen 1): 4-bit codes win up to 24 rows (1.1-2.4x; 0.8-1.3x at 32), int8 up to 32 (1.1-1.7x); FP8 is not measured
 #: there, so it takes the AVX-512 crossover halved. Other formats decode by a table gather per weight, which the XLA
 #: path beats, and the portable build is slower than the XLA path: never.
-NATIVE_ROWS = {"avx512": {4: 32, 8: 16, "fp8": 16}, "avx2": {4: 24, 8: 32, "fp8": 8}}
+NATIVE_ROWS = {"avx512": {4: 32, 8: 32, "fp8": 24}, "avx2": {4: 24, 8: 32, "fp8": 8}}
 
 
 def native_rows(w: PlanedWeights) -> int:

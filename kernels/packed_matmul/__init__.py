@@ -19,7 +19,7 @@ and decodes each weight in registers next to its multiply-add) and the Pallas ke
 through Triton), which read the packed weight tiles and dequantize them tile by tile in VMEM/registers.
 :func:`matmul` dispatches: Pallas on GPU and TPU; on the CPU the native kernel for few rows of x
 (:mod:`lpnum.kernels.cpu_matmul`, shared with the grouped matmul; ``NATIVE_ROWS`` by instruction set: with AVX-512
-below 32 for 4-bit codes and 16 for 8-bit integers and FP8; where it builds), XLA otherwise; ``implementation=`` forces one,
+below 32 for 4-bit codes and 8-bit integers, 24 for FP8; where it builds), XLA otherwise; ``implementation=`` forces one,
 ``interpret=True`` runs the Pallas kernel on the CPU.
 
 The VJP: ``dx = g @ dequantize(W)^T`` (through the dequantized weights; W gets no gradient). ``grad_format``

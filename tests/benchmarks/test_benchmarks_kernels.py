@@ -30,7 +30,7 @@ def test_kernels_benchmark_tiny(tmp_path, monkeypatch, capsys):
   results = benchmark_checks.load_document(path, "kernels")
   assert results["config"]["path"] == kernels.matmul_path() in (
       "xla",
-      "native (avx512) below 32 rows for 4-bit codes, 16 rows for 8-bit integers, 16 rows for FP8 codes, xla otherwise",
+      "native (avx512) below 32 rows for 4-bit codes, 32 rows for 8-bit integers, 24 rows for FP8 codes, xla otherwise",
       "native (avx2) below 24 rows for 4-bit codes, 32 rows for 8-bit integers, 8 rows for FP8 codes, xla otherwise")
   names = {r["kernel"] for r in results["matmul"]}
   # Below 128 rows the CPU's XLA path is timed beside the default (the native kernel where it runs).
