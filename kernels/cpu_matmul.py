@@ -92,17 +92,18 @@ def _require_built() -> None:
 #: integers (conversions) and ``"fp8"``, FP8 E4M3 and E5M2 codes (float16 conversions). Measured side by side with the
 #: packed matmul's XLA path on 2-core AMD EPYC machines at K = N = 4096 and 8192. AVX-512: 4-bit codes win up to 32
 #: rows (1.1-2.7x); int8 up to 32 (3.4x at one row, 1.1-1.2x at 16-32; Zen 4), FP8 (MXFP8) up to 16-24 (3.5x at one
-#: row, 1.15-1.3x at 16, 0.95-1.1x at 24). AVX2
-#: (Zen 1): 4-bit codes win up to 24 rows (1.1-2.4x; 0.8-1.3x at 32), int8 up to 32 (1.1-1.7x); FP8 is not measured
-#: there, so it takes the AVX-512 crossover halved. Other formats decode by a table gather per weight, which the XLA
-#: path beats, and the portable build is slower than the XLA path: never.
+#: row, 1.15-1.3x at 16, 0.95-1.1x at 24). AVX2 (Zen 1): 4-bit codes win up to 24 rows (1.1-2.4x; 0.8-1.3x at 32),
+#: int8 up to 32 (1.1-1.7x); FP8 is not measured there, so it takes the AVX-512 crossover halved. Other formats
+#: decode by a table gather per weight, which the XLA path beats, and the portable build is slower than the XLA
+#: path: never.
 NATIVE_ROWS = {"avx512": {4: 32, 8: 32, "fp8": 24}, "avx2": {4: 24, 8: 32, "fp8": 8}}
 
 
 def native_rows(w: PlanedWeights) -> int:
   """Rows of x below which ``"auto"`` runs the kernel on ``w`` (:data:`NATIVE_ROWS` for this machine's
   :func:`isa`; 0 where the kernel is not available or portable, where it does not take the format
-  (:func:`supported`), and for formats decoded by a table gather: FP8, FP6, 2- and 3-bit codes). Only ``w``'s format
+  (:func:`supported`), and for formats decoded by a table gather: FP6, 8-bit floats other than FP8 E4M3 and E5M2,
+  2- and 3-bit codes). Only ``w``'s format
   and scale dtype matter, so stacked expert weights may be passed whole. Builds the kernel on first call."""
   kind = _element_table(w.fmt.element)[1]
   if not supported(w) or kind == _GATHER:
@@ -235,8 +236,8 @@ def _element_table(element) -> tuple[np.ndarray, int]:
     kind = _INT8
   elif element.bits == 8 and np.array_equal(table, codes.astype(np.float32)):
     kind = _UINT8
-  elif element.bits == 8 and _half_layout(table) is not None:
-    kind = _HALF[_half_layout(table)[0]]
+  elif element.bits == 8 and (half := _half_layout(table)) is not None:
+    kind = _HALF[half[0]]
   return table, kind
 
 
@@ -245,11 +246,11 @@ def _half_layout(table: np.ndarray) -> tuple[int, float, int] | None:
   ``(c & 0x80) << 8 | (c & 0x7f) << shift`` times the power of two ``scale``, or NaN where ``c & 0x7f == nan``
   (-1: no such codes): FP8 E4M3 (shift 7, scale 2^8, nan 0x7f) and E5M2 (shift 8, scale 1, its float16 infinities
   and NaNs). None for other tables. The kernel checks the table against it."""
+  if not table[1] > 0:
+    return None
   codes = np.arange(256, dtype=np.uint32)
   for shift in (7, 8):
     half = (((codes & 0x80) << 8) | ((codes & 0x7F) << shift)).astype(np.uint16).view(np.float16).astype(np.float32)
-    if not table[1] > 0:
-      return None
     scale = np.float32(table[1] / half[1])
     if not (np.isfinite(scale) and scale > 0 and np.frexp(scale)[0] == 0.5):
       continue
